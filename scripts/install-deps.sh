@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs every Debian/Ubuntu package (and PyPI wheel) the build, the main job and the tests need.
+# Idempotent: re-running it only installs what is missing.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Build: GStreamer/PipeWire headers, bindgen's libclang, pkg-config.
+BUILD_PKGS=(
+  pkg-config clang libclang-dev
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  libpipewire-0.3-dev libspa-0.2-dev
+)
+# Runtime peers used by the main job and the tests.
+RUNTIME_PKGS=(
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-x gstreamer1.0-pipewire
+  ffmpeg v4l-utils
+  pipewire pipewire-bin wireplumber dbus
+  nginx-light libnginx-mod-rtmp
+  python3 python3-venv python3-pip procps psmisc
+)
+# The real-module harness: a qemu guest running Debian's kernel with v4l2loopback.
+GUEST_PKGS=(
+  qemu-system-x86 busybox-static kmod cpio
+  linux-image-amd64 linux-headers-amd64 dkms v4l2loopback-dkms
+)
+
+want=("${BUILD_PKGS[@]}" "${RUNTIME_PKGS[@]}")
+if [ "${VCAMBRIDGE_SKIP_GUEST:-0}" != "1" ]; then want+=("${GUEST_PKGS[@]}"); fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Python side of the tests: PyAV (FFmpeg 8 with libx265/SVT-AV1/libvpx) publishes Enhanced RTMP.
+VENV="${VCAMBRIDGE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/target/venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import av, numpy' 2>/dev/null; then
+  "$VENV/bin/pip" install -q 'av>=14' numpy
+fi
