@@ -218,3 +218,8 @@ pub fn have_program(program: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+pub mod ipc;
+pub mod pipewire;
+pub mod rtmp;
+pub mod v4l2;

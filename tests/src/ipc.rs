@@ -1,0 +1,1 @@
+//! Test harness helpers for the ipc area (owned by that area's developer).

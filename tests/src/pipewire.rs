@@ -1,0 +1,1 @@
+//! Test harness helpers for the pipewire area (owned by that area's developer).
