@@ -8,7 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # Build: GStreamer/PipeWire headers, bindgen's libclang, pkg-config.
 BUILD_PKGS=(
-  pkg-config clang libclang-dev
+  pkg-config clang libclang-dev meson ninja-build
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   libpipewire-0.3-dev libspa-0.2-dev
 )

@@ -26,6 +26,21 @@ step "cargo test"
 G_DEBUG=fatal_warnings RUST_BACKTRACE=1 \
   cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
 
+step "meson build + install into a scratch plugin dir, then gst-inspect every element"
+MESON_DIR="$ROOT/target/meson-check"
+rm -rf "$MESON_DIR"
+meson setup "$MESON_DIR/build" --buildtype=debug -Dplugindir="$MESON_DIR/plugins" >/dev/null
+meson compile -C "$MESON_DIR/build" >/dev/null
+meson install -C "$MESON_DIR/build" >/dev/null
+for element in rtmpflvsrc v4l2loopsink pwvideosink shmringsink shmringsrc surfacesink surfacesrc; do
+  if ! GST_PLUGIN_PATH="$MESON_DIR/plugins" GST_REGISTRY="$MESON_DIR/registry.bin" \
+      gst-inspect-1.0 "$element" >/dev/null 2>&1; then
+    echo "meson-installed plugins do not provide element '$element'" >&2
+    exit 1
+  fi
+done
+echo "meson install provides all elements"
+
 if [ "${SKIP_GUEST:-0}" != "1" ]; then
   step "v4l2loopback guest harness (qemu, real kernel module)"
   "$ROOT/tests/guest/run.sh"
