@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# README command 1 — the main job: receive an RTMP stream (OBS, MeldStudio, ffmpeg) with
+# rtmpflvsrc and make it a camera.
+#
+#   pipelines/rtmp-camera.sh            wait for a publisher on rtmp://127.0.0.1:1935/live
+#   pipelines/rtmp-camera.sh --demo     ... and publish a test stream into it with ffmpeg
+#
+# Where the video goes (first that applies, or force one with --sink):
+#   v4l2      a v4l2loopback webcam (--device /dev/videoN, or a device labelled --label, or one
+#             created through /dev/v4l2loopback on v4l2loopback >= 0.13)
+#   pipewire  a PipeWire Video/Source camera node (when a PipeWire session is running)
+#   window    a window (when a display exists)
+#   terminal  frame-rate statistics on the terminal plus a PNG snapshot every 2 s
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+
+ADDRESS=127.0.0.1
+PORT=1935
+APP=live
+KEY=""
+SINK=auto
+DEVICE=""
+LABEL="vcambridge"
+NODE_NAME="vcambridge"
+WIDTH=1280
+HEIGHT=720
+FPS=30
+FORMAT=YUY2
+DEMO=0
+DEMO_SECONDS=0
+BUILD=1
+
+usage() {
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<EOF
+
+Options:
+  --demo               also start an ffmpeg test publisher (testsrc2 + sine, H.264/AAC)
+  --demo-seconds N     stop the demo (and the pipeline) after N seconds (default: run until Ctrl-C)
+  --address A          listen address (default $ADDRESS; 0.0.0.0 for other machines)
+  --port N             listen port (default $PORT)
+  --app NAME           RTMP application (default $APP)
+  --key KEY            required stream key (default: any)
+  --sink KIND          auto|v4l2|pipewire|window|terminal (default auto)
+  --device PATH        v4l2loopback device to write (implies --sink v4l2)
+  --label NAME         v4l2loopback card label to find or create (default $LABEL)
+  --node-name NAME     PipeWire node name (default $NODE_NAME)
+  --size WxH           camera size (default ${WIDTH}x${HEIGHT}; the picture is letterboxed)
+  --fps N              camera frame rate (default $FPS)
+  --format FMT         raw format for the webcam (default $FORMAT)
+  --no-build           use the plugins already built in target/release
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) DEMO=1 ;;
+    --demo-seconds) DEMO_SECONDS="$2"; shift ;;
+    --address) ADDRESS="$2"; shift ;;
+    --port) PORT="$2"; shift ;;
+    --app) APP="$2"; shift ;;
+    --key) KEY="$2"; shift ;;
+    --sink) SINK="$2"; shift ;;
+    --device) DEVICE="$2"; SINK=v4l2; shift ;;
+    --label) LABEL="$2"; shift ;;
+    --node-name) NODE_NAME="$2"; shift ;;
+    --size) WIDTH="${2%x*}"; HEIGHT="${2#*x}"; shift ;;
+    --fps) FPS="$2"; shift ;;
+    --format) FORMAT="$2"; shift ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { printf '[vcambridge] %s\n' "$*" >&2; }
+
+if [ "$BUILD" = 1 ]; then
+  VCAMBRIDGE_SKIP_GUEST=1 "$ROOT/scripts/install-deps.sh"
+  say "building the plugins (release)"
+  (cd "$ROOT" && cargo build --release --locked --workspace --lib)
+fi
+export GST_PLUGIN_PATH="$ROOT/target/release${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
+if ! gst-inspect-1.0 rtmpflvsrc >/dev/null 2>&1; then
+  say "rtmpflvsrc is not available from $ROOT/target/release (build failed?)"
+  exit 1
+fi
+
+have_element() { gst-inspect-1.0 --exists "$1" 2>/dev/null; }
+
+# --- hardware decoders: decodebin picks by rank; make sure a present one wins ---------------
+HW_DECODERS=(vah264dec nvh264dec v4l2slh264dec v4l2h264dec vaapih264dec msdkh264dec)
+RANKS=""
+for d in "${HW_DECODERS[@]}"; do
+  if have_element "$d"; then
+    RANKS="${RANKS:+$RANKS,}$d:MAX"
+    say "hardware H.264 decoder found: $d (preferred by decodebin)"
+    break
+  fi
+done
+if [ -n "$RANKS" ]; then
+  export GST_PLUGIN_FEATURE_RANK="${GST_PLUGIN_FEATURE_RANK:+$GST_PLUGIN_FEATURE_RANK,}$RANKS"
+else
+  say "no hardware H.264 decoder found; decoding in software (avdec_h264)"
+fi
+
+# --- choose the output ---------------------------------------------------------------------
+find_loopback() {
+  # Print the /dev/videoN of a v4l2loopback device (labelled $LABEL if one is).
+  local first="" dev name
+  for sys in /sys/class/video4linux/video*; do
+    [ -e "$sys" ] || continue
+    dev="/dev/$(basename "$sys")"
+    if v4l2-ctl -d "$dev" -D 2>/dev/null | grep -q "v4l2 loopback"; then
+      name="$(cat "$sys/name" 2>/dev/null || true)"
+      if [ "$name" = "$LABEL" ]; then echo "$dev"; return 0; fi
+      [ -n "$first" ] || first="$dev"
+    fi
+  done
+  [ -n "$first" ] && echo "$first"
+}
+
+pipewire_running() {
+  command -v pw-cli >/dev/null 2>&1 && timeout 3 pw-cli info 0 >/dev/null 2>&1
+}
+
+if [ "$SINK" = auto ]; then
+  if [ -n "$DEVICE" ] || [ -n "$(find_loopback)" ] || [ -e /dev/v4l2loopback ]; then
+    SINK=v4l2
+  elif pipewire_running; then
+    SINK=pipewire
+  elif [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
+    SINK=window
+  else
+    SINK=terminal
+  fi
+fi
+
+CAMERA_CAPS="video/x-raw,width=$WIDTH,height=$HEIGHT,framerate=$FPS/1,pixel-aspect-ratio=1/1"
+CONVERT="videoconvert ! videoscale add-borders=true ! videorate"
+VERBOSE=()
+FILTER=(cat)
+case "$SINK" in
+  v4l2)
+    if [ -z "$DEVICE" ]; then DEVICE="$(find_loopback || true)"; fi
+    if [ -n "$DEVICE" ]; then
+      OUT="$CONVERT ! $CAMERA_CAPS,format=$FORMAT ! v4l2loopsink device=$DEVICE"
+      say "webcam: $DEVICE — pick \"$(cat "/sys/class/video4linux/$(basename "$DEVICE")/name" 2>/dev/null || echo "$LABEL")\" in the browser's camera list"
+    else
+      OUT="$CONVERT ! $CAMERA_CAPS,format=$FORMAT ! v4l2loopsink create=true card-label=\"$LABEL\""
+      say "webcam: creating a v4l2loopback device labelled \"$LABEL\" — pick it in the browser's camera list"
+    fi
+    ;;
+  pipewire)
+    OUT="$CONVERT ! $CAMERA_CAPS ! pwvideosink node-name=$NODE_NAME node-description=\"vcambridge camera\""
+    say "PipeWire camera node: $NODE_NAME (shown as \"vcambridge camera\" in portal/browser camera lists)"
+    ;;
+  window)
+    OUT="videoconvert ! autovideosink"
+    ;;
+  terminal)
+    SNAPDIR="$ROOT/target/snapshots"
+    mkdir -p "$SNAPDIR"
+    OUT="videoconvert ! tee name=t
+         t. ! queue ! fpsdisplaysink name=stats video-sink=fakesink text-overlay=false sync=false fps-update-interval=2000
+         t. ! queue leaky=downstream max-size-buffers=2 ! videorate drop-only=true ! video/x-raw,framerate=1/2
+            ! pngenc ! multifilesink location=$SNAPDIR/frame-%05d.png max-files=5"
+    VERBOSE=(-v)
+    FILTER=(sed -un 's/.*stats.*last-message = rendered: \([0-9]*\), dropped: \([0-9]*\), current: \([0-9.]*\), average: \([0-9.]*\).*/[vcambridge] frames \1  dropped \2  fps \3 (avg \4)/p; /ERROR\|WARNING\|Setting pipeline/p')
+    say "no camera sink or display: printing stats; snapshots (every 2 s) in $SNAPDIR"
+    ;;
+  *) say "unknown --sink $SINK"; exit 2 ;;
+esac
+
+URL="rtmp://$ADDRESS:$PORT/$APP${KEY:+/$KEY}"
+[ "$ADDRESS" = 0.0.0.0 ] && URL="rtmp://<this-host>:$PORT/$APP${KEY:+/$KEY}"
+say "publish to: $URL  (OBS: server rtmp://…/$APP, stream key ${KEY:-anything})"
+
+PIPELINE="rtmpflvsrc name=src address=$ADDRESS port=$PORT app=$APP stream-key=\"$KEY\"
+  src.video ! queue max-size-time=2000000000 ! decodebin ! $OUT
+  src.audio ! queue ! fakesink sync=false async=false"
+
+PUBLISHER_PID=""
+GST_PID=""
+cleanup() {
+  [ -n "$PUBLISHER_PID" ] && kill "$PUBLISHER_PID" 2>/dev/null || true
+  [ -n "$GST_PID" ] && kill -INT "$GST_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+# shellcheck disable=SC2086
+eval gst-launch-1.0 -e "${VERBOSE[@]}" $PIPELINE > >("${FILTER[@]}") 2>&1 &
+GST_PID=$!
+
+if [ "$DEMO" = 1 ]; then
+  # Publish once the server listens (checked with ss, so no probe connection is made).
+  for _ in $(seq 1 100); do
+    if ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q LISTEN; then break; fi
+    kill -0 "$GST_PID" 2>/dev/null || { say "the pipeline exited before listening"; exit 1; }
+    sleep 0.1
+  done
+  say "demo: publishing testsrc2 1280x720 H.264 + AAC with ffmpeg to rtmp://127.0.0.1:$PORT/$APP/${KEY:-demo}"
+  DURATION=()
+  [ "$DEMO_SECONDS" != 0 ] && DURATION=(-t "$DEMO_SECONDS")
+  ffmpeg -hide_banner -loglevel error -re \
+    -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+    "${DURATION[@]}" -c:v libx264 -preset veryfast -tune zerolatency -g 60 -pix_fmt yuv420p \
+    -c:a aac -b:a 128k -f flv "rtmp://127.0.0.1:$PORT/$APP/${KEY:-demo}" &
+  PUBLISHER_PID=$!
+  if [ "$DEMO_SECONDS" != 0 ]; then
+    wait "$PUBLISHER_PID" || true
+    PUBLISHER_PID=""
+    sleep 1
+    kill -INT "$GST_PID" 2>/dev/null || true
+  fi
+fi
+
+wait "$GST_PID"
