@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# The real-module test harness: boots Debian's kernel under qemu (TCG) with v4l2loopback loaded,
+# the host root shared read-only over 9p, and runs the v4l2loopsink guest tests against the real
+# driver — once per v4l2loopback version (0.12.7 from bookworm's DKMS package, 0.13.2 built here
+# from bookworm-backports' source package).
+#
+#   tests/guest/run.sh                  all guest tests, both module versions
+#   tests/guest/run.sh --bench          the 1280x720 benchmark instead of the tests (0.12.7)
+#   VCB_GUEST_VERSIONS=0.13.2 tests/guest/run.sh     one version only
+#   VCB_GUEST_FILTER=keepalive tests/guest/run.sh    only tests whose name contains the filter
+#
+# Everything it builds is cached under target/guest/ (modules, initramfs, GStreamer registry).
+# Exits non-zero if a module cannot be built, the guest does not boot, or any test fails.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+KVER="${VCB_GUEST_KVER:-6.1.0-56-amd64}"
+G="$ROOT/target/guest"
+VERSIONS="${VCB_GUEST_VERSIONS:-0.12.7 0.13.2}"
+BOOT_TIMEOUT="${VCB_GUEST_TIMEOUT:-600}"
+MODE=test
+if [ "${1:-}" = "--bench" ]; then MODE=bench; VERSIONS="${VCB_GUEST_VERSIONS:-0.12.7}"; fi
+
+log() { printf 'guest: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+KERNEL="/boot/vmlinuz-$KVER"
+KBUILD="/lib/modules/$KVER/build"
+[ -r "$KERNEL" ] || die "$KERNEL missing: run scripts/install-deps.sh (linux-image-amd64)"
+[ -d "$KBUILD" ] || die "$KBUILD missing: run scripts/install-deps.sh (linux-headers-amd64)"
+for p in qemu-system-x86_64 cpio busybox modprobe make; do
+  command -v "$p" >/dev/null || die "$p not found: run scripts/install-deps.sh"
+done
+mkdir -p "$G"
+
+# --- v4l2loopback modules, one per version, built against the guest kernel -------------------
+build_module() { # <version> <source dir>
+  local ver="$1" src="$2"
+  local dst="$G/modules/$ver"
+  if [ -f "$dst/v4l2loopback.ko" ]; then return 0; fi
+  log "building v4l2loopback $ver for $KVER"
+  rm -rf "$dst.src" && mkdir -p "$dst" && cp -r "$src" "$dst.src"
+  make -s -C "$KBUILD" M="$dst.src" modules >"$dst.build.log" 2>&1 \
+    || { cat "$dst.build.log" >&2; die "building v4l2loopback $ver failed"; }
+  cp "$dst.src/v4l2loopback.ko" "$dst/v4l2loopback.ko"
+  cp "$dst.src/v4l2loopback.h" "$dst/" 2>/dev/null || true
+}
+
+module_0_12_7() {
+  local src=/usr/src/v4l2loopback-0.12.7
+  [ -d "$src" ] || die "$src missing: run scripts/install-deps.sh (v4l2loopback-dkms)"
+  build_module 0.12.7 "$src"
+}
+
+module_0_13_2() {
+  local ver=0.13.2 apt="$G/apt"
+  [ -f "$G/modules/$ver/v4l2loopback.ko" ] && return 0
+  # A private apt state (sources, lists, cache) under target/: the system's apt config is untouched.
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/deb"
+  echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$apt/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root)
+  if ! ls "$apt/deb"/v4l2loopback-dkms_${ver}-*.deb >/dev/null 2>&1; then
+    log "downloading v4l2loopback-dkms $ver from bookworm-backports"
+    apt-get -q "${opts[@]}" update >"$apt/update.log" 2>&1 || { cat "$apt/update.log" >&2; die "apt-get update (backports) failed"; }
+    (cd "$apt/deb" && apt-get -q "${opts[@]}" download "v4l2loopback-dkms=${ver}-1~bpo12+1") >"$apt/download.log" 2>&1 \
+      || { cat "$apt/download.log" >&2; die "downloading v4l2loopback-dkms $ver failed"; }
+  fi
+  rm -rf "$apt/x" && dpkg-deb -x "$apt/deb"/v4l2loopback-dkms_${ver}-*.deb "$apt/x"
+  build_module "$ver" "$apt/x/usr/src/v4l2loopback-$ver"
+}
+
+for v in $VERSIONS; do
+  case "$v" in
+    0.12.7) module_0_12_7 ;;
+    0.13.2) module_0_13_2 ;;
+    *) die "unknown v4l2loopback version $v (known: 0.12.7 0.13.2)" ;;
+  esac
+done
+
+# --- initramfs: busybox + virtio/9p modules + tests/guest/init -------------------------------
+BASE_MODS=(9p 9pnet_virtio virtio_pci mc videodev vivid)
+mapfile -t MODPATHS < <(modprobe -S "$KVER" --show-depends -a "${BASE_MODS[@]}" | awk '$1=="insmod"{print $2}' | awk '!seen[$0]++')
+stamp="$(printf '%s\n' "$KVER" "${MODPATHS[@]}" | cat - tests/guest/init "$(command -v busybox)" | sha256sum | cut -c1-16)"
+INITRD="$G/initramfs-$stamp.cpio.gz"
+if [ ! -f "$INITRD" ]; then
+  log "building initramfs $INITRD"
+  rm -rf "$G/initramfs" && mkdir -p "$G/initramfs"/{bin,proc,sys,dev,modules,newroot}
+  cp "$(command -v busybox)" "$G/initramfs/bin/busybox"
+  cp tests/guest/init "$G/initramfs/init"
+  : >"$G/initramfs/modules.order"
+  for m in "${MODPATHS[@]}"; do
+    case "$m" in */v4l2loopback.ko) continue ;; esac
+    b="$(basename "$m")"
+    cp "$m" "$G/initramfs/modules/$b"
+    args=""
+    # vivid: one instance with a single video capture node (a capture-only, non-loopback device).
+    [ "$b" = vivid.ko ] && args="n_devs=1 node_types=0x1"
+    echo "$b $args" >>"$G/initramfs/modules.order"
+  done
+  (cd "$G/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$INITRD.tmp"
+  mv "$INITRD.tmp" "$INITRD"
+fi
+
+# --- host-side builds: the plugin, the guest test binary, the GStreamer registry --------------
+export CARGO_TERM_COLOR=never
+PLUGIN_DIR="$ROOT/target/debug"
+REGISTRY="$G/registry-$MODE.bin"
+if [ -n "${VCB_GUEST_CMD:-}" ]; then
+  MODE=custom  # debugging: run this shell command in the guest instead of the tests
+else
+log "building the plugin and the guest test binary"
+cargo build -q -p gst-plugin-v4l2loopsink
+TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --message-format=json 2>/dev/null \
+  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+[ -x "$TEST_BIN" ] || die "could not build the guest test binary"
+BENCH_BIN=""
+if [ "$MODE" = bench ]; then
+  cargo build -q --release -p gst-plugin-v4l2loopsink --bin v4l2loopsink-bench
+  BENCH_BIN="$ROOT/target/release/v4l2loopsink-bench"
+  # The benchmark loads the release build of the plugin.
+  PLUGIN_DIR="$ROOT/target/release"
+else
+  PLUGIN_DIR="$ROOT/target/debug"
+fi
+REGISTRY="$G/registry-$MODE.bin"
+rm -f "$REGISTRY"
+GST_REGISTRY="$REGISTRY" GST_PLUGIN_PATH="$PLUGIN_DIR" gst-inspect-1.0 v4l2loopsink >/dev/null \
+  || die "gst-inspect-1.0 cannot load v4l2loopsink from $PLUGIN_DIR"
+fi
+
+# --- one boot per module version ----------------------------------------------------------------
+failed=0
+for ver in $VERSIONS; do
+  OUT="$G/out/$ver"
+  rm -rf "$OUT" && mkdir -p "$OUT"
+  ko="$G/modules/$ver/v4l2loopback.ko"
+  # Devices: 10 exclusive_caps=1 "vcam-excl", 11 exclusive_caps=0 "vcam-plain", 12 spare
+  # exclusive_caps=1 "vcam-lock"; vivid gives a capture-only device (non-loopback) as /dev/video0.
+  cat >"$OUT/setup.sh" <<SETUP
+/bin/busybox insmod /newroot$ko devices=3 video_nr=10,11,12 card_label=vcam-excl,vcam-plain,vcam-lock exclusive_caps=1,0,1 max_buffers=4 || echo "VCB-WARN loading v4l2loopback $ver failed"
+SETUP
+  if [ "$MODE" = custom ]; then
+    run_cmd="$VCB_GUEST_CMD"
+  elif [ "$MODE" = bench ]; then
+    run_cmd="$BENCH_BIN"
+  else
+    run_cmd="$TEST_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-}"
+  fi
+  cat >"$OUT/cmd.sh" <<CMD
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp XDG_RUNTIME_DIR=/tmp TMPDIR=/tmp
+export GST_REGISTRY="$REGISTRY" GST_REGISTRY_UPDATE=no GST_REGISTRY_FORK=no
+export GST_PLUGIN_PATH="$PLUGIN_DIR" VCAMBRIDGE_PLUGIN_DIR="$PLUGIN_DIR"
+export VCAMBRIDGE_GUEST=1 VCAMBRIDGE_V4L2LOOPBACK_VERSION=$ver RUST_BACKTRACE=1 G_DEBUG=fatal_warnings
+export VCAMBRIDGE_GUEST_OUT=/tmp/out
+cd "$ROOT"
+echo "v4l2loopback: \$(cat /sys/module/v4l2loopback/version 2>/dev/null)"
+ls /dev/video* /dev/v4l2loopback 2>/dev/null | tr '\n' ' '; echo
+$run_cmd
+CMD
+  log "booting the guest with v4l2loopback $ver ($MODE)"
+  start=$(date +%s)
+  set +e
+  timeout --foreground -k 10 "$BOOT_TIMEOUT" qemu-system-x86_64 \
+    -machine q35 -accel tcg,thread=multi -smp 2 -m 1536 -nodefaults -no-reboot \
+    -display none -monitor none -serial stdio \
+    -kernel "$KERNEL" -initrd "$INITRD" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$OUT,mount_tag=out,security_model=none,multidevs=remap" \
+    </dev/null 2>&1 | tee "$OUT/console.log"
+  qrc=${PIPESTATUS[0]}
+  set -e
+  took=$(( $(date +%s) - start ))
+  rc="$(sed -n 's/^VCB-EXIT=\([0-9]*\).*/\1/p' "$OUT/console.log" | tr -d '\r' | tail -n1)"
+  if [ -z "$rc" ]; then
+    log "v4l2loopback $ver: the guest did not report an exit status (qemu rc=$qrc after ${took}s; timeout ${BOOT_TIMEOUT}s) — see $OUT/console.log"
+    failed=1
+  elif [ "$rc" != 0 ]; then
+    log "v4l2loopback $ver: FAILED (exit $rc, ${took}s) — see $OUT/console.log"
+    failed=1
+  else
+    log "v4l2loopback $ver: passed (${took}s)"
+  fi
+done
+exit $failed
