@@ -5,6 +5,9 @@
 
 use gst::glib;
 
+pub mod ring;
+pub mod shm;
+
 fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     Ok(())
 }

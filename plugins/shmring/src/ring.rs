@@ -1,0 +1,875 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The shared-memory ring layout (version 1), free of GStreamer types.
+//!
+//! Everything here works on a plain memory region ([`RingMemory`]): the POSIX segment in
+//! [`crate::shm`] in production, an aligned heap buffer in the unit tests. The layout is
+//! specified in the plugin README; the constants below are the normative offsets.
+//!
+//! * one writer, any number of readers; the writer never waits for a reader;
+//! * frame `n` (0-based) lives in slot `n % slot_count`;
+//! * each slot is a seqlock: its `seq` is `2n + 1` while frame `n` is being written and
+//!   `2n + 2` once it is published. A reader copies the payload and then re-checks `seq`:
+//!   if it changed (or was not `2n + 2` to begin with), the frame was torn or overwritten and is
+//!   discarded, never shown;
+//! * the header's `write_seq` is the number of published frames; its low 32 bits are the futex
+//!   word readers sleep on.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// `b"VCSHMRNG"`, the first eight bytes of every ring.
+pub const MAGIC: [u8; 8] = *b"VCSHMRNG";
+/// The layout version this code reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Size of the header (slot 0 starts here).
+pub const HEADER_SIZE: usize = 4096;
+/// Size of each slot's header (the payload follows it).
+pub const SLOT_HEADER_SIZE: usize = 64;
+/// Everything (header fields, slots, payloads) is aligned to this.
+pub const ALIGN: usize = 64;
+/// Offset of the caps string in the header.
+pub const CAPS_OFFSET: usize = 256;
+/// Maximum length of the caps string in bytes.
+pub const CAPS_CAPACITY: usize = HEADER_SIZE - CAPS_OFFSET;
+
+// Header field offsets.
+pub const OFF_MAGIC: usize = 0;
+pub const OFF_VERSION: usize = 8;
+pub const OFF_HEADER_SIZE: usize = 12;
+pub const OFF_SLOT_COUNT: usize = 16;
+pub const OFF_SLOT_HEADER_SIZE: usize = 20;
+pub const OFF_SLOT_SIZE: usize = 24;
+pub const OFF_SLOT_STRIDE: usize = 32;
+pub const OFF_TOTAL_SIZE: usize = 40;
+pub const OFF_WRITER_PID: usize = 48;
+pub const OFF_STATE: usize = 52;
+pub const OFF_GENERATION: usize = 56;
+pub const OFF_WRITE_SEQ: usize = 64;
+pub const OFF_CAPS_SEQ: usize = 128;
+pub const OFF_CAPS_ID: usize = 136;
+pub const OFF_CAPS_LEN: usize = 144;
+pub const OFF_CAPS_CAPACITY: usize = 148;
+
+// Slot header field offsets (relative to the slot start).
+pub const SLOT_SEQ: usize = 0;
+pub const SLOT_PTS: usize = 8;
+pub const SLOT_DTS: usize = 16;
+pub const SLOT_DURATION: usize = 24;
+pub const SLOT_CAPS_ID: usize = 32;
+pub const SLOT_SIZE: usize = 40;
+pub const SLOT_FLAGS: usize = 48;
+pub const SLOT_PUBLISH_TIME: usize = 56;
+
+/// A timestamp field holding this value means "none".
+pub const NO_TIME: u64 = u64::MAX;
+
+/// Frame flags carried per slot.
+pub mod flags {
+    pub const DISCONT: u32 = 1 << 0;
+    pub const DELTA_UNIT: u32 = 1 << 1;
+    pub const HEADER: u32 = 1 << 2;
+    pub const GAP: u32 = 1 << 3;
+    pub const DROPPABLE: u32 = 1 << 4;
+    pub const MARKER: u32 = 1 << 5;
+}
+
+/// The writer's lifecycle state, stored in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum WriterState {
+    /// Being (re-)initialised: readers must not trust any other field yet.
+    Init = 0,
+    /// A writer is publishing frames.
+    Live = 1,
+    /// The writer reached end of stream (it may still be running).
+    Eos = 2,
+    /// The writer stopped cleanly and left the ring.
+    Closed = 3,
+}
+
+impl WriterState {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Init,
+            1 => Self::Live,
+            2 => Self::Eos,
+            3 => Self::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// Round `v` up to a multiple of [`ALIGN`].
+pub const fn align_up(v: usize) -> usize {
+    v.div_ceil(ALIGN) * ALIGN
+}
+
+/// The shape of a ring: how many slots of which payload capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub slot_count: u32,
+    /// Payload capacity of one slot, a multiple of [`ALIGN`].
+    pub slot_size: usize,
+}
+
+impl Geometry {
+    /// A geometry for `slot_count` slots able to hold `payload` bytes each.
+    pub fn new(slot_count: u32, payload: usize) -> Result<Self, LayoutError> {
+        if slot_count < 2 {
+            return Err(LayoutError::Invalid(format!(
+                "slot count {slot_count} is too small (at least 2)"
+            )));
+        }
+        let slot_size = align_up(payload.max(1));
+        let g = Geometry {
+            slot_count,
+            slot_size,
+        };
+        g.slot_stride()
+            .checked_mul(slot_count as usize)
+            .and_then(|s| s.checked_add(HEADER_SIZE))
+            .filter(|s| *s <= isize::MAX as usize)
+            .ok_or_else(|| {
+                LayoutError::Invalid(format!(
+                    "ring of {slot_count} x {payload} bytes is too large"
+                ))
+            })?;
+        Ok(g)
+    }
+
+    pub fn slot_stride(&self) -> usize {
+        SLOT_HEADER_SIZE + self.slot_size
+    }
+
+    /// Total size of the segment.
+    pub fn total_size(&self) -> usize {
+        HEADER_SIZE + self.slot_stride() * self.slot_count as usize
+    }
+
+    /// Offset of slot `index`'s header.
+    pub fn slot_offset(&self, index: u32) -> usize {
+        HEADER_SIZE + self.slot_stride() * index as usize
+    }
+
+    /// Offset of slot `index`'s payload.
+    pub fn payload_offset(&self, index: u32) -> usize {
+        self.slot_offset(index) + SLOT_HEADER_SIZE
+    }
+
+    /// The slot holding frame `seq`.
+    pub fn slot_of(&self, seq: u64) -> u32 {
+        (seq % self.slot_count as u64) as u32
+    }
+}
+
+/// Why a region is not a usable ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutError {
+    /// Smaller than the header, or smaller than the header says.
+    TooSmall { size: usize, needed: usize },
+    /// Not a ring at all.
+    BadMagic { found: [u8; 8] },
+    /// A ring, but of another layout version.
+    VersionMismatch { found: u32 },
+    /// Header fields that contradict each other.
+    Invalid(String),
+    /// A writer is (re-)initialising it right now.
+    NotReady,
+}
+
+impl std::fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayoutError::TooSmall { size, needed } => {
+                write!(f, "segment is {size} bytes, a ring needs at least {needed}")
+            }
+            LayoutError::BadMagic { found } => write!(
+                f,
+                "not a vcambridge shm ring (magic {:?}, expected {:?})",
+                String::from_utf8_lossy(found),
+                String::from_utf8_lossy(&MAGIC)
+            ),
+            LayoutError::VersionMismatch { found } => write!(
+                f,
+                "ring layout version {found}, this build speaks version {LAYOUT_VERSION}"
+            ),
+            LayoutError::Invalid(s) => write!(f, "inconsistent ring header: {s}"),
+            LayoutError::NotReady => write!(f, "the writer is initialising the ring"),
+        }
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+/// Metadata of one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameMeta {
+    /// Frame number (0-based, counts every frame the writer published in this generation).
+    pub seq: u64,
+    pub pts: Option<u64>,
+    pub dts: Option<u64>,
+    pub duration: Option<u64>,
+    /// The caps the frame was written with (see [`RingMemory::read_caps`]).
+    pub caps_id: u64,
+    /// Payload size in bytes.
+    pub size: usize,
+    pub flags: u32,
+    /// `CLOCK_MONOTONIC` in ns when the writer published the frame.
+    pub publish_time: u64,
+}
+
+fn time_to_raw(t: Option<u64>) -> u64 {
+    t.unwrap_or(NO_TIME)
+}
+
+fn raw_to_time(t: u64) -> Option<u64> {
+    (t != NO_TIME).then_some(t)
+}
+
+/// Outcome of trying to read frame `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStart {
+    /// Frame `n` is there: copy its payload, then call [`RingMemory::finish_read`].
+    Ready(FrameMeta),
+    /// Frame `n` is not published yet.
+    NotYet,
+    /// Frame `n` is gone (overwritten, or never published); `write_seq` is the writer's position.
+    Lost { write_seq: u64 },
+}
+
+/// A memory region holding a ring. Copyable view; the owner keeps the mapping alive.
+///
+/// All shared fields are accessed through atomics; payloads are copied with plain memcpy and
+/// validated by the slot seqlock.
+#[derive(Debug, Clone, Copy)]
+pub struct RingMemory {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the region is shared memory designed for concurrent access through atomics and the
+// seqlock protocol; the view itself is just a pointer and a length.
+unsafe impl Send for RingMemory {}
+unsafe impl Sync for RingMemory {}
+
+impl RingMemory {
+    /// # Safety
+    /// `ptr` must be valid for reads (and for writes if any writer method is used) of `len`
+    /// bytes, 64-byte aligned, for as long as the view is used.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Self {
+        debug_assert!(ptr as usize % ALIGN == 0);
+        RingMemory { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(off % 8 == 0 && off + 8 <= self.len);
+        // SAFETY: in bounds and 8-byte aligned (checked), the region outlives self.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(off) as *mut u64) }
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(off % 4 == 0 && off + 4 <= self.len);
+        // SAFETY: as above.
+        unsafe { AtomicU32::from_ptr(self.ptr.add(off) as *mut u32) }
+    }
+
+    fn read_bytes(&self, off: usize, dst: &mut [u8]) {
+        assert!(off + dst.len() <= self.len);
+        // SAFETY: bounds checked; concurrent writes are detected by the seqlock around the copy.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    fn write_bytes(&self, off: usize, src: &[u8]) {
+        assert!(off + src.len() <= self.len);
+        // SAFETY: bounds checked; only the single writer writes.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len()) }
+    }
+
+    // ---- header ----
+
+    pub fn magic(&self) -> [u8; 8] {
+        self.u64_at(OFF_MAGIC).load(Ordering::Acquire).to_le_bytes()
+    }
+
+    pub fn version(&self) -> u32 {
+        self.u32_at(OFF_VERSION).load(Ordering::Relaxed)
+    }
+
+    pub fn writer_pid(&self) -> u32 {
+        self.u32_at(OFF_WRITER_PID).load(Ordering::Acquire)
+    }
+
+    pub fn state_raw(&self) -> u32 {
+        self.u32_at(OFF_STATE).load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> Option<WriterState> {
+        WriterState::from_u32(self.state_raw())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.u64_at(OFF_GENERATION).load(Ordering::Acquire)
+    }
+
+    pub fn write_seq(&self) -> u64 {
+        self.u64_at(OFF_WRITE_SEQ).load(Ordering::Acquire)
+    }
+
+    /// Address of the futex word (the low 32 bits of `write_seq`, little-endian).
+    pub fn futex_word(&self) -> *const u32 {
+        assert!(OFF_WRITE_SEQ + 4 <= self.len);
+        // SAFETY: in bounds.
+        unsafe { self.ptr.add(OFF_WRITE_SEQ) as *const u32 }
+    }
+
+    /// Check that the region is a ready ring of this layout version; return its geometry.
+    pub fn validate(&self) -> Result<Geometry, LayoutError> {
+        if self.len < HEADER_SIZE {
+            return Err(LayoutError::TooSmall {
+                size: self.len,
+                needed: HEADER_SIZE,
+            });
+        }
+        let magic = self.magic();
+        if magic != MAGIC {
+            if magic == [0; 8] {
+                // A writer created the file but has not written the magic yet.
+                return Err(LayoutError::NotReady);
+            }
+            return Err(LayoutError::BadMagic { found: magic });
+        }
+        let version = self.version();
+        if version != LAYOUT_VERSION {
+            return Err(LayoutError::VersionMismatch { found: version });
+        }
+        if self.state_raw() == WriterState::Init as u32 {
+            return Err(LayoutError::NotReady);
+        }
+        let header_size = self.u32_at(OFF_HEADER_SIZE).load(Ordering::Relaxed) as usize;
+        let slot_header = self.u32_at(OFF_SLOT_HEADER_SIZE).load(Ordering::Relaxed) as usize;
+        if header_size != HEADER_SIZE || slot_header != SLOT_HEADER_SIZE {
+            return Err(LayoutError::Invalid(format!(
+                "header size {header_size} / slot header size {slot_header}, expected {HEADER_SIZE} / {SLOT_HEADER_SIZE}"
+            )));
+        }
+        let slot_count = self.u32_at(OFF_SLOT_COUNT).load(Ordering::Relaxed);
+        let slot_size = self.u64_at(OFF_SLOT_SIZE).load(Ordering::Relaxed) as usize;
+        if slot_count < 2 || slot_size == 0 || slot_size % ALIGN != 0 {
+            return Err(LayoutError::Invalid(format!(
+                "slot count {slot_count}, slot size {slot_size}"
+            )));
+        }
+        let g = Geometry::new(slot_count, slot_size)?;
+        let stride = self.u64_at(OFF_SLOT_STRIDE).load(Ordering::Relaxed) as usize;
+        let total = self.u64_at(OFF_TOTAL_SIZE).load(Ordering::Relaxed) as usize;
+        if stride != g.slot_stride() || total != g.total_size() {
+            return Err(LayoutError::Invalid(format!(
+                "slot stride {stride} / total size {total}, expected {} / {}",
+                g.slot_stride(),
+                g.total_size()
+            )));
+        }
+        if self.len < total {
+            return Err(LayoutError::TooSmall {
+                size: self.len,
+                needed: total,
+            });
+        }
+        let caps_cap = self.u32_at(OFF_CAPS_CAPACITY).load(Ordering::Relaxed) as usize;
+        if caps_cap != CAPS_CAPACITY {
+            return Err(LayoutError::Invalid(format!(
+                "caps capacity {caps_cap}, expected {CAPS_CAPACITY}"
+            )));
+        }
+        Ok(g)
+    }
+
+    /// Read the current caps (`caps_id`, caps string); `None` if the writer has not set caps yet
+    /// or kept changing them during 100 attempts.
+    pub fn read_caps(&self) -> Option<(u64, String)> {
+        for _ in 0..100 {
+            let s1 = self.u64_at(OFF_CAPS_SEQ).load(Ordering::Acquire);
+            if s1 % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let id = self.u64_at(OFF_CAPS_ID).load(Ordering::Relaxed);
+            let len =
+                (self.u32_at(OFF_CAPS_LEN).load(Ordering::Relaxed) as usize).min(CAPS_CAPACITY);
+            let mut buf = vec![0u8; len];
+            self.read_bytes(CAPS_OFFSET, &mut buf);
+            fence(Ordering::Acquire);
+            let s2 = self.u64_at(OFF_CAPS_SEQ).load(Ordering::Relaxed);
+            if s1 == s2 {
+                if id == 0 {
+                    return None;
+                }
+                return String::from_utf8(buf).ok().map(|s| (id, s));
+            }
+        }
+        None
+    }
+
+    /// Start reading frame `n`.
+    pub fn start_read(&self, g: &Geometry, n: u64) -> ReadStart {
+        let w = self.write_seq();
+        if w <= n {
+            return ReadStart::NotYet;
+        }
+        if w - n >= g.slot_count as u64 {
+            return ReadStart::Lost { write_seq: w };
+        }
+        let off = g.slot_offset(g.slot_of(n));
+        let s1 = self.u64_at(off + SLOT_SEQ).load(Ordering::Acquire);
+        if s1 != 2 * n + 2 {
+            return ReadStart::Lost { write_seq: w };
+        }
+        let size = self.u64_at(off + SLOT_SIZE).load(Ordering::Relaxed) as usize;
+        if size > g.slot_size {
+            return ReadStart::Lost { write_seq: w };
+        }
+        ReadStart::Ready(FrameMeta {
+            seq: n,
+            pts: raw_to_time(self.u64_at(off + SLOT_PTS).load(Ordering::Relaxed)),
+            dts: raw_to_time(self.u64_at(off + SLOT_DTS).load(Ordering::Relaxed)),
+            duration: raw_to_time(self.u64_at(off + SLOT_DURATION).load(Ordering::Relaxed)),
+            caps_id: self.u64_at(off + SLOT_CAPS_ID).load(Ordering::Relaxed),
+            size,
+            flags: self.u32_at(off + SLOT_FLAGS).load(Ordering::Relaxed),
+            publish_time: self.u64_at(off + SLOT_PUBLISH_TIME).load(Ordering::Relaxed),
+        })
+    }
+
+    /// Copy the payload of a frame returned by [`Self::start_read`] into `dst`
+    /// (`dst.len()` must be `meta.size`).
+    pub fn copy_payload(&self, g: &Geometry, meta: &FrameMeta, dst: &mut [u8]) {
+        assert_eq!(dst.len(), meta.size);
+        self.read_bytes(g.payload_offset(g.slot_of(meta.seq)), dst);
+    }
+
+    /// After copying: `true` if the frame was intact the whole time (not torn, not overwritten).
+    pub fn finish_read(&self, g: &Geometry, meta: &FrameMeta) -> bool {
+        fence(Ordering::Acquire);
+        let off = g.slot_offset(g.slot_of(meta.seq));
+        self.u64_at(off + SLOT_SEQ).load(Ordering::Relaxed) == 2 * meta.seq + 2
+    }
+
+    /// Read frame `n` into a new vector (convenience for tests and tools).
+    pub fn read_frame(&self, g: &Geometry, n: u64) -> Result<(FrameMeta, Vec<u8>), ReadStart> {
+        match self.start_read(g, n) {
+            ReadStart::Ready(meta) => {
+                let mut v = vec![0u8; meta.size];
+                self.copy_payload(g, &meta, &mut v);
+                if self.finish_read(g, &meta) {
+                    Ok((meta, v))
+                } else {
+                    Err(ReadStart::Lost {
+                        write_seq: self.write_seq(),
+                    })
+                }
+            }
+            other => Err(other),
+        }
+    }
+
+    // ---- writer side ----
+
+    /// (Re-)initialise the region as an empty ring with generation `generation`, owned by
+    /// `pid`. The caller must be the only writer. Readers attached to the previous generation
+    /// see the generation change (and `Init` meanwhile).
+    pub fn initialize(&self, g: &Geometry, pid: u32, generation: u64) {
+        assert!(self.len >= g.total_size());
+        self.u32_at(OFF_STATE)
+            .store(WriterState::Init as u32, Ordering::SeqCst);
+        self.u64_at(OFF_GENERATION)
+            .store(generation, Ordering::SeqCst);
+        self.u32_at(OFF_VERSION)
+            .store(LAYOUT_VERSION, Ordering::Relaxed);
+        self.u32_at(OFF_HEADER_SIZE)
+            .store(HEADER_SIZE as u32, Ordering::Relaxed);
+        self.u32_at(OFF_SLOT_COUNT)
+            .store(g.slot_count, Ordering::Relaxed);
+        self.u32_at(OFF_SLOT_HEADER_SIZE)
+            .store(SLOT_HEADER_SIZE as u32, Ordering::Relaxed);
+        self.u64_at(OFF_SLOT_SIZE)
+            .store(g.slot_size as u64, Ordering::Relaxed);
+        self.u64_at(OFF_SLOT_STRIDE)
+            .store(g.slot_stride() as u64, Ordering::Relaxed);
+        self.u64_at(OFF_TOTAL_SIZE)
+            .store(g.total_size() as u64, Ordering::Relaxed);
+        self.u32_at(OFF_WRITER_PID).store(pid, Ordering::Relaxed);
+        self.u64_at(OFF_WRITE_SEQ).store(0, Ordering::Relaxed);
+        self.u64_at(OFF_CAPS_SEQ).store(0, Ordering::Relaxed);
+        self.u64_at(OFF_CAPS_ID).store(0, Ordering::Relaxed);
+        self.u32_at(OFF_CAPS_LEN).store(0, Ordering::Relaxed);
+        self.u32_at(OFF_CAPS_CAPACITY)
+            .store(CAPS_CAPACITY as u32, Ordering::Relaxed);
+        for i in 0..g.slot_count {
+            let off = g.slot_offset(i);
+            for f in (0..SLOT_HEADER_SIZE).step_by(8) {
+                self.u64_at(off + f).store(0, Ordering::Relaxed);
+            }
+        }
+        self.u64_at(OFF_MAGIC)
+            .store(u64::from_le_bytes(MAGIC), Ordering::Release);
+        self.u32_at(OFF_STATE)
+            .store(WriterState::Live as u32, Ordering::SeqCst);
+    }
+
+    /// Set the writer state (`Eos`, `Closed`, back to `Live`).
+    pub fn set_state(&self, state: WriterState) {
+        self.u32_at(OFF_STATE).store(state as u32, Ordering::SeqCst);
+    }
+
+    /// Bump the generation (readers re-open the name); used before abandoning a segment.
+    pub fn set_generation(&self, generation: u64) {
+        self.u64_at(OFF_GENERATION)
+            .store(generation, Ordering::SeqCst);
+    }
+
+    /// Publish new caps; returns the new caps id. Fails if the string is longer than
+    /// [`CAPS_CAPACITY`].
+    pub fn write_caps(&self, caps: &str) -> Result<u64, LayoutError> {
+        if caps.len() > CAPS_CAPACITY {
+            return Err(LayoutError::Invalid(format!(
+                "caps string of {} bytes is longer than the {CAPS_CAPACITY} bytes the header holds",
+                caps.len()
+            )));
+        }
+        let seq = self.u64_at(OFF_CAPS_SEQ);
+        let s = seq.load(Ordering::Relaxed);
+        seq.store(s | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let id = self.u64_at(OFF_CAPS_ID).load(Ordering::Relaxed) + 1;
+        self.write_bytes(CAPS_OFFSET, caps.as_bytes());
+        self.u32_at(OFF_CAPS_LEN)
+            .store(caps.len() as u32, Ordering::Relaxed);
+        self.u64_at(OFF_CAPS_ID).store(id, Ordering::Relaxed);
+        seq.store((s | 1) + 1, Ordering::Release);
+        Ok(id)
+    }
+
+    /// Mark frame `n`'s slot as being written (seq odd). Returns the payload pointer.
+    pub fn begin_write(&self, g: &Geometry, n: u64) -> *mut u8 {
+        let off = g.slot_offset(g.slot_of(n));
+        self.u64_at(off + SLOT_SEQ)
+            .store(2 * n + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        // SAFETY: payload_offset is within total_size <= len (checked at initialize/validate).
+        unsafe { self.ptr.add(off + SLOT_HEADER_SIZE) }
+    }
+
+    /// Copy `payload` into frame `n`'s slot (after [`Self::begin_write`]).
+    pub fn write_payload(&self, g: &Geometry, n: u64, payload: &[u8]) {
+        assert!(payload.len() <= g.slot_size);
+        self.write_bytes(g.payload_offset(g.slot_of(n)), payload);
+    }
+
+    /// Fill in frame `meta.seq`'s metadata and publish it: the slot seq becomes even and
+    /// `write_seq` becomes `meta.seq + 1`. The caller wakes the readers afterwards.
+    pub fn publish(&self, g: &Geometry, meta: &FrameMeta) {
+        assert!(meta.size <= g.slot_size);
+        let n = meta.seq;
+        let off = g.slot_offset(g.slot_of(n));
+        self.u64_at(off + SLOT_PTS)
+            .store(time_to_raw(meta.pts), Ordering::Relaxed);
+        self.u64_at(off + SLOT_DTS)
+            .store(time_to_raw(meta.dts), Ordering::Relaxed);
+        self.u64_at(off + SLOT_DURATION)
+            .store(time_to_raw(meta.duration), Ordering::Relaxed);
+        self.u64_at(off + SLOT_CAPS_ID)
+            .store(meta.caps_id, Ordering::Relaxed);
+        self.u64_at(off + SLOT_SIZE)
+            .store(meta.size as u64, Ordering::Relaxed);
+        self.u32_at(off + SLOT_FLAGS)
+            .store(meta.flags, Ordering::Relaxed);
+        self.u64_at(off + SLOT_PUBLISH_TIME)
+            .store(meta.publish_time, Ordering::Relaxed);
+        self.u64_at(off + SLOT_SEQ)
+            .store(2 * n + 2, Ordering::Release);
+        self.u64_at(OFF_WRITE_SEQ).store(n + 1, Ordering::SeqCst);
+    }
+
+    /// Copy-path convenience: write and publish a whole frame.
+    pub fn write_frame(&self, g: &Geometry, meta: &FrameMeta, payload: &[u8]) {
+        assert_eq!(meta.size, payload.len());
+        self.begin_write(g, meta.seq);
+        self.write_payload(g, meta.seq, payload);
+        self.publish(g, meta);
+    }
+}
+
+/// Where a reader should continue after frame `next` was found lost while the writer is at
+/// `write_seq`: the newest published frame (a live reader that fell behind skips to the present).
+/// Returns (new next, number of frames skipped).
+pub fn catch_up(next: u64, write_seq: u64) -> (u64, u64) {
+    if write_seq == 0 {
+        return (0, 0);
+    }
+    let newest = write_seq - 1;
+    if newest > next {
+        (newest, newest - next)
+    } else {
+        // Frame `next` itself was lost (torn or never published) but is the newest: skip it.
+        (next + 1, 1)
+    }
+}
+
+/// Check a POSIX shm name: `/` followed by 1..=`NAME_MAX`-1 characters, no further `/`,
+/// not `.` or `..`, no NUL.
+pub fn validate_shm_name(name: &str) -> Result<(), String> {
+    const MAX: usize = 255;
+    let Some(rest) = name.strip_prefix('/') else {
+        return Err(format!(
+            "shm name {name:?} must start with '/' (for example \"/vcam0\")"
+        ));
+    };
+    if rest.is_empty() || rest == "." || rest == ".." {
+        return Err(format!(
+            "shm name {name:?} needs a name after the '/' (for example \"/vcam0\")"
+        ));
+    }
+    if rest.contains('/') {
+        return Err(format!(
+            "shm name {name:?} may contain only one '/', at the start (for example \"/vcam0\")"
+        ));
+    }
+    if rest.contains('\0') {
+        return Err(format!("shm name {name:?} contains a NUL byte"));
+    }
+    if rest.len() > MAX - 1 {
+        return Err(format!(
+            "shm name {name:?} is {} bytes long, at most {} are allowed",
+            rest.len() + 1,
+            MAX
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    struct Block([u8; 64]);
+
+    /// A 64-byte aligned zeroed heap region.
+    struct Region(Vec<Block>);
+
+    impl Region {
+        fn new(len: usize) -> Self {
+            Region(vec![Block([0u8; 64]); len.div_ceil(64)])
+        }
+        fn mem(&mut self) -> RingMemory {
+            let len = self.0.len() * 64;
+            unsafe { RingMemory::new(self.0.as_mut_ptr() as *mut u8, len) }
+        }
+    }
+
+    fn meta(seq: u64, size: usize) -> FrameMeta {
+        FrameMeta {
+            seq,
+            pts: Some(seq * 1000),
+            dts: None,
+            duration: Some(1000),
+            caps_id: 1,
+            size,
+            flags: flags::DELTA_UNIT,
+            publish_time: 42,
+        }
+    }
+
+    #[test]
+    fn geometry_is_aligned() {
+        let g = Geometry::new(4, 100).unwrap();
+        assert_eq!(g.slot_size, 128);
+        assert_eq!(g.slot_stride(), 192);
+        assert_eq!(g.total_size(), 4096 + 4 * 192);
+        assert_eq!(g.slot_offset(1) % ALIGN, 0);
+        assert_eq!(g.payload_offset(3), 4096 + 3 * 192 + 64);
+        assert!(Geometry::new(1, 100).is_err());
+        assert!(Geometry::new(u32::MAX, usize::MAX / 2).is_err());
+    }
+
+    #[test]
+    fn fixed_offsets_are_little_endian() {
+        let g = Geometry::new(3, 64).unwrap();
+        let mut r = Region::new(g.total_size());
+        let m = r.mem();
+        m.initialize(&g, 1234, 7);
+        let bytes = unsafe { std::slice::from_raw_parts(m.as_ptr(), m.len()) };
+        assert_eq!(&bytes[0..8], b"VCSHMRNG");
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+        assert_eq!(u32::from_le_bytes(bytes[16..20].try_into().unwrap()), 3);
+        assert_eq!(u64::from_le_bytes(bytes[24..32].try_into().unwrap()), 64);
+        assert_eq!(u32::from_le_bytes(bytes[48..52].try_into().unwrap()), 1234);
+        assert_eq!(u32::from_le_bytes(bytes[52..56].try_into().unwrap()), 1);
+        assert_eq!(u64::from_le_bytes(bytes[56..64].try_into().unwrap()), 7);
+        m.write_frame(&g, &meta(0, 3), b"abc");
+        assert_eq!(u64::from_le_bytes(bytes[64..72].try_into().unwrap()), 1);
+        let slot = g.slot_offset(0);
+        assert_eq!(
+            u64::from_le_bytes(bytes[slot..slot + 8].try_into().unwrap()),
+            2
+        );
+        assert_eq!(&bytes[slot + 64..slot + 67], b"abc");
+    }
+
+    #[test]
+    fn validate_reports_what_is_wrong() {
+        let g = Geometry::new(2, 64).unwrap();
+        let mut r = Region::new(g.total_size());
+        let m = r.mem();
+        assert_eq!(m.validate(), Err(LayoutError::NotReady));
+        m.initialize(&g, 1, 1);
+        assert_eq!(m.validate(), Ok(g));
+        let short = unsafe { RingMemory::new(m.as_ptr(), g.total_size() - 64) };
+        assert!(matches!(
+            short.validate(),
+            Err(LayoutError::TooSmall { .. })
+        ));
+        m.u32_at(OFF_VERSION).store(2, Ordering::Relaxed);
+        assert_eq!(m.validate(), Err(LayoutError::VersionMismatch { found: 2 }));
+        assert!(m.validate().unwrap_err().to_string().contains("version 2"));
+        m.u64_at(OFF_MAGIC)
+            .store(u64::from_le_bytes(*b"GARBAGE!"), Ordering::Relaxed);
+        let e = m.validate().unwrap_err();
+        assert!(matches!(e, LayoutError::BadMagic { .. }));
+        assert!(e.to_string().contains("GARBAGE!"), "{e}");
+    }
+
+    #[test]
+    fn frames_round_trip_and_get_overwritten() {
+        let g = Geometry::new(3, 64).unwrap();
+        let mut r = Region::new(g.total_size());
+        let m = r.mem();
+        m.initialize(&g, 1, 1);
+        assert_eq!(m.start_read(&g, 0), ReadStart::NotYet);
+        for n in 0..5u64 {
+            let payload = vec![n as u8; 10 + n as usize];
+            m.write_frame(&g, &meta(n, payload.len()), &payload);
+        }
+        assert_eq!(m.write_seq(), 5);
+        // frames 0..=2 are overwritten (3 slots, newest is 4; frame 2's slot is being reused next)
+        assert_eq!(m.read_frame(&g, 1), Err(ReadStart::Lost { write_seq: 5 }));
+        assert_eq!(m.read_frame(&g, 2), Err(ReadStart::Lost { write_seq: 5 }));
+        let (fm, data) = m.read_frame(&g, 4).unwrap();
+        assert_eq!(fm, meta(4, 14));
+        assert_eq!(data, vec![4u8; 14]);
+        let (fm, data) = m.read_frame(&g, 3).unwrap();
+        assert_eq!(fm.pts, Some(3000));
+        assert_eq!(data, vec![3u8; 13]);
+        assert_eq!(m.read_frame(&g, 5), Err(ReadStart::NotYet));
+    }
+
+    #[test]
+    fn torn_frame_is_discarded() {
+        let g = Geometry::new(4, 64).unwrap();
+        let mut r = Region::new(g.total_size());
+        let m = r.mem();
+        m.initialize(&g, 1, 1);
+        m.write_frame(&g, &meta(0, 4), b"aaaa");
+        let ReadStart::Ready(fm) = m.start_read(&g, 0) else {
+            panic!("frame 0 ready")
+        };
+        // The writer wraps around onto slot 0 while the reader copies.
+        m.begin_write(&g, 4);
+        let mut buf = [0u8; 4];
+        m.copy_payload(&g, &fm, &mut buf);
+        assert!(!m.finish_read(&g, &fm));
+        // A slot in progress (seq odd) is never handed out.
+        m.u64_at(OFF_WRITE_SEQ).store(5, Ordering::Relaxed);
+        assert!(matches!(m.start_read(&g, 4), ReadStart::Lost { .. }));
+    }
+
+    #[test]
+    fn caps_are_versioned() {
+        let g = Geometry::new(2, 64).unwrap();
+        let mut r = Region::new(g.total_size());
+        let m = r.mem();
+        m.initialize(&g, 1, 1);
+        assert_eq!(m.read_caps(), None);
+        assert_eq!(m.write_caps("video/x-raw,width=2"), Ok(1));
+        assert_eq!(m.read_caps(), Some((1, "video/x-raw,width=2".into())));
+        assert_eq!(m.write_caps("audio/x-raw"), Ok(2));
+        assert_eq!(m.read_caps(), Some((2, "audio/x-raw".into())));
+        assert!(m.write_caps(&"x".repeat(CAPS_CAPACITY + 1)).is_err());
+    }
+
+    #[test]
+    fn catch_up_skips_to_newest() {
+        assert_eq!(catch_up(3, 10), (9, 6));
+        assert_eq!(catch_up(9, 10), (10, 1));
+        assert_eq!(catch_up(0, 0), (0, 0));
+    }
+
+    #[test]
+    fn shm_names() {
+        assert!(validate_shm_name("/vcam0").is_ok());
+        assert!(
+            validate_shm_name("vcam0")
+                .unwrap_err()
+                .contains("start with '/'")
+        );
+        assert!(validate_shm_name("/").is_err());
+        assert!(validate_shm_name("/..").is_err());
+        assert!(
+            validate_shm_name("/a/b")
+                .unwrap_err()
+                .contains("only one '/'")
+        );
+        assert!(validate_shm_name(&format!("/{}", "a".repeat(254))).is_ok());
+        assert!(
+            validate_shm_name(&format!("/{}", "a".repeat(255)))
+                .unwrap_err()
+                .contains("at most 255")
+        );
+    }
+
+    #[test]
+    fn concurrent_reader_never_sees_torn_frames() {
+        let g = Geometry::new(3, 4096).unwrap();
+        let mut r = Region::new(g.total_size());
+        let m = r.mem();
+        m.initialize(&g, 1, 1);
+        let writer = std::thread::spawn(move || {
+            for n in 0..20_000u64 {
+                let payload = vec![(n % 251) as u8; 4096];
+                m.write_frame(&g, &meta(n, payload.len()), &payload);
+            }
+        });
+        let mut next = 0;
+        let mut seen = 0;
+        while next < 20_000 {
+            match m.read_frame(&g, next) {
+                Ok((fm, data)) => {
+                    assert!(
+                        data.iter().all(|b| *b == (fm.seq % 251) as u8),
+                        "torn frame {}",
+                        fm.seq
+                    );
+                    seen += 1;
+                    next += 1;
+                }
+                Err(ReadStart::NotYet) => std::hint::spin_loop(),
+                Err(ReadStart::Lost { write_seq }) => next = catch_up(next, write_seq).0,
+                Err(ReadStart::Ready(_)) => unreachable!(),
+            }
+        }
+        writer.join().unwrap();
+        assert!(seen > 0);
+    }
+}

@@ -1,0 +1,524 @@
+// SPDX-License-Identifier: MPL-2.0
+//! POSIX shared-memory segments holding a ring, and the futex readers sleep on.
+//! No GStreamer types here: the elements adapt these errors into element errors.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use crate::ring::{self, Geometry, LayoutError, RingMemory, WriterState};
+
+/// Where Linux keeps POSIX shm objects (for messages and inode checks).
+pub fn shm_path(name: &str) -> String {
+    format!("/dev/shm{name}")
+}
+
+/// Why a segment could not be created or opened; the `Display` text names the path and says
+/// what to do.
+#[derive(Debug)]
+pub enum ShmError {
+    /// The shm name is malformed.
+    BadName(String),
+    /// No segment with this name (yet).
+    NotFound(String),
+    /// The writer is still initialising it: try again shortly.
+    NotReady(String),
+    /// Permission denied.
+    Permission(String),
+    /// Something else lives at the name.
+    Foreign(String),
+    /// A ring of another layout version.
+    Version(String),
+    /// Too small / inconsistent.
+    Corrupt(String),
+    /// Another live writer owns the ring.
+    Busy(String),
+    /// Any other OS error.
+    Os(String),
+}
+
+impl ShmError {
+    /// Transient: a reader waiting for a writer keeps trying.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ShmError::NotFound(_) | ShmError::NotReady(_))
+    }
+}
+
+impl std::fmt::Display for ShmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShmError::BadName(s)
+            | ShmError::NotFound(s)
+            | ShmError::NotReady(s)
+            | ShmError::Permission(s)
+            | ShmError::Foreign(s)
+            | ShmError::Version(s)
+            | ShmError::Corrupt(s)
+            | ShmError::Busy(s)
+            | ShmError::Os(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for ShmError {}
+
+fn describe_owner(name: &str) -> String {
+    match std::fs::metadata(shm_path(name)) {
+        Ok(md) => format!(
+            "it is owned by uid {} with mode {:04o}, we run as uid {}",
+            md.uid(),
+            md.mode() & 0o7777,
+            // SAFETY: getuid never fails.
+            unsafe { libc::getuid() }
+        ),
+        Err(_) => String::from("its owner and mode could not be read"),
+    }
+}
+
+fn shm_open(name: &str, oflag: i32, mode: u32) -> io::Result<File> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid NUL-terminated string; on success we own the returned fd.
+    let fd = unsafe { libc::shm_open(c.as_ptr(), oflag | libc::O_CLOEXEC, mode as libc::mode_t) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly opened descriptor we own.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Remove the name (readers that mapped it keep their mapping).
+pub fn unlink(name: &str) -> io::Result<()> {
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid NUL-terminated string.
+    if unsafe { libc::shm_unlink(c.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Is process `pid` alive (as far as we can tell from this pid namespace)?
+pub fn pid_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid as i32, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock of the slots' publish time, same in every
+/// process).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sleep until the 32-bit word at `word` is no longer `expected`, a wake-up, or `timeout`.
+/// Shared (not process-private) futex, so it works across processes.
+pub fn futex_wait(word: *const u32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` points into a live mapping; FUTEX_WAIT only reads it. Spurious returns
+    // (EINTR, EAGAIN, ETIMEDOUT) are fine, callers re-check.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word,
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wake every reader sleeping on `word`.
+pub fn futex_wake(word: *const u32) {
+    // SAFETY: `word` points into a live mapping.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word,
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// A mapped segment. Unmapped on drop.
+#[derive(Debug)]
+pub struct Segment {
+    name: String,
+    file: File,
+    ptr: *mut u8,
+    len: usize,
+    ino: u64,
+}
+
+// SAFETY: the mapping is process-wide memory; access goes through RingMemory's atomics.
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len come from a successful mmap that nothing else unmaps.
+        unsafe {
+            libc::munmap(self.ptr as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+fn map(file: &File, len: usize, writable: bool) -> io::Result<*mut u8> {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: mapping a regular shm fd; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p as *mut u8)
+}
+
+impl Segment {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> String {
+        shm_path(&self.name)
+    }
+
+    pub fn memory(&self) -> RingMemory {
+        // SAFETY: the mapping lives as long as self; mmap returns page-aligned memory.
+        unsafe { RingMemory::new(self.ptr, self.len) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Does the name still refer to the object we mapped?
+    pub fn name_still_ours(&self) -> bool {
+        std::fs::metadata(self.path())
+            .map(|m| m.ino() == self.ino)
+            .unwrap_or(false)
+    }
+
+    /// Open an existing ring for reading (read-only mapping).
+    pub fn open_reader(name: &str) -> Result<(Segment, Geometry), ShmError> {
+        ring::validate_shm_name(name).map_err(ShmError::BadName)?;
+        let path = shm_path(name);
+        let file = match shm_open(name, libc::O_RDONLY, 0) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(ShmError::NotFound(format!(
+                    "no shm ring at {path} (is the writer running with shm-name={name}?)"
+                )));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                return Err(ShmError::Permission(format!(
+                    "permission denied opening {path} for reading: {}; run the reader as the \
+                     writer's user or give the writer a wider mode (e.g. mode=0644)",
+                    describe_owner(name)
+                )));
+            }
+            Err(e) => return Err(ShmError::Os(format!("cannot open {path}: {e}"))),
+        };
+        let md = file
+            .metadata()
+            .map_err(|e| ShmError::Os(format!("cannot stat {path}: {e}")))?;
+        let size = md.len() as usize;
+        if size == 0 {
+            return Err(ShmError::NotReady(format!(
+                "{path} is empty (a writer is creating it)"
+            )));
+        }
+        if size < ring::HEADER_SIZE {
+            let mut head = [0u8; 8];
+            let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).unwrap_or(0);
+            if n == 8 && head == ring::MAGIC {
+                return Err(ShmError::Corrupt(format!(
+                    "{path} is only {size} bytes, too small for a shm ring header \
+                     ({} bytes); remove it (rm {path}) and restart the writer",
+                    ring::HEADER_SIZE
+                )));
+            }
+            return Err(ShmError::Foreign(format!(
+                "{path} is not a vcambridge shm ring ({size} bytes, no ring magic); another \
+                 program uses this name: pick another shm-name or remove the file (rm {path})"
+            )));
+        }
+        let ptr =
+            map(&file, size, false).map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
+        let seg = Segment {
+            name: name.to_string(),
+            file,
+            ptr,
+            len: size,
+            ino: md.ino(),
+        };
+        let g = seg.memory().validate().map_err(|e| layout_error(name, e))?;
+        Ok((seg, g))
+    }
+
+    /// Create the ring, or reclaim the one a previous writer left behind (crashed or stopped):
+    /// returns the segment, initialised and live, with a generation one above the old one.
+    /// `mode` is applied to the object (0600 by default in the elements).
+    pub fn create_writer(
+        name: &str,
+        mode: u32,
+        geometry: &Geometry,
+    ) -> Result<(Segment, u64), ShmError> {
+        ring::validate_shm_name(name).map_err(ShmError::BadName)?;
+        let path = shm_path(name);
+        let pid = std::process::id();
+        let mut generation = 1;
+        for _attempt in 0..3 {
+            match shm_open(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode) {
+                Ok(file) => {
+                    let seg = Self::init_new(name, file, mode, geometry, pid, generation)?;
+                    return Ok((seg, generation));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    return Err(ShmError::Permission(format!(
+                        "permission denied creating {path}: {e}"
+                    )));
+                }
+                Err(e) => return Err(ShmError::Os(format!("cannot create {path}: {e}"))),
+            }
+            // Something exists: is it a ring we may reclaim?
+            let file = match shm_open(name, libc::O_RDWR, 0) {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    return Err(ShmError::Permission(format!(
+                        "permission denied opening the existing {path} for writing: {}; remove \
+                         it (rm {path}) or run the writer as its owner",
+                        describe_owner(name)
+                    )));
+                }
+                Err(e) => return Err(ShmError::Os(format!("cannot open {path}: {e}"))),
+            };
+            let md = file
+                .metadata()
+                .map_err(|e| ShmError::Os(format!("cannot stat {path}: {e}")))?;
+            let size = md.len() as usize;
+            if size == 0 {
+                // An empty object: nothing to lose, take it.
+                let seg = Self::init_new(name, file, mode, geometry, pid, generation)?;
+                return Ok((seg, generation));
+            }
+            if size < ring::HEADER_SIZE {
+                return Err(ShmError::Foreign(format!(
+                    "{path} exists and is not a vcambridge shm ring ({size} bytes); pick another \
+                     shm-name or remove the file (rm {path})"
+                )));
+            }
+            let ptr = map(&file, size, true)
+                .map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
+            let old = Segment {
+                name: name.to_string(),
+                file,
+                ptr,
+                len: size,
+                ino: md.ino(),
+            };
+            let mem = old.memory();
+            if mem.magic() != ring::MAGIC {
+                return Err(ShmError::Foreign(format!(
+                    "{path} exists and is not a vcambridge shm ring (magic {:?}); pick another \
+                     shm-name or remove the file (rm {path})",
+                    String::from_utf8_lossy(&mem.magic())
+                )));
+            }
+            if mem.version() != ring::LAYOUT_VERSION {
+                return Err(ShmError::Version(format!(
+                    "{path} holds a shm ring of layout version {}, this writer speaks version \
+                     {}; stop the programs using it and remove it (rm {path})",
+                    mem.version(),
+                    ring::LAYOUT_VERSION
+                )));
+            }
+            let old_pid = mem.writer_pid();
+            let state = mem.state();
+            if old_pid != pid && pid_alive(old_pid) && !matches!(state, Some(WriterState::Closed)) {
+                return Err(ShmError::Busy(format!(
+                    "{path} is in use by another writer (pid {old_pid}); only one writer per \
+                     ring: stop it or pick another shm-name"
+                )));
+            }
+            generation = mem.generation().wrapping_add(1).max(1);
+            if size == geometry.total_size() {
+                if md.mode() & 0o7777 != mode {
+                    let _ = old
+                        .file
+                        .set_permissions(std::fs::Permissions::from_mode(mode));
+                }
+                mem.initialize(geometry, pid, generation);
+                futex_wake(mem.futex_word());
+                return Ok((old, generation));
+            }
+            // Different size: abandon the old object (readers see the generation change and
+            // re-open the name) and create a new one.
+            mem.set_state(WriterState::Closed);
+            mem.set_generation(generation);
+            futex_wake(mem.futex_word());
+            drop(old);
+            let _ = unlink(name);
+        }
+        Err(ShmError::Os(format!(
+            "{path} keeps changing under us (another writer racing for it?)"
+        )))
+    }
+
+    fn init_new(
+        name: &str,
+        file: File,
+        mode: u32,
+        geometry: &Geometry,
+        pid: u32,
+        generation: u64,
+    ) -> Result<Segment, ShmError> {
+        let path = shm_path(name);
+        let fail = |what: &str, e: io::Error| {
+            let _ = unlink(name);
+            ShmError::Os(format!("cannot {what} {path}: {e}"))
+        };
+        // The umask may have narrowed the mode: set it exactly.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| fail("chmod", e))?;
+        let len = geometry.total_size();
+        file.set_len(len as u64).map_err(|e| {
+            fail(
+                &format!("size ({len} bytes; is /dev/shm full? `df /dev/shm`)"),
+                e,
+            )
+        })?;
+        let md = file.metadata().map_err(|e| fail("stat", e))?;
+        let ptr = map(&file, len, true).map_err(|e| fail("map", e))?;
+        let seg = Segment {
+            name: name.to_string(),
+            file,
+            ptr,
+            len,
+            ino: md.ino(),
+        };
+        seg.memory().initialize(geometry, pid, generation);
+        Ok(seg)
+    }
+}
+
+/// Turn a layout problem found by a reader into a message naming the path.
+pub fn layout_error(name: &str, e: LayoutError) -> ShmError {
+    let path = shm_path(name);
+    match e {
+        LayoutError::NotReady => ShmError::NotReady(format!("{path}: {e}")),
+        LayoutError::BadMagic { .. } => ShmError::Foreign(format!(
+            "{path} is {e}; another program uses this name: pick another shm-name or remove the \
+             file (rm {path})"
+        )),
+        LayoutError::VersionMismatch { .. } => ShmError::Version(format!(
+            "{path}: {e}; use a reader and writer of the same vcambridge release"
+        )),
+        LayoutError::TooSmall { .. } | LayoutError::Invalid(_) => ShmError::Corrupt(format!(
+            "{path}: {e}; remove it (rm {path}) and restart the writer"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::FrameMeta;
+
+    fn unique(tag: &str) -> String {
+        format!("/shmring-unit-{tag}-{}", std::process::id())
+    }
+
+    #[test]
+    fn create_read_reclaim() {
+        let name = unique("crr");
+        let g = Geometry::new(4, 256).unwrap();
+        let (w, gen1) = Segment::create_writer(&name, 0o600, &g).unwrap();
+        assert_eq!(gen1, 1);
+        let md = std::fs::metadata(shm_path(&name)).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o600);
+        let wm = w.memory();
+        wm.write_frame(
+            &g,
+            &FrameMeta {
+                seq: 0,
+                size: 3,
+                ..Default::default()
+            },
+            b"xyz",
+        );
+        let (r, rg) = Segment::open_reader(&name).unwrap();
+        assert_eq!(rg, g);
+        assert_eq!(r.memory().read_frame(&g, 0).unwrap().1, b"xyz");
+        // Same pid reclaims (as a restarted writer would): new generation, same object.
+        let (w2, gen2) = Segment::create_writer(&name, 0o600, &g).unwrap();
+        assert_eq!(gen2, 2);
+        assert_eq!(r.memory().generation(), 2);
+        assert!(r.name_still_ours());
+        // Different geometry: new object, the old one is marked closed.
+        let g2 = Geometry::new(4, 1024).unwrap();
+        let (_w3, gen3) = Segment::create_writer(&name, 0o600, &g2).unwrap();
+        assert_eq!(gen3, 3);
+        assert_eq!(r.memory().state(), Some(WriterState::Closed));
+        assert!(!r.name_still_ours());
+        drop((w, w2));
+        unlink(&name).unwrap();
+    }
+
+    #[test]
+    fn foreign_and_missing() {
+        let name = unique("foreign");
+        assert!(matches!(
+            Segment::open_reader(&name),
+            Err(ShmError::NotFound(_))
+        ));
+        std::fs::write(shm_path(&name), vec![b'x'; 8192]).unwrap();
+        let e = Segment::open_reader(&name).unwrap_err();
+        assert!(matches!(e, ShmError::Foreign(_)), "{e}");
+        assert!(e.to_string().contains(&shm_path(&name)));
+        let e = Segment::create_writer(&name, 0o600, &Geometry::new(2, 64).unwrap()).unwrap_err();
+        assert!(matches!(e, ShmError::Foreign(_)), "{e}");
+        unlink(&name).unwrap();
+        assert!(matches!(
+            Segment::open_reader("bad"),
+            Err(ShmError::BadName(_))
+        ));
+    }
+}
