@@ -5,8 +5,11 @@
 
 use gst::glib;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    Ok(())
+pub mod format;
+mod pwvideosink;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    pwvideosink::register(plugin)
 }
 
 gst::plugin_define!(

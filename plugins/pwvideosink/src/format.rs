@@ -1,0 +1,531 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! PipeWire format and buffer pods for a raw video source, and the mapping between GStreamer
+//! video format names and SPA video formats.
+//!
+//! Plain Rust: no GStreamer types, no PipeWire objects. Pods are built with libspa's serializer
+//! and parsed back from bytes, so everything here is unit-tested on bytes alone.
+
+use std::io::Cursor;
+
+use pipewire::spa;
+use spa::param::ParamType;
+use spa::param::format::{FormatProperties, MediaSubtype, MediaType};
+use spa::param::video::VideoFormat;
+use spa::pod::deserialize::PodDeserializer;
+use spa::pod::serialize::PodSerializer;
+use spa::pod::{ChoiceValue, Object, Property, PropertyFlags, Value};
+use spa::utils::{Choice, ChoiceEnum, ChoiceFlags, Fraction, Id, Rectangle, SpaTypes};
+
+/// GStreamer format names (as in `video/x-raw,format=…`) and their SPA counterparts.
+///
+/// The memory layout of each pair is identical, so frames are copied byte for byte.
+const FORMAT_TABLE: &[(&str, VideoFormat)] = &[
+    ("I420", VideoFormat::I420),
+    ("YV12", VideoFormat::YV12),
+    ("NV12", VideoFormat::NV12),
+    ("NV21", VideoFormat::NV21),
+    ("YUY2", VideoFormat::YUY2),
+    ("UYVY", VideoFormat::UYVY),
+    ("YVYU", VideoFormat::YVYU),
+    ("Y42B", VideoFormat::Y42B),
+    ("Y444", VideoFormat::Y444),
+    ("BGRx", VideoFormat::BGRx),
+    ("RGBx", VideoFormat::RGBx),
+    ("xRGB", VideoFormat::xRGB),
+    ("xBGR", VideoFormat::xBGR),
+    ("BGRA", VideoFormat::BGRA),
+    ("RGBA", VideoFormat::RGBA),
+    ("ARGB", VideoFormat::ARGB),
+    ("ABGR", VideoFormat::ABGR),
+    ("RGB", VideoFormat::RGB),
+    ("BGR", VideoFormat::BGR),
+    ("GRAY8", VideoFormat::GRAY8),
+];
+
+/// Every GStreamer format name this element can publish, in order of preference.
+pub fn supported_gst_formats() -> impl Iterator<Item = &'static str> {
+    FORMAT_TABLE.iter().map(|(name, _)| *name)
+}
+
+/// The SPA video format (raw id) for a GStreamer format name.
+pub fn spa_format_from_gst(name: &str) -> Option<u32> {
+    FORMAT_TABLE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| f.as_raw())
+}
+
+/// The GStreamer format name for a SPA video format (raw id).
+pub fn gst_format_from_spa(format: u32) -> Option<&'static str> {
+    FORMAT_TABLE
+        .iter()
+        .find(|(_, f)| f.as_raw() == format)
+        .map(|(n, _)| *n)
+}
+
+/// One fixed raw video format: what an EnumFormat entry offers and what a Format param fixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoSpec {
+    /// SPA video format (raw id, see [`spa_format_from_gst`]).
+    pub format: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Frame rate numerator/denominator; 0/1 means variable.
+    pub fps_n: u32,
+    pub fps_d: u32,
+}
+
+impl VideoSpec {
+    /// Short human-readable form, e.g. `I420 1280x720@30/1`.
+    pub fn describe(&self) -> String {
+        let name = gst_format_from_spa(self.format).unwrap_or("unknown");
+        format!(
+            "{name} {}x{}@{}/{}",
+            self.width, self.height, self.fps_n, self.fps_d
+        )
+    }
+}
+
+/// Buffer layout of one frame in the format negotiated with upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLayout {
+    pub spec: VideoSpec,
+    /// Total frame size in bytes (all planes, GStreamer's default layout).
+    pub size: u32,
+    /// Stride of the first plane in bytes.
+    pub stride: u32,
+}
+
+/// Buffer count negotiation: consumers such as pipewiresrc ask for 8 or more.
+pub const BUFFERS_DEFAULT: i32 = 8;
+pub const BUFFERS_MIN: i32 = 2;
+pub const BUFFERS_MAX: i32 = 16;
+
+/// Errors building or parsing pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodError {
+    Serialize(String),
+    Parse(String),
+    NotVideoRaw,
+    Missing(&'static str),
+}
+
+impl std::fmt::Display for PodError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PodError::Serialize(e) => write!(f, "could not serialize pod: {e}"),
+            PodError::Parse(e) => write!(f, "could not parse pod: {e}"),
+            PodError::NotVideoRaw => write!(f, "format is not raw video"),
+            PodError::Missing(what) => write!(f, "format has no fixed {what}"),
+        }
+    }
+}
+
+impl std::error::Error for PodError {}
+
+fn serialize(obj: Object) -> Result<Vec<u8>, PodError> {
+    PodSerializer::serialize(Cursor::new(Vec::new()), &Value::Object(obj))
+        .map(|(c, _)| c.into_inner())
+        .map_err(|e| PodError::Serialize(format!("{e:?}")))
+}
+
+fn prop(key: u32, value: Value) -> Property {
+    Property {
+        key,
+        flags: PropertyFlags::empty(),
+        value,
+    }
+}
+
+/// An `EnumFormat` pod offering exactly one format with a fixed size and frame rate
+/// (libwebrtc ignores formats whose size is a range).
+pub fn enum_format_pod(spec: &VideoSpec) -> Result<Vec<u8>, PodError> {
+    format_object(spec, ParamType::EnumFormat.as_raw())
+}
+
+fn format_object(spec: &VideoSpec, id: u32) -> Result<Vec<u8>, PodError> {
+    serialize(Object {
+        type_: SpaTypes::ObjectParamFormat.as_raw(),
+        id,
+        properties: vec![
+            prop(
+                FormatProperties::MediaType.as_raw(),
+                Value::Id(Id(MediaType::Video.as_raw())),
+            ),
+            prop(
+                FormatProperties::MediaSubtype.as_raw(),
+                Value::Id(Id(MediaSubtype::Raw.as_raw())),
+            ),
+            prop(
+                FormatProperties::VideoFormat.as_raw(),
+                Value::Id(Id(spec.format)),
+            ),
+            prop(
+                FormatProperties::VideoSize.as_raw(),
+                Value::Rectangle(Rectangle {
+                    width: spec.width,
+                    height: spec.height,
+                }),
+            ),
+            prop(
+                FormatProperties::VideoFramerate.as_raw(),
+                Value::Fraction(Fraction {
+                    num: spec.fps_n,
+                    denom: spec.fps_d,
+                }),
+            ),
+        ],
+    })
+}
+
+/// A `Buffers` param for shared-memory (memfd) buffers holding one frame of `layout`,
+/// with the buffer count as a range.
+pub fn buffers_pod(layout: &FrameLayout) -> Result<Vec<u8>, PodError> {
+    let data_types = (1i32 << spa::sys::SPA_DATA_MemFd) | (1i32 << spa::sys::SPA_DATA_MemPtr);
+    serialize(Object {
+        type_: SpaTypes::ObjectParamBuffers.as_raw(),
+        id: ParamType::Buffers.as_raw(),
+        properties: vec![
+            prop(
+                spa::sys::SPA_PARAM_BUFFERS_buffers,
+                Value::Choice(ChoiceValue::Int(Choice(
+                    ChoiceFlags::empty(),
+                    ChoiceEnum::Range {
+                        default: BUFFERS_DEFAULT,
+                        min: BUFFERS_MIN,
+                        max: BUFFERS_MAX,
+                    },
+                ))),
+            ),
+            prop(spa::sys::SPA_PARAM_BUFFERS_blocks, Value::Int(1)),
+            prop(
+                spa::sys::SPA_PARAM_BUFFERS_size,
+                Value::Int(layout.size as i32),
+            ),
+            prop(
+                spa::sys::SPA_PARAM_BUFFERS_stride,
+                Value::Int(layout.stride as i32),
+            ),
+            prop(
+                spa::sys::SPA_PARAM_BUFFERS_dataType,
+                Value::Choice(ChoiceValue::Int(Choice(
+                    ChoiceFlags::empty(),
+                    ChoiceEnum::Flags {
+                        default: data_types,
+                        flags: vec![data_types],
+                    },
+                ))),
+            ),
+        ],
+    })
+}
+
+/// A `Meta` param asking for a `spa_meta_header` (timestamps, sequence) on every buffer.
+pub fn header_meta_pod() -> Result<Vec<u8>, PodError> {
+    serialize(Object {
+        type_: SpaTypes::ObjectParamMeta.as_raw(),
+        id: ParamType::Meta.as_raw(),
+        properties: vec![
+            prop(
+                spa::sys::SPA_PARAM_META_type,
+                Value::Id(Id(spa::sys::SPA_META_Header)),
+            ),
+            prop(
+                spa::sys::SPA_PARAM_META_size,
+                Value::Int(std::mem::size_of::<spa::sys::spa_meta_header>() as i32),
+            ),
+        ],
+    })
+}
+
+/// Parse a (fixed) `Format` or `EnumFormat` pod into a [`VideoSpec`].
+pub fn parse_video_format(pod: &[u8]) -> Result<VideoSpec, PodError> {
+    let (_, value) = PodDeserializer::deserialize_from::<Value>(pod)
+        .map_err(|e| PodError::Parse(format!("{e:?}")))?;
+    let Value::Object(obj) = value else {
+        return Err(PodError::Parse("not an object".into()));
+    };
+    let find = |key: FormatProperties| {
+        obj.properties
+            .iter()
+            .find(|p| p.key == key.as_raw())
+            .map(|p| fixed(&p.value))
+    };
+    match (
+        find(FormatProperties::MediaType),
+        find(FormatProperties::MediaSubtype),
+    ) {
+        (Some(Value::Id(t)), Some(Value::Id(s)))
+            if t.0 == MediaType::Video.as_raw() && s.0 == MediaSubtype::Raw.as_raw() => {}
+        _ => return Err(PodError::NotVideoRaw),
+    }
+    let format = match find(FormatProperties::VideoFormat) {
+        Some(Value::Id(f)) => f.0,
+        _ => return Err(PodError::Missing("video format")),
+    };
+    let size = match find(FormatProperties::VideoSize) {
+        Some(Value::Rectangle(r)) => r,
+        _ => return Err(PodError::Missing("size")),
+    };
+    let (fps_n, fps_d) = match find(FormatProperties::VideoFramerate) {
+        Some(Value::Fraction(f)) => (f.num, f.denom),
+        _ => (0, 1),
+    };
+    Ok(VideoSpec {
+        format,
+        width: size.width,
+        height: size.height,
+        fps_n,
+        fps_d,
+    })
+}
+
+/// The value of a property, taking the default of a choice (a fixed Format may still carry
+/// a `None` choice around its value).
+fn fixed(v: &Value) -> Value {
+    match v {
+        Value::Choice(ChoiceValue::Id(Choice(_, c))) => Value::Id(*choice_default(c)),
+        Value::Choice(ChoiceValue::Rectangle(Choice(_, c))) => Value::Rectangle(*choice_default(c)),
+        Value::Choice(ChoiceValue::Fraction(Choice(_, c))) => Value::Fraction(*choice_default(c)),
+        Value::Choice(ChoiceValue::Int(Choice(_, c))) => Value::Int(*choice_default(c)),
+        other => other.clone(),
+    }
+}
+
+fn choice_default<T: spa::pod::CanonicalFixedSizedPod>(c: &ChoiceEnum<T>) -> &T {
+    match c {
+        ChoiceEnum::None(v) => v,
+        ChoiceEnum::Range { default, .. }
+        | ChoiceEnum::Step { default, .. }
+        | ChoiceEnum::Enum { default, .. }
+        | ChoiceEnum::Flags { default, .. } => default,
+    }
+}
+
+/// The socket a PipeWire client connects to, given the client's environment: `PIPEWIRE_REMOTE`
+/// (a name or an absolute path), else `pipewire-0`, in `PIPEWIRE_RUNTIME_DIR`, `XDG_RUNTIME_DIR`
+/// or `USERPROFILE`, as libpipewire resolves it. `remote` (the element's property) wins.
+pub fn socket_path(remote: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    let name = remote
+        .map(str::to_owned)
+        .or_else(|| env("PIPEWIRE_REMOTE"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pipewire-0".to_owned());
+    if name.starts_with('/') {
+        return name;
+    }
+    let dir = ["PIPEWIRE_RUNTIME_DIR", "XDG_RUNTIME_DIR", "USERPROFILE"]
+        .iter()
+        .find_map(|k| env(k).filter(|s| !s.is_empty()));
+    match dir {
+        Some(d) => format!("{}/{name}", d.trim_end_matches('/')),
+        None => format!("{name} (no runtime dir: XDG_RUNTIME_DIR is not set)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VideoSpec {
+        VideoSpec {
+            format: VideoFormat::NV12.as_raw(),
+            width: 1280,
+            height: 720,
+            fps_n: 30,
+            fps_d: 1,
+        }
+    }
+
+    #[test]
+    fn required_formats_map_both_ways() {
+        for name in [
+            "I420", "NV12", "YUY2", "UYVY", "BGRx", "RGBx", "BGRA", "RGBA", "RGB", "BGR",
+        ] {
+            let spa = spa_format_from_gst(name).unwrap_or_else(|| panic!("{name} unmapped"));
+            assert_ne!(spa, VideoFormat::Unknown.as_raw());
+            assert_eq!(gst_format_from_spa(spa), Some(name));
+        }
+        assert_eq!(
+            spa_format_from_gst("I420"),
+            Some(VideoFormat::I420.as_raw())
+        );
+        assert_eq!(
+            spa_format_from_gst("BGRx"),
+            Some(VideoFormat::BGRx.as_raw())
+        );
+        assert_eq!(spa_format_from_gst("P010_10LE"), None);
+        assert_eq!(gst_format_from_spa(VideoFormat::Encoded.as_raw()), None);
+    }
+
+    #[test]
+    fn enum_format_is_fixed_and_round_trips() {
+        let bytes = enum_format_pod(&spec()).unwrap();
+        let (_, value) = PodDeserializer::deserialize_from::<Value>(&bytes).unwrap();
+        let Value::Object(obj) = value else {
+            panic!("not an object")
+        };
+        assert_eq!(obj.id, ParamType::EnumFormat.as_raw());
+        assert_eq!(obj.type_, SpaTypes::ObjectParamFormat.as_raw());
+        // Size and frame rate are plain values, never choices/ranges.
+        for p in &obj.properties {
+            assert!(
+                !matches!(p.value, Value::Choice(_)),
+                "property {} is a choice",
+                p.key
+            );
+        }
+        assert_eq!(parse_video_format(&bytes).unwrap(), spec());
+    }
+
+    #[test]
+    fn parses_format_with_none_choices() {
+        // What a peer may send back: values wrapped in choices.
+        let bytes = serialize(Object {
+            type_: SpaTypes::ObjectParamFormat.as_raw(),
+            id: ParamType::Format.as_raw(),
+            properties: vec![
+                prop(
+                    FormatProperties::MediaType.as_raw(),
+                    Value::Id(Id(MediaType::Video.as_raw())),
+                ),
+                prop(
+                    FormatProperties::MediaSubtype.as_raw(),
+                    Value::Id(Id(MediaSubtype::Raw.as_raw())),
+                ),
+                prop(
+                    FormatProperties::VideoFormat.as_raw(),
+                    Value::Choice(ChoiceValue::Id(Choice(
+                        ChoiceFlags::empty(),
+                        ChoiceEnum::Enum {
+                            default: Id(VideoFormat::YUY2.as_raw()),
+                            alternatives: vec![Id(VideoFormat::YUY2.as_raw())],
+                        },
+                    ))),
+                ),
+                prop(
+                    FormatProperties::VideoSize.as_raw(),
+                    Value::Choice(ChoiceValue::Rectangle(Choice(
+                        ChoiceFlags::empty(),
+                        ChoiceEnum::None(Rectangle {
+                            width: 640,
+                            height: 480,
+                        }),
+                    ))),
+                ),
+            ],
+        })
+        .unwrap();
+        let s = parse_video_format(&bytes).unwrap();
+        assert_eq!(s.format, VideoFormat::YUY2.as_raw());
+        assert_eq!((s.width, s.height, s.fps_n, s.fps_d), (640, 480, 0, 1));
+        assert_eq!(s.describe(), "YUY2 640x480@0/1");
+    }
+
+    #[test]
+    fn rejects_non_video_and_garbage() {
+        let audio = serialize(Object {
+            type_: SpaTypes::ObjectParamFormat.as_raw(),
+            id: ParamType::Format.as_raw(),
+            properties: vec![
+                prop(
+                    FormatProperties::MediaType.as_raw(),
+                    Value::Id(Id(MediaType::Audio.as_raw())),
+                ),
+                prop(
+                    FormatProperties::MediaSubtype.as_raw(),
+                    Value::Id(Id(MediaSubtype::Raw.as_raw())),
+                ),
+            ],
+        })
+        .unwrap();
+        assert_eq!(parse_video_format(&audio), Err(PodError::NotVideoRaw));
+        assert!(matches!(
+            parse_video_format(&[1, 2, 3]),
+            Err(PodError::Parse(_))
+        ));
+        let mut truncated = enum_format_pod(&spec()).unwrap();
+        truncated.truncate(20);
+        assert!(parse_video_format(&truncated).is_err());
+    }
+
+    #[test]
+    fn buffers_param_is_a_range_with_frame_size() {
+        let layout = FrameLayout {
+            spec: spec(),
+            size: 1280 * 720 * 3 / 2,
+            stride: 1280,
+        };
+        let bytes = buffers_pod(&layout).unwrap();
+        let (_, Value::Object(obj)) = PodDeserializer::deserialize_from::<Value>(&bytes).unwrap()
+        else {
+            panic!("not an object")
+        };
+        assert_eq!(obj.id, ParamType::Buffers.as_raw());
+        let get = |k| {
+            obj.properties
+                .iter()
+                .find(|p| p.key == k)
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert_eq!(
+            get(spa::sys::SPA_PARAM_BUFFERS_buffers),
+            Value::Choice(ChoiceValue::Int(Choice(
+                ChoiceFlags::empty(),
+                ChoiceEnum::Range {
+                    default: 8,
+                    min: 2,
+                    max: 16
+                }
+            )))
+        );
+        assert_eq!(
+            get(spa::sys::SPA_PARAM_BUFFERS_size),
+            Value::Int(1280 * 720 * 3 / 2)
+        );
+        assert_eq!(get(spa::sys::SPA_PARAM_BUFFERS_stride), Value::Int(1280));
+        assert_eq!(get(spa::sys::SPA_PARAM_BUFFERS_blocks), Value::Int(1));
+        let meta = header_meta_pod().unwrap();
+        assert!(spa::pod::Pod::from_bytes(&meta).is_some());
+    }
+
+    #[test]
+    fn socket_path_follows_libpipewire_rules() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            socket_path(None, env(&[("XDG_RUNTIME_DIR", "/run/user/1000")])),
+            "/run/user/1000/pipewire-0"
+        );
+        assert_eq!(
+            socket_path(
+                None,
+                env(&[("XDG_RUNTIME_DIR", "/run/x/"), ("PIPEWIRE_REMOTE", "pw-9")])
+            ),
+            "/run/x/pw-9"
+        );
+        assert_eq!(
+            socket_path(
+                Some("/tmp/s/pipewire-0"),
+                env(&[("PIPEWIRE_REMOTE", "other")])
+            ),
+            "/tmp/s/pipewire-0"
+        );
+        assert_eq!(
+            socket_path(
+                None,
+                env(&[("PIPEWIRE_RUNTIME_DIR", "/a"), ("XDG_RUNTIME_DIR", "/b")])
+            ),
+            "/a/pipewire-0"
+        );
+        assert!(socket_path(None, env(&[])).contains("XDG_RUNTIME_DIR is not set"));
+    }
+}

@@ -1,0 +1,393 @@
+// SPDX-License-Identifier: MPL-2.0
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+
+use super::pwloop::{LoopEvent, LoopHandle, Msg, NodeConfig, Notify, PendingFrame, Shared};
+use crate::format::{self, FrameLayout, VideoSpec};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "pwvideosink",
+        gst::DebugColorFlags::empty(),
+        Some("PipeWire camera sink"),
+    )
+});
+
+const DEFAULT_MEDIA_CLASS: &str = "Video/Source";
+const DEFAULT_MEDIA_ROLE: &str = "Camera";
+const DEFAULT_RECONNECT: bool = true;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    node_name: Option<String>,
+    node_description: Option<String>,
+    media_class: String,
+    media_role: String,
+    stream_properties: Option<gst::Structure>,
+    reconnect: bool,
+    remote: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node_name: None,
+            node_description: None,
+            media_class: DEFAULT_MEDIA_CLASS.into(),
+            media_role: DEFAULT_MEDIA_ROLE.into(),
+            stream_properties: None,
+            reconnect: DEFAULT_RECONNECT,
+            remote: None,
+        }
+    }
+}
+
+#[derive(Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started {
+        handle: LoopHandle,
+        shared: Arc<Shared>,
+        layout: Option<FrameLayout>,
+        seq: u64,
+    },
+}
+
+#[derive(Default)]
+pub struct PwVideoSink {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PwVideoSink {
+    fn node_config(&self) -> NodeConfig {
+        let s = lock(&self.settings).clone();
+        let node_name = s
+            .node_name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| self.obj().name().to_string());
+        let node_description = s
+            .node_description
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| node_name.clone());
+        let extra_props = s
+            .stream_properties
+            .map(|st| {
+                st.iter()
+                    .map(|(k, v)| {
+                        let v = v.get::<String>().unwrap_or_else(|_| {
+                            v.serialize().map(|s| s.into()).unwrap_or_default()
+                        });
+                        (k.to_string(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let socket_path = format::socket_path(s.remote.as_deref(), |k| std::env::var(k).ok());
+        NodeConfig {
+            node_name,
+            node_description,
+            media_class: s.media_class,
+            media_role: s.media_role,
+            extra_props,
+            remote: s.remote,
+            socket_path,
+            reconnect: s.reconnect,
+        }
+    }
+
+    fn notifier(&self) -> Notify {
+        let weak = self.obj().downgrade();
+        Arc::new(move |ev: LoopEvent| {
+            let Some(obj) = weak.upgrade() else { return };
+            match ev {
+                LoopEvent::Warning(m) => {
+                    gst::warning!(CAT, obj = obj, "{m}");
+                    gst::element_warning!(obj, gst::ResourceError::Write, ("{}", m));
+                }
+                LoopEvent::Error(m) => {
+                    gst::error!(CAT, obj = obj, "{m}");
+                    gst::element_error!(obj, gst::ResourceError::Write, ("{}", m));
+                }
+                LoopEvent::Info(m) => {
+                    gst::info!(CAT, obj = obj, "{m}");
+                    gst::element_info!(obj, gst::ResourceError::Write, ("{}", m));
+                }
+            }
+        })
+    }
+
+    fn stats(&self) -> gst::Structure {
+        let state = lock(&self.state);
+        let (consumers, sent, dropped, fmt) = match &*state {
+            State::Stopped => (0u32, 0u64, 0u64, String::new()),
+            State::Started { shared, layout, .. } => {
+                let negotiated = lock(&shared.negotiated).map(|s: VideoSpec| s.describe());
+                (
+                    shared.consumers.load(Ordering::Relaxed),
+                    shared.frames_sent.load(Ordering::Relaxed),
+                    shared.frames_dropped.load(Ordering::Relaxed),
+                    negotiated
+                        .or_else(|| layout.map(|l| l.spec.describe()))
+                        .unwrap_or_default(),
+                )
+            }
+        };
+        gst::Structure::builder("application/x-pwvideosink-stats")
+            .field("consumers", consumers)
+            .field("frames-sent", sent)
+            .field("frames-dropped", dropped)
+            .field("format", fmt)
+            .build()
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for PwVideoSink {
+    const NAME: &'static str = "GstPwVideoSink";
+    type Type = super::PwVideoSink;
+    type ParentType = gst_base::BaseSink;
+}
+
+impl ObjectImpl for PwVideoSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("node-name")
+                    .nick("Node name")
+                    .blurb("PipeWire node.name consumers target (default: the element name)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("node-description")
+                    .nick("Node description")
+                    .blurb("Human-readable node.description shown by apps (default: node-name)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("media-class")
+                    .nick("Media class")
+                    .blurb("PipeWire media.class of the node")
+                    .default_value(Some(DEFAULT_MEDIA_CLASS))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("media-role")
+                    .nick("Media role")
+                    .blurb("PipeWire media.role of the node (Camera for the camera portal, or e.g. Screen)")
+                    .default_value(Some(DEFAULT_MEDIA_ROLE))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stream-properties")
+                    .nick("Stream properties")
+                    .blurb("Extra node properties, e.g. props,node.nick=cam (values as strings)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("reconnect")
+                    .nick("Reconnect")
+                    .blurb("Reconnect when the PipeWire daemon comes back (false: error out when it goes away)")
+                    .default_value(DEFAULT_RECONNECT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("remote")
+                    .nick("Remote")
+                    .blurb("PipeWire socket: a name in the runtime dir or an absolute path (default: PIPEWIRE_REMOTE or pipewire-0)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("consumers, frames-sent, frames-dropped, format")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = lock(&self.settings);
+        match pspec.name() {
+            "node-name" => s.node_name = value.get().unwrap_or(None),
+            "node-description" => s.node_description = value.get().unwrap_or(None),
+            "media-class" => {
+                s.media_class = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_MEDIA_CLASS.into())
+            }
+            "media-role" => {
+                s.media_role = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_MEDIA_ROLE.into())
+            }
+            "stream-properties" => s.stream_properties = value.get().unwrap_or(None),
+            "reconnect" => s.reconnect = value.get().unwrap_or(DEFAULT_RECONNECT),
+            "remote" => s.remote = value.get().unwrap_or(None),
+            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats().to_value();
+        }
+        let s = lock(&self.settings);
+        match pspec.name() {
+            "node-name" => s.node_name.to_value(),
+            "node-description" => s.node_description.to_value(),
+            "media-class" => s.media_class.to_value(),
+            "media-role" => s.media_role.to_value(),
+            "stream-properties" => s.stream_properties.to_value(),
+            "reconnect" => s.reconnect.to_value(),
+            "remote" => s.remote.to_value(),
+            _ => None::<String>.to_value(),
+        }
+    }
+}
+
+impl GstObjectImpl for PwVideoSink {}
+
+impl ElementImpl for PwVideoSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "PipeWire camera sink",
+                "Sink/Video",
+                "Publishes raw video as a PipeWire Video/Source camera node",
+                "vcambridge developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::builder("video/x-raw")
+                .field("format", gst::List::new(format::supported_gst_formats()))
+                .field("width", gst::IntRange::new(1, i32::MAX))
+                .field("height", gst::IntRange::new(1, i32::MAX))
+                .field(
+                    "framerate",
+                    gst::FractionRange::new(
+                        gst::Fraction::new(0, 1),
+                        gst::Fraction::new(i32::MAX, 1),
+                    ),
+                )
+                .build();
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("valid sink pad template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSinkImpl for PwVideoSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let config = self.node_config();
+        gst::debug!(CAT, imp = self, "connecting to {}", config.socket_path);
+        let shared = Arc::new(Shared::default());
+        let handle = LoopHandle::spawn(config, shared.clone(), self.notifier())
+            .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ["{}", e]))?;
+        *lock(&self.state) = State::Started {
+            handle,
+            shared,
+            layout: None,
+            seq: 0,
+        };
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let old = std::mem::take(&mut *lock(&self.state));
+        if let State::Started { handle, .. } = old {
+            handle.stop();
+        }
+        Ok(())
+    }
+
+    fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let info = gst_video::VideoInfo::from_caps(caps)
+            .map_err(|_| gst::loggable_error!(CAT, "invalid video caps {caps}"))?;
+        let spa = format::spa_format_from_gst(info.format().to_str())
+            .ok_or_else(|| gst::loggable_error!(CAT, "unsupported format {}", info.format()))?;
+        let layout = FrameLayout {
+            spec: VideoSpec {
+                format: spa,
+                width: info.width(),
+                height: info.height(),
+                fps_n: info.fps().numer().max(0) as u32,
+                fps_d: info.fps().denom().max(1) as u32,
+            },
+            size: info.size() as u32,
+            stride: info.stride()[0].max(0) as u32,
+        };
+        gst::info!(CAT, imp = self, "publishing {}", layout.spec.describe());
+        let mut state = lock(&self.state);
+        let State::Started {
+            handle,
+            layout: current,
+            ..
+        } = &mut *state
+        else {
+            return Err(gst::loggable_error!(CAT, "caps set while not started"));
+        };
+        *current = Some(layout);
+        handle.send(Msg::SetLayout(layout));
+        Ok(())
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut state = lock(&self.state);
+        let State::Started {
+            handle,
+            shared,
+            layout,
+            seq,
+        } = &mut *state
+        else {
+            return Err(gst::FlowError::Flushing);
+        };
+        if let Some(msg) = lock(&shared.failed).clone() {
+            gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", msg));
+            return Err(gst::FlowError::Error);
+        }
+        let Some(layout) = *layout else {
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        *seq += 1;
+        if !shared.streaming.load(Ordering::Acquire) {
+            // Nobody is watching: drop cheaply, never block upstream.
+            shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        let pts = buffer.pts().map(|t| t.nseconds() as i64).unwrap_or(-1);
+        let frame = PendingFrame {
+            buffer: buffer.clone(),
+            layout,
+            seq: *seq,
+            pts,
+        };
+        if shared.offer(frame) {
+            handle.send(Msg::Wake);
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+}

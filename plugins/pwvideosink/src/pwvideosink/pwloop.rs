@@ -1,0 +1,643 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The PipeWire side of `pwvideosink`: one thread owning every PipeWire object (main loop,
+//! context, core, registry, stream). The element talks to it through a `pipewire::channel`
+//! and a one-slot frame mailbox ([`Shared`]); nothing here ever blocks the streaming thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pipewire as pw;
+use pw::spa;
+use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
+
+use crate::format::{self, FrameLayout, VideoSpec};
+
+/// Messages from the element to the loop thread.
+pub(crate) enum Msg {
+    /// A frame is waiting in the mailbox.
+    Wake,
+    /// Upstream caps (re)negotiated: publish this format.
+    SetLayout(FrameLayout),
+    /// Tear everything down and leave the loop.
+    Quit,
+}
+
+/// What the loop thread reports back to the element (posted as bus messages).
+pub(crate) enum LoopEvent {
+    Warning(String),
+    Error(String),
+    Info(String),
+}
+
+pub(crate) type Notify = Arc<dyn Fn(LoopEvent) + Send + Sync>;
+
+/// Node settings fixed for the lifetime of one loop thread.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeConfig {
+    pub node_name: String,
+    pub node_description: String,
+    pub media_class: String,
+    pub media_role: String,
+    pub extra_props: Vec<(String, String)>,
+    pub remote: Option<String>,
+    pub socket_path: String,
+    pub reconnect: bool,
+}
+
+/// A frame handed over by the streaming thread.
+pub(crate) struct PendingFrame {
+    pub buffer: gst::Buffer,
+    pub layout: FrameLayout,
+    pub seq: u64,
+    /// Presentation time in ns (-1 when unknown).
+    pub pts: i64,
+}
+
+/// State shared between the element (streaming thread, property reads) and the loop thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    mailbox: Mutex<Option<PendingFrame>>,
+    wake_pending: AtomicBool,
+    /// A consumer is linked and the stream is streaming.
+    pub streaming: AtomicBool,
+    pub frames_sent: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub consumers: AtomicU32,
+    /// Format fixed with the consumer, if any.
+    pub negotiated: Mutex<Option<VideoSpec>>,
+    /// Set when the connection is lost for good (reconnect=false): the message to error out with.
+    pub failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Put `frame` in the mailbox (replacing, and counting as dropped, a frame not sent yet).
+    /// Returns true if the loop thread must be woken up.
+    pub fn offer(&self, frame: PendingFrame) -> bool {
+        let replaced = match self.mailbox.lock() {
+            Ok(mut m) => m.replace(frame).is_some(),
+            Err(_) => true,
+        };
+        if replaced {
+            self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    fn take(&self) -> Option<PendingFrame> {
+        self.mailbox.lock().ok().and_then(|mut m| m.take())
+    }
+
+    /// Return a frame that could not be sent yet, unless a newer one arrived meanwhile.
+    fn put_back(&self, frame: PendingFrame) {
+        if let Ok(mut m) = self.mailbox.lock()
+            && m.is_none()
+        {
+            *m = Some(frame);
+            return;
+        }
+        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn drop_pending(&self) {
+        if self.take().is_some() {
+            self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn set_negotiated(&self, spec: Option<VideoSpec>) {
+        if let Ok(mut n) = self.negotiated.lock() {
+            *n = spec;
+        }
+    }
+}
+
+/// The element's handle on a running loop thread.
+pub(crate) struct LoopHandle {
+    tx: pw::channel::Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LoopHandle {
+    /// Start the loop thread and connect to the daemon; fails (naming the socket) if it can't.
+    pub fn spawn(config: NodeConfig, shared: Arc<Shared>, notify: Notify) -> Result<Self, String> {
+        let (tx, rx) = pw::channel::channel::<Msg>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let thread = std::thread::Builder::new()
+            .name("pwvideosink-loop".into())
+            .spawn(move || run(config, shared, notify, rx, ready_tx))
+            .map_err(|e| format!("could not spawn the PipeWire loop thread: {e}"))?;
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(LoopHandle {
+                tx,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                // The thread is stuck connecting; ask it to quit and don't wait for it.
+                let _ = tx.send(Msg::Quit);
+                Err("the PipeWire loop thread did not come up within 10 s".into())
+            }
+        }
+    }
+
+    pub fn send(&self, msg: Msg) {
+        let _ = self.tx.send(msg);
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Msg::Quit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LoopHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.tx.send(Msg::Quit);
+            let _ = t.join();
+        }
+    }
+}
+
+/// Everything bound to one connection to the daemon. Field order is drop order: listeners
+/// before their objects, the core last.
+struct Session {
+    stream: Option<(StreamListener<()>, StreamRc)>,
+    _registry_listener: pw::registry::Listener,
+    _registry: pw::registry::RegistryRc,
+    _core_listener: pw::core::Listener,
+    core: pw::core::CoreRc,
+}
+
+/// Loop-thread state (lives in an `Rc`, callbacks hold `Weak`s to it).
+struct LoopCtx {
+    mainloop: pw::main_loop::MainLoopRc,
+    context: pw::context::ContextRc,
+    config: NodeConfig,
+    shared: Arc<Shared>,
+    notify: Notify,
+    session: RefCell<Option<Session>>,
+    layout: Cell<Option<FrameLayout>>,
+    negotiated: Cell<Option<VideoSpec>>,
+    disconnected: Cell<bool>,
+    reconnect_failures: Cell<u32>,
+    node_id: Cell<u32>,
+    /// Link global id -> output node id, from the registry.
+    links: RefCell<HashMap<u32, u32>>,
+}
+
+const PW_ID_CORE: u32 = 0;
+
+fn run(
+    config: NodeConfig,
+    shared: Arc<Shared>,
+    notify: Notify,
+    rx: pw::channel::Receiver<Msg>,
+    ready_tx: std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
+    pw::init();
+    let mainloop = match pw::main_loop::MainLoopRc::new(None) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ready_tx.send(Err(format!("could not create a PipeWire main loop: {e}")));
+            return;
+        }
+    };
+    let context = match pw::context::ContextRc::new(&mainloop, None) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready_tx.send(Err(format!("could not create a PipeWire context: {e}")));
+            return;
+        }
+    };
+    let ctx = Rc::new(LoopCtx {
+        mainloop: mainloop.clone(),
+        context,
+        config,
+        shared,
+        notify,
+        session: RefCell::new(None),
+        layout: Cell::new(None),
+        negotiated: Cell::new(None),
+        disconnected: Cell::new(false),
+        reconnect_failures: Cell::new(0),
+        node_id: Cell::new(u32::MAX),
+        links: RefCell::new(HashMap::new()),
+    });
+    match connect_session(&ctx) {
+        Ok(s) => {
+            *ctx.session.borrow_mut() = Some(s);
+            let _ = ready_tx.send(Ok(()));
+        }
+        Err(e) => {
+            let _ = ready_tx.send(Err(e));
+            return;
+        }
+    }
+    drop(ready_tx);
+
+    let _rx = rx.attach(mainloop.loop_(), {
+        let ctx = Rc::downgrade(&ctx);
+        move |msg| {
+            let Some(ctx) = ctx.upgrade() else { return };
+            match msg {
+                Msg::Wake => ctx.on_wake(),
+                Msg::SetLayout(l) => ctx.set_layout(l),
+                Msg::Quit => ctx.mainloop.quit(),
+            }
+        }
+    });
+    // Checks twice a second whether a lost daemon is back (cheap when connected).
+    let timer = mainloop.loop_().add_timer({
+        let ctx = Rc::downgrade(&ctx);
+        move |_| {
+            if let Some(ctx) = ctx.upgrade() {
+                ctx.on_reconnect_timer();
+            }
+        }
+    });
+    let _ = timer.update_timer(
+        Some(Duration::from_millis(500)),
+        Some(Duration::from_millis(500)),
+    );
+
+    mainloop.run();
+
+    drop(timer);
+    ctx.session.borrow_mut().take();
+    ctx.shared.streaming.store(false, Ordering::Release);
+    ctx.shared.drop_pending();
+}
+
+fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
+    let props = ctx.config.remote.as_ref().map(|r| {
+        let mut p = pw::properties::PropertiesBox::new();
+        p.insert(*pw::keys::REMOTE_NAME, r.as_str());
+        p
+    });
+    let core = ctx.context.connect_rc(props).map_err(|e| {
+        format!(
+            "could not connect to the PipeWire daemon at {} ({e}); is PipeWire running? \
+             (set XDG_RUNTIME_DIR or PIPEWIRE_REMOTE, or the element's 'remote' property)",
+            ctx.config.socket_path
+        )
+    })?;
+    let core_listener = core
+        .add_listener_local()
+        .error({
+            let ctx = Rc::downgrade(ctx);
+            move |id, _seq, res, message| {
+                let Some(ctx) = ctx.upgrade() else { return };
+                if id == PW_ID_CORE && res == -libc::EPIPE {
+                    ctx.on_disconnected(message);
+                }
+            }
+        })
+        .register();
+    let registry = core
+        .get_registry_rc()
+        .map_err(|e| format!("could not get the PipeWire registry: {e}"))?;
+    let registry_listener = registry
+        .add_listener_local()
+        .global({
+            let ctx = Rc::downgrade(ctx);
+            move |global| {
+                let Some(ctx) = ctx.upgrade() else { return };
+                if global.type_ != pw::types::ObjectType::Link {
+                    return;
+                }
+                let out = global
+                    .props
+                    .and_then(|p| p.get("link.output.node"))
+                    .and_then(|v| v.parse::<u32>().ok());
+                if let Some(out) = out {
+                    ctx.links.borrow_mut().insert(global.id, out);
+                    ctx.count_consumers();
+                }
+            }
+        })
+        .global_remove({
+            let ctx = Rc::downgrade(ctx);
+            move |id| {
+                let Some(ctx) = ctx.upgrade() else { return };
+                if ctx.links.borrow_mut().remove(&id).is_some() {
+                    ctx.count_consumers();
+                }
+            }
+        })
+        .register();
+    let mut session = Session {
+        stream: None,
+        _registry_listener: registry_listener,
+        _registry: registry,
+        _core_listener: core_listener,
+        core,
+    };
+    if let Some(layout) = ctx.layout.get() {
+        session.stream = Some(create_stream(ctx, &session.core, &layout)?);
+    }
+    Ok(session)
+}
+
+fn create_stream(
+    ctx: &Rc<LoopCtx>,
+    core: &pw::core::CoreRc,
+    layout: &FrameLayout,
+) -> Result<(StreamListener<()>, StreamRc), String> {
+    let cfg = &ctx.config;
+    let mut props = pw::properties::PropertiesBox::new();
+    props.insert(*pw::keys::MEDIA_TYPE, "Video");
+    props.insert(*pw::keys::MEDIA_CATEGORY, "Capture");
+    props.insert(*pw::keys::MEDIA_CLASS, cfg.media_class.as_str());
+    props.insert(*pw::keys::MEDIA_ROLE, cfg.media_role.as_str());
+    props.insert(*pw::keys::NODE_NAME, cfg.node_name.as_str());
+    props.insert(*pw::keys::NODE_DESCRIPTION, cfg.node_description.as_str());
+    for (k, v) in &cfg.extra_props {
+        props.insert(k.as_str(), v.as_str());
+    }
+    let stream = StreamRc::new(core.clone(), &cfg.node_name, props)
+        .map_err(|e| format!("could not create the PipeWire stream: {e}"))?;
+    let listener = stream
+        .add_local_listener_with_user_data(())
+        .state_changed({
+            let ctx = Rc::downgrade(ctx);
+            move |stream, _, old, new| {
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.on_state_changed(stream, old, new);
+                }
+            }
+        })
+        .param_changed({
+            let ctx = Rc::downgrade(ctx);
+            move |stream, _, id, param| {
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.on_param_changed(stream, id, param);
+                }
+            }
+        })
+        .process({
+            let ctx: Weak<LoopCtx> = Rc::downgrade(ctx);
+            move |stream, _| {
+                if let Some(ctx) = ctx.upgrade() {
+                    ctx.on_process(stream);
+                }
+            }
+        })
+        .register()
+        .map_err(|e| format!("could not listen to the PipeWire stream: {e}"))?;
+    let pod = format::enum_format_pod(&layout.spec).map_err(|e| e.to_string())?;
+    let mut params = [spa::pod::Pod::from_bytes(&pod).ok_or("invalid EnumFormat pod")?];
+    stream
+        .connect(
+            spa::utils::Direction::Output,
+            None,
+            StreamFlags::DRIVER | StreamFlags::MAP_BUFFERS,
+            &mut params,
+        )
+        .map_err(|e| format!("could not connect the PipeWire stream: {e}"))?;
+    Ok((listener, stream))
+}
+
+impl LoopCtx {
+    fn count_consumers(&self) {
+        let node = self.node_id.get();
+        let n = self.links.borrow().values().filter(|&&o| o == node).count();
+        self.shared.consumers.store(n as u32, Ordering::Relaxed);
+    }
+
+    fn set_layout(self: &Rc<Self>, layout: FrameLayout) {
+        let old = self.layout.replace(Some(layout));
+        if old == Some(layout) {
+            return;
+        }
+        let guard = self.session.borrow();
+        let Some(session) = guard.as_ref() else {
+            return;
+        };
+        if let Some((_, stream)) = &session.stream {
+            // Renegotiate: offer the new format; the consumer fixes it again and
+            // param_changed(Format) brings new buffers.
+            match format::enum_format_pod(&layout.spec) {
+                Ok(pod) => {
+                    if let Some(pod) = spa::pod::Pod::from_bytes(&pod)
+                        && let Err(e) = stream.update_params(&mut [pod])
+                    {
+                        (self.notify)(LoopEvent::Warning(format!(
+                            "could not renegotiate the PipeWire format: {e}"
+                        )));
+                    }
+                }
+                Err(e) => (self.notify)(LoopEvent::Warning(e.to_string())),
+            }
+            return;
+        }
+        let core = session.core.clone();
+        drop(guard);
+        match create_stream(self, &core, &layout) {
+            Ok(s) => {
+                if let Some(session) = self.session.borrow_mut().as_mut() {
+                    session.stream = Some(s);
+                }
+            }
+            Err(e) => (self.notify)(LoopEvent::Error(e)),
+        }
+    }
+
+    fn on_wake(&self) {
+        self.shared.wake_pending.store(false, Ordering::Release);
+        let session = self.session.borrow();
+        let Some((_, stream)) = session.as_ref().and_then(|s| s.stream.as_ref()) else {
+            self.shared.drop_pending();
+            return;
+        };
+        if !matches!(stream.state(), StreamState::Streaming) {
+            self.shared.drop_pending();
+            return;
+        }
+        // SAFETY: plain calls on a live stream owned by this thread.
+        unsafe {
+            if pw::sys::pw_stream_is_driving(stream.as_raw_ptr()) {
+                let _ = pw::sys::pw_stream_trigger_process(stream.as_raw_ptr());
+            }
+        }
+        // Not driving: the graph's driver calls process at its own rate.
+    }
+
+    fn on_state_changed(&self, stream: &Stream, old: StreamState, new: StreamState) {
+        self.node_id.set(stream.node_id());
+        self.count_consumers();
+        let streaming = matches!(new, StreamState::Streaming);
+        self.shared.streaming.store(streaming, Ordering::Release);
+        if let StreamState::Error(e) = &new {
+            (self.notify)(LoopEvent::Warning(format!("PipeWire stream error: {e}")));
+        }
+        let _ = old;
+    }
+
+    fn on_param_changed(&self, stream: &Stream, id: u32, param: Option<&spa::pod::Pod>) {
+        if id != spa::param::ParamType::Format.as_raw() {
+            return;
+        }
+        let Some(param) = param else {
+            self.negotiated.set(None);
+            self.shared.set_negotiated(None);
+            return;
+        };
+        let spec = match format::parse_video_format(param.as_bytes()) {
+            Ok(s) => s,
+            Err(e) => {
+                (self.notify)(LoopEvent::Warning(format!(
+                    "consumer chose a format we can't use: {e}"
+                )));
+                return;
+            }
+        };
+        self.negotiated.set(Some(spec));
+        self.shared.set_negotiated(Some(spec));
+        let Some(layout) = self.layout.get() else {
+            return;
+        };
+        if layout.spec != spec {
+            (self.notify)(LoopEvent::Warning(format!(
+                "consumer fixed {} but upstream delivers {}",
+                spec.describe(),
+                layout.spec.describe()
+            )));
+            return;
+        }
+        let (Ok(buffers), Ok(meta)) = (format::buffers_pod(&layout), format::header_meta_pod())
+        else {
+            return;
+        };
+        let (Some(buffers), Some(meta)) = (
+            spa::pod::Pod::from_bytes(&buffers),
+            spa::pod::Pod::from_bytes(&meta),
+        ) else {
+            return;
+        };
+        if let Err(e) = stream.update_params(&mut [buffers, meta]) {
+            (self.notify)(LoopEvent::Warning(format!(
+                "could not set PipeWire buffer params: {e}"
+            )));
+        }
+    }
+
+    fn on_process(&self, stream: &Stream) {
+        let Some(frame) = self.shared.take() else {
+            return;
+        };
+        if self.negotiated.get() != Some(frame.layout.spec) {
+            self.shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // SAFETY: the buffer comes from this stream and goes back to it below; with
+        // MAP_BUFFERS its data pointer maps `maxsize` bytes.
+        unsafe {
+            let raw = stream.dequeue_raw_buffer();
+            if raw.is_null() {
+                // Every buffer is with the consumer: keep the frame for the next cycle.
+                self.shared.put_back(frame);
+                return;
+            }
+            let buf = (*raw).buffer;
+            if buf.is_null() || (*buf).n_datas < 1 || (*buf).datas.is_null() {
+                stream.queue_raw_buffer(raw);
+                self.shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let d = &mut *(*buf).datas;
+            let mut written = 0usize;
+            if !d.data.is_null()
+                && let Ok(map) = frame.buffer.map_readable()
+            {
+                written = map.len().min(d.maxsize as usize);
+                std::ptr::copy_nonoverlapping(map.as_ptr(), d.data as *mut u8, written);
+            }
+            if !d.chunk.is_null() {
+                let c = &mut *d.chunk;
+                c.offset = 0;
+                c.size = written as u32;
+                c.stride = frame.layout.stride as i32;
+                c.flags = if written == 0 {
+                    spa::sys::SPA_CHUNK_FLAG_CORRUPTED as i32
+                } else {
+                    0
+                };
+            }
+            let h = spa::sys::spa_buffer_find_meta_data(
+                buf,
+                spa::sys::SPA_META_Header,
+                std::mem::size_of::<spa::sys::spa_meta_header>(),
+            ) as *mut spa::sys::spa_meta_header;
+            if !h.is_null() {
+                (*h).flags = 0;
+                (*h).offset = 0;
+                (*h).pts = frame.pts;
+                (*h).dts_offset = 0;
+                (*h).seq = frame.seq;
+            }
+            stream.queue_raw_buffer(raw);
+        }
+        self.shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_disconnected(&self, message: &str) {
+        if self.disconnected.replace(true) {
+            return;
+        }
+        self.shared.streaming.store(false, Ordering::Release);
+        self.shared.consumers.store(0, Ordering::Relaxed);
+        self.shared.set_negotiated(None);
+        self.negotiated.set(None);
+        self.links.borrow_mut().clear();
+        let path = &self.config.socket_path;
+        if self.config.reconnect {
+            (self.notify)(LoopEvent::Warning(format!(
+                "lost the PipeWire daemon at {path} ({message}); reconnecting when it is back"
+            )));
+        } else {
+            let msg = format!("lost the PipeWire daemon at {path} ({message}) and reconnect=false");
+            if let Ok(mut f) = self.shared.failed.lock() {
+                *f = Some(msg.clone());
+            }
+            (self.notify)(LoopEvent::Error(msg));
+        }
+    }
+
+    fn on_reconnect_timer(self: &Rc<Self>) {
+        if !self.disconnected.get() {
+            return;
+        }
+        // Drop the dead connection outside of its own callbacks.
+        self.session.borrow_mut().take();
+        if !self.config.reconnect {
+            return;
+        }
+        match connect_session(self) {
+            Ok(s) => {
+                *self.session.borrow_mut() = Some(s);
+                self.disconnected.set(false);
+                self.reconnect_failures.set(0);
+                (self.notify)(LoopEvent::Info(format!(
+                    "reconnected to the PipeWire daemon at {}",
+                    self.config.socket_path
+                )));
+            }
+            Err(_) => {
+                self.reconnect_failures
+                    .set(self.reconnect_failures.get().saturating_add(1));
+            }
+        }
+    }
+}
