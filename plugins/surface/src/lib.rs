@@ -5,7 +5,17 @@
 
 use gst::glib;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+pub mod hub;
+pub mod platform;
+mod surfacesink;
+mod surfacesrc;
+pub mod wire;
+
+pub use surfacesink::pool::SurfacePool;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    surfacesink::register(plugin)?;
+    surfacesrc::register(plugin)?;
     Ok(())
 }
 

@@ -1,0 +1,651 @@
+// SPDX-License-Identifier: MPL-2.0
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::platform::{self, Channel, Mapping, Received, Waker};
+use crate::wire::{self, DecodeError, FrameRecord, Message, NO_TIME, Role, error_code};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "surfacesrc",
+        gst::DebugColorFlags::empty(),
+        Some("Zero-copy surface source"),
+    )
+});
+
+const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+/// Interval between connection attempts while the writer is absent.
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+struct Settings {
+    socket_path: Option<String>,
+    timeout_ms: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            socket_path: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// One connection to a writer and what it told us.
+struct Conn {
+    chan: Arc<Channel>,
+    surfaces: HashMap<u32, Arc<Mapping>>,
+    caps: HashMap<u32, gst::Caps>,
+    greeted: bool,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Conn>,
+    current_caps: Option<gst::Caps>,
+    /// When we started waiting for a writer (for `timeout`).
+    waiting_since: Option<Instant>,
+    last_session: Option<u64>,
+    frames: u64,
+    reconnects: u64,
+    buf: Vec<u8>,
+}
+
+/// What handling one message led to (acted upon without the state lock).
+enum Step {
+    Continue,
+    Frame(gst::Buffer, Option<gst::Caps>),
+    Eos,
+    Fatal(gst::ErrorMessage),
+}
+
+pub struct SurfaceSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    waker: Mutex<Option<Arc<Waker>>>,
+    flushing: AtomicBool,
+}
+
+impl Default for SurfaceSrc {
+    fn default() -> Self {
+        SurfaceSrc {
+            settings: Mutex::new(Settings::default()),
+            state: Mutex::new(State::default()),
+            waker: Mutex::new(None),
+            flushing: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A frame's bytes inside a mapped surface; releases the surface to the writer when dropped
+/// (i.e. when the last `gst::Memory` referring to it is freed).
+struct SurfaceView {
+    map: Arc<Mapping>,
+    offset: usize,
+    len: usize,
+    chan: Arc<Channel>,
+    surface: u32,
+    seq: u64,
+}
+
+impl AsRef<[u8]> for SurfaceView {
+    fn as_ref(&self) -> &[u8] {
+        &self.map.as_slice()[self.offset..self.offset + self.len]
+    }
+}
+
+impl Drop for SurfaceView {
+    fn drop(&mut self) {
+        let msg = Message::Release {
+            surface: self.surface,
+            seq: self.seq,
+        };
+        // Best effort: a writer that is gone does not need it; one that misses it reclaims the
+        // surface after its release timeout.
+        let _ = self.chan.send(&msg.encode(), None);
+    }
+}
+
+const FORWARDED_FLAGS: gst::BufferFlags = gst::BufferFlags::DISCONT
+    .union(gst::BufferFlags::DELTA_UNIT)
+    .union(gst::BufferFlags::HEADER)
+    .union(gst::BufferFlags::GAP)
+    .union(gst::BufferFlags::DROPPABLE)
+    .union(gst::BufferFlags::CORRUPTED)
+    .union(gst::BufferFlags::MARKER)
+    .union(gst::BufferFlags::NON_DROPPABLE)
+    .union(gst::BufferFlags::RESYNC);
+
+impl SurfaceSrc {
+    fn settings(&self) -> Settings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn waker(&self) -> Option<Arc<Waker>> {
+        self.waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sleep until `fd` (if any) is readable, the element is unlocked, or `timeout` passes.
+    fn wait(&self, fd: Option<std::os::fd::RawFd>, timeout: Duration) {
+        let Some(waker) = self.waker() else {
+            return;
+        };
+        let mut fds = vec![waker.raw_fd()];
+        fds.extend(fd);
+        let _ = platform::wait_readable(&fds, timeout);
+    }
+
+    fn try_connect(&self, path: &std::path::Path) -> Result<Option<Conn>, gst::ErrorMessage> {
+        let p = platform::display_path(path);
+        match Channel::connect(path) {
+            Ok(chan) => {
+                let hello = Message::Hello {
+                    role: Role::Reader,
+                    pid: std::process::id(),
+                    session: 0,
+                };
+                if let Err(e) = chan.send(&hello.encode(), None) {
+                    gst::debug!(CAT, imp = self, "hello to {p} failed: {e}");
+                    return Ok(None);
+                }
+                Ok(Some(Conn {
+                    chan: Arc::new(chan),
+                    surfaces: HashMap::new(),
+                    caps: HashMap::new(),
+                    greeted: false,
+                }))
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => Ok(None),
+                Some(libc::EACCES) | Some(libc::EPERM) => Err(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    [
+                        "permission denied connecting to {p}: the socket is 0600 and owned by the writer's user; run the reader as that user"
+                    ]
+                )),
+                Some(libc::EPROTOTYPE) | Some(libc::ENOTSOCK) => Err(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    ["{p} is not a surfacesink socket (wrong socket type)"]
+                )),
+                _ => Err(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    ["cannot connect to {p}: {e}"]
+                )),
+            },
+        }
+    }
+
+    /// Handle one received message.
+    fn handle(&self, st: &mut State, len: usize, fds: Vec<std::os::fd::OwnedFd>, path: &str) -> Step {
+        let msg = match Message::decode(&st.buf[..len]) {
+            Ok(m) => m,
+            Err(e @ DecodeError::VersionMismatch { .. }) => {
+                return Step::Fatal(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    ["writer at {path}: {e}; upgrade the older side"]
+                ));
+            }
+            Err(e @ DecodeError::BadMagic(_)) => {
+                return Step::Fatal(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    ["{path} is not a surfacesink: {e}"]
+                ));
+            }
+            Err(e) => {
+                return Step::Fatal(gst::error_msg!(
+                    gst::StreamError::Decode,
+                    ["bad message from the writer at {path}: {e}"]
+                ));
+            }
+        };
+        let Some(conn) = st.conn.as_mut() else {
+            return Step::Continue;
+        };
+        match msg {
+            Message::Hello {
+                role: Role::Writer,
+                pid,
+                session,
+            } => {
+                conn.greeted = true;
+                if st.last_session.is_some_and(|s| s != session) {
+                    gst::info!(CAT, imp = self, "new writer session (pid {pid}) at {path}");
+                }
+                st.last_session = Some(session);
+                Step::Continue
+            }
+            Message::Caps { caps_id, caps } => match gst::Caps::from_str(&caps) {
+                Ok(c) => {
+                    conn.caps.insert(caps_id, c);
+                    Step::Continue
+                }
+                Err(_) => Step::Fatal(gst::error_msg!(
+                    gst::StreamError::Format,
+                    ["writer at {path} sent unparsable caps {caps:?}"]
+                )),
+            },
+            Message::Surface { surface, size } => {
+                let Some(fd) = fds.into_iter().next() else {
+                    return Step::Fatal(gst::error_msg!(
+                        gst::StreamError::Decode,
+                        ["writer at {path} announced surface {surface} without an fd"]
+                    ));
+                };
+                match Mapping::map(std::os::fd::AsFd::as_fd(&fd), size as usize, false) {
+                    Ok(m) => {
+                        conn.surfaces.insert(surface, Arc::new(m));
+                        Step::Continue
+                    }
+                    Err(e) => Step::Fatal(gst::error_msg!(
+                        gst::ResourceError::Read,
+                        ["cannot map surface {surface} ({size} bytes) from {path}: {e}"]
+                    )),
+                }
+            }
+            Message::Retire { surface } => {
+                conn.surfaces.remove(&surface);
+                Step::Continue
+            }
+            Message::Frame(f) => self.frame(st, f, path),
+            Message::Eos => Step::Eos,
+            Message::Error { code, message } => {
+                if code == error_code::RELEASE_TIMEOUT {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Read,
+                        ["{message}; reconnecting (let downstream release buffers sooner, or raise the writer's release-timeout)"]
+                    );
+                    st.conn = None;
+                    Step::Continue
+                } else {
+                    Step::Fatal(gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        ["writer at {path} refused this reader: {message}"]
+                    ))
+                }
+            }
+            Message::Hello { .. } | Message::Release { .. } => Step::Fatal(gst::error_msg!(
+                gst::StreamError::Decode,
+                ["unexpected {:?} message from the writer at {path}", msg.kind()]
+            )),
+        }
+    }
+
+    fn frame(&self, st: &mut State, f: FrameRecord, path: &str) -> Step {
+        let Some(conn) = st.conn.as_mut() else {
+            return Step::Continue;
+        };
+        let release = |conn: &Conn| {
+            let _ = conn.chan.send(
+                &Message::Release {
+                    surface: f.surface,
+                    seq: f.seq,
+                }
+                .encode(),
+                None,
+            );
+        };
+        let Some(map) = conn.surfaces.get(&f.surface).cloned() else {
+            gst::warning!(CAT, imp = self, "frame {} in unknown surface {}", f.seq, f.surface);
+            release(conn);
+            return Step::Continue;
+        };
+        let (offset, len) = (f.offset as usize, f.size as usize);
+        if offset.checked_add(len).is_none_or(|end| end > map.len()) {
+            release(conn);
+            return Step::Fatal(gst::error_msg!(
+                gst::StreamError::Decode,
+                [
+                    "writer at {path} sent frame {} beyond surface {} ({}+{} > {})",
+                    f.seq,
+                    f.surface,
+                    offset,
+                    len,
+                    map.len()
+                ]
+            ));
+        }
+        let caps = conn.caps.get(&f.caps_id).cloned();
+        let mut buffer = gst::Buffer::new();
+        {
+            let Some(b) = buffer.get_mut() else {
+                return Step::Continue;
+            };
+            if len > 0 {
+                b.append_memory(gst::Memory::from_slice(SurfaceView {
+                    map,
+                    offset,
+                    len,
+                    chan: conn.chan.clone(),
+                    surface: f.surface,
+                    seq: f.seq,
+                }));
+            } else {
+                release(conn);
+            }
+            let t = |v: u64| (v != NO_TIME).then(|| gst::ClockTime::from_nseconds(v));
+            b.set_pts(t(f.pts));
+            b.set_dts(t(f.dts));
+            b.set_duration(t(f.duration));
+            b.set_offset(f.seq);
+            b.set_flags(gst::BufferFlags::from_bits_truncate(f.flags) & FORWARDED_FLAGS);
+            if f.n_planes > 0
+                && let Some(info) = caps
+                    .as_ref()
+                    .and_then(|c| gst_video::VideoInfo::from_caps(c).ok())
+            {
+                let n = (f.n_planes as usize).min(wire::MAX_PLANES);
+                let offsets: Vec<usize> =
+                    f.plane_offsets[..n].iter().map(|o| *o as usize).collect();
+                if n == info.n_planes() as usize
+                    && let Err(e) = gst_video::VideoMeta::add_full(
+                        b,
+                        gst_video::VideoFrameFlags::empty(),
+                        info.format(),
+                        info.width(),
+                        info.height(),
+                        &offsets,
+                        &f.strides[..n],
+                    )
+                {
+                    gst::warning!(CAT, imp = self, "video meta: {e}");
+                }
+            }
+        }
+        st.frames += 1;
+        let new_caps = match (&caps, &st.current_caps) {
+            (Some(c), Some(cur)) if c == cur => None,
+            (Some(c), _) => Some(c.clone()),
+            (None, _) => None,
+        };
+        Step::Frame(buffer, new_caps)
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for SurfaceSrc {
+    const NAME: &'static str = "GstSurfaceSrc";
+    type Type = super::SurfaceSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+impl ObjectImpl for SurfaceSrc {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("socket-path")
+                    .nick("Socket path")
+                    .blurb("Unix socket of the surfacesink to read from")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("timeout")
+                    .nick("Timeout")
+                    .blurb("Milliseconds to wait for a writer (at start and after it went away) before failing; 0 waits forever")
+                    .default_value(DEFAULT_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("frames, reconnects, surfaces (mapped)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        match pspec.name() {
+            "socket-path" => s.socket_path = value.get().unwrap_or(None),
+            "timeout" => s.timeout_ms = value.get().unwrap_or(DEFAULT_TIMEOUT_MS),
+            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings();
+        match pspec.name() {
+            "socket-path" => s.socket_path.to_value(),
+            "timeout" => s.timeout_ms.to_value(),
+            "stats" => {
+                let st = self.state();
+                gst::Structure::builder("surfacesrc-stats")
+                    .field("frames", st.frames)
+                    .field("reconnects", st.reconnects)
+                    .field(
+                        "surfaces",
+                        st.conn.as_ref().map(|c| c.surfaces.len() as u64).unwrap_or(0),
+                    )
+                    .build()
+                    .to_value()
+            }
+            _ => None::<String>.to_value(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(true);
+        obj.set_format(gst::Format::Time);
+    }
+}
+
+impl GstObjectImpl for SurfaceSrc {}
+
+impl ElementImpl for SurfaceSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Surface source",
+                "Source/Video",
+                "Receives frames from a surfacesink in another process without copying",
+                "vcambridge developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .expect("src pad template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for SurfaceSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings();
+        if settings.socket_path.as_deref().is_none_or(str::is_empty) {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["surfacesrc needs socket-path (the socket-path of the surfacesink)"]
+            ));
+        }
+        let waker = Waker::new().map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Failed, ["creating an eventfd: {e}"])
+        })?;
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(waker));
+        *self.state() = State {
+            buf: vec![0u8; wire::MAX_MESSAGE_LEN],
+            ..Default::default()
+        };
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state() = State::default();
+        Ok(())
+    }
+
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        let caps = self
+            .state()
+            .current_caps
+            .clone()
+            .unwrap_or_else(gst::Caps::new_any);
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+            None => caps,
+        })
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        self.flushing.store(true, Ordering::SeqCst);
+        if let Some(w) = self.waker() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.flushing.store(false, Ordering::SeqCst);
+        if let Some(w) = self.waker() {
+            w.drain();
+        }
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for SurfaceSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        let settings = self.settings();
+        let path = PathBuf::from(settings.socket_path.unwrap_or_default());
+        let p = platform::display_path(&path);
+        let timeout = (settings.timeout_ms > 0)
+            .then(|| Duration::from_millis(settings.timeout_ms as u64));
+        loop {
+            if self.flushing.load(Ordering::SeqCst) {
+                return Err(gst::FlowError::Flushing);
+            }
+            let mut st = self.state();
+            if st.conn.is_none() {
+                let since = *st.waiting_since.get_or_insert_with(Instant::now);
+                match self.try_connect(&path) {
+                    Ok(Some(conn)) => {
+                        gst::info!(CAT, imp = self, "connected to {p}");
+                        if st.last_session.is_some() {
+                            st.reconnects += 1;
+                        }
+                        st.conn = Some(conn);
+                        st.waiting_since = None;
+                        continue;
+                    }
+                    Ok(None) => {
+                        if let Some(t) = timeout
+                            && since.elapsed() >= t
+                        {
+                            drop(st);
+                            gst::element_imp_error!(
+                                self,
+                                gst::ResourceError::OpenRead,
+                                [
+                                    "no surfacesink at {p} within {} ms (is the writer running with this socket-path?)",
+                                    t.as_millis()
+                                ]
+                            );
+                            return Err(gst::FlowError::Error);
+                        }
+                        drop(st);
+                        self.wait(None, RETRY_INTERVAL);
+                        continue;
+                    }
+                    Err(msg) => {
+                        drop(st);
+                        self.post_error_message(msg);
+                        return Err(gst::FlowError::Error);
+                    }
+                }
+            }
+            let Some(chan) = st.conn.as_ref().map(|c| c.chan.clone()) else {
+                continue;
+            };
+            let mut buf = std::mem::take(&mut st.buf);
+            let got = chan.recv(&mut buf);
+            st.buf = buf;
+            let step = match got {
+                Ok(Received::WouldBlock) => {
+                    drop(st);
+                    self.wait(Some(chan.raw_fd()), Duration::from_millis(500));
+                    continue;
+                }
+                Ok(Received::Closed) | Err(_) => {
+                    gst::info!(CAT, imp = self, "writer at {p} went away; waiting for it");
+                    st.conn = None;
+                    st.waiting_since = Some(Instant::now());
+                    continue;
+                }
+                Ok(Received::Message { len, fds }) => self.handle(&mut st, len, fds, &p),
+            };
+            match step {
+                Step::Continue => continue,
+                Step::Eos => {
+                    gst::info!(CAT, imp = self, "writer sent end-of-stream");
+                    return Err(gst::FlowError::Eos);
+                }
+                Step::Fatal(msg) => {
+                    st.conn = None;
+                    drop(st);
+                    self.post_error_message(msg);
+                    return Err(gst::FlowError::Error);
+                }
+                Step::Frame(buffer, new_caps) => {
+                    if let Some(caps) = new_caps {
+                        st.current_caps = Some(caps.clone());
+                        drop(st);
+                        gst::debug!(CAT, imp = self, "caps now {caps}");
+                        if self.obj().set_caps(&caps).is_err() {
+                            gst::element_imp_error!(
+                                self,
+                                gst::CoreError::Negotiation,
+                                ["downstream does not accept the writer's caps {caps}"]
+                            );
+                            return Err(gst::FlowError::NotNegotiated);
+                        }
+                    }
+                    return Ok(CreateSuccess::NewBuffer(buffer));
+                }
+            }
+        }
+    }
+}
