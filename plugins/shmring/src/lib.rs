@@ -7,8 +7,14 @@ use gst::glib;
 
 pub mod ring;
 pub mod shm;
+mod shmringsink;
+mod shmringsrc;
+mod slotpool;
+pub mod writer;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    shmringsink::register(plugin)?;
+    shmringsrc::register(plugin)?;
     Ok(())
 }
 

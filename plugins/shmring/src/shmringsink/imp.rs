@@ -1,0 +1,486 @@
+// SPDX-License-Identifier: MPL-2.0
+
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+
+use crate::ring::{self, FrameMeta, Geometry, WriterState};
+use crate::slotpool::SlotPool;
+use crate::writer::{InPlace, RingWriter};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "shmringsink",
+        gst::DebugColorFlags::empty(),
+        Some("POSIX shared-memory ring sink"),
+    )
+});
+
+pub(crate) const DEFAULT_SHM_NAME: &str = "/vcambridge";
+const DEFAULT_MODE: u32 = 0o600;
+const DEFAULT_SLOTS: u32 = 8;
+const DEFAULT_SLOT_SIZE: u64 = 0;
+const DEFAULT_ZERO_COPY: bool = true;
+/// Slot payload used with `slot-size=0` when the caps do not fix a frame size (audio, encoded);
+/// the ring grows when a bigger buffer arrives.
+const AUTO_SLOT_SIZE: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    shm_name: String,
+    mode: u32,
+    slots: u32,
+    slot_size: u64,
+    zero_copy: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            shm_name: DEFAULT_SHM_NAME.into(),
+            mode: DEFAULT_MODE,
+            slots: DEFAULT_SLOTS,
+            slot_size: DEFAULT_SLOT_SIZE,
+            zero_copy: DEFAULT_ZERO_COPY,
+        }
+    }
+}
+
+#[derive(Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started {
+        writer: Arc<RingWriter>,
+        settings: Settings,
+        caps: Option<String>,
+        pool: Option<SlotPool>,
+    },
+}
+
+#[derive(Default, Clone, Copy)]
+struct Stats {
+    written: u64,
+    in_place: u64,
+    dropped: u64,
+}
+
+#[derive(Default)]
+pub struct ShmRingSink {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    stats: Mutex<Stats>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The frame size fixed by raw video caps.
+fn frame_size(caps: &gst::CapsRef) -> Option<usize> {
+    gst_video::VideoInfo::from_caps(caps)
+        .ok()
+        .map(|info| info.size())
+}
+
+fn meta_of(buffer: &gst::BufferRef) -> FrameMeta {
+    let f = buffer.flags();
+    let mut flags = 0;
+    for (gf, rf) in [
+        (gst::BufferFlags::DISCONT, ring::flags::DISCONT),
+        (gst::BufferFlags::DELTA_UNIT, ring::flags::DELTA_UNIT),
+        (gst::BufferFlags::HEADER, ring::flags::HEADER),
+        (gst::BufferFlags::GAP, ring::flags::GAP),
+        (gst::BufferFlags::DROPPABLE, ring::flags::DROPPABLE),
+        (gst::BufferFlags::MARKER, ring::flags::MARKER),
+    ] {
+        if f.contains(gf) {
+            flags |= rf;
+        }
+    }
+    FrameMeta {
+        pts: buffer.pts().map(|t| t.nseconds()),
+        dts: buffer.dts().map(|t| t.nseconds()),
+        duration: buffer.duration().map(|t| t.nseconds()),
+        flags,
+        ..Default::default()
+    }
+}
+
+impl ShmRingSink {
+    /// Create (or replace) the ring with slots of `payload` bytes.
+    fn open_ring(
+        &self,
+        settings: &Settings,
+        payload: usize,
+    ) -> Result<Arc<RingWriter>, gst::ErrorMessage> {
+        let geometry = Geometry::new(settings.slots, payload).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["shm ring {}: {e}", settings.shm_name]
+            )
+        })?;
+        let writer =
+            RingWriter::create(&settings.shm_name, settings.mode, geometry).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    ["shmringsink shm-name={}: {e}", settings.shm_name]
+                )
+            })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "ring {} generation {}: {} slots of {} bytes",
+            writer.path(),
+            writer.generation(),
+            geometry.slot_count,
+            geometry.slot_size
+        );
+        Ok(writer)
+    }
+
+    /// Replace the ring of a started sink by one with `payload`-byte slots, re-publishing caps.
+    fn resize(&self, state: &mut State, payload: usize) -> Result<(), gst::ErrorMessage> {
+        let State::Started {
+            writer,
+            settings,
+            caps,
+            pool,
+        } = state
+        else {
+            return Ok(());
+        };
+        let new = self.open_ring(settings, payload)?;
+        writer.abandon();
+        if let Some(c) = caps.as_deref() {
+            new.set_caps(c)
+                .map_err(|e| gst::error_msg!(gst::ResourceError::Write, ["{e}"]))?;
+        }
+        if let Some(p) = pool {
+            p.set_writer(Some(new.clone()));
+        }
+        *writer = new;
+        Ok(())
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ShmRingSink {
+    const NAME: &'static str = "GstShmRingSink";
+    type Type = super::ShmRingSink;
+    type ParentType = gst_base::BaseSink;
+}
+
+impl ObjectImpl for ShmRingSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("shm-name")
+                    .nick("Shm name")
+                    .blurb("POSIX shm name of the ring: '/' and up to 254 more characters, no further '/' (lives in /dev/shm)")
+                    .default_value(Some(DEFAULT_SHM_NAME))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("mode")
+                    .nick("Mode")
+                    .blurb("Permission bits of the shm object (decimal in gst-launch: 384 = 0600, 420 = 0644)")
+                    .maximum(0o777)
+                    .default_value(DEFAULT_MODE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("slots")
+                    .nick("Slots")
+                    .blurb("Number of frame slots in the ring")
+                    .minimum(2)
+                    .maximum(1024)
+                    .default_value(DEFAULT_SLOTS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("slot-size")
+                    .nick("Slot size")
+                    .blurb("Payload bytes per slot; 0 = the raw video frame size from the caps (1 MiB for other caps), growing if a bigger buffer arrives")
+                    .maximum(1 << 32)
+                    .default_value(DEFAULT_SLOT_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("zero-copy")
+                    .nick("Zero copy")
+                    .blurb("Offer upstream a buffer pool whose buffers are ring slots (no copy when accepted)")
+                    .default_value(DEFAULT_ZERO_COPY)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("frames-written")
+                    .nick("Frames written")
+                    .blurb("Frames published into the ring")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecUInt64::builder("frames-in-place")
+                    .nick("Frames in place")
+                    .blurb("Frames published without a copy (upstream wrote into the ring slot)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecUInt64::builder("frames-dropped")
+                    .nick("Frames dropped")
+                    .blurb("Frames dropped because every slot was lent out to upstream")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = lock(&self.settings);
+        match pspec.name() {
+            "shm-name" => {
+                s.shm_name = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_SHM_NAME.into())
+            }
+            "mode" => s.mode = value.get().unwrap_or(DEFAULT_MODE),
+            "slots" => s.slots = value.get().unwrap_or(DEFAULT_SLOTS),
+            "slot-size" => s.slot_size = value.get().unwrap_or(DEFAULT_SLOT_SIZE),
+            "zero-copy" => s.zero_copy = value.get().unwrap_or(DEFAULT_ZERO_COPY),
+            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = lock(&self.settings);
+        let st = *lock(&self.stats);
+        match pspec.name() {
+            "shm-name" => s.shm_name.to_value(),
+            "mode" => s.mode.to_value(),
+            "slots" => s.slots.to_value(),
+            "slot-size" => s.slot_size.to_value(),
+            "zero-copy" => s.zero_copy.to_value(),
+            "frames-written" => st.written.to_value(),
+            "frames-in-place" => st.in_place.to_value(),
+            "frames-dropped" => st.dropped.to_value(),
+            _ => glib::Value::from_type(pspec.value_type()),
+        }
+    }
+}
+
+impl GstObjectImpl for ShmRingSink {}
+
+impl ElementImpl for ShmRingSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Shared-memory ring sink",
+                "Sink/Video/Audio",
+                "Publishes buffers and their caps into a POSIX shared-memory ring readable with mmap",
+                "vcambridge developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .expect("sink pad template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSinkImpl for ShmRingSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = lock(&self.settings).clone();
+        ring::validate_shm_name(&settings.shm_name)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["shmringsink: {e}"]))?;
+        let payload = match settings.slot_size {
+            0 => AUTO_SLOT_SIZE,
+            n => n as usize,
+        };
+        let writer = self.open_ring(&settings, payload)?;
+        *lock(&self.stats) = Stats::default();
+        *lock(&self.state) = State::Started {
+            writer,
+            settings,
+            caps: None,
+            pool: None,
+        };
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let old = std::mem::take(&mut *lock(&self.state));
+        if let State::Started { writer, pool, .. } = old {
+            if let Some(p) = pool {
+                p.set_writer(None);
+            }
+            writer.close();
+            gst::info!(CAT, imp = self, "closed {}", writer.path());
+        }
+        Ok(())
+    }
+
+    fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let mut state = lock(&self.state);
+        let State::Started {
+            writer, settings, ..
+        } = &*state
+        else {
+            return Err(gst::loggable_error!(CAT, "not started"));
+        };
+        let slot_size = writer.geometry().slot_size;
+        let auto = settings.slot_size == 0;
+        let name = settings.shm_name.clone();
+        if let Some(needed) = frame_size(caps) {
+            if auto && ring::align_up(needed) != slot_size {
+                if let Err(e) = self.resize(&mut state, needed) {
+                    self.post_error_message(e);
+                    return Err(gst::loggable_error!(CAT, "cannot resize the ring"));
+                }
+            } else if !auto && needed > slot_size {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Settings,
+                    [
+                        "shmringsink shm-name={name}: caps {caps} need {needed} bytes per frame but slot-size is {slot_size}; raise slot-size or set it to 0 (size from caps)"
+                    ]
+                );
+                return Err(gst::loggable_error!(CAT, "slot-size too small"));
+            }
+        }
+        let caps_str = caps.to_string();
+        let State::Started {
+            writer,
+            caps: cur_caps,
+            ..
+        } = &mut *state
+        else {
+            return Err(gst::loggable_error!(CAT, "not started"));
+        };
+        if let Err(e) = writer.set_caps(&caps_str) {
+            gst::element_imp_error!(self, gst::StreamError::Format, ["shmringsink: {e}"]);
+            return Err(gst::loggable_error!(CAT, "caps do not fit the ring header"));
+        }
+        gst::debug!(CAT, imp = self, "published caps {caps_str}");
+        *cur_caps = Some(caps_str);
+        Ok(())
+    }
+
+    fn propose_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        let mut state = lock(&self.state);
+        let State::Started {
+            writer,
+            settings,
+            pool,
+            ..
+        } = &mut *state
+        else {
+            return Ok(());
+        };
+        if !settings.zero_copy {
+            return Ok(());
+        }
+        let (caps, _need_pool) = query.get_owned();
+        let Some(caps) = caps else { return Ok(()) };
+        let Some(size) = frame_size(&caps) else {
+            return Ok(());
+        };
+        if size > writer.geometry().slot_size {
+            return Ok(());
+        }
+        let p = SlotPool::new(Some(writer.clone()));
+        let mut config = p.config();
+        config.set_params(Some(&caps), size as u32, 0, 0);
+        if p.set_config(config).is_err() {
+            return Err(gst::loggable_error!(CAT, "slot pool rejected its config"));
+        }
+        query.add_allocation_pool(Some(&p), size as u32, 0, 0);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "proposing slot pool, {size} bytes per buffer"
+        );
+        *pool = Some(p);
+        Ok(())
+    }
+
+    fn event(&self, event: gst::Event) -> bool {
+        if let State::Started { writer, .. } = &*lock(&self.state) {
+            match event.view() {
+                gst::EventView::Eos(_) => writer.set_state(WriterState::Eos),
+                gst::EventView::StreamStart(_) | gst::EventView::FlushStop(_) => {
+                    writer.set_state(WriterState::Live)
+                }
+                _ => (),
+            }
+        }
+        self.parent_event(event)
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut state = lock(&self.state);
+        let map = buffer.map_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::ResourceError::Read, ["cannot map buffer"]);
+            gst::FlowError::Error
+        })?;
+        let meta = meta_of(buffer);
+        let State::Started {
+            writer, settings, ..
+        } = &*state
+        else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let slot_size = writer.geometry().slot_size;
+        if map.size() > slot_size {
+            if settings.slot_size != 0 {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Write,
+                    [
+                        "shmringsink shm-name={}: a {} byte buffer does not fit slot-size {}; raise slot-size or set it to 0",
+                        settings.shm_name,
+                        map.size(),
+                        slot_size
+                    ]
+                );
+                return Err(gst::FlowError::Error);
+            }
+            let payload = map.size().next_power_of_two();
+            if let Err(e) = self.resize(&mut state, payload) {
+                self.post_error_message(e);
+                return Err(gst::FlowError::Error);
+            }
+        }
+        let State::Started { writer, .. } = &*state else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let mut stats = lock(&self.stats);
+        match writer.publish_in_place(map.as_ptr(), map.size(), meta) {
+            InPlace::Published(_) => {
+                stats.in_place += 1;
+                stats.written += 1;
+            }
+            InPlace::NotLent => match writer.write_frame(meta, map.as_slice()) {
+                Some(_) => stats.written += 1,
+                None => {
+                    stats.dropped += 1;
+                    gst::warning!(CAT, imp = self, "every slot is lent out, frame dropped");
+                }
+            },
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+}

@@ -1,0 +1,662 @@
+// SPDX-License-Identifier: MPL-2.0
+
+use std::str::FromStr;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::ring::{self, Geometry, ReadStart, WriterState};
+use crate::shm::{self, Segment};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "shmringsrc",
+        gst::DebugColorFlags::empty(),
+        Some("POSIX shared-memory ring source"),
+    )
+});
+
+const DEFAULT_SHM_NAME: &str = "/vcambridge";
+const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_IS_LIVE: bool = true;
+/// Longest single sleep on the futex / while polling for the writer; `unlock()` interrupts it
+/// earlier anyway.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+struct Settings {
+    shm_name: String,
+    timeout_ms: u64,
+    is_live: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            shm_name: DEFAULT_SHM_NAME.into(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            is_live: DEFAULT_IS_LIVE,
+        }
+    }
+}
+
+struct Attached {
+    seg: Arc<Segment>,
+    geometry: Geometry,
+    generation: u64,
+    next: u64,
+}
+
+#[derive(Default)]
+enum State {
+    #[default]
+    Stopped,
+    Started(Box<Reader>),
+}
+
+struct Reader {
+    settings: Settings,
+    attached: Option<Attached>,
+    /// The ring caps id our current caps correspond to.
+    caps_id: u64,
+    caps: Option<gst::Caps>,
+    /// Buffers for fixed-size (raw video) frames: (pool, frame size).
+    pool: Option<(gst::BufferPool, usize)>,
+    /// (writer PTS, our running time) of the first frame since (re-)attaching.
+    anchor: Option<(u64, gst::ClockTime)>,
+    last_writer_pts: Option<u64>,
+    /// When we last made progress (attach or frame); the `timeout` counts from here.
+    last_progress: Instant,
+    /// Start at frame 0 of the next generation we attach to (we were waiting for it).
+    from_start: bool,
+    discont: bool,
+    /// Last writer pid seen, for messages.
+    writer_pid: u32,
+}
+
+/// What `create()` does next, decided under the state lock and executed without it.
+enum Step {
+    Frame(gst::Buffer),
+    NewCaps(gst::Caps),
+    WaitFutex(Arc<Segment>, u32),
+    Poll,
+    Again,
+    Eos,
+    Error(gst::ErrorMessage),
+}
+
+#[derive(Default)]
+pub struct ShmRingSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    flushing: Mutex<bool>,
+    unlock_cv: Condvar,
+    /// The mapped ring, so `unlock()` can wake a futex sleep at once.
+    waker: Mutex<Option<Arc<Segment>>>,
+    dropped: Mutex<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn buffer_flags(f: u32) -> gst::BufferFlags {
+    let mut out = gst::BufferFlags::empty();
+    for (rf, gf) in [
+        (ring::flags::DISCONT, gst::BufferFlags::DISCONT),
+        (ring::flags::DELTA_UNIT, gst::BufferFlags::DELTA_UNIT),
+        (ring::flags::HEADER, gst::BufferFlags::HEADER),
+        (ring::flags::GAP, gst::BufferFlags::GAP),
+        (ring::flags::DROPPABLE, gst::BufferFlags::DROPPABLE),
+        (ring::flags::MARKER, gst::BufferFlags::MARKER),
+    ] {
+        if f & rf != 0 {
+            out |= gf;
+        }
+    }
+    out
+}
+
+impl ShmRingSrc {
+    fn running_time(&self) -> gst::ClockTime {
+        let obj = self.obj();
+        match (obj.clock(), obj.base_time()) {
+            (Some(clock), Some(base)) => clock.time().saturating_sub(base),
+            _ => gst::ClockTime::ZERO,
+        }
+    }
+
+    fn timeout_error(&self, r: &Reader, waited: Duration) -> gst::ErrorMessage {
+        let path = shm::shm_path(&r.settings.shm_name);
+        match &r.attached {
+            None => gst::error_msg!(
+                gst::ResourceError::NotFound,
+                [
+                    "shmringsrc: no writer appeared at {path} within {} ms (start a writer with shm-name={} or raise timeout)",
+                    waited.as_millis(),
+                    r.settings.shm_name
+                ]
+            ),
+            Some(_) if r.writer_pid != 0 && !shm::pid_alive(r.writer_pid) => gst::error_msg!(
+                gst::ResourceError::Read,
+                [
+                    "shmringsrc: the writer of {path} (pid {}) is no longer running (crashed?) and no new writer took over within {} ms; restart the writer (it reclaims the ring)",
+                    r.writer_pid,
+                    waited.as_millis()
+                ]
+            ),
+            Some(_) => gst::error_msg!(
+                gst::ResourceError::Read,
+                [
+                    "shmringsrc: no frame from the writer of {path} (pid {}, still running) for {} ms; is it paused or stalled? (raise timeout, 0 waits forever)",
+                    r.writer_pid,
+                    waited.as_millis()
+                ]
+            ),
+        }
+    }
+
+    fn timed_out(r: &Reader) -> Option<Duration> {
+        let waited = r.last_progress.elapsed();
+        (r.settings.timeout_ms != 0 && waited > Duration::from_millis(r.settings.timeout_ms))
+            .then_some(waited)
+    }
+
+    fn detach(&self, r: &mut Reader) {
+        r.attached = None;
+        r.from_start = true;
+        r.anchor = None;
+        r.last_writer_pts = None;
+        r.discont = true;
+        *lock(&self.waker) = None;
+    }
+
+    fn alloc(&self, r: &mut Reader, size: usize) -> Result<gst::Buffer, gst::FlowError> {
+        if let Some((pool, psize)) = &r.pool
+            && *psize == size
+            && let Ok(b) = pool.acquire_buffer(None)
+        {
+            return Ok(b);
+        }
+        gst::Buffer::with_size(size).map_err(|_| gst::FlowError::Error)
+    }
+
+    fn set_pool_for(&self, r: &mut Reader, caps: &gst::Caps) {
+        if let Some((pool, _)) = r.pool.take() {
+            let _ = pool.set_active(false);
+        }
+        let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
+            return;
+        };
+        let pool = gst::BufferPool::new();
+        let mut config = pool.config();
+        config.set_params(Some(caps), info.size() as u32, 2, 0);
+        if pool.set_config(config).is_ok() && pool.set_active(true).is_ok() {
+            r.pool = Some((pool, info.size()));
+        }
+    }
+
+    /// One step of `create()`, under the state lock: never blocks.
+    fn step(&self, r: &mut Reader) -> Step {
+        let name = r.settings.shm_name.clone();
+        let Some(att) = &mut r.attached else {
+            return match Segment::open_reader(&name) {
+                Ok((seg, geometry)) => {
+                    let mem = seg.memory();
+                    let w = mem.write_seq();
+                    let next = if r.from_start && w < geometry.slot_count as u64 {
+                        0
+                    } else {
+                        w.saturating_sub(1)
+                    };
+                    r.writer_pid = mem.writer_pid();
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "attached to {} generation {} (writer pid {}), starting at frame {next}",
+                        seg.path(),
+                        mem.generation(),
+                        r.writer_pid
+                    );
+                    let seg = Arc::new(seg);
+                    *lock(&self.waker) = Some(seg.clone());
+                    r.attached = Some(Attached {
+                        generation: mem.generation(),
+                        seg,
+                        geometry,
+                        next,
+                    });
+                    r.caps_id = 0;
+                    r.last_progress = Instant::now();
+                    Step::Again
+                }
+                Err(e) if e.is_transient() => {
+                    r.from_start = true;
+                    if let Some(waited) = Self::timed_out(r) {
+                        return Step::Error(self.timeout_error(r, waited));
+                    }
+                    gst::trace!(CAT, imp = self, "waiting for the writer: {e}");
+                    Step::Poll
+                }
+                Err(e) => Step::Error(gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    ["shmringsrc shm-name={name}: {e}"]
+                )),
+            };
+        };
+        let mem = att.seg.memory();
+        let g = att.geometry;
+        let state = mem.state();
+        let w = mem.write_seq();
+        if mem.generation() != att.generation || state == Some(WriterState::Init) {
+            gst::info!(
+                CAT,
+                imp = self,
+                "writer of {} restarted (generation {} -> {}), re-mapping",
+                att.seg.path(),
+                att.generation,
+                mem.generation()
+            );
+            self.detach(r);
+            return Step::Again;
+        }
+        let writer_pid = mem.writer_pid();
+        if writer_pid != r.writer_pid {
+            r.writer_pid = writer_pid;
+        }
+        match mem.start_read(&g, att.next) {
+            ReadStart::NotYet => {
+                match state {
+                    Some(WriterState::Eos) => return Step::Eos,
+                    Some(WriterState::Closed) => {
+                        gst::info!(CAT, imp = self, "writer closed {}", att.seg.path());
+                        self.detach(r);
+                        return Step::Poll;
+                    }
+                    _ => (),
+                }
+                // A writer that stopped and a new one that created a fresh object under the
+                // same name: follow the name.
+                if r.last_progress.elapsed() > Duration::from_millis(500)
+                    && !att.seg.name_still_ours()
+                {
+                    self.detach(r);
+                    return Step::Again;
+                }
+                let seg = att.seg.clone();
+                if let Some(waited) = Self::timed_out(r) {
+                    return Step::Error(self.timeout_error(r, waited));
+                }
+                Step::WaitFutex(seg, w as u32)
+            }
+            ReadStart::Lost { write_seq } => {
+                let (next, skipped) = ring::catch_up(att.next, write_seq);
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "fell behind: skipping {skipped} frames ({} -> {next})",
+                    att.next
+                );
+                att.next = next;
+                *lock(&self.dropped) += skipped;
+                r.discont = true;
+                Step::Again
+            }
+            ReadStart::Ready(meta) => {
+                if meta.caps_id != r.caps_id {
+                    match mem.read_caps() {
+                        Some((id, s)) if id == meta.caps_id => {
+                            let caps = match gst::Caps::from_str(&s) {
+                                Ok(c) => c,
+                                Err(_) => {
+                                    return Step::Error(gst::error_msg!(
+                                        gst::StreamError::Format,
+                                        [
+                                            "shmringsrc: the writer of {} published caps that do not parse: {s:?}",
+                                            att.seg.path()
+                                        ]
+                                    ));
+                                }
+                            };
+                            r.caps_id = id;
+                            if r.caps.as_ref() != Some(&caps) {
+                                return Step::NewCaps(caps);
+                            }
+                            return Step::Again;
+                        }
+                        _ => {
+                            // Written with caps that were already replaced: drop the frame.
+                            att.next += 1;
+                            *lock(&self.dropped) += 1;
+                            return Step::Again;
+                        }
+                    }
+                }
+                let att_next = att.next;
+                let seg = att.seg.clone();
+                let mut buffer = match self.alloc(r, meta.size) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        return Step::Error(gst::error_msg!(
+                            gst::ResourceError::NoSpaceLeft,
+                            ["cannot allocate a {} byte buffer", meta.size]
+                        ));
+                    }
+                };
+                let Some(buf) = buffer.get_mut() else {
+                    return Step::Error(gst::error_msg!(
+                        gst::CoreError::Failed,
+                        ["output buffer not writable"]
+                    ));
+                };
+                buf.set_size(meta.size);
+                let ok = match buf.map_writable() {
+                    Ok(mut map) => {
+                        mem.copy_payload(&g, &meta, map.as_mut_slice());
+                        mem.finish_read(&g, &meta)
+                    }
+                    Err(_) => false,
+                };
+                drop(seg);
+                let Some(att) = r.attached.as_mut() else {
+                    return Step::Again;
+                };
+                if !ok {
+                    // Overwritten while we copied: never show it.
+                    *lock(&self.dropped) += 1;
+                    r.discont = true;
+                    let (next, skipped) = ring::catch_up(att_next, mem.write_seq());
+                    att.next = next.max(att_next + 1);
+                    *lock(&self.dropped) += skipped.saturating_sub(1);
+                    return Step::Again;
+                }
+                att.next = att_next + 1;
+                r.last_progress = Instant::now();
+                // Timestamps: the writer's PTS shifted so that the first frame after attaching
+                // lands on our running time now; spacing between frames is preserved.
+                let now = self.running_time();
+                if let Some(pts) = meta.pts {
+                    let restart = match (r.anchor, r.last_writer_pts) {
+                        (None, _) => true,
+                        (Some(_), Some(last)) => pts < last,
+                        _ => false,
+                    };
+                    if restart {
+                        r.anchor = Some((pts, now));
+                    }
+                    r.last_writer_pts = Some(pts);
+                }
+                let map_ts = |t: Option<u64>| -> Option<gst::ClockTime> {
+                    let (apts, art) = r.anchor?;
+                    let t = t?;
+                    t.checked_sub(apts)
+                        .map(|d| art + gst::ClockTime::from_nseconds(d))
+                };
+                let pts = if meta.pts.is_some() {
+                    map_ts(meta.pts)
+                } else {
+                    Some(now)
+                };
+                buf.set_pts(pts);
+                buf.set_dts(map_ts(meta.dts));
+                buf.set_duration(meta.duration.map(gst::ClockTime::from_nseconds));
+                buf.set_offset(meta.seq);
+                let mut flags = buffer_flags(meta.flags);
+                if r.discont {
+                    flags |= gst::BufferFlags::DISCONT;
+                    r.discont = false;
+                }
+                buf.set_flags(flags);
+                Step::Frame(buffer)
+            }
+        }
+    }
+
+    /// Sleep on the condvar (interrupted by `unlock()`); returns false when flushing.
+    fn poll_wait(&self, d: Duration) -> bool {
+        let flushing = lock(&self.flushing);
+        if *flushing {
+            return false;
+        }
+        let (flushing, _) = self
+            .unlock_cv
+            .wait_timeout(flushing, d)
+            .unwrap_or_else(|e| e.into_inner());
+        !*flushing
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ShmRingSrc {
+    const NAME: &'static str = "GstShmRingSrc";
+    type Type = super::ShmRingSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+impl ObjectImpl for ShmRingSrc {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("shm-name")
+                    .nick("Shm name")
+                    .blurb("POSIX shm name of the ring to read ('/name', lives in /dev/shm)")
+                    .default_value(Some(DEFAULT_SHM_NAME))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("timeout")
+                    .nick("Timeout")
+                    .blurb("Milliseconds to wait for a writer to appear or for the next frame before failing (0 = wait forever)")
+                    .default_value(DEFAULT_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("is-live")
+                    .nick("Is live")
+                    .blurb("Act as a live source")
+                    .default_value(DEFAULT_IS_LIVE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("frames-dropped")
+                    .nick("Frames dropped")
+                    .blurb("Frames skipped because this reader fell behind (or they were torn)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = lock(&self.settings);
+        match pspec.name() {
+            "shm-name" => {
+                s.shm_name = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_SHM_NAME.into())
+            }
+            "timeout" => s.timeout_ms = value.get().unwrap_or(DEFAULT_TIMEOUT_MS),
+            "is-live" => {
+                s.is_live = value.get().unwrap_or(DEFAULT_IS_LIVE);
+                self.obj().set_live(s.is_live);
+            }
+            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = lock(&self.settings);
+        match pspec.name() {
+            "shm-name" => s.shm_name.to_value(),
+            "timeout" => s.timeout_ms.to_value(),
+            "is-live" => s.is_live.to_value(),
+            "frames-dropped" => lock(&self.dropped).to_value(),
+            _ => glib::Value::from_type(pspec.value_type()),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_live(DEFAULT_IS_LIVE);
+        obj.set_format(gst::Format::Time);
+    }
+}
+
+impl GstObjectImpl for ShmRingSrc {}
+
+impl ElementImpl for ShmRingSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Shared-memory ring source",
+                "Source/Video/Audio",
+                "Reads buffers and their caps from a POSIX shared-memory ring written by shmringsink or another process",
+                "vcambridge developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &gst::Caps::new_any(),
+                )
+                .expect("src pad template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for ShmRingSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = lock(&self.settings).clone();
+        ring::validate_shm_name(&settings.shm_name)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["shmringsrc: {e}"]))?;
+        // Fail early on anything that waiting will not fix (foreign file, permissions, version).
+        if let Err(e) = Segment::open_reader(&settings.shm_name)
+            && !e.is_transient()
+        {
+            return Err(gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ["shmringsrc shm-name={}: {e}", settings.shm_name]
+            ));
+        }
+        *lock(&self.dropped) = 0;
+        *lock(&self.state) = State::Started(Box::new(Reader {
+            settings,
+            attached: None,
+            caps_id: 0,
+            caps: None,
+            pool: None,
+            anchor: None,
+            last_writer_pts: None,
+            last_progress: Instant::now(),
+            from_start: false,
+            discont: true,
+            writer_pid: 0,
+        }));
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let State::Started(r) = std::mem::take(&mut *lock(&self.state))
+            && let Some((pool, _)) = r.pool
+        {
+            let _ = pool.set_active(false);
+        }
+        *lock(&self.waker) = None;
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        *lock(&self.flushing) = true;
+        self.unlock_cv.notify_all();
+        if let Some(seg) = lock(&self.waker).as_ref() {
+            // Wakes every reader of the ring; the others just re-check and sleep again.
+            shm::futex_wake(seg.memory().futex_word());
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        *lock(&self.flushing) = false;
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for ShmRingSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        loop {
+            if *lock(&self.flushing) {
+                return Err(gst::FlowError::Flushing);
+            }
+            let step = {
+                let mut state = lock(&self.state);
+                let State::Started(r) = &mut *state else {
+                    return Err(gst::FlowError::Flushing);
+                };
+                self.step(r)
+            };
+            match step {
+                Step::Frame(b) => return Ok(CreateSuccess::NewBuffer(b)),
+                Step::NewCaps(caps) => {
+                    gst::info!(CAT, imp = self, "writer caps: {caps}");
+                    if self.obj().set_caps(&caps).is_err() {
+                        gst::element_imp_error!(
+                            self,
+                            gst::CoreError::Negotiation,
+                            ["shmringsrc: downstream does not accept the writer's caps {caps}"]
+                        );
+                        return Err(gst::FlowError::NotNegotiated);
+                    }
+                    let mut state = lock(&self.state);
+                    if let State::Started(r) = &mut *state {
+                        self.set_pool_for(r, &caps);
+                        r.caps = Some(caps);
+                    }
+                }
+                Step::WaitFutex(seg, val) => {
+                    if *lock(&self.flushing) {
+                        return Err(gst::FlowError::Flushing);
+                    }
+                    shm::futex_wait(seg.memory().futex_word(), val, WAIT_SLICE);
+                }
+                Step::Poll => {
+                    if !self.poll_wait(POLL_INTERVAL) {
+                        return Err(gst::FlowError::Flushing);
+                    }
+                }
+                Step::Again => (),
+                Step::Eos => {
+                    gst::info!(CAT, imp = self, "writer reached end of stream");
+                    return Err(gst::FlowError::Eos);
+                }
+                Step::Error(msg) => {
+                    self.post_error_message(msg);
+                    return Err(gst::FlowError::Error);
+                }
+            }
+        }
+    }
+}

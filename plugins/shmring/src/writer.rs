@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The writer side of a ring: frame numbering, the copy path, and slots lent out to a buffer
+//! pool so that upstream writes straight into shared memory. No GStreamer types.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::ring::{FrameMeta, Geometry, WriterState};
+use crate::shm::{self, Segment, ShmError};
+
+/// A frame slot lent out for in-place writing (see [`RingWriter::lend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lent {
+    pub frame: u64,
+    pub slot: u32,
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: a pointer into the writer's mapping, kept alive by the Arc<RingWriter> held next to it.
+unsafe impl Send for Lent {}
+
+#[derive(Debug)]
+struct Inner {
+    /// Next frame number to hand out.
+    next: u64,
+    /// Per slot: the frame lent to a pool buffer that is still alive.
+    lent: Vec<Option<u64>>,
+    caps_id: u64,
+    closed: bool,
+}
+
+/// The single writer of one ring generation.
+#[derive(Debug)]
+pub struct RingWriter {
+    segment: Segment,
+    geometry: Geometry,
+    generation: u64,
+    inner: Mutex<Inner>,
+}
+
+/// Outcome of [`RingWriter::publish_in_place`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InPlace {
+    /// Published without a copy; the frame number.
+    Published(u64),
+    /// The data is not (or no longer) a publishable lent slot: use the copy path.
+    NotLent,
+}
+
+impl RingWriter {
+    /// Create or reclaim the ring `name` (see [`Segment::create_writer`]).
+    pub fn create(name: &str, mode: u32, geometry: Geometry) -> Result<Arc<Self>, ShmError> {
+        let (segment, generation) = Segment::create_writer(name, mode, &geometry)?;
+        Ok(Arc::new(RingWriter {
+            segment,
+            geometry,
+            generation,
+            inner: Mutex::new(Inner {
+                next: 0,
+                lent: vec![None; geometry.slot_count as usize],
+                caps_id: 0,
+                closed: false,
+            }),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn path(&self) -> String {
+        self.segment.path()
+    }
+
+    /// Publish a caps string (new caps id, used by the following frames).
+    pub fn set_caps(&self, caps: &str) -> Result<u64, String> {
+        let mut inner = self.lock();
+        let id = self
+            .segment
+            .memory()
+            .write_caps(caps)
+            .map_err(|e| format!("{}: {e}", self.path()))?;
+        inner.caps_id = id;
+        Ok(id)
+    }
+
+    /// Claim the next frame whose slot is not lent out and mark it in progress.
+    fn claim(&self, inner: &mut Inner) -> Option<u64> {
+        for _ in 0..self.geometry.slot_count {
+            let n = inner.next;
+            inner.next += 1;
+            let slot = self.geometry.slot_of(n);
+            if inner.lent[slot as usize].is_none() {
+                self.segment.memory().begin_write(&self.geometry, n);
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    fn wake(&self) {
+        shm::futex_wake(self.segment.memory().futex_word());
+    }
+
+    /// Copy path: write `payload` as the next frame and publish it. `meta.seq`, `caps_id`,
+    /// `size` and `publish_time` are filled in here. Returns the frame number, or `None` if every
+    /// slot is lent out (the frame is dropped).
+    pub fn write_frame(&self, meta: FrameMeta, payload: &[u8]) -> Option<u64> {
+        assert!(payload.len() <= self.geometry.slot_size);
+        let mut inner = self.lock();
+        let n = self.claim(&mut inner)?;
+        let mem = self.segment.memory();
+        mem.write_payload(&self.geometry, n, payload);
+        let meta = FrameMeta {
+            seq: n,
+            caps_id: inner.caps_id,
+            size: payload.len(),
+            publish_time: shm::monotonic_ns(),
+            ..meta
+        };
+        mem.publish(&self.geometry, &meta);
+        drop(inner);
+        self.wake();
+        Some(n)
+    }
+
+    /// Lend the next frame's slot for in-place writing (it is marked in progress, so readers
+    /// never see it half-written). At most `slot_count - 2` slots are lent at a time so the copy
+    /// path always has room. The slot stays reserved until [`Self::release`].
+    pub fn lend(&self) -> Option<Lent> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return None;
+        }
+        let lent = inner.lent.iter().filter(|l| l.is_some()).count();
+        if lent + 2 > self.geometry.slot_count as usize {
+            return None;
+        }
+        let frame = self.claim(&mut inner)?;
+        let slot = self.geometry.slot_of(frame);
+        inner.lent[slot as usize] = Some(frame);
+        let ptr = self.segment.memory().begin_write(&self.geometry, frame);
+        Some(Lent {
+            frame,
+            slot,
+            ptr,
+            len: self.geometry.slot_size,
+        })
+    }
+
+    /// The lent memory was freed: the slot may be reused.
+    pub fn release(&self, lent: &Lent) {
+        let mut inner = self.lock();
+        if inner.lent[lent.slot as usize] == Some(lent.frame) {
+            inner.lent[lent.slot as usize] = None;
+        }
+    }
+
+    /// If `data` is the payload of a lent, not yet published frame that is still ahead of the
+    /// readers, publish it without copying.
+    pub fn publish_in_place(&self, data: *const u8, size: usize, meta: FrameMeta) -> InPlace {
+        let mut inner = self.lock();
+        let g = self.geometry;
+        let base = self.segment.memory().as_ptr() as usize;
+        let addr = data as usize;
+        if addr < base + g.payload_offset(0) || addr >= base + g.total_size() {
+            return InPlace::NotLent;
+        }
+        let rel = addr - base - crate::ring::HEADER_SIZE;
+        let slot = (rel / g.slot_stride()) as u32;
+        if rel % g.slot_stride() != crate::ring::SLOT_HEADER_SIZE || size > g.slot_size {
+            return InPlace::NotLent;
+        }
+        let Some(frame) = inner.lent[slot as usize] else {
+            return InPlace::NotLent;
+        };
+        let mem = self.segment.memory();
+        // Already published, or the readers moved past it: copy instead.
+        if mem.write_seq() > frame {
+            return InPlace::NotLent;
+        }
+        let meta = FrameMeta {
+            seq: frame,
+            caps_id: inner.caps_id,
+            size,
+            publish_time: shm::monotonic_ns(),
+            ..meta
+        };
+        mem.publish(&g, &meta);
+        // The claim counter must stay ahead of everything published.
+        inner.next = inner.next.max(frame + 1);
+        drop(inner);
+        self.wake();
+        InPlace::Published(frame)
+    }
+
+    /// Set the state (`Live` / `Eos`) and wake the readers.
+    pub fn set_state(&self, state: WriterState) {
+        self.segment.memory().set_state(state);
+        self.wake();
+    }
+
+    /// The writer is done with this ring: mark it closed, wake the readers and remove the name
+    /// (if it still refers to this object). Mappings held by readers stay valid.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        if inner.closed {
+            return;
+        }
+        inner.closed = true;
+        let mem = self.segment.memory();
+        // After end of stream the state stays `Eos`: readers drain the ring and finish.
+        if mem.state() != Some(WriterState::Eos) {
+            mem.set_state(WriterState::Closed);
+        }
+        self.wake();
+        if self.segment.name_still_ours() {
+            let _ = shm::unlink(self.segment.name());
+        }
+    }
+
+    /// The ring is being replaced by a new one of the same name (resize): mark it closed so
+    /// readers re-open the name, but do not unlink (the new object owns the name).
+    pub fn abandon(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        self.segment.memory().set_state(WriterState::Closed);
+        self.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lent_slots_are_skipped_and_published_in_place() {
+        let name = format!("/shmring-unit-writer-{}", std::process::id());
+        let g = Geometry::new(4, 64).unwrap();
+        let w = RingWriter::create(&name, 0o600, g).unwrap();
+        w.set_caps("x/y").unwrap();
+        let l0 = w.lend().unwrap();
+        assert_eq!(l0.frame, 0);
+        let l1 = w.lend().unwrap();
+        // Only slot_count - 2 lent at once.
+        assert!(w.lend().is_none());
+        // Copy path skips the lent slots.
+        assert_eq!(w.write_frame(FrameMeta::default(), b"c2"), Some(2));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"c3"), Some(3));
+        // Frame 4 would go to slot 0 (lent) and frame 5 to slot 1 (lent): skipped.
+        assert_eq!(w.write_frame(FrameMeta::default(), b"c6"), Some(6));
+        // l0 is behind the readers now: copy path.
+        assert_eq!(
+            w.publish_in_place(l0.ptr, 2, FrameMeta::default()),
+            InPlace::NotLent
+        );
+        w.release(&l0);
+        w.release(&l1);
+        let l = w.lend().unwrap();
+        assert_eq!(l.frame, 7);
+        // SAFETY: the lent slot is ours to write.
+        unsafe { std::ptr::copy_nonoverlapping(b"zc".as_ptr(), l.ptr, 2) };
+        assert_eq!(
+            w.publish_in_place(l.ptr, 2, FrameMeta::default()),
+            InPlace::Published(7)
+        );
+        let (r, rg) = Segment::open_reader(&name).unwrap();
+        let (meta, data) = r.memory().read_frame(&rg, 7).unwrap();
+        assert_eq!(data, b"zc");
+        assert_eq!(meta.caps_id, 1);
+        assert!(r.memory().read_frame(&rg, 5).is_err());
+        w.close();
+        assert!(!std::path::Path::new(&shm::shm_path(&name)).exists());
+    }
+}
