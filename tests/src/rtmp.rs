@@ -440,3 +440,34 @@ pub fn garbage_bytes(len: usize) -> Vec<u8> {
     }
     v
 }
+
+/// Shrink the socket's receive buffer (SO_RCVBUF), so a client that never reads blocks its
+/// peer's writes quickly.
+pub fn set_small_recv_buffer(s: &TcpStream, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a valid, owned socket fd with a correctly sized c_int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt(SO_RCVBUF)");
+}
+
+/// Resident memory of this process in bytes (from /proc/self/status), 0 if unknown.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

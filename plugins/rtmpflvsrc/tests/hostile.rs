@@ -1,0 +1,228 @@
+//! Hostile input over real TCP. Each case is followed by a good ffmpeg publisher into the same
+//! element instance, which must still work; the pipeline must never error and memory must stay
+//! bounded.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::client::{RtmpClient, h264_flv_video_tags};
+use common::{COUNT_ONLY, Options, Receiver};
+use vcambridge_tests::rtmp::{
+    FfmpegPublisher, garbage_bytes, raw_connect, rss_bytes, set_small_recv_buffer, wait_peer_close,
+    write_tolerant,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Memory growth allowed over one hostile case (the element in this process).
+const RSS_SLACK: u64 = 96 * 1024 * 1024;
+
+fn receiver() -> Receiver {
+    Receiver::start(
+        Options::default()
+            .prop("handshake-timeout", "1000")
+            .prop("idle-timeout", "2000")
+            .video_branch(COUNT_ONLY),
+    )
+}
+
+/// A good publisher after the hostile one: all its frames arrive, no pipeline error.
+fn good_publisher_still_works(rx: &Receiver) {
+    let before = rx.check(|d| d.video.len());
+    let mut p = FfmpegPublisher::new(&rx.url("live", "key"), 10);
+    p.width = 160;
+    p.height = 120;
+    p.audio = false;
+    let (ok, err) = p.run(Duration::from_secs(90));
+    assert!(
+        ok,
+        "the good publisher failed after the hostile client: {err}"
+    );
+    rx.wait(WAIT, "the good publisher's 10 frames", |d| {
+        d.video.len() == before + 10
+    });
+    rx.assert_no_error();
+    rx.stop();
+}
+
+fn wait_warning(rx: &Receiver, what: &str) {
+    rx.wait(WAIT, &format!("a warning for {what}"), |d| {
+        !d.warnings().is_empty()
+    });
+    println!("{what}: warning {:?}", rx.check(|d| d.warnings()));
+}
+
+fn assert_memory_bounded(rss_before: u64, what: &str) {
+    let after = rss_bytes();
+    assert!(
+        after < rss_before + RSS_SLACK,
+        "{what}: RSS grew from {} MiB to {} MiB",
+        rss_before >> 20,
+        after >> 20
+    );
+}
+
+#[test]
+fn garbage_instead_of_handshake() {
+    let rx = receiver();
+    let mut s = raw_connect(rx.port);
+    write_tolerant(&mut s, &garbage_bytes(8192));
+    wait_peer_close(&mut s, Duration::from_secs(10))
+        .expect("the element must close a connection that sends garbage");
+    wait_warning(&rx, "garbage bytes");
+    rx.check(|d| assert!(d.video.is_empty() && d.pads.is_empty()));
+    good_publisher_still_works(&rx);
+}
+
+#[test]
+fn stalled_handshake_times_out() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("handshake-timeout", "500")
+            .video_branch(COUNT_ONLY),
+    );
+    // One sends nothing at all, the other only C0+C1 and then stalls.
+    let mut silent = raw_connect(rx.port);
+    let mut half = raw_connect(rx.port);
+    let mut c0c1 = vec![3u8];
+    c0c1.extend(std::iter::repeat_n(0u8, 1536));
+    write_tolerant(&mut half, &c0c1);
+    let start = Instant::now();
+    let t1 = wait_peer_close(&mut silent, Duration::from_secs(10))
+        .expect("a silent connection must be dropped after handshake-timeout");
+    let t2 = wait_peer_close(&mut half, Duration::from_secs(10))
+        .expect("a half handshake must be dropped after handshake-timeout");
+    println!("dropped after {t1:?} / {:?}", start.elapsed().max(t2));
+    assert!(
+        t1 >= Duration::from_millis(350),
+        "dropped before the 500 ms handshake-timeout ({t1:?})"
+    );
+    wait_warning(&rx, "a stalled handshake");
+    good_publisher_still_works(&rx);
+}
+
+#[test]
+fn invalid_huge_set_chunk_size() {
+    let rx = receiver();
+    let rss = rss_bytes();
+    let mut c = RtmpClient::handshake(rx.port, Duration::from_secs(10)).expect("handshake");
+    // SetChunkSize (type 1) on chunk stream 2 with 0xFFFFFFFF: bit 31 set, which the spec forbids.
+    let mut msg = vec![0x02, 0, 0, 0, 0, 0, 4, 0x01, 0, 0, 0, 0];
+    msg.extend_from_slice(&0xFFFF_FFFFu32.to_be_bytes());
+    // Then a large message that would be one "chunk" under that size.
+    msg.extend_from_slice(&[0x06, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0x09, 1, 0, 0, 0]);
+    msg.extend(garbage_bytes(256 * 1024));
+    write_tolerant(&mut c.stream, &msg);
+    wait_peer_close(&mut c.stream, Duration::from_secs(10))
+        .expect("the element must drop a connection announcing chunk size 0xFFFFFFFF");
+    wait_warning(&rx, "SetChunkSize 0xFFFFFFFF");
+    assert_memory_bounded(rss, "huge chunk size");
+    good_publisher_still_works(&rx);
+}
+
+#[test]
+fn truncated_message_then_close() {
+    let rx = receiver();
+    let tags = h264_flv_video_tags(5, 160, 120);
+    {
+        let mut c = RtmpClient::publisher(rx.port, "live", "key").expect("publish");
+        c.send_video(&tags[0].data, 0, false)
+            .expect("sequence header");
+        for (i, t) in tags[1..4].iter().enumerate() {
+            c.send_video(&t.data, 33 * i as u32, false).expect("frame");
+        }
+        let p = c.video_packet(&tags[4].data, 99, false);
+        c.send_raw(&p[..p.len() / 2]).expect("half a frame");
+        c.stream.flush().ok();
+        // Dropped here: the TCP connection closes mid-message.
+    }
+    rx.wait(WAIT, "rtmpflvsrc-disconnected", |d| {
+        !d.element_messages("rtmpflvsrc-disconnected").is_empty()
+    });
+    rx.check(|d| {
+        assert_eq!(
+            d.video.len(),
+            3,
+            "the 3 complete frames arrive, the truncated one does not"
+        )
+    });
+    good_publisher_still_works(&rx);
+}
+
+#[test]
+fn oversized_message_length() {
+    let rx = receiver();
+    let rss = rss_bytes();
+    let mut c = RtmpClient::publisher(rx.port, "live", "key").expect("publish");
+    // A type-0 video message header on chunk stream 6 announcing 0xFFFFFF (16 MiB - 1) bytes,
+    // followed by junk at full speed until the element hangs up (or 64 MiB were sent).
+    let mut header = vec![0x06, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0x09, 1, 0, 0, 0];
+    header.extend(garbage_bytes(4096));
+    let _ = c.stream.set_write_timeout(Some(Duration::from_millis(500)));
+    let junk = garbage_bytes(64 * 1024);
+    let mut sent = 0usize;
+    if write_tolerant(&mut c.stream, &header) {
+        while sent < 64 << 20 && c.stream.write_all(&junk).is_ok() {
+            sent += junk.len();
+        }
+    }
+    println!("sent {} KiB of the oversized message", sent >> 10);
+    wait_peer_close(&mut c.stream, Duration::from_secs(15))
+        .expect("the element must drop a connection sending an oversized message");
+    wait_warning(&rx, "an oversized message");
+    assert_memory_bounded(rss, "oversized message");
+    rx.check(|d| assert!(d.video.is_empty(), "no buffer from the oversized message"));
+    good_publisher_still_works(&rx);
+}
+
+#[test]
+fn publisher_that_never_reads() {
+    let rx = receiver();
+    let rss = rss_bytes();
+    let mut c = RtmpClient::publisher(rx.port, "live", "key").expect("publish");
+    set_small_recv_buffer(&c.stream, 4096);
+    let _ = c.stream.set_write_timeout(Some(Duration::from_millis(500)));
+    // Every PingRequest asks for a PingResponse; never read them. Stop once our writes block
+    // (the element stopped reading us) or after 20 s / 64 MiB.
+    let mut batch = Vec::new();
+    for _ in 0..2000 {
+        batch.extend(c.ping_packet());
+    }
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let mut blocked = false;
+    while start.elapsed() < Duration::from_secs(20) && sent < 64 << 20 {
+        match c.stream.write_all(&batch) {
+            Ok(()) => sent += batch.len(),
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    println!(
+        "sent {} KiB of pings in {:?}, writes blocked/failed: {blocked}",
+        sent >> 10,
+        start.elapsed()
+    );
+
+    // Meanwhile the server still serves others: a fresh connection completes the handshake and
+    // connect promptly.
+    let mut other = RtmpClient::handshake(rx.port, Duration::from_secs(5))
+        .expect("a second connection must be served while one client is stuck");
+    other
+        .connect_app("live")
+        .expect("connect on the second connection");
+    drop(other);
+
+    // Without reading a byte (that would unblock the element), wait for it to give up on us.
+    rx.wait(WAIT, "the never-reading publisher dropped", |d| {
+        !d.element_messages("rtmpflvsrc-disconnected").is_empty()
+    });
+    wait_peer_close(&mut c.stream, Duration::from_secs(20))
+        .expect("the element must close the never-reading publisher's socket");
+    wait_warning(&rx, "a publisher that never reads");
+    assert_memory_bounded(rss, "never-reading publisher");
+    good_publisher_still_works(&rx);
+}

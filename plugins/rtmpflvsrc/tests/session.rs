@@ -1,0 +1,197 @@
+//! Publisher sessions: stream-key checks, one publisher at a time, disconnect + reconnect at a new
+//! resolution (from ffmpeg, then from rtmp2sink which ends its publish with a bare TCP close).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{COUNT_ONLY, Options, Receiver, assert_strictly_increasing};
+use gst::prelude::*;
+use vcambridge_tests::rtmp::{FfmpegPublisher, GstPublisher};
+
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(90);
+const WAIT: Duration = Duration::from_secs(30);
+
+fn small_ffmpeg(url: &str, frames: u32) -> FfmpegPublisher {
+    let mut p = FfmpegPublisher::new(url, frames);
+    p.width = 160;
+    p.height = 120;
+    p.audio = false;
+    p
+}
+
+#[test]
+fn wrong_stream_key_rejected_then_right_key_accepted() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("stream-key", "secret")
+            .video_branch(COUNT_ONLY),
+    );
+
+    // Wrong key: ffmpeg must fail, nothing may come out.
+    let (ok, err) = small_ffmpeg(&rx.url("live", "wrong"), 30).run(PUBLISH_TIMEOUT);
+    assert!(!ok, "ffmpeg publishing with a wrong key must fail");
+    println!("ffmpeg with the wrong key: {}", err.trim());
+    rx.wait(WAIT, "rtmpflvsrc-rejected (wrong key)", |d| {
+        !d.element_messages("rtmpflvsrc-rejected").is_empty()
+    });
+    // Wrong app, right key: rejected too.
+    let (ok, _) = small_ffmpeg(&rx.url("other", "secret"), 30).run(PUBLISH_TIMEOUT);
+    assert!(!ok, "ffmpeg publishing to a wrong app must fail");
+    rx.wait(WAIT, "a second rtmpflvsrc-rejected (wrong app)", |d| {
+        d.element_messages("rtmpflvsrc-rejected").len() >= 2
+    });
+    rx.check(|d| {
+        assert!(
+            d.video.is_empty(),
+            "no video buffers from rejected publishers"
+        );
+        assert!(
+            d.audio.is_empty(),
+            "no audio buffers from rejected publishers"
+        );
+        assert!(
+            d.element_messages("rtmpflvsrc-connected").is_empty(),
+            "no rtmpflvsrc-connected for a rejected publisher"
+        );
+        for s in d.element_messages("rtmpflvsrc-rejected") {
+            assert!(
+                s.get::<String>("peer").unwrap().starts_with("127.0.0.1:"),
+                "{s}"
+            );
+            assert!(!s.get::<String>("reason").unwrap().is_empty(), "{s}");
+        }
+    });
+    let stats = rx.stats();
+    assert!(stats.get::<u64>("rejected").unwrap() >= 2, "{stats}");
+    assert_eq!(stats.get::<u64>("connections").unwrap(), 0, "{stats}");
+
+    // Right key: accepted, every frame arrives.
+    let (ok, err) = small_ffmpeg(&rx.url("live", "secret"), 30).run(PUBLISH_TIMEOUT);
+    assert!(ok, "ffmpeg with the right key failed: {err}");
+    rx.wait(WAIT, "30 video frames with the right key", |d| {
+        d.video.len() == 30
+    });
+    rx.check(|d| {
+        let c = d.element_messages("rtmpflvsrc-connected");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].get::<String>("stream-key").unwrap(), "secret");
+    });
+    rx.assert_no_error();
+    rx.stop();
+}
+
+#[test]
+fn second_publisher_rejected_while_first_streams() {
+    let rx = Receiver::start(Options::default().video_branch(COUNT_ONLY));
+    let mut first = small_ffmpeg(&rx.url("live", "key"), 90);
+    first.realtime = true; // ~3 s of stream
+    let first = first.spawn();
+    rx.wait(WAIT, "the first publisher streaming", |d| {
+        d.video.len() >= 5
+    });
+
+    let (ok, err) = small_ffmpeg(&rx.url("live", "key"), 30).run(PUBLISH_TIMEOUT);
+    assert!(
+        !ok,
+        "a second publisher must be rejected while the first streams"
+    );
+    println!("second publisher: {}", err.trim());
+    rx.wait(WAIT, "rtmpflvsrc-rejected for the second publisher", |d| {
+        !d.element_messages("rtmpflvsrc-rejected").is_empty()
+    });
+
+    let out = first.wait_output(PUBLISH_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "the first publisher must be unaffected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rx.wait(WAIT, "all 90 frames of the first publisher", |d| {
+        d.video.len() == 90
+    });
+    rx.check(|d| {
+        assert_eq!(d.element_messages("rtmpflvsrc-connected").len(), 1);
+    });
+    rx.assert_no_error();
+    rx.stop();
+}
+
+/// Session 1: ffmpeg 320x240 (ends with deleteStream). Session 2: rtmp2sink 480x272 (ends with a
+/// bare TCP close). Session 3: ffmpeg 320x240 again. The pipeline stays PLAYING, no error, no EOS,
+/// PTS strictly increase over all sessions, each new session starts with DISCONT and new caps.
+#[test]
+fn publisher_reconnects_at_another_resolution() {
+    let rx = Receiver::start(
+        Options::default().video_branch("h264parse ! appsink name=vsink sync=false"),
+    );
+    const N: usize = 20;
+
+    let (ok, err) = FfmpegPublisher::new(&rx.url("live", "key"), N as u32).run(PUBLISH_TIMEOUT);
+    assert!(ok, "session 1 (ffmpeg) failed: {err}");
+    rx.wait(WAIT, "session 1 frames and its disconnect", |d| {
+        d.video.len() == N && !d.element_messages("rtmpflvsrc-disconnected").is_empty()
+    });
+
+    let mut p2 = GstPublisher::new(&rx.url("live", "key"), N as u32);
+    p2.width = 480;
+    p2.height = 272;
+    let (ok, err) = p2.run(PUBLISH_TIMEOUT);
+    assert!(ok, "session 2 (rtmp2sink) failed: {err}");
+    rx.wait(WAIT, "session 2 frames and its disconnect", |d| {
+        d.video.len() == 2 * N && d.element_messages("rtmpflvsrc-disconnected").len() >= 2
+    });
+
+    let (ok, err) = FfmpegPublisher::new(&rx.url("live", "key"), N as u32).run(PUBLISH_TIMEOUT);
+    assert!(ok, "session 3 (ffmpeg) failed: {err}");
+    rx.wait(WAIT, "session 3 frames", |d| d.video.len() == 3 * N);
+    rx.wait(WAIT, "all frames through h264parse", |d| {
+        d.samples.len() >= 3 * N
+    });
+
+    let (_, state, _) = rx.pipeline.state(gst::ClockTime::from_seconds(1));
+    assert_eq!(state, gst::State::Playing, "the pipeline stays PLAYING");
+    rx.assert_no_error();
+    rx.check(|d| {
+        assert!(!d.eos, "no EOS without eos-on-disconnect");
+        assert_eq!(d.element_messages("rtmpflvsrc-connected").len(), 3);
+        let pts: Vec<_> = d.video.iter().map(|b| b.pts.expect("video PTS")).collect();
+        assert_strictly_increasing(&pts, "video PTS over three sessions");
+        for s in [N, 2 * N] {
+            assert!(
+                d.video[s].discont,
+                "first buffer of a new session (#{s}) must have DISCONT"
+            );
+            assert!(!d.video[s].delta_unit, "a session starts with a keyframe");
+        }
+        assert!(
+            d.video_caps.len() >= 2,
+            "caps re-sent when the codec config changes: {:?}",
+            d.video_caps
+        );
+        let sizes: Vec<(i32, i32)> = d.samples.iter().map(|s| (s.width, s.height)).collect();
+        assert_eq!(sizes[0], (320, 240));
+        assert_eq!(sizes[N], (480, 272), "session 2 caps: {sizes:?}");
+        assert_eq!(sizes[2 * N], (320, 240), "session 3 caps: {sizes:?}");
+    });
+    assert_eq!(rx.stats().get::<u64>("connections").unwrap(), 3);
+    rx.stop();
+}
+
+#[test]
+fn eos_on_disconnect_and_null_frees_the_port() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("eos-on-disconnect", "true")
+            .video_branch(COUNT_ONLY),
+    );
+    let port = rx.port;
+    let (ok, err) = small_ffmpeg(&rx.url("live", "key"), 10).run(PUBLISH_TIMEOUT);
+    assert!(ok, "{err}");
+    rx.wait(WAIT, "EOS after the publisher left", |d| d.eos);
+    rx.check(|d| assert_eq!(d.video.len(), 10));
+    rx.stop();
+    // Going to NULL frees the port at once.
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("port {port} still taken after NULL: {e}"));
+}
