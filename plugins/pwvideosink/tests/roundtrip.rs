@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Must-show 1: videotestsrc → pwvideosink → pipewiresrc in another process, for several
+//! formats: frame count and pixel content checked; pw-dump shows class, role, description and
+//! a fixed-size format.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vcambridge_tests::ChildGuard;
+use vcambridge_tests::pipewire::PipeWireSession;
+
+const FRAMES: usize = 15;
+
+#[test]
+fn frames_and_pixels_reach_pipewiresrc_in_several_formats() {
+    init();
+    let session = PipeWireSession::start();
+    for format in ["I420", "NV12", "YUY2", "UYVY", "BGRx", "RGBA", "RGB"] {
+        let node = format!("vcam-rt-{}", format.to_lowercase());
+        let producer = Producer::start(&session, &node, format, "");
+        session.wait_for_node(&node, Duration::from_secs(10));
+        let reference = reference_frame(format);
+        assert_eq!(reference.len(), frame_size(format));
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let tail = format!(
+            "{} ! filesink location={}",
+            caps_str(format),
+            out.path().display()
+        );
+        let consumer = ChildGuard::spawn(
+            "pipewiresrc consumer",
+            &mut session.consumer(&node, Some(FRAMES as u32), &tail),
+        );
+        let res = consumer.wait_output(Duration::from_secs(30));
+        assert!(
+            res.status.success(),
+            "{format}: consumer failed: {}\n{}",
+            String::from_utf8_lossy(&res.stderr),
+            session.logs()
+        );
+        check_frames(out.path(), &reference, FRAMES, format);
+        let sent = producer.stat_u64("frames-sent");
+        assert!(sent >= FRAMES as u64, "{format}: stats frames-sent={sent}");
+        assert_eq!(producer.first_error(), None, "{format}: producer error");
+    }
+}
+
+#[test]
+fn pw_dump_shows_a_camera_node_with_fixed_formats() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-dump";
+    let _producer = Producer::start(
+        &session,
+        node,
+        "NV12",
+        "node-description=\"vcambridge test camera\" stream-properties=\"props,node.nick=vcamnick\"",
+    );
+    let obj = session.wait_for_node(node, Duration::from_secs(10));
+    let props = &obj["info"]["props"];
+    assert_eq!(props["media.class"], "Video/Source", "{props}");
+    assert_eq!(props["media.role"], "Camera", "{props}");
+    assert_eq!(
+        props["node.description"], "vcambridge test camera",
+        "{props}"
+    );
+    assert_eq!(props["node.nick"], "vcamnick", "{props}");
+    let formats = obj["info"]["params"]["EnumFormat"]
+        .as_array()
+        .expect("EnumFormat params");
+    assert_eq!(formats.len(), 1, "{formats:?}");
+    let f = &formats[0];
+    assert_eq!(f["mediaType"], "video");
+    assert_eq!(f["mediaSubtype"], "raw");
+    assert_eq!(f["format"], "NV12");
+    // Fixed values, not ranges/choices (libwebrtc ignores ranges).
+    assert_eq!(f["size"]["width"], WIDTH, "{f}");
+    assert_eq!(f["size"]["height"], HEIGHT, "{f}");
+    assert_eq!(f["framerate"]["num"], FPS, "{f}");
+    assert_eq!(f["framerate"]["denom"], 1, "{f}");
+}
+
+#[test]
+fn media_role_is_overridable() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-screen";
+    let _producer = Producer::start(&session, node, "BGRx", "media-role=Screen");
+    let obj = session.wait_for_node(node, Duration::from_secs(10));
+    assert_eq!(obj["info"]["props"]["media.role"], "Screen");
+    // Without a description the node name is used (libwebrtc ignores nodes without one).
+    assert_eq!(obj["info"]["props"]["node.description"], node);
+}
