@@ -1,0 +1,629 @@
+# SPDX-License-Identifier: MPL-2.0
+"""Read and write vcambridge shared-memory rings (layout version 1) from plain Python.
+
+Standard library only (numpy optional: ``Frame.array()``). The layout is specified in
+plugins/shmring/README.md; the Rust implementation is plugins/shmring/src/ring.rs.
+
+Reader::
+
+    import shmring
+    with shmring.Reader("/vcam0", timeout=5.0) as r:
+        frame = r.read(timeout=1.0)      # None on timeout, raises EndOfStream at writer EOS
+        print(frame.seq, frame.pts, frame.caps, len(frame.data))
+
+Writer::
+
+    with shmring.Writer("/vcam0", caps="video/x-raw,format=RGBA,width=64,height=48,framerate=30/1",
+                        slots=8, slot_size=64 * 48 * 4) as w:
+        w.write(b"\\x00" * (64 * 48 * 4), pts=0, duration=33_333_333)
+
+Waiting: a reader sleeps on the ring's futex (the low 32 bits of ``write_seq``) through a
+``syscall(SYS_futex)`` made with ctypes when it could map the ring read-write (same user as the
+writer, the default 0600 mode). With only read permission (or on an architecture whose futex
+syscall number is unknown) it polls ``write_seq`` every ``poll_interval`` seconds (0.5 ms).
+Writers always FUTEX_WAKE after publishing, so Rust/C readers never poll.
+
+Memory ordering: Python stores 8-byte aligned fields with single ``struct.pack_into`` calls and
+relies on the CPU's store order (x86-64 TSO) for the seqlock; readers re-check the slot
+sequence after copying, so a torn or overwritten frame is dropped, never returned.
+"""
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+import time
+
+MAGIC = b"VCSHMRNG"
+LAYOUT_VERSION = 1
+HEADER_SIZE = 4096
+SLOT_HEADER_SIZE = 64
+ALIGN = 64
+CAPS_OFFSET = 256
+CAPS_CAPACITY = HEADER_SIZE - CAPS_OFFSET
+
+OFF_MAGIC = 0
+OFF_VERSION = 8
+OFF_HEADER_SIZE = 12
+OFF_SLOT_COUNT = 16
+OFF_SLOT_HEADER_SIZE = 20
+OFF_SLOT_SIZE = 24
+OFF_SLOT_STRIDE = 32
+OFF_TOTAL_SIZE = 40
+OFF_WRITER_PID = 48
+OFF_STATE = 52
+OFF_GENERATION = 56
+OFF_WRITE_SEQ = 64
+OFF_CAPS_SEQ = 128
+OFF_CAPS_ID = 136
+OFF_CAPS_LEN = 144
+OFF_CAPS_CAPACITY = 148
+
+SLOT_SEQ = 0
+SLOT_PTS = 8
+SLOT_DTS = 16
+SLOT_DURATION = 24
+SLOT_CAPS_ID = 32
+SLOT_SIZE = 40
+SLOT_FLAGS = 48
+SLOT_PUBLISH_TIME = 56
+
+NO_TIME = 0xFFFFFFFFFFFFFFFF
+
+STATE_INIT, STATE_LIVE, STATE_EOS, STATE_CLOSED = 0, 1, 2, 3
+
+FLAG_DISCONT = 1 << 0
+FLAG_DELTA_UNIT = 1 << 1
+FLAG_HEADER = 1 << 2
+FLAG_GAP = 1 << 3
+FLAG_DROPPABLE = 1 << 4
+FLAG_MARKER = 1 << 5
+
+_FUTEX_WAIT = 0
+_FUTEX_WAKE = 1
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower())
+
+
+class RingError(Exception):
+    """The ring cannot be used; the message names the shm path and what to do."""
+
+
+class EndOfStream(Exception):
+    """The writer signalled end of stream and every frame has been read."""
+
+
+def align_up(v):
+    return (v + ALIGN - 1) // ALIGN * ALIGN
+
+
+def shm_path(name):
+    return "/dev/shm" + name
+
+
+def validate_name(name):
+    if not name.startswith("/"):
+        raise RingError(f"shm name {name!r} must start with '/' (for example \"/vcam0\")")
+    rest = name[1:]
+    if rest in ("", ".", ".."):
+        raise RingError(f"shm name {name!r} needs a name after the '/' (for example \"/vcam0\")")
+    if "/" in rest:
+        raise RingError(f"shm name {name!r} may contain only one '/', at the start")
+    if "\0" in rest:
+        raise RingError(f"shm name {name!r} contains a NUL byte")
+    if len(rest.encode()) > 254:
+        raise RingError(f"shm name {name!r} is too long, at most 255 bytes are allowed")
+
+
+def pid_alive(pid):
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_libc = None
+
+
+def _syscall():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    return _libc.syscall
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _futex_wait(addr, expected, timeout):
+    ts = _Timespec(int(timeout), int((timeout - int(timeout)) * 1e9))
+    _syscall()(ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(addr), ctypes.c_int(_FUTEX_WAIT),
+               ctypes.c_uint32(expected & 0xFFFFFFFF), ctypes.byref(ts), None, ctypes.c_int(0))
+
+
+def _futex_wake(addr):
+    _syscall()(ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(addr), ctypes.c_int(_FUTEX_WAKE),
+               ctypes.c_int(0x7FFFFFFF), None, None, ctypes.c_int(0))
+
+
+class Frame:
+    """One frame: payload bytes plus the writer's metadata (times in ns, None if unset)."""
+
+    __slots__ = ("seq", "pts", "dts", "duration", "caps_id", "caps", "flags", "publish_time", "data")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    def array(self, shape=None, dtype="uint8"):
+        """The payload as a numpy array (needs numpy)."""
+        import numpy as np
+
+        a = np.frombuffer(self.data, dtype=dtype)
+        return a.reshape(shape) if shape is not None else a
+
+    def __repr__(self):
+        return f"Frame(seq={self.seq}, pts={self.pts}, size={len(self.data)}, caps_id={self.caps_id})"
+
+
+def _time(v):
+    return None if v == NO_TIME else v
+
+
+def _raw_time(v):
+    return NO_TIME if v is None else int(v)
+
+
+class _Mapped:
+    def _u32(self, off):
+        return struct.unpack_from("<I", self.mm, off)[0]
+
+    def _u64(self, off):
+        return struct.unpack_from("<Q", self.mm, off)[0]
+
+    def _put32(self, off, v):
+        struct.pack_into("<I", self.mm, off, v)
+
+    def _put64(self, off, v):
+        struct.pack_into("<Q", self.mm, off, v)
+
+    def _slot(self, n):
+        return HEADER_SIZE + (n % self.slot_count) * self.slot_stride
+
+    @property
+    def write_seq(self):
+        return self._u64(OFF_WRITE_SEQ)
+
+    @property
+    def generation(self):
+        return self._u64(OFF_GENERATION)
+
+    @property
+    def state(self):
+        return self._u32(OFF_STATE)
+
+    @property
+    def writer_pid(self):
+        return self._u32(OFF_WRITER_PID)
+
+    def read_caps(self):
+        """(caps_id, caps string) or None."""
+        for _ in range(100):
+            s1 = self._u64(OFF_CAPS_SEQ)
+            if s1 & 1:
+                time.sleep(0)
+                continue
+            cid = self._u64(OFF_CAPS_ID)
+            n = min(self._u32(OFF_CAPS_LEN), CAPS_CAPACITY)
+            raw = bytes(self.mm[CAPS_OFFSET:CAPS_OFFSET + n])
+            if self._u64(OFF_CAPS_SEQ) == s1:
+                return None if cid == 0 else (cid, raw.decode("utf-8", "replace"))
+        return None
+
+
+def _check_header(mm, size, name):
+    path = shm_path(name)
+    if size < HEADER_SIZE:
+        raise RingError(f"{path} is only {size} bytes, not a vcambridge shm ring; pick another "
+                        f"shm-name or remove it (rm {path})")
+    magic = bytes(mm[0:8])
+    if magic == b"\0" * 8:
+        return None  # being created
+    if magic != MAGIC:
+        raise RingError(f"{path} is not a vcambridge shm ring (magic {magic!r}); another program "
+                        f"uses this name: pick another shm-name or remove the file (rm {path})")
+    version = struct.unpack_from("<I", mm, OFF_VERSION)[0]
+    if version != LAYOUT_VERSION:
+        raise RingError(f"{path}: ring layout version {version}, this module speaks version "
+                        f"{LAYOUT_VERSION}; use a reader and writer of the same release")
+    if struct.unpack_from("<I", mm, OFF_STATE)[0] == STATE_INIT:
+        return None
+    slot_count, = struct.unpack_from("<I", mm, OFF_SLOT_COUNT)
+    slot_size, slot_stride, total = struct.unpack_from("<QQQ", mm, OFF_SLOT_SIZE)
+    if (slot_count < 2 or slot_stride != SLOT_HEADER_SIZE + slot_size or
+            total != HEADER_SIZE + slot_stride * slot_count):
+        raise RingError(f"{path}: inconsistent ring header; remove it (rm {path}) and restart "
+                        f"the writer")
+    if size < total:
+        raise RingError(f"{path} is {size} bytes, the ring header says {total}; remove it "
+                        f"(rm {path}) and restart the writer")
+    return slot_count, slot_size, slot_stride
+
+
+class Reader(_Mapped):
+    """Reads frames from ring ``name``; waits up to ``timeout`` s for a writer to appear.
+
+    Like shmringsrc: starts at frame 0 of a ring that has not wrapped yet when it had to wait for
+    it, otherwise at the newest frame; skips frames it was too slow for (``dropped`` counts them);
+    follows writer restarts (``generation`` changes) by re-opening the name.
+    """
+
+    def __init__(self, name, timeout=10.0, poll_interval=0.0005):
+        validate_name(name)
+        self.name = name
+        self.path = shm_path(name)
+        self.poll_interval = poll_interval
+        self.mm = None
+        self.dropped = 0
+        self.restarts = 0
+        self._caps = None
+        self._open(timeout, from_start=False)
+
+    # -- attach --
+    def _try_open(self):
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+            writable = True
+        except PermissionError:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except PermissionError as e:
+                st = os.stat(self.path)
+                raise RingError(f"permission denied opening {self.path} for reading: it is owned "
+                                f"by uid {st.st_uid} with mode {st.st_mode & 0o7777:04o}, we run as "
+                                f"uid {os.getuid()}; run as the writer's user or give the writer "
+                                f"a wider mode (e.g. mode=0644)") from e
+            writable = False
+        except FileNotFoundError:
+            return False
+        import mmap
+
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return False
+            if size < HEADER_SIZE:
+                head = os.pread(fd, 8, 0)
+                raise RingError(f"{self.path} is not a vcambridge shm ring ({size} bytes, magic "
+                                f"{head!r}); pick another shm-name or remove it (rm {self.path})")
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            self.ino = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        geo = _check_header(mm, size, self.name)
+        if geo is None:
+            mm.close()
+            return False
+        self._close_map()
+        self.mm = mm
+        self.slot_count, self.slot_size, self.slot_stride = geo
+        self._futex_obj = None
+        self.futex_addr = None
+        if writable and _SYS_FUTEX is not None:
+            self._futex_obj = ctypes.c_char.from_buffer(mm)
+            self.futex_addr = ctypes.addressof(self._futex_obj) + OFF_WRITE_SEQ
+        self.attached_generation = self.generation
+        return True
+
+    def _open(self, timeout, from_start):
+        deadline = time.monotonic() + timeout
+        waited = False
+        while not self._try_open():
+            waited = True
+            if time.monotonic() >= deadline:
+                raise RingError(f"no writer appeared at {self.path} within {timeout} s (start a "
+                                f"writer with shm-name={self.name})")
+            time.sleep(0.02)
+        w = self.write_seq
+        if (from_start or waited) and w < self.slot_count:
+            self.next = 0
+        else:
+            self.next = max(w - 1, 0)
+        self._caps = None
+        self.last_progress = time.monotonic()
+
+    def _close_map(self):
+        if self.mm is not None:
+            self._futex_obj = None
+            self.mm.close()
+            self.mm = None
+
+    def close(self):
+        self._close_map()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def uses_futex(self):
+        return self.futex_addr is not None
+
+    def _wait(self, value, timeout):
+        if self.futex_addr is not None:
+            _futex_wait(self.futex_addr, value, min(timeout, 0.1))
+        else:
+            time.sleep(min(self.poll_interval, timeout))
+
+    def _name_still_ours(self):
+        try:
+            return os.stat(self.path).st_ino == self.ino
+        except OSError:
+            return False
+
+    def caps(self):
+        """The caps string of the most recent frame read (or the ring's current caps)."""
+        if self._caps is None:
+            c = self.read_caps()
+            return c[1] if c else None
+        return self._caps[1]
+
+    def read(self, timeout=10.0):
+        """The next frame, or None if none arrived within ``timeout`` seconds.
+
+        Raises EndOfStream after the writer's EOS, RingError for unusable rings."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if self.mm is None:
+                self._open(max(deadline - now, 0), from_start=True)
+                continue
+            gen = self.generation
+            state = self.state
+            w = self.write_seq
+            if gen != self.attached_generation or state == STATE_INIT:
+                self.restarts += 1
+                self._close_map()
+                continue
+            n = self.next
+            if w <= n:
+                if state == STATE_EOS:
+                    raise EndOfStream(self.path)
+                if state == STATE_CLOSED or (now - self.last_progress > 0.5 and
+                                             not self._name_still_ours()):
+                    self.restarts += 1
+                    self._close_map()
+                    continue
+                if now >= deadline:
+                    return None
+                self._wait(w, deadline - now)
+                continue
+            off = self._slot(n)
+            s1 = self._u64(off + SLOT_SEQ)
+            if w - n >= self.slot_count or s1 != 2 * n + 2:
+                newest = w - 1
+                skipped = newest - n if newest > n else 1
+                self.next = newest if newest > n else n + 1
+                self.dropped += skipped
+                continue
+            pts, dts, dur, caps_id, size, flags_pt = struct.unpack_from("<QQQQQQ", self.mm, off + 8)
+            flags = flags_pt & 0xFFFFFFFF
+            publish = self._u64(off + SLOT_PUBLISH_TIME)
+            if size > self.slot_size:
+                self.next += 1
+                self.dropped += 1
+                continue
+            data = bytes(self.mm[off + SLOT_HEADER_SIZE:off + SLOT_HEADER_SIZE + size])
+            if self._u64(off + SLOT_SEQ) != s1:
+                self.dropped += 1
+                continue
+            self.next = n + 1
+            if self._caps is None or self._caps[0] != caps_id:
+                c = self.read_caps()
+                if c is None or c[0] != caps_id:
+                    self.dropped += 1
+                    continue
+                self._caps = c
+            self.last_progress = time.monotonic()
+            return Frame(seq=n, pts=_time(pts), dts=_time(dts), duration=_time(dur),
+                         caps_id=caps_id, caps=self._caps[1], flags=flags,
+                         publish_time=publish, data=data)
+
+
+class Writer(_Mapped):
+    """Creates (or reclaims) ring ``name`` and publishes frames; never waits for readers."""
+
+    def __init__(self, name, caps=None, slots=8, slot_size=1 << 20, mode=0o600):
+        validate_name(name)
+        if slots < 2:
+            raise RingError("slots must be at least 2")
+        self.name = name
+        self.path = shm_path(name)
+        self.slot_count = slots
+        self.slot_size = align_up(max(slot_size, 1))
+        self.slot_stride = SLOT_HEADER_SIZE + self.slot_size
+        self.total = HEADER_SIZE + self.slot_stride * slots
+        self.mm = None
+        self._futex_obj = None
+        self.generation_ = self._create(mode)
+        self.next = 0
+        self.caps_id = 0
+        if caps is not None:
+            self.set_caps(caps)
+
+    def _create(self, mode):
+        import mmap
+
+        generation = 1
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            except FileExistsError:
+                fd = None
+            if fd is None:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue
+                except PermissionError as e:
+                    raise RingError(f"permission denied opening the existing {self.path} for "
+                                    f"writing; remove it (rm {self.path}) or run as its owner") from e
+                size = os.fstat(fd).st_size
+                if size > 0:
+                    if size < HEADER_SIZE:
+                        os.close(fd)
+                        raise RingError(f"{self.path} exists and is not a vcambridge shm ring "
+                                        f"({size} bytes); pick another name or rm {self.path}")
+                    old = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                    try:
+                        if bytes(old[0:8]) != MAGIC:
+                            raise RingError(f"{self.path} exists and is not a vcambridge shm ring "
+                                            f"(magic {bytes(old[0:8])!r}); pick another name or "
+                                            f"rm {self.path}")
+                        version = struct.unpack_from("<I", old, OFF_VERSION)[0]
+                        if version != LAYOUT_VERSION:
+                            raise RingError(f"{self.path} holds a shm ring of layout version "
+                                            f"{version}, this writer speaks version "
+                                            f"{LAYOUT_VERSION}; rm {self.path}")
+                        pid, state = struct.unpack_from("<II", old, OFF_WRITER_PID)
+                        if pid != os.getpid() and pid_alive(pid) and state != STATE_CLOSED:
+                            raise RingError(f"{self.path} is in use by another writer (pid {pid})")
+                        generation = struct.unpack_from("<Q", old, OFF_GENERATION)[0] + 1
+                        if size != self.total:
+                            struct.pack_into("<I", old, OFF_STATE, STATE_CLOSED)
+                            struct.pack_into("<Q", old, OFF_GENERATION, generation)
+                            self._wake_map(old)
+                            old.close()
+                            os.close(fd)
+                            os.unlink(self.path)
+                            continue
+                    except RingError:
+                        old.close()
+                        os.close(fd)
+                        raise
+                    old.close()
+            try:
+                os.fchmod(fd, mode)
+                if os.fstat(fd).st_size != self.total:
+                    os.ftruncate(fd, self.total)
+                self.mm = mmap.mmap(fd, self.total, mmap.MAP_SHARED,
+                                    mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            if _SYS_FUTEX is not None:
+                self._futex_obj = ctypes.c_char.from_buffer(self.mm)
+            self._initialize(generation)
+            return generation
+        raise RingError(f"{self.path} keeps changing under us (another writer racing?)")
+
+    @staticmethod
+    def _wake_map(mm):
+        if _SYS_FUTEX is None:
+            return
+        obj = ctypes.c_char.from_buffer(mm)
+        _futex_wake(ctypes.addressof(obj) + OFF_WRITE_SEQ)
+        del obj
+
+    def _wake(self):
+        if self._futex_obj is not None:
+            _futex_wake(ctypes.addressof(self._futex_obj) + OFF_WRITE_SEQ)
+
+    def _initialize(self, generation):
+        self._put32(OFF_STATE, STATE_INIT)
+        self._put64(OFF_GENERATION, generation)
+        self._put32(OFF_VERSION, LAYOUT_VERSION)
+        self._put32(OFF_HEADER_SIZE, HEADER_SIZE)
+        self._put32(OFF_SLOT_COUNT, self.slot_count)
+        self._put32(OFF_SLOT_HEADER_SIZE, SLOT_HEADER_SIZE)
+        struct.pack_into("<QQQ", self.mm, OFF_SLOT_SIZE, self.slot_size, self.slot_stride, self.total)
+        self._put32(OFF_WRITER_PID, os.getpid())
+        self._put64(OFF_WRITE_SEQ, 0)
+        self._put64(OFF_CAPS_SEQ, 0)
+        self._put64(OFF_CAPS_ID, 0)
+        self._put32(OFF_CAPS_LEN, 0)
+        self._put32(OFF_CAPS_CAPACITY, CAPS_CAPACITY)
+        zero = bytes(SLOT_HEADER_SIZE)
+        for i in range(self.slot_count):
+            off = HEADER_SIZE + i * self.slot_stride
+            self.mm[off:off + SLOT_HEADER_SIZE] = zero
+        self.mm[0:8] = MAGIC
+        self._put32(OFF_STATE, STATE_LIVE)
+        self._wake()
+
+    def set_caps(self, caps):
+        raw = caps.encode()
+        if len(raw) > CAPS_CAPACITY:
+            raise RingError(f"caps string of {len(raw)} bytes does not fit ({CAPS_CAPACITY} max)")
+        s = self._u64(OFF_CAPS_SEQ)
+        self._put64(OFF_CAPS_SEQ, s | 1)
+        self.caps_id = self._u64(OFF_CAPS_ID) + 1
+        self.mm[CAPS_OFFSET:CAPS_OFFSET + len(raw)] = raw
+        self._put32(OFF_CAPS_LEN, len(raw))
+        self._put64(OFF_CAPS_ID, self.caps_id)
+        self._put64(OFF_CAPS_SEQ, (s | 1) + 1)
+        return self.caps_id
+
+    def write(self, data, pts=None, dts=None, duration=None, flags=0):
+        """Publish ``data`` (bytes-like, at most slot_size) as the next frame; returns its seq."""
+        data = memoryview(data).cast("B")
+        if len(data) > self.slot_size:
+            raise RingError(f"{len(data)} byte frame does not fit the {self.slot_size} byte slots")
+        n = self.next
+        self.next += 1
+        off = self._slot(n)
+        self._put64(off + SLOT_SEQ, 2 * n + 1)
+        self.mm[off + SLOT_HEADER_SIZE:off + SLOT_HEADER_SIZE + len(data)] = data
+        struct.pack_into("<QQQQQIIQ", self.mm, off + 8, _raw_time(pts), _raw_time(dts),
+                         _raw_time(duration), self.caps_id, len(data), flags, 0,
+                         time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        self._put64(off + SLOT_SEQ, 2 * n + 2)
+        self._put64(OFF_WRITE_SEQ, n + 1)
+        self._wake()
+        return n
+
+    def eos(self):
+        """Signal end of stream: readers finish once they have read everything."""
+        self._put32(OFF_STATE, STATE_EOS)
+        self._wake()
+
+    def close(self, unlink=True):
+        """Leave the ring (state closed unless EOS was signalled) and remove the name."""
+        if self.mm is None:
+            return
+        if self.state != STATE_EOS:
+            self._put32(OFF_STATE, STATE_CLOSED)
+        self._wake()
+        self._futex_obj = None
+        self.mm.close()
+        self.mm = None
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def unlink(name):
+    """Remove ring ``name`` (readers keep their mapping)."""
+    validate_name(name)
+    try:
+        os.unlink(shm_path(name))
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise
