@@ -2,11 +2,20 @@
 #![allow(clippy::non_send_fields_in_send_ty)]
 
 //! v4l2loopback writer (virtual webcam).
+//!
+//! * `v4l2loopsink`: writes raw video to a v4l2loopback output device so that browsers and
+//!   other apps can open it as a webcam.
+//! * [`v4l2`]: the GStreamer-free V4L2 / v4l2loopback layer (formats, layouts, ioctls).
 
 use gst::glib;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    Ok(())
+pub mod v4l2;
+mod v4l2loopsink;
+
+pub use v4l2loopsink::V4l2LoopSink;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    v4l2loopsink::register(plugin)
 }
 
 gst::plugin_define!(
