@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Must-show 5: the PipeWire daemon restarted under a running pipeline — frames resume for a
+//! new consumer (reconnect=true), or a clear error (reconnect=false). And no daemon at start:
+//! an error naming the socket it tried.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gst::prelude::*;
+use vcambridge_tests::pipewire::PipeWireSession;
+use vcambridge_tests::{ChildGuard, gst_command};
+
+const FORMAT: &str = "YUY2";
+
+fn consume(session: &PipeWireSession, node: &str, frames: usize, reference: &[u8], what: &str) {
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let tail = format!(
+        "{} ! filesink location={}",
+        caps_str(FORMAT),
+        out.path().display()
+    );
+    let res = ChildGuard::spawn(
+        what,
+        &mut session.consumer(node, Some(frames as u32), &tail),
+    )
+    .wait_output(Duration::from_secs(30));
+    assert!(
+        res.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        session.logs()
+    );
+    check_frames(out.path(), reference, frames, what);
+}
+
+#[test]
+fn frames_resume_after_daemon_restart() {
+    init();
+    let mut session = PipeWireSession::start();
+    let node = "vcam-restart";
+    let producer = Producer::start(&session, node, FORMAT, "");
+    session.wait_for_node(node, Duration::from_secs(10));
+    let reference = reference_frame(FORMAT);
+    consume(&session, node, 10, &reference, "consumer before restart");
+
+    session.restart_pipewire();
+    let warning = producer
+        .wait_message(gst::MessageType::Warning, Duration::from_secs(10), |t| {
+            t.contains("lost the PipeWire daemon")
+        })
+        .expect("a warning about the lost daemon");
+    assert!(
+        warning.contains(&session.socket_path().display().to_string()),
+        "warning should name the socket: {warning}"
+    );
+    // The element reconnects by itself and publishes the node again.
+    session.wait_for_node(node, Duration::from_secs(15));
+    let before = producer.count.load(std::sync::atomic::Ordering::Relaxed);
+    consume(&session, node, 10, &reference, "consumer after restart");
+    assert!(producer.count.load(std::sync::atomic::Ordering::Relaxed) > before);
+    assert_eq!(producer.first_error(), None, "no error with reconnect=true");
+    assert_eq!(producer.pipeline.current_state(), gst::State::Playing);
+}
+
+#[test]
+fn daemon_gone_with_reconnect_false_is_a_clear_error() {
+    init();
+    let mut session = PipeWireSession::start_without_session_manager();
+    let node = "vcam-noreconnect";
+    let producer = Producer::start(&session, node, FORMAT, "reconnect=false");
+    session.wait_for_node(node, Duration::from_secs(10));
+    session.stop_pipewire();
+    let err = producer
+        .wait_message(gst::MessageType::Error, Duration::from_secs(10), |_| true)
+        .expect("an error once the daemon is gone");
+    assert!(err.contains("lost the PipeWire daemon"), "{err}");
+    assert!(err.contains("reconnect=false"), "{err}");
+    assert!(
+        err.contains(&session.socket_path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_daemon_at_start_names_the_socket_it_tried() {
+    init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("pipewire-0");
+    // In-process, with the `remote` property.
+    let producer = Producer::build(&socket.to_string_lossy(), "vcam-nodaemon", FORMAT, "");
+    assert!(producer.pipeline.set_state(gst::State::Playing).is_err());
+    let err = producer
+        .wait_message(gst::MessageType::Error, Duration::from_secs(5), |_| true)
+        .expect("an error message");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    drop(producer);
+
+    // As a user would hit it: gst-launch-1.0 with XDG_RUNTIME_DIR pointing at no daemon.
+    let mut cmd = gst_command("gst-launch-1.0");
+    cmd.env("XDG_RUNTIME_DIR", dir.path())
+        .env_remove("PIPEWIRE_REMOTE")
+        .env_remove("PIPEWIRE_RUNTIME_DIR")
+        .args(["videotestsrc", "num-buffers=5", "!", "pwvideosink"]);
+    let res = ChildGuard::spawn("gst-launch without daemon", &mut cmd)
+        .wait_output(Duration::from_secs(20));
+    assert!(!res.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(text.contains(&socket.display().to_string()), "{text}");
+}
