@@ -1,11 +1,418 @@
-//! Benchmark (not a test: every function is #[ignore]; run with plugins/rtmpflvsrc/bench/run.sh).
+//! Benchmark, not a test: every function here is `#[ignore]`; run it with
+//! `plugins/rtmpflvsrc/bench/run.sh` (release build, one thread).
+//!
+//! In one run, alternating, it compares
+//!   A: ffmpeg → rtmpflvsrc → decodebin → appsink
+//!   B: ffmpeg → nginx-rtmp (libnginx-mod-rtmp) → rtmp2src ! flvdemux → decodebin → appsink
+//! on glass-to-glass latency (the frame index is painted into each raw frame as black/white
+//! blocks; latency = decoded-frame arrival − the moment the raw frame was handed to ffmpeg),
+//! CPU (this process, which holds the receiving pipeline; nginx's own CPU is added for B), and
+//! ingest throughput (a pre-encoded high-bitrate file published as fast as possible).
 
 mod common;
 
-use std::time::Duration;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{Options, Receiver};
-use vcambridge_tests::rtmp::{FfmpegPublisher, Nginx};
+use common::{COUNT_ONLY, Options, Receiver};
+use gst_video::prelude::*;
+use vcambridge_tests::ChildGuard;
+use vcambridge_tests::rtmp::{FfmpegPublisher, Nginx, nginx_missing, process_cpu_time};
+
+const W: usize = 320;
+const H: usize = 240;
+const BLOCK: usize = 40;
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Paint frame `index` (16 bits + an 8-bit check) as 3 rows of 8 blocks into a GRAY8 frame.
+fn paint(frame: &mut [u8], index: u32) {
+    let lo = index as u8;
+    let hi = (index >> 8) as u8;
+    let rows = [lo, hi, lo ^ hi ^ 0xA5];
+    frame.fill(128);
+    for (r, byte) in rows.iter().enumerate() {
+        for bit in 0..8 {
+            let v = if byte & (1 << bit) != 0 { 235 } else { 16 };
+            for y in r * BLOCK..(r + 1) * BLOCK {
+                let start = y * W + bit * BLOCK;
+                frame[start..start + BLOCK].fill(v);
+            }
+        }
+    }
+}
+
+/// Read the index back from a decoded RGB frame (None if the check byte does not match).
+fn read_marker(frame: &gst_video::VideoFrameRef<&gst::BufferRef>) -> Option<u32> {
+    let stride = frame.info().stride()[0] as usize;
+    let data = frame.plane_data(0).ok()?;
+    let mut rows = [0u8; 3];
+    for (r, row) in rows.iter_mut().enumerate() {
+        for bit in 0..8 {
+            let y = r * BLOCK + BLOCK / 2;
+            let x = bit * BLOCK + BLOCK / 2;
+            let off = y * stride + x * 3;
+            let luma = (data[off] as u32 + data[off + 1] as u32 + data[off + 2] as u32) / 3;
+            if luma > 128 {
+                *row |= 1 << bit;
+            }
+        }
+    }
+    (rows[2] == rows[0] ^ rows[1] ^ 0xA5).then_some(rows[0] as u32 | (rows[1] as u32) << 8)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A paced raw-video publisher: GRAY8 frames with painted indices into ffmpeg's stdin.
+fn publish_paced(url: &str, frames: u32, rate: u32) -> Vec<Instant> {
+    let mut child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-f", "rawvideo", "-pix_fmt", "gray"])
+        .args([
+            "-s",
+            &format!("{W}x{H}"),
+            "-r",
+            &rate.to_string(),
+            "-i",
+            "-",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-g", &rate.to_string()])
+        .args(["-f", "flv", "-flvflags", "no_duration_filesize", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ffmpeg");
+    let mut stdin = child.stdin.take().expect("ffmpeg stdin");
+    let mut frame = vec![0u8; W * H];
+    let mut sent = Vec::with_capacity(frames as usize);
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    for i in 0..frames {
+        let due = start + period * i;
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        paint(&mut frame, i);
+        if stdin.write_all(&frame).is_err() {
+            break;
+        }
+        sent.push(Instant::now());
+    }
+    drop(stdin);
+    let guard = ChildGuard {
+        name: "ffmpeg paced publisher".into(),
+        child: Some(child),
+    };
+    let out = guard.wait_output(Duration::from_secs(30));
+    assert!(out.status.success(), "paced ffmpeg publisher failed");
+    sent
+}
+
+struct LatencyRun {
+    latencies_ms: Vec<f64>,
+    received: usize,
+    cpu_ms_per_frame: f64,
+    server_cpu_ms_per_frame: f64,
+}
+
+fn latency_run(nginx: Option<&Nginx>, frames: u32, rate: u32) -> LatencyRun {
+    let mut opts = Options {
+        marker: Some(read_marker),
+        ..Options::default()
+    };
+    let url;
+    if let Some(n) = nginx {
+        opts.rtmp2src_url = Some(n.url("bench"));
+    }
+    let rx = Receiver::start(opts);
+    match nginx {
+        Some(n) => {
+            url = n.url("bench");
+            // Let rtmp2src connect and start playing before the publisher appears.
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        None => url = rx.url("live", "bench"),
+    }
+    let me = std::process::id();
+    let server_pid = nginx.map(|n| n.pid());
+    let cpu0 = process_cpu_time(me);
+    let scpu0 = server_pid.map(process_cpu_time).unwrap_or_default();
+    let sent = publish_paced(&url, frames, rate);
+    let want = sent.len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let (n, last) = rx.check(|d| {
+            (
+                d.samples.len(),
+                d.samples.last().and_then(|s| s.marker).unwrap_or(0),
+            )
+        });
+        if n >= want || last as usize + 1 >= want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cpu = process_cpu_time(me) - cpu0;
+    let scpu = server_pid
+        .map(|p| process_cpu_time(p) - scpu0)
+        .unwrap_or_default();
+    let (latencies_ms, received) = rx.check(|d| {
+        let skip = rate as usize; // the first second: connection set-up, first GOP
+        let l = d
+            .samples
+            .iter()
+            .filter_map(|s| {
+                let i = s.marker? as usize;
+                (i >= skip && i < sent.len())
+                    .then(|| s.arrival.saturating_duration_since(sent[i]).as_secs_f64() * 1e3)
+            })
+            .collect::<Vec<_>>();
+        (l, d.samples.len())
+    });
+    rx.stop();
+    LatencyRun {
+        latencies_ms,
+        received,
+        cpu_ms_per_frame: cpu.as_secs_f64() * 1e3 / received.max(1) as f64,
+        server_cpu_ms_per_frame: scpu.as_secs_f64() * 1e3 / received.max(1) as f64,
+    }
+}
+
+/// Publish `file` (FLV) with `-c copy` as fast as possible; return (elementary bytes, seconds from
+/// first to last buffer, video buffers).
+fn throughput_run(nginx: Option<&Nginx>, file: &std::path::Path) -> (u64, f64, usize) {
+    let mut opts = Options::default().video_branch(COUNT_ONLY);
+    if let Some(n) = nginx {
+        opts.rtmp2src_url = Some(n.url("tp"));
+    }
+    let rx = Receiver::start(opts);
+    let url = match nginx {
+        Some(n) => {
+            std::thread::sleep(Duration::from_millis(1000));
+            n.url("tp")
+        }
+        None => rx.url("live", "tp"),
+    };
+    let out = vcambridge_tests::run_with_timeout(
+        "ffmpeg -c copy publisher",
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
+            .arg(file)
+            .args(["-c", "copy", "-f", "flv", &url]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Wait until nothing new arrives for 1 s.
+    let mut last = (0usize, Instant::now());
+    loop {
+        let n = rx.check(|d| d.video.len());
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = rx.check(|d| {
+        let bytes: u64 = d
+            .video
+            .iter()
+            .chain(d.audio.iter())
+            .map(|b| b.size as u64)
+            .sum();
+        let first = d.video.first().map(|b| b.arrival);
+        let lastt = d.video.last().map(|b| b.arrival);
+        let secs = match (first, lastt) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        (bytes, secs, d.video.len())
+    });
+    rx.stop();
+    r
+}
+
+#[test]
+#[ignore]
+fn rtmp_bench() {
+    if let Some(why) = nginx_missing() {
+        panic!("the benchmark compares against nginx-rtmp: {why}");
+    }
+    common::init();
+    let runs = env_u32("BENCH_RUNS", 3);
+    let frames = env_u32("BENCH_FRAMES", 300);
+    let rate = env_u32("BENCH_FPS", 30);
+    let nginx = Nginx::start();
+    // BENCH_ONLY=nginx|rtmpflvsrc runs one side (for debugging the harness).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let paths: Vec<(usize, Option<&Nginx>)> = [(0, None), (1, Some(&nginx))]
+        .into_iter()
+        .filter(|(k, _)| only.is_empty() || (only == "nginx") == (*k == 1))
+        .collect();
+
+    let mut lat = [Vec::new(), Vec::new()];
+    let mut run_medians = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    let mut scpu = Vec::new();
+    let mut lost = [0usize, 0usize];
+    for run in 0..runs {
+        for &(k, n) in &paths {
+            let r = latency_run(n, frames, rate);
+            let mut l = r.latencies_ms.clone();
+            let m = median(&mut l);
+            eprintln!(
+                "run {run} {}: {} frames decoded, median latency {m:.1} ms, CPU {:.2} ms/frame{}",
+                ["rtmpflvsrc", "nginx+rtmp2src"][k],
+                r.received,
+                r.cpu_ms_per_frame,
+                if k == 1 {
+                    format!(" (+ nginx {:.2} ms/frame)", r.server_cpu_ms_per_frame)
+                } else {
+                    String::new()
+                }
+            );
+            lost[k] += (frames as usize).saturating_sub(r.received);
+            run_medians[k].push(m);
+            lat[k].extend(r.latencies_ms);
+            cpu[k].push(r.cpu_ms_per_frame);
+            if k == 1 {
+                scpu.push(r.server_cpu_ms_per_frame);
+            }
+        }
+    }
+
+    // Throughput: a high-bitrate 720p file, published with -c copy as fast as possible.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("highrate.flv");
+    let out = vcambridge_tests::run_with_timeout(
+        "ffmpeg (encode the high-bitrate file)",
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-nostdin",
+                "-f",
+                "lavfi",
+            ])
+            .args(["-i", "testsrc2=size=1280x720:rate=30", "-frames:v", "300"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-qp", "8"])
+            .args(["-pix_fmt", "yuv420p", "-g", "30", "-f", "flv"])
+            .arg(&file),
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "encoding the high-bitrate file failed"
+    );
+    let file_mbit = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) as f64 * 8.0 / 1e6;
+    let mut tput = [Vec::new(), Vec::new()];
+    let mut tframes = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for &(k, n) in &paths {
+            let (bytes, secs, vframes) = throughput_run(n, &file);
+            tput[k].push(bytes as f64 * 8.0 / 1e6 / secs);
+            tframes[k].push(vframes);
+        }
+    }
+
+    let lm = [median(&mut lat[0].clone()), median(&mut lat[1].clone())];
+    let cm = [median(&mut cpu[0]), median(&mut cpu[1])];
+    let sm = median(&mut scpu);
+    let tm = [median(&mut tput[0]), median(&mut tput[1])];
+    println!();
+    println!(
+        "rtmpflvsrc benchmark: {runs} runs x {frames} frames {W}x{H}@{rate} (x264 ultrafast \
+         zerolatency), median over all frames after the first second"
+    );
+    println!(
+        "{:<34} {:>14} {:>22} {:>10}",
+        "", "rtmpflvsrc", "nginx-rtmp+rtmp2src", "ratio"
+    );
+    println!(
+        "{:<34} {:>14.1} {:>22.1} {:>10.2}",
+        "glass-to-glass latency (ms)",
+        lm[0],
+        lm[1],
+        lm[0] / lm[1]
+    );
+    println!(
+        "{:<34} {:>14} {:>22}",
+        "  per-run medians (ms)",
+        run_medians[0]
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join("/"),
+        run_medians[1]
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+    println!(
+        "{:<34} {:>14.2} {:>22.2} {:>10.2}",
+        "receiver CPU (ms/frame, incl. decode)",
+        cm[0],
+        cm[1],
+        cm[0] / cm[1]
+    );
+    println!(
+        "{:<34} {:>14.2} {:>22.2} {:>10.2}",
+        "receiver + server CPU (ms/frame)",
+        cm[0],
+        cm[1] + sm,
+        cm[0] / (cm[1] + sm)
+    );
+    println!(
+        "{:<34} {:>14} {:>22}",
+        "frames not decoded (all runs)", lost[0], lost[1]
+    );
+    println!(
+        "{:<34} {:>14.0} {:>22.0} {:>10.2}",
+        "ingest throughput (Mbit/s)",
+        tm[0],
+        tm[1],
+        tm[0] / tm[1]
+    );
+    println!(
+        "{:<34} {:>14?} {:>22?}",
+        "  video frames received (of 300)", tframes[0], tframes[1]
+    );
+    println!(
+        "  (throughput file: {file_mbit:.0} Mbit, 1280x720 x264 qp 8, ffmpeg -c copy, no -re)"
+    );
+}
 
 /// Harness self-check against the upstream peer: ffmpeg -> nginx-rtmp -> rtmp2src ! flvdemux.
 #[test]
@@ -23,5 +430,4 @@ fn harness_check_nginx() {
     assert!(ok, "{err}");
     rx.wait(Duration::from_secs(10), "frames", |d| d.samples.len() >= 50);
     println!("{}", rx.summary());
-    rx.check(|d| println!("{:?}", d.samples.last()));
 }
