@@ -260,8 +260,8 @@ def _check_header(mm, size, name):
 class Reader(_Mapped):
     """Reads frames from ring ``name``; waits up to ``timeout`` s for a writer to appear.
 
-    Like shmringsrc: starts at frame 0 of a ring that has not wrapped yet when it had to wait for
-    it, otherwise at the newest frame; skips frames it was too slow for (``dropped`` counts them);
+    Like shmringsrc: starts at frame 0 of a ring that has not wrapped yet (so a reader started
+    before or with the writer sees every frame), otherwise at the newest frame; skips frames it was too slow for (``dropped`` counts them);
     follows writer restarts (``generation`` changes) by re-opening the name.
     """
 
@@ -274,7 +274,7 @@ class Reader(_Mapped):
         self.dropped = 0
         self.restarts = 0
         self._caps = None
-        self._open(timeout, from_start=False)
+        self._open(timeout)
 
     # -- attach --
     def _try_open(self):
@@ -323,17 +323,15 @@ class Reader(_Mapped):
         self.attached_generation = self.generation
         return True
 
-    def _open(self, timeout, from_start):
+    def _open(self, timeout):
         deadline = time.monotonic() + timeout
-        waited = False
         while not self._try_open():
-            waited = True
             if time.monotonic() >= deadline:
                 raise RingError(f"no writer appeared at {self.path} within {timeout} s (start a "
                                 f"writer with shm-name={self.name})")
             time.sleep(0.02)
         w = self.write_seq
-        if (from_start or waited) and w < self.slot_count:
+        if w < self.slot_count:
             self.next = 0
         else:
             self.next = max(w - 1, 0)
@@ -386,12 +384,12 @@ class Reader(_Mapped):
         while True:
             now = time.monotonic()
             if self.mm is None:
-                self._open(max(deadline - now, 0), from_start=True)
+                self._open(max(deadline - now, 0))
                 continue
             gen = self.generation
             state = self.state
             w = self.write_seq
-            if gen != self.attached_generation or state == STATE_INIT:
+            if state == STATE_INIT or (gen != self.attached_generation and state != STATE_CLOSED):
                 self.restarts += 1
                 self._close_map()
                 continue
@@ -627,3 +625,68 @@ def unlink(name):
     except OSError as e:
         if e.errno != errno.ENOENT:
             raise
+
+
+def _main(argv=None):
+    """Command line: ``python3 shmring.py read NAME [--out FILE] [--max N] [--timeout S]
+    [--sleep S]`` reads frames (optionally appending payloads to FILE, sleeping S s per frame to
+    act as a slow reader) until EOS, N frames or a timeout, then prints a JSON summary;
+    ``python3 shmring.py info NAME`` prints the header as JSON."""
+    import argparse
+    import json
+    import sys
+
+    p = argparse.ArgumentParser(prog="shmring.py")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    rd = sub.add_parser("read")
+    rd.add_argument("name")
+    rd.add_argument("--out")
+    rd.add_argument("--max", type=int, default=0)
+    rd.add_argument("--timeout", type=float, default=10.0)
+    rd.add_argument("--sleep", type=float, default=0.0)
+    info = sub.add_parser("info")
+    info.add_argument("name")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "info":
+            r = Reader(a.name, timeout=0)
+            print(json.dumps({"generation": r.generation, "writer_pid": r.writer_pid,
+                              "state": r.state, "write_seq": r.write_seq,
+                              "slot_count": r.slot_count, "slot_size": r.slot_size,
+                              "caps": r.caps()}))
+            return 0
+        print(json.dumps({"waiting": not os.path.exists(shm_path(a.name))}), flush=True)
+        r = Reader(a.name, timeout=a.timeout)
+        out = open(a.out, "wb") if a.out else None
+        summary = {"frames": 0, "seqs": [], "caps": [], "pts": [], "eos": False, "timeout": False}
+        print(json.dumps({"attached": True, "futex": r.uses_futex}), flush=True)
+        try:
+            while not a.max or summary["frames"] < a.max:
+                f = r.read(timeout=a.timeout)
+                if f is None:
+                    summary["timeout"] = True
+                    break
+                summary["frames"] += 1
+                summary["seqs"].append(f.seq)
+                summary["pts"].append(f.pts)
+                if not summary["caps"] or summary["caps"][-1] != f.caps:
+                    summary["caps"].append(f.caps)
+                if out:
+                    out.write(f.data)
+                if a.sleep:
+                    time.sleep(a.sleep)
+        except EndOfStream:
+            summary["eos"] = True
+        summary.update(dropped=r.dropped, restarts=r.restarts, write_seq=r.write_seq
+                       if r.mm is not None else None)
+        if out:
+            out.close()
+        print(json.dumps(summary), flush=True)
+        return 0
+    except RingError as e:
+        print(f"shmring: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

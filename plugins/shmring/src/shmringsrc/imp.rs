@@ -74,8 +74,6 @@ struct Reader {
     last_writer_pts: Option<u64>,
     /// When we last made progress (attach or frame); the `timeout` counts from here.
     last_progress: Instant,
-    /// Start at frame 0 of the next generation we attach to (we were waiting for it).
-    from_start: bool,
     discont: bool,
     /// Last writer pid seen, for messages.
     writer_pid: u32,
@@ -171,7 +169,6 @@ impl ShmRingSrc {
 
     fn detach(&self, r: &mut Reader) {
         r.attached = None;
-        r.from_start = true;
         r.anchor = None;
         r.last_writer_pts = None;
         r.discont = true;
@@ -211,10 +208,13 @@ impl ShmRingSrc {
                 Ok((seg, geometry)) => {
                     let mem = seg.memory();
                     let w = mem.write_seq();
-                    let next = if r.from_start && w < geometry.slot_count as u64 {
+                    // A young ring (not wrapped yet) is read from its first frame, so a reader
+                    // started before or with the writer sees every frame; otherwise start at
+                    // the newest frame.
+                    let next = if w < geometry.slot_count as u64 {
                         0
                     } else {
-                        w.saturating_sub(1)
+                        w - 1
                     };
                     r.writer_pid = mem.writer_pid();
                     gst::info!(
@@ -238,8 +238,7 @@ impl ShmRingSrc {
                     Step::Again
                 }
                 Err(e) if e.is_transient() => {
-                    r.from_start = true;
-                    if let Some(waited) = Self::timed_out(r) {
+                                if let Some(waited) = Self::timed_out(r) {
                         return Step::Error(self.timeout_error(r, waited));
                     }
                     gst::trace!(CAT, imp = self, "waiting for the writer: {e}");
@@ -255,7 +254,11 @@ impl ShmRingSrc {
         let g = att.geometry;
         let state = mem.state();
         let w = mem.write_seq();
-        if mem.generation() != att.generation || state == Some(WriterState::Init) {
+        // A new generation re-initialised the ring in place (frames gone): re-map now. A ring
+        // abandoned for a bigger one (state Closed) is drained first.
+        if state == Some(WriterState::Init)
+            || (mem.generation() != att.generation && state != Some(WriterState::Closed))
+        {
             gst::info!(
                 CAT,
                 imp = self,
@@ -565,7 +568,6 @@ impl BaseSrcImpl for ShmRingSrc {
             anchor: None,
             last_writer_pts: None,
             last_progress: Instant::now(),
-            from_start: false,
             discont: true,
             writer_pid: 0,
         }));
