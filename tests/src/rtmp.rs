@@ -385,6 +385,11 @@ impl Nginx {
     pub fn url(&self, key: &str) -> String {
         rtmp_url(self.port, "live", key)
     }
+
+    /// nginx's error log so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
+    }
 }
 
 /// A raw TCP connection to 127.0.0.1:`port` with bounded connect/read/write timeouts.

@@ -119,6 +119,9 @@ impl RtmpClient {
                     .handle_input(&pending)
                     .map_err(|e| io_err("session input", e))?;
                 pending.clear();
+                // Send every outbound packet of the batch (e.g. the SetChunkSize that follows the
+                // connect result) before returning the outcome.
+                let mut outcome = None;
                 for r in results {
                     match r {
                         ClientSessionResult::OutboundResponse(p) => self
@@ -126,12 +129,15 @@ impl RtmpClient {
                             .write_all(&p.bytes)
                             .map_err(|e| io_err("send", e))?,
                         ClientSessionResult::RaisedEvent(ev) => {
-                            if let Some(res) = want(&ev) {
-                                return res;
+                            if outcome.is_none() {
+                                outcome = want(&ev);
                             }
                         }
                         ClientSessionResult::UnhandleableMessageReceived(_) => {}
                     }
+                }
+                if let Some(res) = outcome {
+                    return res;
                 }
             }
             if Instant::now() >= deadline {
@@ -316,7 +322,8 @@ pub fn h264_flv_video_tags(frames: u32, width: u32, height: u32) -> Vec<FlvTag> 
     let bytes = std::fs::read(&path).expect("read the FLV file");
     let tags: Vec<FlvTag> = parse_flv(&bytes)
         .into_iter()
-        .filter(|t| t.tag_type == 9)
+        // Video tags, without the AVC end-of-sequence tag ffmpeg writes at the end.
+        .filter(|t| t.tag_type == 9 && t.data.get(1) != Some(&2))
         .collect();
     assert_eq!(
         tags.len(),
