@@ -171,7 +171,10 @@ impl<H> Hub<H> {
 
     /// Raw fds to poll for reader input, with reader ids.
     pub fn reader_fds(&self) -> Vec<(u64, std::os::fd::RawFd)> {
-        self.readers.iter().map(|r| (r.id, r.chan.raw_fd())).collect()
+        self.readers
+            .iter()
+            .map(|r| (r.id, r.chan.raw_fd()))
+            .collect()
     }
 
     /// Set the caps string of the following frames.
@@ -240,7 +243,11 @@ impl<H> Hub<H> {
                     return false;
                 }
                 Ok(other) => {
-                    self.refuse(id, error_code::PROTOCOL, &format!("unexpected {:?}", other.kind()));
+                    self.refuse(
+                        id,
+                        error_code::PROTOCOL,
+                        &format!("unexpected {:?}", other.kind()),
+                    );
                     return false;
                 }
                 Err(e @ wire::DecodeError::VersionMismatch { .. }) => {

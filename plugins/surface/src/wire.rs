@@ -95,7 +95,8 @@ pub struct FrameRecord {
     pub strides: [i32; MAX_PLANES],
 }
 
-const FRAME_PAYLOAD_LEN: usize = 8 + 4 + 4 + 8 * 3 + 4 + 4 + 8 + 8 + 8 * MAX_PLANES + 4 * MAX_PLANES;
+const FRAME_PAYLOAD_LEN: usize =
+    8 + 4 + 4 + 8 * 3 + 4 + 4 + 8 + 8 + 8 * MAX_PLANES + 4 * MAX_PLANES;
 
 /// A protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,11 +135,16 @@ pub mod error_code {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// Fewer bytes than the header or the announced payload.
-    Truncated { needed: usize, got: usize },
+    Truncated {
+        needed: usize,
+        got: usize,
+    },
     /// Not our magic: the peer is not a surface endpoint.
     BadMagic([u8; 4]),
     /// Same protocol, other version.
-    VersionMismatch { theirs: u16 },
+    VersionMismatch {
+        theirs: u16,
+    },
     UnknownKind(u16),
     /// A payload that does not fit its kind.
     BadPayload(&'static str),
@@ -156,7 +162,7 @@ impl fmt::Display for DecodeError {
             ),
             Self::VersionMismatch { theirs } => write!(
                 f,
-                "protocol version mismatch: peer speaks version {theirs}, we speak {PROTOCOL_VERSION}"
+                "protocol version mismatch: peer speaks version {theirs}, we speak version {PROTOCOL_VERSION}"
             ),
             Self::UnknownKind(k) => write!(f, "unknown message kind {k}"),
             Self::BadPayload(what) => write!(f, "malformed {what} message"),
@@ -431,7 +437,10 @@ mod tests {
         }));
         roundtrip(Message::Retire { surface: 5 });
         roundtrip(Message::Eos);
-        roundtrip(Message::Release { surface: 4, seq: 77 });
+        roundtrip(Message::Release {
+            surface: 4,
+            seq: 77,
+        });
         roundtrip(Message::Error {
             code: error_code::RELEASE_TIMEOUT,
             message: "too slow".into(),
@@ -469,7 +478,10 @@ mod tests {
             Err(DecodeError::VersionMismatch { theirs: 9 })
         );
         let msg = DecodeError::VersionMismatch { theirs: 9 }.to_string();
-        assert!(msg.contains("version 9") && msg.contains("version 1"), "{msg}");
+        assert!(
+            msg.contains("version 9") && msg.contains("version 1"),
+            "{msg}"
+        );
 
         let mut e = Message::Error {
             code: error_code::VERSION_MISMATCH,

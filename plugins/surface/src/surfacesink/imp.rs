@@ -412,7 +412,11 @@ impl BaseSinkImpl for SurfaceSink {
         pool.set_config(config)
             .map_err(|e| gst::loggable_error!(CAT, "configuring the surface pool: {e}"))?;
         query.add_allocation_pool(Some(&pool), size, 2, 0);
-        gst::debug!(CAT, imp = self, "offered a memfd surface pool ({size} bytes)");
+        gst::debug!(
+            CAT,
+            imp = self,
+            "offered a memfd surface pool ({size} bytes)"
+        );
         Ok(())
     }
 

@@ -142,10 +142,7 @@ impl SurfaceSrc {
     }
 
     fn waker(&self) -> Option<Arc<Waker>> {
-        self.waker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Sleep until `fd` (if any) is readable, the element is unlocked, or `timeout` passes.
@@ -179,6 +176,18 @@ impl SurfaceSrc {
                 }))
             }
             Err(e) => match e.raw_os_error() {
+                Some(libc::ECONNREFUSED)
+                    if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                        !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+                    }) =>
+                {
+                    Err(gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        [
+                            "{p} is not a socket (a regular file or directory is in the way); point socket-path at the surfacesink's socket"
+                        ]
+                    ))
+                }
                 Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => Ok(None),
                 Some(libc::EACCES) | Some(libc::EPERM) => Err(gst::error_msg!(
                     gst::ResourceError::OpenRead,
@@ -199,7 +208,13 @@ impl SurfaceSrc {
     }
 
     /// Handle one received message.
-    fn handle(&self, st: &mut State, len: usize, fds: Vec<std::os::fd::OwnedFd>, path: &str) -> Step {
+    fn handle(
+        &self,
+        st: &mut State,
+        len: usize,
+        fds: Vec<std::os::fd::OwnedFd>,
+        path: &str,
+    ) -> Step {
         let msg = match Message::decode(&st.buf[..len]) {
             Ok(m) => m,
             Err(e @ DecodeError::VersionMismatch { .. }) => {
@@ -276,7 +291,9 @@ impl SurfaceSrc {
                     gst::element_imp_warning!(
                         self,
                         gst::ResourceError::Read,
-                        ["{message}; reconnecting (let downstream release buffers sooner, or raise the writer's release-timeout)"]
+                        [
+                            "{message}; reconnecting (let downstream release buffers sooner, or raise the writer's release-timeout)"
+                        ]
                     );
                     st.conn = None;
                     Step::Continue
@@ -289,7 +306,10 @@ impl SurfaceSrc {
             }
             Message::Hello { .. } | Message::Release { .. } => Step::Fatal(gst::error_msg!(
                 gst::StreamError::Decode,
-                ["unexpected {:?} message from the writer at {path}", msg.kind()]
+                [
+                    "unexpected {:?} message from the writer at {path}",
+                    msg.kind()
+                ]
             )),
         }
     }
@@ -309,7 +329,13 @@ impl SurfaceSrc {
             );
         };
         let Some(map) = conn.surfaces.get(&f.surface).cloned() else {
-            gst::warning!(CAT, imp = self, "frame {} in unknown surface {}", f.seq, f.surface);
+            gst::warning!(
+                CAT,
+                imp = self,
+                "frame {} in unknown surface {}",
+                f.seq,
+                f.surface
+            );
             release(conn);
             return Step::Continue;
         };
@@ -438,7 +464,10 @@ impl ObjectImpl for SurfaceSrc {
                     .field("reconnects", st.reconnects)
                     .field(
                         "surfaces",
-                        st.conn.as_ref().map(|c| c.surfaces.len() as u64).unwrap_or(0),
+                        st.conn
+                            .as_ref()
+                            .map(|c| c.surfaces.len() as u64)
+                            .unwrap_or(0),
                     )
                     .build()
                     .to_value()
@@ -552,8 +581,8 @@ impl PushSrcImpl for SurfaceSrc {
         let settings = self.settings();
         let path = PathBuf::from(settings.socket_path.unwrap_or_default());
         let p = platform::display_path(&path);
-        let timeout = (settings.timeout_ms > 0)
-            .then(|| Duration::from_millis(settings.timeout_ms as u64));
+        let timeout =
+            (settings.timeout_ms > 0).then(|| Duration::from_millis(settings.timeout_ms as u64));
         loop {
             if self.flushing.load(Ordering::SeqCst) {
                 return Err(gst::FlowError::Flushing);

@@ -1,0 +1,534 @@
+// SPDX-License-Identifier: MPL-2.0
+//! surfacesink → surfacesrc / Python across real processes: frames, caps, pixels, readers
+//! coming and going, slow and stuck readers, writer restarts, caps changes, zero copy.
+//!
+//! Needs `cargo build -p gst-plugin-surface` first (gst-launch-1.0 loads target/debug).
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::fd::IntoRawFd;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::prelude::*;
+use gst_allocators::prelude::*;
+
+/// Must-show 3.1 + reader before writer: gst-launch writer, surfacesrc reader in this process
+/// started first; every frame arrives with the writer's caps, timestamps and pixels.
+#[test]
+fn gst_writer_to_surfacesrc_frames_caps_pixels_reader_first() {
+    let (_dir, sock) = sock_dir();
+    let reference = reference_frames("smpte", 30);
+    let reader = Pipe::launch(&format!(
+        "surfacesrc socket-path={} timeout=15000 ! appsink name=sink sync=false",
+        sock.display()
+    ));
+    let sink = reader.appsink("sink");
+    reader.set(gst::State::Playing);
+    // The reader is waiting for a writer that does not exist yet — without failing.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(reader.error(), None);
+    assert!(!sock.exists());
+
+    let writer = gst_writer(
+        &sock,
+        "videotestsrc num-buffers=30 pattern=smpte",
+        "wait-for-connection=true surfaces=16",
+    );
+    let got = pull(&sink, 100, Duration::from_secs(20));
+    let out = writer.wait_output(Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "writer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(reader.error(), None);
+    assert!(sink.is_eos(), "reader got EOS from the writer");
+    assert_eq!(got.len(), 30, "frame count");
+    let caps = got[0].caps.structure(0).expect("structure");
+    assert_eq!(caps.name(), "video/x-raw");
+    assert_eq!(caps.get::<&str>("format").unwrap(), "BGRx");
+    assert_eq!(caps.get::<i32>("width").unwrap(), 64);
+    assert_eq!(caps.get::<i32>("height").unwrap(), 48);
+    assert_eq!(
+        caps.get::<gst::Fraction>("framerate").unwrap(),
+        gst::Fraction::new(30, 1)
+    );
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.data.len(), FRAME_BYTES);
+        assert!(
+            g.data == reference[i],
+            "frame {i} pixels differ from videotestsrc smpte"
+        );
+        let expect = gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 30);
+        assert_eq!(g.pts, Some(expect), "pts of frame {i}");
+        assert_eq!(
+            g.offset,
+            i as u64 + 1,
+            "writer sequence number of frame {i}"
+        );
+    }
+}
+
+/// Must-show 3.1 with the Python reader (socket + mmap, stdlib only).
+#[test]
+fn gst_writer_to_python_reader() {
+    let (dir, sock) = sock_dir();
+    let reference = reference_frames("smpte", 2);
+    let dump = dir.path().join("frame");
+    let py = py_reader(
+        &sock,
+        &["--dump", dump.to_str().unwrap(), "--dump-count", "2"],
+    );
+    let writer = gst_writer(
+        &sock,
+        "videotestsrc num-buffers=20 pattern=smpte",
+        "wait-for-connection=true",
+    );
+    let out = writer.wait_output(Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "writer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, json, stderr) = py.finish(Duration::from_secs(10));
+    assert!(status.success(), "python reader failed: {stderr}");
+    let frames = frames_of(&json);
+    assert_eq!(frames.len(), 20, "{json:?}");
+    assert!(
+        json.iter().any(|v| v.get("eos").is_some()),
+        "EOS reached Python"
+    );
+    for (i, f) in frames.iter().enumerate() {
+        let caps = f["caps"].as_str().unwrap();
+        assert!(
+            caps.starts_with("video/x-raw")
+                && caps.contains("BGRx")
+                && caps.contains("width=(int)64")
+                && caps.contains("height=(int)48"),
+            "{caps}"
+        );
+        assert_eq!(f["size"].as_u64(), Some(FRAME_BYTES as u64));
+        assert_eq!(f["strides"][0].as_i64(), Some(256));
+        assert_eq!(f["seq"].as_u64(), Some(i as u64 + 1));
+        assert_eq!(f["pts"].as_u64(), Some(i as u64 * 1_000_000_000 / 30));
+    }
+    for n in 1..=2 {
+        let data = std::fs::read(dir.path().join(format!("frame-{n}.raw"))).unwrap();
+        assert!(
+            data == reference[n - 1],
+            "Python saw other pixels in frame {n}"
+        );
+    }
+}
+
+/// Must-show 3 (zero copy): videotestsrc writes into the memfd pool surfacesink proposes; the
+/// Python reader maps the very same inodes; the sink counted no copies.
+#[test]
+fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
+    let (_dir, sock) = sock_dir();
+    let p = Pipe::launch(&format!(
+        "videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! surfacesink name=sink socket-path={}",
+        sock.display()
+    ));
+    let sink = p.by_name("sink");
+    let writer_inodes = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let wi = writer_inodes.clone();
+    sink.static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buf) = info.buffer() {
+                for mem in buf.iter_memories() {
+                    if let Some(fdm) = mem.downcast_memory_ref::<gst_allocators::FdMemory>() {
+                        let st = nix::sys::stat::fstat(unsafe {
+                            std::os::fd::BorrowedFd::borrow_raw(fdm.fd())
+                        })
+                        .unwrap();
+                        wi.lock().unwrap().insert(st.st_ino);
+                    }
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    p.set(gst::State::Paused);
+    let py = py_reader(&sock, &[]);
+    wait_readers(&sink, 1);
+    p.set(gst::State::Playing);
+    p.wait_eos(Duration::from_secs(20)).unwrap();
+    let (status, json, stderr) = py.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    let frames = frames_of(&json);
+    assert_eq!(frames.len(), 20);
+    assert_eq!(stat(&sink, "frames"), 20);
+    assert_eq!(stat(&sink, "copies"), 0, "upstream memory was copied");
+    assert_eq!(stat(&sink, "zero-copy"), 20);
+    let writer_inodes = writer_inodes.lock().unwrap().clone();
+    assert!(!writer_inodes.is_empty(), "upstream did not use fd memory");
+    let reader_inodes: HashSet<u64> = frames
+        .iter()
+        .map(|f| f["inode"].as_u64().unwrap())
+        .collect();
+    assert!(
+        reader_inodes.is_subset(&writer_inodes),
+        "reader mapped {reader_inodes:?}, upstream wrote into {writer_inodes:?}"
+    );
+}
+
+/// Must-show 3 (zero copy of foreign fd memory, e.g. a decoder's DMA-BUF/memfd): an appsrc
+/// pushes buffers wrapping our own memfd; the reader maps that inode, nothing is copied. Plain
+/// memory afterwards is copied exactly once per frame.
+#[test]
+fn zero_copy_of_foreign_fd_memory_and_one_copy_of_plain_memory() {
+    let (_dir, sock) = sock_dir();
+    let p = Pipe::launch(&format!(
+        "appsrc name=src format=time caps={CAPS} ! surfacesink name=sink socket-path={}",
+        sock.display()
+    ));
+    let src = p
+        .by_name("src")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc");
+    let sink = p.by_name("sink");
+    p.set(gst::State::Playing);
+    let py = py_reader(&sock, &[]);
+    wait_readers(&sink, 1);
+
+    let memfd = gstsurface::platform::create_memfd("test-foreign", FRAME_BYTES).unwrap();
+    let ino = nix::sys::stat::fstat(&memfd).unwrap().st_ino;
+    nix::unistd::write(&memfd, &[7u8; 16]).unwrap();
+    let allocator = gst_allocators::FdAllocator::new();
+    for i in 0..5u64 {
+        let dup = memfd.try_clone().unwrap();
+        let mem = unsafe {
+            allocator.alloc_fd(
+                dup.into_raw_fd(),
+                FRAME_BYTES,
+                gst_allocators::FdMemoryFlags::NONE,
+            )
+        }
+        .unwrap();
+        let mut buf = gst::Buffer::new();
+        {
+            let b = buf.get_mut().unwrap();
+            b.append_memory(mem);
+            b.set_pts(gst::ClockTime::from_mseconds(i * 33));
+        }
+        src.push_buffer(buf).unwrap();
+    }
+    for i in 5..10u64 {
+        let mut buf = gst::Buffer::from_mut_slice(vec![9u8; FRAME_BYTES]);
+        buf.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(i * 33));
+        src.push_buffer(buf).unwrap();
+        // Give the reader time to release, so no frame is skipped for lack of a free surface.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    src.end_of_stream().unwrap();
+    p.wait_eos(Duration::from_secs(10)).unwrap();
+    let (status, json, stderr) = py.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    let frames = frames_of(&json);
+    assert_eq!(frames.len(), 10, "{json:?}");
+    for f in &frames[..5] {
+        assert_eq!(
+            f["inode"].as_u64(),
+            Some(ino),
+            "reader maps the upstream memfd itself"
+        );
+        assert_eq!(f["first"][0].as_u64(), Some(7));
+    }
+    for f in &frames[5..] {
+        assert_ne!(f["inode"].as_u64(), Some(ino));
+        assert_eq!(f["first"][0].as_u64(), Some(9));
+    }
+    assert_eq!(stat(&sink, "zero-copy"), 5);
+    assert_eq!(stat(&sink, "copies"), 5);
+    drop(memfd);
+}
+
+/// Must-show 3.2: the writer is killed (its socket file stays behind) and restarted; the reader
+/// keeps waiting without an error and continues with the new writer's frames.
+#[test]
+fn writer_killed_and_restarted() {
+    let (_dir, sock) = sock_dir();
+    let reader = Pipe::launch(&format!(
+        "surfacesrc name=src socket-path={} timeout=15000 ! appsink name=sink sync=false",
+        sock.display()
+    ));
+    let sink = reader.appsink("sink");
+    reader.set(gst::State::Playing);
+
+    let w1 = gst_writer(&sock, "videotestsrc is-live=true pattern=black", "");
+    let got = pull(&sink, 5, Duration::from_secs(15));
+    assert_eq!(got.len(), 5, "frames from the first writer");
+    assert!(got.iter().all(|g| g.data[..3] == [0, 0, 0]), "black frames");
+    w1.signal(libc::SIGKILL);
+    drop(w1);
+    assert!(
+        sock.exists(),
+        "a killed writer leaves its socket file behind"
+    );
+    // Drain what was in flight, then check no error was raised.
+    let _ = pull(&sink, 100, Duration::from_millis(300));
+    assert_eq!(reader.error(), None);
+
+    let _w2 = gst_writer(&sock, "videotestsrc is-live=true pattern=white", "");
+    let got = wait_white(&sink);
+    assert!(got, "frames from the restarted writer");
+    assert_eq!(reader.error(), None);
+    let src = reader.by_name("src");
+    let stats = src.property::<gst::Structure>("stats");
+    assert!(stats.get::<u64>("reconnects").unwrap() >= 1, "{stats}");
+}
+
+fn wait_white(sink: &gst_app::AppSink) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        for g in pull(sink, 1, Duration::from_millis(200)) {
+            if g.data[..3] == [255, 255, 255] {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Must-show 3.2: a reader killed while holding a frame is dropped at once (EOF), without an
+/// error and without waiting for the release timeout; the writer goes on and serves new readers.
+#[test]
+fn reader_killed_mid_frame_is_dropped() {
+    let (_dir, sock) = sock_dir();
+    let p = Pipe::launch(&format!(
+        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=10000",
+        sock.display()
+    ));
+    let sink = p.by_name("sink");
+    p.set(gst::State::Playing);
+    let mut a = py_reader(&sock, &["--sleep", "60"]);
+    a.wait_line(Duration::from_secs(10), "a frame in reader A", |l| {
+        l.contains("\"seq\"")
+    });
+    assert_eq!(stat(&sink, "readers"), 1);
+    a.guard.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    wait_readers(&sink, 0);
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "dead reader detected by EOF, not by the 10 s release timeout"
+    );
+    let f1 = stat(&sink, "frames");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        stat(&sink, "frames") >= f1 + 5,
+        "the writer keeps rendering"
+    );
+    assert_eq!(p.error(), None);
+
+    let b = py_reader(&sock, &["--frames", "5"]);
+    let (status, json, stderr) = b.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(frames_of(&json).len(), 5);
+    assert_eq!(p.error(), None);
+}
+
+/// Must-show 3.2: a reader that stops releasing is evicted after `release-timeout`, told why,
+/// and its surfaces reclaimed; a well-behaved reader next to it is unaffected.
+#[test]
+fn stuck_reader_is_evicted_and_surfaces_reclaimed() {
+    let (_dir, sock) = sock_dir();
+    let p = Pipe::launch(&format!(
+        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=400 surfaces=4",
+        sock.display()
+    ));
+    let sink = p.by_name("sink");
+    p.set(gst::State::Paused);
+    let stuck = py_reader(&sock, &["--no-release"]);
+    let good = py_reader(&sock, &["--frames", "45"]);
+    wait_readers(&sink, 2);
+    p.set(gst::State::Playing);
+    let (status, json, stderr) = stuck.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let err = json
+        .iter()
+        .find_map(|v| v.get("error").and_then(|e| e.as_str()))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("disconnected this reader") && err.contains("400 ms"),
+        "{err}"
+    );
+    let (status, json, stderr) = good.finish(Duration::from_secs(15));
+    assert!(status.success(), "{stderr}");
+    let frames = frames_of(&json);
+    assert_eq!(frames.len(), 45);
+    let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "the good reader missed frames: {seqs:?}"
+    );
+    assert!(stat(&sink, "evicted") >= 1);
+    assert_eq!(p.error(), None);
+}
+
+/// Must-show 3.2: a slow reader skips frames while the writer keeps its pace and a fast reader
+/// gets every frame.
+#[test]
+fn slow_reader_skips_writer_unaffected() {
+    let (_dir, sock) = sock_dir();
+    let reference = reference_frames("smpte", 60);
+    let p = Pipe::launch(&format!(
+        "videotestsrc is-live=true num-buffers=60 pattern=smpte ! {CAPS} ! surfacesink name=sink socket-path={}",
+        sock.display()
+    ));
+    let sink = p.by_name("sink");
+    p.set(gst::State::Paused);
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("slow");
+    let fast = py_reader(&sock, &[]);
+    let slow = py_reader(
+        &sock,
+        &[
+            "--sleep",
+            "0.25",
+            "--dump",
+            dump.to_str().unwrap(),
+            "--dump-count",
+            "3",
+        ],
+    );
+    wait_readers(&sink, 2);
+    let start = Instant::now();
+    p.set(gst::State::Playing);
+    p.wait_eos(Duration::from_secs(20)).unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "60 frames at 30 fps took {took:?}: the writer was held up"
+    );
+    let (status, json, stderr) = fast.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    let seqs: Vec<u64> = frames_of(&json)
+        .iter()
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>(), "fast reader");
+    let (status, json, stderr) = slow.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    let seqs: Vec<u64> = frames_of(&json)
+        .iter()
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.len() < 40 && seqs.len() >= 3,
+        "slow reader got {seqs:?}"
+    );
+    assert!(
+        seqs.windows(2).any(|w| w[1] > w[0] + 1),
+        "slow reader skipped"
+    );
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "in order");
+    for n in 1..=3 {
+        let data = std::fs::read(dir.path().join(format!("slow-{n}.raw"))).unwrap();
+        let seq = seqs[n - 1] as usize;
+        assert!(
+            data == reference[seq - 1],
+            "slow reader frame {n} (seq {seq}) intact"
+        );
+    }
+    assert!(stat(&sink, "dropped") > 0);
+}
+
+/// Must-show 3.2: caps change mid-stream reach the Python reader (caps per frame) and a
+/// gst-launch surfacesrc that renegotiates through videoconvert.
+#[test]
+fn caps_change_mid_stream() {
+    let (_dir, sock) = sock_dir();
+    let p = Pipe::launch(&format!(
+        "appsrc name=src format=time is-live=true ! surfacesink name=sink socket-path={}",
+        sock.display()
+    ));
+    let src = p
+        .by_name("src")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc");
+    let sink = p.by_name("sink");
+    p.set(gst::State::Playing);
+    let py = py_reader(&sock, &[]);
+    let mut cmd = vcambridge_tests::gst_command("gst-launch-1.0");
+    cmd.args([
+        "-v",
+        "surfacesrc",
+        &format!("socket-path={}", sock.display()),
+    ]);
+    cmd.args("! videoconvert ! video/x-raw,format=I420 ! fakesink sync=false".split_whitespace());
+    let gst_reader = vcambridge_tests::ChildGuard::spawn("gst-launch reader", &mut cmd);
+    wait_readers(&sink, 2);
+
+    let caps_a = gst::Caps::builder("video/x-raw")
+        .field("format", "BGRx")
+        .field("width", 64)
+        .field("height", 48)
+        .field("framerate", gst::Fraction::new(30, 1))
+        .build();
+    let caps_b = gst::Caps::builder("video/x-raw")
+        .field("format", "BGRx")
+        .field("width", 32)
+        .field("height", 24)
+        .field("framerate", gst::Fraction::new(30, 1))
+        .build();
+    for i in 0..20u64 {
+        let (caps, size) = if i < 10 {
+            (&caps_a, 64 * 48 * 4)
+        } else {
+            (&caps_b, 32 * 24 * 4)
+        };
+        let mut buf = gst::Buffer::from_mut_slice(vec![i as u8; size]);
+        buf.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(i * 33));
+        let sample = gst::Sample::builder().buffer(&buf).caps(caps).build();
+        src.push_sample(&sample).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    src.end_of_stream().unwrap();
+    p.wait_eos(Duration::from_secs(10)).unwrap();
+
+    let (status, json, stderr) = py.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    let frames = frames_of(&json);
+    assert_eq!(frames.len(), 20, "{json:?}");
+    for (i, f) in frames.iter().enumerate() {
+        let caps = f["caps"].as_str().unwrap();
+        let (w, size) = if i < 10 {
+            (64, 64 * 48 * 4)
+        } else {
+            (32, 32 * 24 * 4)
+        };
+        assert!(
+            caps.contains(&format!("width=(int){w},")),
+            "frame {i}: {caps}"
+        );
+        assert_eq!(f["size"].as_u64(), Some(size));
+        assert_eq!(f["first"][0].as_u64(), Some(i as u64));
+    }
+    let out = gst_reader.wait_output(Duration::from_secs(15));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "gst reader: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for w in [64, 32] {
+        let width = format!("width=(int){w},");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("fakesink0.GstPad:sink: caps")
+                    && l.contains("format=(string)I420")
+                    && l.contains(&width)),
+            "surfacesrc renegotiated to width {w}: {stdout}"
+        );
+    }
+}
