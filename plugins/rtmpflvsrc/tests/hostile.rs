@@ -226,3 +226,32 @@ fn publisher_that_never_reads() {
     assert_memory_bounded(rss, "never-reading publisher");
     good_publisher_still_works(&rx);
 }
+
+#[test]
+fn unknown_audio_codec_warns_and_video_lives_on() {
+    let rx = receiver();
+    let tags = h264_flv_video_tags(5, 160, 120);
+    {
+        let mut c = RtmpClient::publisher(rx.port, "live", "key").expect("publish");
+        // SoundFormat 6 (Nellymoser, 44 kHz, 16 bit, mono): not a codec rtmpflvsrc outputs.
+        let mut nelly = vec![0x6E];
+        nelly.extend(garbage_bytes(64));
+        for i in 0..3u32 {
+            let p = c.audio_packet(&nelly, 10 * i, false);
+            c.send_raw(&p).expect("audio");
+        }
+        c.send_video(&tags[0].data, 0, false)
+            .expect("sequence header");
+        for (i, t) in tags[1..].iter().enumerate() {
+            c.send_video(&t.data, 33 * i as u32, false).expect("frame");
+        }
+        rx.wait(WAIT, "the 5 H.264 frames after the unknown audio", |d| {
+            d.video.len() == 5
+        });
+    }
+    rx.wait(WAIT, "a warning naming the unknown codec", |d| {
+        d.warnings().iter().any(|w| w.contains('6'))
+    });
+    rx.check(|d| assert!(d.audio.is_empty(), "no buffer of the unknown audio codec"));
+    good_publisher_still_works(&rx);
+}
