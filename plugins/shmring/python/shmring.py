@@ -673,6 +673,7 @@ def _main(argv=None):
                     summary["caps"].append(f.caps)
                 if out:
                     out.write(f.data)
+                    out.flush()
                 if a.sleep:
                     time.sleep(a.sleep)
         except EndOfStream:

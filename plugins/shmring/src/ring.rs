@@ -256,7 +256,7 @@ impl RingMemory {
     /// `ptr` must be valid for reads (and for writes if any writer method is used) of `len`
     /// bytes, 64-byte aligned, for as long as the view is used.
     pub unsafe fn new(ptr: *mut u8, len: usize) -> Self {
-        debug_assert!(ptr as usize % ALIGN == 0);
+        debug_assert!((ptr as usize).is_multiple_of(ALIGN));
         RingMemory { ptr, len }
     }
 
@@ -273,13 +273,13 @@ impl RingMemory {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len);
+        assert!(off.is_multiple_of(8) && off + 8 <= self.len);
         // SAFETY: in bounds and 8-byte aligned (checked), the region outlives self.
         unsafe { AtomicU64::from_ptr(self.ptr.add(off) as *mut u64) }
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= self.len);
+        assert!(off.is_multiple_of(4) && off + 4 <= self.len);
         // SAFETY: as above.
         unsafe { AtomicU32::from_ptr(self.ptr.add(off) as *mut u32) }
     }
@@ -365,7 +365,7 @@ impl RingMemory {
         }
         let slot_count = self.u32_at(OFF_SLOT_COUNT).load(Ordering::Relaxed);
         let slot_size = self.u64_at(OFF_SLOT_SIZE).load(Ordering::Relaxed) as usize;
-        if slot_count < 2 || slot_size == 0 || slot_size % ALIGN != 0 {
+        if slot_count < 2 || slot_size == 0 || !slot_size.is_multiple_of(ALIGN) {
             return Err(LayoutError::Invalid(format!(
                 "slot count {slot_count}, slot size {slot_size}"
             )));

@@ -121,9 +121,10 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Sleep until the 32-bit word at `word` is no longer `expected`, a wake-up, or `timeout`.
-/// Shared (not process-private) futex, so it works across processes.
-pub fn futex_wait(word: *const u32, expected: u32, timeout: Duration) {
+/// Sleep until the ring's futex word (low 32 bits of `write_seq`) is no longer `expected`, a
+/// wake-up, or `timeout`. Shared (not process-private) futex, so it works across processes.
+pub fn futex_wait(mem: &RingMemory, expected: u32, timeout: Duration) {
+    let word = mem.futex_word();
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -143,8 +144,9 @@ pub fn futex_wait(word: *const u32, expected: u32, timeout: Duration) {
     }
 }
 
-/// Wake every reader sleeping on `word`.
-pub fn futex_wake(word: *const u32) {
+/// Wake every reader sleeping on the ring's futex word.
+pub fn futex_wake(mem: &RingMemory) {
+    let word = mem.futex_word();
     // SAFETY: `word` points into a live mapping.
     unsafe {
         libc::syscall(
@@ -386,14 +388,14 @@ impl Segment {
                         .set_permissions(std::fs::Permissions::from_mode(mode));
                 }
                 mem.initialize(geometry, pid, generation);
-                futex_wake(mem.futex_word());
+                futex_wake(&mem);
                 return Ok((old, generation));
             }
             // Different size: abandon the old object (readers see the generation change and
             // re-open the name) and create a new one.
             mem.set_state(WriterState::Closed);
             mem.set_generation(generation);
-            futex_wake(mem.futex_word());
+            futex_wake(&mem);
             drop(old);
             let _ = unlink(name);
         }

@@ -107,7 +107,7 @@ impl RingWriter {
     }
 
     fn wake(&self) {
-        shm::futex_wake(self.segment.memory().futex_word());
+        shm::futex_wake(&self.segment.memory());
     }
 
     /// Copy path: write `payload` as the next frame and publish it. `meta.seq`, `caps_id`,

@@ -8,6 +8,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use crate::ring::{self, FrameMeta, Geometry, WriterState};
+use crate::shm::Segment;
 use crate::slotpool::SlotPool;
 use crate::writer::{InPlace, RingWriter};
 
@@ -304,7 +305,13 @@ impl BaseSinkImpl for ShmRingSink {
         ring::validate_shm_name(&settings.shm_name)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["shmringsink: {e}"]))?;
         let payload = match settings.slot_size {
-            0 => AUTO_SLOT_SIZE,
+            // A ring left by a previous writer (crash, restart) is most likely of the size the
+            // caps will ask for again: reuse it, so the ring is reclaimed in place.
+            0 => Segment::open_reader(&settings.shm_name)
+                .ok()
+                .filter(|(_, g)| g.slot_count == settings.slots)
+                .map(|(_, g)| g.slot_size)
+                .unwrap_or(AUTO_SLOT_SIZE),
             n => n as usize,
         };
         let writer = self.open_ring(&settings, payload)?;

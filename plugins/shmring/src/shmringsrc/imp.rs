@@ -238,7 +238,7 @@ impl ShmRingSrc {
                     Step::Again
                 }
                 Err(e) if e.is_transient() => {
-                                if let Some(waited) = Self::timed_out(r) {
+                    if let Some(waited) = Self::timed_out(r) {
                         return Step::Error(self.timeout_error(r, waited));
                     }
                     gst::trace!(CAT, imp = self, "waiting for the writer: {e}");
@@ -593,7 +593,7 @@ impl BaseSrcImpl for ShmRingSrc {
         self.unlock_cv.notify_all();
         if let Some(seg) = lock(&self.waker).as_ref() {
             // Wakes every reader of the ring; the others just re-check and sleep again.
-            shm::futex_wake(seg.memory().futex_word());
+            shm::futex_wake(&seg.memory());
         }
         Ok(())
     }
@@ -642,7 +642,7 @@ impl PushSrcImpl for ShmRingSrc {
                     if *lock(&self.flushing) {
                         return Err(gst::FlowError::Flushing);
                     }
-                    shm::futex_wait(seg.memory().futex_word(), val, WAIT_SLICE);
+                    shm::futex_wait(&seg.memory(), val, WAIT_SLICE);
                 }
                 Step::Poll => {
                     if !self.poll_wait(POLL_INTERVAL) {

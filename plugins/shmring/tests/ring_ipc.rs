@@ -1,0 +1,607 @@
+// SPDX-License-Identifier: MPL-2.0
+//! shmringsink / shmringsrc across processes: gst-launch-1.0 writers and readers, the Python
+//! module as reader and writer, and an in-process pipeline where per-buffer checks are needed.
+//! Run `cargo build -p gst-plugin-shmring` first (the subprocesses load target/debug).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstshmring::shm::{self, Segment};
+use vcambridge_tests::ipc::{
+    ShmName, gst_launch, last_json, read_frames, shmring_cli, shmring_python, spawn_logged,
+    wait_for_log,
+};
+use vcambridge_tests::{ChildGuard, init_gst, plugin_dir, wait_for};
+
+const W: usize = 160;
+const H: usize = 120;
+const FRAME: usize = W * H * 4;
+const CAPS: &str = "video/x-raw,format=BGRx,width=160,height=120,framerate=30/1";
+const LONG: Duration = Duration::from_secs(60);
+
+fn check_built() {
+    let so = plugin_dir().join("libgstshmring.so");
+    assert!(
+        so.exists(),
+        "{} missing: run `cargo build -p gst-plugin-shmring` first",
+        so.display()
+    );
+}
+
+/// `videotestsrc num-buffers=n pattern=ball ! CAPS ! tee ! shmringsink` plus the same frames
+/// into `reference` so readers can be compared byte for byte.
+fn writer_with_reference(shm: &ShmName, n: u32, reference: &Path) -> std::process::Command {
+    gst_launch(&format!(
+        "-q videotestsrc num-buffers={n} pattern=ball ! {CAPS} ! tee name=t \
+         t. ! queue ! shmringsink shm-name={shm} \
+         t. ! queue ! filesink location={}",
+        reference.display()
+    ))
+}
+
+/// A live writer that runs until killed.
+fn live_writer(shm: &ShmName, caps: &str, extra: &str) -> std::process::Command {
+    gst_launch(&format!(
+        "-q videotestsrc is-live=true pattern=ball ! {caps} ! shmringsink shm-name={shm} {extra}"
+    ))
+}
+
+/// `shmringsrc ! appsink` in this process.
+struct InProcessReader {
+    pipeline: gst::Pipeline,
+    sink: gst_app::AppSink,
+    src: gst::Element,
+}
+
+impl InProcessReader {
+    fn new(shm: &ShmName, src_opts: &str, middle: &str) -> Self {
+        init_gst();
+        let desc = format!(
+            "shmringsrc name=src shm-name={shm} {src_opts} ! {middle} appsink name=sink sync=false"
+        );
+        let pipeline = gst::parse::launch(&desc)
+            .expect("reader pipeline")
+            .downcast::<gst::Pipeline>()
+            .expect("a pipeline");
+        let sink = pipeline
+            .by_name("sink")
+            .expect("appsink")
+            .downcast::<gst_app::AppSink>()
+            .expect("appsink type");
+        let src = pipeline.by_name("src").expect("shmringsrc");
+        pipeline
+            .set_state(gst::State::Playing)
+            .expect("reader to PLAYING");
+        InProcessReader {
+            pipeline,
+            sink,
+            src,
+        }
+    }
+
+    /// Next sample, or None at EOS; panics on a pipeline error or after `timeout`.
+    fn pull(&self, timeout: Duration) -> Option<gst::Sample> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self
+                .sink
+                .try_pull_sample(gst::ClockTime::from_mseconds(100))
+            {
+                return Some(s);
+            }
+            if self.sink.is_eos() {
+                return None;
+            }
+            if let Some(bus) = self.pipeline.bus()
+                && let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
+                && let gst::MessageView::Error(e) = msg.view()
+            {
+                panic!("reader error: {} ({:?})", e.error(), e.debug());
+            }
+            assert!(Instant::now() < deadline, "no sample within {timeout:?}");
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.src.property::<u64>("frames-dropped")
+    }
+}
+
+impl Drop for InProcessReader {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn sample_bytes(s: &gst::Sample) -> Vec<u8> {
+    let b = s.buffer().expect("buffer");
+    b.map_readable().expect("map").to_vec()
+}
+
+fn caps_dims(s: &gst::Sample) -> (i32, i32) {
+    let caps = s.caps().expect("caps");
+    let st = caps.structure(0).expect("structure");
+    (
+        st.get::<i32>("width").expect("width"),
+        st.get::<i32>("height").expect("height"),
+    )
+}
+
+/// Header of a ring, read through the Rust layout module (independent of the elements).
+fn ring_info(shm: &ShmName) -> (u64, u32, u64) {
+    let (seg, _g) = Segment::open_reader(&shm.name).expect("open ring");
+    let m = seg.memory();
+    (m.generation(), m.writer_pid(), m.write_seq())
+}
+
+#[test]
+fn gst_writer_to_gst_reader_started_first() {
+    check_built();
+    let shm = ShmName::new("g2g");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.raw");
+    let reference = dir.path().join("ref.raw");
+    let log = dir.path().join("reader.log");
+    assert!(!shm.exists());
+    let mut cmd = gst_launch(&format!(
+        "-v shmringsrc shm-name={shm} timeout=20000 ! filesink location={}",
+        out.display()
+    ));
+    cmd.env("GST_DEBUG", "shmringsrc:7");
+    let reader = spawn_logged("reader", &mut cmd, &log);
+    // The reader is running and waiting for a writer that does not exist yet.
+    wait_for_log(&log, "waiting for the writer", LONG);
+    assert!(!shm.exists());
+    let writer = ChildGuard::spawn("writer", &mut writer_with_reference(&shm, 30, &reference));
+    let wout = writer.wait_output(LONG);
+    assert!(wout.status.success(), "writer: {wout:?}");
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "reader failed:\n{text}");
+    assert!(
+        text.contains("caps = video/x-raw, format=(string)BGRx, width=(int)160, height=(int)120"),
+        "reader caps:\n{text}"
+    );
+    let got = read_frames(&out, FRAME);
+    let want = read_frames(&reference, FRAME);
+    assert_eq!(want.len(), 30);
+    assert_eq!(got.len(), 30, "frame count");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(g == w, "frame {i} differs");
+    }
+    // Clean stop after EOS removes the name.
+    assert!(!shm.exists());
+}
+
+#[test]
+fn gst_writer_to_python_reader() {
+    check_built();
+    let shm = ShmName::new("g2py");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.raw");
+    let reference = dir.path().join("ref.raw");
+    let log = dir.path().join("py.log");
+    let out_s = out.display().to_string();
+    let reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
+        &log,
+    );
+    wait_for_log(&log, r#"{"waiting": true}"#, LONG);
+    let writer = ChildGuard::spawn("writer", &mut writer_with_reference(&shm, 30, &reference));
+    assert!(writer.wait_output(LONG).status.success());
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "python reader:\n{text}");
+    let summary = last_json(text.as_bytes());
+    assert_eq!(summary["eos"], true, "{summary}");
+    assert_eq!(summary["frames"], 30, "{summary}");
+    assert_eq!(summary["dropped"], 0, "{summary}");
+    let caps = summary["caps"][0].as_str().expect("caps string");
+    assert!(
+        caps.starts_with("video/x-raw, format=(string)BGRx, width=(int)160, height=(int)120"),
+        "{caps}"
+    );
+    let seqs: Vec<u64> = summary["seqs"]
+        .as_array()
+        .expect("seqs")
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    assert_eq!(seqs, (0..30).collect::<Vec<_>>());
+    // Writer PTS as written by videotestsrc (30 fps).
+    assert_eq!(summary["pts"][1], 33_333_333);
+    assert_eq!(read_frames(&out, FRAME), read_frames(&reference, FRAME));
+}
+
+const PY_WRITER: &str = r#"
+import shmring, sys, time
+name = sys.argv[1]
+w = shmring.Writer(name, caps="video/x-raw,format=GRAY8,width=16,height=8,framerate=30/1",
+                   slots=8, slot_size=512)
+print("created", w.generation_, flush=True)
+for i in range(10):
+    w.write(bytes((i * 7 + j) % 256 for j in range(128)), pts=1_000_000_000 + i * 33_333_333,
+            duration=33_333_333, flags=shmring.FLAG_DELTA_UNIT if i else 0)
+    time.sleep(0.01)
+w.set_caps("video/x-raw,format=GRAY8,width=32,height=16,framerate=30/1")
+for i in range(10, 20):
+    w.write(bytes((i * 7 + j) % 256 for j in range(512)), pts=1_000_000_000 + i * 33_333_333,
+            duration=33_333_333)
+    time.sleep(0.01)
+w.eos()
+w.close()
+"#;
+
+/// Must-show 1 (Python writer feeds shmringsrc) and 2 (caps change mid-stream, renegotiated).
+#[test]
+fn python_writer_to_gst_reader_with_caps_change() {
+    check_built();
+    let shm = ShmName::new("py2g");
+    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let mut cmd = shmring_python(PY_WRITER);
+    cmd.arg(&shm.name);
+    let writer = ChildGuard::spawn("python writer", &mut cmd);
+    let mut samples = Vec::new();
+    while let Some(s) = reader.pull(LONG) {
+        samples.push(s);
+    }
+    let wout = writer.wait_output(LONG);
+    assert!(wout.status.success(), "python writer: {wout:?}");
+    assert_eq!(samples.len(), 20, "frame count");
+    let mut prev_pts = None;
+    for (i, s) in samples.iter().enumerate() {
+        let (w, h) = caps_dims(s);
+        let (ew, eh, size) = if i < 10 { (16, 8, 128) } else { (32, 16, 512) };
+        assert_eq!((w, h), (ew, eh), "caps of frame {i}");
+        let data = sample_bytes(s);
+        let want: Vec<u8> = (0..size).map(|j| ((i * 7 + j) % 256) as u8).collect();
+        assert_eq!(data, want, "pixels of frame {i}");
+        let b = s.buffer().expect("buffer");
+        assert_eq!(b.offset(), i as u64);
+        assert_eq!(
+            b.duration(),
+            Some(gst::ClockTime::from_nseconds(33_333_333))
+        );
+        assert_eq!(
+            b.flags().contains(gst::BufferFlags::DELTA_UNIT),
+            i != 0 && i < 10
+        );
+        let pts = b.pts().expect("pts");
+        if let Some(p) = prev_pts {
+            // The writer's spacing survives the mapping onto our running time.
+            assert_eq!(
+                pts - p,
+                gst::ClockTime::from_nseconds(33_333_333),
+                "frame {i}"
+            );
+        }
+        prev_pts = Some(pts);
+    }
+    assert!(
+        samples[0]
+            .buffer()
+            .expect("buffer")
+            .flags()
+            .contains(gst::BufferFlags::DISCONT)
+    );
+    assert_eq!(reader.dropped(), 0);
+}
+
+/// Caps change on the GStreamer writer side with a frame size that needs bigger slots: the
+/// sink replaces the ring (new generation) and the Python reader follows it.
+#[test]
+fn gst_writer_caps_change_resizes_ring() {
+    check_built();
+    init_gst();
+    let shm = ShmName::new("resize");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("py.log");
+    let out = dir.path().join("out.raw");
+    let out_s = out.display().to_string();
+    let reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
+        &log,
+    );
+    wait_for_log(&log, r#"{"waiting": true}"#, LONG);
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time ! shmringsink name=sink shm-name={shm}"
+    ))
+    .expect("writer pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    let src = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let mut expected = Vec::new();
+    for (i, (w, h)) in [(16usize, 8usize), (64, 32)].iter().enumerate() {
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "GRAY8")
+            .field("width", *w as i32)
+            .field("height", *h as i32)
+            .field("framerate", gst::Fraction::new(30, 1))
+            .build();
+        src.set_caps(Some(&caps));
+        for f in 0..5usize {
+            let n = i * 5 + f;
+            let data: Vec<u8> = (0..w * h).map(|j| ((n * 13 + j) % 251) as u8).collect();
+            expected.extend_from_slice(&data);
+            let mut b = gst::Buffer::from_slice(data);
+            b.get_mut()
+                .expect("writable")
+                .set_pts(gst::ClockTime::from_mseconds(n as u64 * 33));
+            src.push_buffer(b).expect("push");
+        }
+        if i == 0 {
+            // The reader has the first frames before the ring is replaced.
+            wait_for(LONG, "the reader to read 5 frames", || {
+                let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+                (len == 5 * 16 * 8).then_some(())
+            });
+        }
+    }
+    src.end_of_stream().expect("eos");
+    let bus = pipeline.bus().expect("bus");
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS within 30 s");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    let sink = pipeline.by_name("sink").expect("sink");
+    assert_eq!(sink.property::<u64>("frames-written"), 10);
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "{text}");
+    let summary = last_json(text.as_bytes());
+    assert_eq!(summary["frames"], 10, "{summary}");
+    assert_eq!(summary["eos"], true, "{summary}");
+    assert!(summary["restarts"].as_u64().unwrap_or(0) >= 1, "{summary}");
+    let caps: Vec<&str> = summary["caps"]
+        .as_array()
+        .expect("caps")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(caps.len(), 2, "{summary}");
+    assert!(caps[0].contains("width=(int)16"), "{caps:?}");
+    assert!(caps[1].contains("width=(int)64"), "{caps:?}");
+    assert_eq!(std::fs::read(&out).expect("reader output"), expected);
+}
+
+/// Writer killed (SIGKILL) and restarted: the reader keeps going on the new generation; a
+/// writer that stays dead makes the reader time out with a message saying so.
+#[test]
+fn writer_killed_restarted_and_crash_timeout() {
+    check_built();
+    let shm = ShmName::new("restart");
+    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let caps = "video/x-raw,format=BGRx,width=160,height=120,framerate=60/1";
+    let w1 = ChildGuard::spawn("writer 1", &mut live_writer(&shm, caps, ""));
+    for _ in 0..10 {
+        reader.pull(LONG).expect("frame from writer 1");
+    }
+    let (gen1, pid1, _) = ring_info(&shm);
+    assert_eq!(pid1, w1.pid());
+    w1.signal(libc::SIGKILL);
+    let _ = w1.wait_output(LONG);
+    // A crash leaves the ring behind, naming a dead writer.
+    assert!(shm.exists());
+    assert!(!shm::pid_alive(pid1));
+    // A second reader (separate gst-launch) meets the crashed ring and times out clearly.
+    let dead_reader = ChildGuard::spawn(
+        "reader of a dead ring",
+        &mut gst_launch(&format!(
+            "shmringsrc shm-name={shm} timeout=1000 ! fakesink"
+        )),
+    );
+    let out = dead_reader.wait_output(LONG);
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("(pid {pid1}) is no longer running")),
+        "message: {err}"
+    );
+    assert!(err.contains(&shm.path().display().to_string()), "{err}");
+    // Drain what the first reader still has queued, then restart the writer.
+    while reader
+        .sink
+        .try_pull_sample(gst::ClockTime::from_mseconds(10))
+        .is_some()
+    {}
+    let w2 = ChildGuard::spawn("writer 2", &mut live_writer(&shm, caps, ""));
+    let first = reader.pull(LONG).expect("frame from writer 2");
+    assert!(
+        first
+            .buffer()
+            .expect("buffer")
+            .flags()
+            .contains(gst::BufferFlags::DISCONT)
+    );
+    for _ in 0..10 {
+        reader.pull(LONG).expect("frames from writer 2");
+    }
+    let (gen2, pid2, _) = ring_info(&shm);
+    assert_eq!(pid2, w2.pid());
+    assert_eq!(
+        gen2,
+        gen1 + 1,
+        "restarted writer reclaims with a new generation"
+    );
+    drop(w2);
+}
+
+/// A reader killed while copying frames does not disturb the writer or other readers.
+#[test]
+fn reader_killed_mid_frame() {
+    check_built();
+    let shm = ShmName::new("rkill");
+    // Big frames so the kill most likely lands inside a copy.
+    let caps = "video/x-raw,format=BGRx,width=1280,height=720,framerate=50/1";
+    let writer = ChildGuard::spawn("writer", &mut live_writer(&shm, caps, ""));
+    let survivor = InProcessReader::new(&shm, "timeout=20000", "");
+    survivor.pull(LONG).expect("first frame");
+    let victim = ChildGuard::spawn(
+        "victim reader",
+        &mut shmring_cli(&["read", &shm.name, "--timeout", "20"]),
+    );
+    // Let the victim copy frames for a while, then kill it.
+    wait_for(LONG, "the victim to be reading", || {
+        let (_, _, w) = ring_info(&shm);
+        (w > 30).then_some(())
+    });
+    victim.signal(libc::SIGKILL);
+    let _ = victim.wait_output(LONG);
+    let (_, _, w0) = ring_info(&shm);
+    let t0 = Instant::now();
+    let mut got = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let s = survivor.pull(LONG).expect("frames after the kill");
+        assert_eq!(sample_bytes(&s).len(), 1280 * 720 * 4);
+        got += 1;
+    }
+    let (_, _, w1) = ring_info(&shm);
+    let rate = (w1 - w0) as f64 / t0.elapsed().as_secs_f64();
+    // The writer keeps its 50 fps (generous bound for a loaded 2-core machine).
+    assert!(rate > 30.0, "writer rate after the kill: {rate:.1} fps");
+    assert!(got > 30, "survivor got {got} frames in 2 s");
+    // A new reader attaches fine.
+    let late = ChildGuard::spawn(
+        "late reader",
+        &mut shmring_cli(&["read", &shm.name, "--max", "5", "--timeout", "10"]),
+    );
+    let out = late.wait_output(LONG);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(last_json(&out.stdout)["frames"], 5);
+    drop(writer);
+}
+
+/// A slow reader skips frames; the writer's rate and frame count are unaffected.
+#[test]
+fn slow_readers_skip_and_writer_never_blocks() {
+    check_built();
+    let shm = ShmName::new("slow");
+    let caps = "video/x-raw,format=BGRx,width=160,height=120,framerate=100/1";
+    let slow_gst = InProcessReader::new(&shm, "timeout=20000", "identity sleep-time=50000 !");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("slow.log");
+    let slow_py = spawn_logged(
+        "slow python reader",
+        &mut shmring_cli(&["read", &shm.name, "--sleep", "0.05", "--timeout", "20"]),
+        &log,
+    );
+    wait_for_log(&log, "waiting", LONG);
+    let start = Instant::now();
+    let writer = ChildGuard::spawn(
+        "writer",
+        &mut gst_launch(&format!(
+            "-q videotestsrc is-live=true num-buffers=300 ! {caps} ! shmringsink shm-name={shm} slots=4"
+        )),
+    );
+    let wout = writer.wait_output(LONG);
+    let elapsed = start.elapsed();
+    assert!(wout.status.success(), "{wout:?}");
+    // 300 frames at 100 fps: 3 s when nobody waits for the readers (15 s if the writer were
+    // paced by the 50 ms readers); the bound leaves room for a loaded machine.
+    assert!(
+        elapsed < Duration::from_millis(8000),
+        "writer took {elapsed:?} for 3 s of frames"
+    );
+    let mut n = 0;
+    let mut offsets = Vec::new();
+    let mut disconts = 0;
+    while let Some(s) = slow_gst.pull(LONG) {
+        let b = s.buffer().expect("buffer");
+        offsets.push(b.offset());
+        if b.flags().contains(gst::BufferFlags::DISCONT) {
+            disconts += 1;
+        }
+        n += 1;
+    }
+    assert!(n < 200, "slow gst reader got {n} frames");
+    assert!(slow_gst.dropped() > 50, "dropped {}", slow_gst.dropped());
+    assert!(disconts > 1);
+    assert!(offsets.windows(2).all(|w| w[1] > w[0]), "{offsets:?}");
+    assert!(offsets.windows(2).any(|w| w[1] > w[0] + 1), "{offsets:?}");
+    assert_eq!(
+        *offsets.last().expect("frames"),
+        299,
+        "ends with the newest frame"
+    );
+    let pout = slow_py.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(pout.status.success(), "{text}");
+    let summary = last_json(text.as_bytes());
+    let frames = summary["frames"].as_u64().expect("frames");
+    let dropped = summary["dropped"].as_u64().expect("dropped");
+    assert!(frames < 150, "{summary}");
+    assert!(dropped > 100, "{summary}");
+    assert_eq!(summary["eos"], true);
+    assert_eq!(summary["write_seq"], 300, "every frame was written");
+}
+
+/// The slot pool: videotestsrc writes straight into the ring (frames-in-place), content intact.
+#[test]
+fn zero_copy_pool_content_matches() {
+    check_built();
+    init_gst();
+    let shm = ShmName::new("zc");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("py.log");
+    let out = dir.path().join("out.raw");
+    let reference = dir.path().join("ref.raw");
+    let out_s = out.display().to_string();
+    let reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
+        &log,
+    );
+    wait_for_log(&log, "waiting", LONG);
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! shmringsink name=sink shm-name={shm}"
+    ))
+    .expect("writer")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let msg = pipeline
+        .bus()
+        .expect("bus")
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    let sink = pipeline.by_name("sink").expect("sink");
+    assert_eq!(sink.property::<u64>("frames-written"), 20);
+    assert_eq!(sink.property::<u64>("frames-in-place"), 20, "no copies");
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    let ref_out = ChildGuard::spawn(
+        "reference",
+        &mut gst_launch(&format!(
+            "-q videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! filesink location={}",
+            reference.display()
+        )),
+    )
+    .wait_output(LONG);
+    assert!(ref_out.status.success());
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "{text}");
+    assert_eq!(last_json(text.as_bytes())["frames"], 20, "{text}");
+    let got = read_frames(&out, FRAME);
+    let want = read_frames(&reference, FRAME);
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(g == w, "frame {i} differs");
+    }
+}
