@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use gst::prelude::*;
 use vcambridge_tests::ChildGuard;
 use vcambridge_tests::pipewire::PipeWireSession;
 
@@ -92,4 +93,62 @@ fn media_role_is_overridable() {
     assert_eq!(obj["info"]["props"]["media.role"], "Screen");
     // Without a description the node name is used (libwebrtc ignores nodes without one).
     assert_eq!(obj["info"]["props"]["node.description"], node);
+}
+
+#[test]
+fn upstream_caps_change_is_renegotiated_with_the_consumer() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-recaps";
+    let producer = Producer::start(&session, node, "I420", "");
+    session.wait_for_node(node, Duration::from_secs(10));
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    // fakesink silent=false with -v prints every buffer's size. (pipewiresrc 0.3.65 takes the
+    // new PipeWire format and its buffers but does not update its GStreamer caps, so the sizes
+    // are what shows the renegotiation.)
+    let mut cmd = session.command("gst-launch-1.0");
+    cmd.args([
+        "-v",
+        "pipewiresrc",
+        &format!("target-object={node}"),
+        "stream-properties=props,media.type=Video",
+        "num-buffers=60",
+        "!",
+        "video/x-raw",
+        "!",
+        "fakesink",
+        "silent=false",
+    ]);
+    let consumer = ChildGuard::spawn("consumer across caps change", &mut cmd);
+    vcambridge_tests::wait_for(Duration::from_secs(15), "first frames sent", || {
+        (producer.stat_u64("frames-sent") >= 10).then_some(())
+    });
+    let capsfilter = producer.pipeline.by_name("caps").expect("capsfilter");
+    let new_caps: gst::Caps = "video/x-raw,format=I420,width=640,height=480,framerate=30/1"
+        .parse()
+        .expect("caps");
+    capsfilter.set_property("caps", &new_caps);
+    let res = consumer.wait_output(Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "consumer failed: {}\n{stdout}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let small = 320 * 240 * 3 / 2;
+    let large = 640 * 480 * 3 / 2;
+    assert!(stdout.contains(&format!("({small} bytes")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("({large} bytes")),
+        "consumer never got a 640x480 frame:\n{stdout}"
+    );
+    let stats = producer.stats();
+    assert_eq!(
+        stats.get::<String>("format").expect("format"),
+        "I420 640x480@30/1"
+    );
+    drop(out);
+    // pw-dump shows the new fixed size.
+    let obj = session.wait_for_node(node, Duration::from_secs(5));
+    assert_eq!(obj["info"]["params"]["EnumFormat"][0]["size"]["width"], 640);
 }

@@ -18,6 +18,14 @@ use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
 
 use crate::format::{self, FrameLayout, VideoSpec};
 
+static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "pwvideosink",
+        gst::DebugColorFlags::empty(),
+        Some("PipeWire camera sink"),
+    )
+});
+
 /// Messages from the element to the loop thread.
 pub(crate) enum Msg {
     /// A frame is waiting in the mailbox.
@@ -475,6 +483,11 @@ impl LoopCtx {
     }
 
     fn on_state_changed(&self, stream: &Stream, old: StreamState, new: StreamState) {
+        gst::debug!(
+            CAT,
+            "stream state {old:?} -> {new:?} (node {})",
+            stream.node_id()
+        );
         self.node_id.set(stream.node_id());
         self.count_consumers();
         let streaming = matches!(new, StreamState::Streaming);
@@ -482,7 +495,6 @@ impl LoopCtx {
         if let StreamState::Error(e) = &new {
             (self.notify)(LoopEvent::Warning(format!("PipeWire stream error: {e}")));
         }
-        let _ = old;
     }
 
     fn on_param_changed(&self, stream: &Stream, id: u32, param: Option<&spa::pod::Pod>) {
@@ -490,6 +502,7 @@ impl LoopCtx {
             return;
         }
         let Some(param) = param else {
+            gst::debug!(CAT, "format cleared");
             self.negotiated.set(None);
             self.shared.set_negotiated(None);
             return;
@@ -503,6 +516,7 @@ impl LoopCtx {
                 return;
             }
         };
+        gst::info!(CAT, "consumer fixed {}", spec.describe());
         self.negotiated.set(Some(spec));
         self.shared.set_negotiated(Some(spec));
         let Some(layout) = self.layout.get() else {

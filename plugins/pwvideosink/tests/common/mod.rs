@@ -128,7 +128,7 @@ impl Producer {
 
     pub fn build(remote: &str, node: &str, format: &str, extra: &str) -> Self {
         let desc = format!(
-            "videotestsrc is-live=true pattern=colors ! {} ! pwvideosink name=sink \
+            "videotestsrc is-live=true pattern=colors ! capsfilter name=caps caps=\"{}\" ! pwvideosink name=sink \
              node-name={node} remote=\"{remote}\" {extra}",
             caps_str(format)
         );
