@@ -312,7 +312,7 @@ impl BaseSinkImpl for SurfaceSink {
         let Some(path) = settings.socket_path.clone().filter(|p| !p.is_empty()) else {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["surfacesink needs socket-path (e.g. socket-path=/run/user/1000/cam.sock)"]
+                ("surfacesink needs socket-path (e.g. socket-path=/run/user/1000/cam.sock)")
             ));
         };
         let path = PathBuf::from(path);
@@ -321,10 +321,10 @@ impl BaseSinkImpl for SurfaceSink {
                 platform::BindError::InUse(_) => gst::ResourceError::Busy,
                 _ => gst::ResourceError::OpenWrite,
             };
-            gst::error_msg!(kind, ["{}", e])
+            gst::error_msg!(kind, ("{}", e))
         })?;
         let waker = Waker::new().map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Failed, ["creating an eventfd: {e}"])
+            gst::error_msg!(gst::ResourceError::Failed, ("creating an eventfd: {e}"))
         })?;
         let hub = Hub::new(HubConfig {
             surfaces: settings.surfaces as usize,
@@ -343,7 +343,7 @@ impl BaseSinkImpl for SurfaceSink {
             .name("surfacesink-io".into())
             .spawn(move || io_loop(thread_shared))
             .map_err(|e| {
-                gst::error_msg!(gst::ResourceError::Failed, ["spawning I/O thread: {e}"])
+                gst::error_msg!(gst::ResourceError::Failed, ("spawning I/O thread: {e}"))
             })?;
         gst::info!(CAT, imp = self, "listening on {}", path.display());
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Started {
@@ -462,7 +462,7 @@ impl BaseSinkImpl for SurfaceSink {
             )
         } else {
             let map = buffer.map_readable().map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ["cannot map buffer"]);
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("cannot map buffer"));
                 gst::FlowError::Error
             })?;
             hub.publish(FrameSource::Bytes(map.as_slice()), fi)
@@ -475,7 +475,7 @@ impl BaseSinkImpl for SurfaceSink {
             gst::element_imp_error!(
                 self,
                 gst::ResourceError::Write,
-                ["cannot publish frame as a surface: {e}"]
+                ("cannot publish frame as a surface: {e}")
             );
             return Err(gst::FlowError::Error);
         }

@@ -12,7 +12,7 @@
  * other memory is copied once into a surface. The `stats` property counts both.
  *
  * ## Example launch line
- * ```
+ * ```text
  * gst-launch-1.0 videotestsrc is-live=true ! video/x-raw,format=BGRx,width=640,height=480 ! surfacesink socket-path=/tmp/cam.sock
  * gst-launch-1.0 surfacesrc socket-path=/tmp/cam.sock ! videoconvert ! autovideosink
  * ```

@@ -183,25 +183,21 @@ impl SurfaceSrc {
                 {
                     Err(gst::error_msg!(
                         gst::ResourceError::OpenRead,
-                        [
-                            "{p} is not a socket (a regular file or directory is in the way); point socket-path at the surfacesink's socket"
-                        ]
+                        ("{p} is not a socket (a regular file or directory is in the way); point socket-path at the surfacesink's socket")
                     ))
                 }
                 Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => Ok(None),
                 Some(libc::EACCES) | Some(libc::EPERM) => Err(gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    [
-                        "permission denied connecting to {p}: the socket is 0600 and owned by the writer's user; run the reader as that user"
-                    ]
+                    ("permission denied connecting to {p}: the socket is 0600 and owned by the writer's user; run the reader as that user")
                 )),
                 Some(libc::EPROTOTYPE) | Some(libc::ENOTSOCK) => Err(gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    ["{p} is not a surfacesink socket (wrong socket type)"]
+                    ("{p} is not a surfacesink socket (wrong socket type)")
                 )),
                 _ => Err(gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    ["cannot connect to {p}: {e}"]
+                    ("cannot connect to {p}: {e}")
                 )),
             },
         }
@@ -220,19 +216,19 @@ impl SurfaceSrc {
             Err(e @ DecodeError::VersionMismatch { .. }) => {
                 return Step::Fatal(gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    ["writer at {path}: {e}; upgrade the older side"]
+                    ("writer at {path}: {e}; upgrade the older side")
                 ));
             }
             Err(e @ DecodeError::BadMagic(_)) => {
                 return Step::Fatal(gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    ["{path} is not a surfacesink: {e}"]
+                    ("{path} is not a surfacesink: {e}")
                 ));
             }
             Err(e) => {
                 return Step::Fatal(gst::error_msg!(
                     gst::StreamError::Decode,
-                    ["bad message from the writer at {path}: {e}"]
+                    ("bad message from the writer at {path}: {e}")
                 ));
             }
         };
@@ -259,14 +255,14 @@ impl SurfaceSrc {
                 }
                 Err(_) => Step::Fatal(gst::error_msg!(
                     gst::StreamError::Format,
-                    ["writer at {path} sent unparsable caps {caps:?}"]
+                    ("writer at {path} sent unparsable caps {caps:?}")
                 )),
             },
             Message::Surface { surface, size } => {
                 let Some(fd) = fds.into_iter().next() else {
                     return Step::Fatal(gst::error_msg!(
                         gst::StreamError::Decode,
-                        ["writer at {path} announced surface {surface} without an fd"]
+                        ("writer at {path} announced surface {surface} without an fd")
                     ));
                 };
                 match Mapping::map(std::os::fd::AsFd::as_fd(&fd), size as usize, false) {
@@ -276,7 +272,7 @@ impl SurfaceSrc {
                     }
                     Err(e) => Step::Fatal(gst::error_msg!(
                         gst::ResourceError::Read,
-                        ["cannot map surface {surface} ({size} bytes) from {path}: {e}"]
+                        ("cannot map surface {surface} ({size} bytes) from {path}: {e}")
                     )),
                 }
             }
@@ -291,25 +287,23 @@ impl SurfaceSrc {
                     gst::element_imp_warning!(
                         self,
                         gst::ResourceError::Read,
-                        [
-                            "{message}; reconnecting (let downstream release buffers sooner, or raise the writer's release-timeout)"
-                        ]
+                        ("{message}; reconnecting (let downstream release buffers sooner, or raise the writer's release-timeout)")
                     );
                     st.conn = None;
                     Step::Continue
                 } else {
                     Step::Fatal(gst::error_msg!(
                         gst::ResourceError::OpenRead,
-                        ["writer at {path} refused this reader: {message}"]
+                        ("writer at {path} refused this reader: {message}")
                     ))
                 }
             }
             Message::Hello { .. } | Message::Release { .. } => Step::Fatal(gst::error_msg!(
                 gst::StreamError::Decode,
-                [
+                (
                     "unexpected {:?} message from the writer at {path}",
                     msg.kind()
-                ]
+                )
             )),
         }
     }
@@ -344,14 +338,14 @@ impl SurfaceSrc {
             release(conn);
             return Step::Fatal(gst::error_msg!(
                 gst::StreamError::Decode,
-                [
+                (
                     "writer at {path} sent frame {} beyond surface {} ({}+{} > {})",
                     f.seq,
                     f.surface,
                     offset,
                     len,
                     map.len()
-                ]
+                )
             ));
         }
         let caps = conn.caps.get(&f.caps_id).cloned();
@@ -521,11 +515,11 @@ impl BaseSrcImpl for SurfaceSrc {
         if settings.socket_path.as_deref().is_none_or(str::is_empty) {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["surfacesrc needs socket-path (the socket-path of the surfacesink)"]
+                ("surfacesrc needs socket-path (the socket-path of the surfacesink)")
             ));
         }
         let waker = Waker::new().map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Failed, ["creating an eventfd: {e}"])
+            gst::error_msg!(gst::ResourceError::Failed, ("creating an eventfd: {e}"))
         })?;
         *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(waker));
         *self.state() = State {
@@ -608,10 +602,10 @@ impl PushSrcImpl for SurfaceSrc {
                             gst::element_imp_error!(
                                 self,
                                 gst::ResourceError::OpenRead,
-                                [
+                                (
                                     "no surfacesink at {p} within {} ms (is the writer running with this socket-path?)",
                                     t.as_millis()
-                                ]
+                                )
                             );
                             return Err(gst::FlowError::Error);
                         }
@@ -667,7 +661,7 @@ impl PushSrcImpl for SurfaceSrc {
                             gst::element_imp_error!(
                                 self,
                                 gst::CoreError::Negotiation,
-                                ["downstream does not accept the writer's caps {caps}"]
+                                ("downstream does not accept the writer's caps {caps}")
                             );
                             return Err(gst::FlowError::NotNegotiated);
                         }

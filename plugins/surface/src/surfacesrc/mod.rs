@@ -9,7 +9,7 @@
  * `timeout`), follows writer restarts and renegotiates when the caps change.
  *
  * ## Example launch line
- * ```
+ * ```text
  * gst-launch-1.0 surfacesrc socket-path=/tmp/cam.sock ! videoconvert ! autovideosink
  * ```
  */
