@@ -97,6 +97,11 @@ impl PipeWireSession {
         self.dir.path()
     }
 
+    /// PID of the running pipewire daemon (e.g. to read its CPU time in a benchmark).
+    pub fn pipewire_pid(&self) -> Option<u32> {
+        self.pipewire.as_ref().map(|p| p.pid())
+    }
+
     /// The daemon's socket (`<runtime dir>/pipewire-0`), e.g. for pwvideosink's `remote`.
     pub fn socket_path(&self) -> PathBuf {
         self.dir.path().join("pipewire-0")

@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Benchmark: producer→consumer latency and CPU per frame at 1280x720 I420 30 fps,
+//! `pwvideosink` against the upstream `pipewiresink mode=provide`, side by side in one run
+//! (alternating rounds on one private PipeWire session), printing medians and ratios.
+//!
+//!     cargo bench -p gst-plugin-pwvideosink --bench latency [-- --rounds N --frames N]
+//!
+//! Latency: the producer writes CLOCK_MONOTONIC into the first 8 bytes of each frame just
+//! before the sink; the consumer (this binary re-run with `--consumer`, `pipewiresrc !
+//! appsink` in its own process) subtracts it from the time it receives the frame.
+//! CPU: producer process, consumer process and pipewire daemon, per delivered frame.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gst::prelude::*;
+use vcambridge_tests::ChildGuard;
+use vcambridge_tests::pipewire::PipeWireSession;
+
+const CAPS: &str = "video/x-raw,format=I420,width=1280,height=720,framerate=30/1";
+const WARMUP: usize = 30;
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time (user+system) of this process, in ns.
+fn self_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time (user+system) of another process from /proc, in ns.
+fn pid_cpu_ns(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf is always safe to call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000_000 / hz
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Consumer mode: receive `frames` frames after a warm-up, print per-frame latency and CPU.
+fn consumer(node: &str, frames: usize) {
+    gst::init().expect("gst init");
+    let desc = format!(
+        "pipewiresrc target-object={node} stream-properties=props,media.type=Video \
+         ! appsink name=s sync=false max-buffers=4 drop=false"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .expect("consumer pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    let sink = pipeline
+        .by_name("s")
+        .expect("appsink")
+        .downcast::<gst_app::AppSink>()
+        .expect("appsink type");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    let mut cpu0 = 0;
+    let mut lat = Vec::with_capacity(frames);
+    for i in 0..WARMUP + frames {
+        let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) else {
+            eprintln!("consumer: no frame {i} within 10 s");
+            std::process::exit(2);
+        };
+        let t = now_ns();
+        if i == WARMUP {
+            cpu0 = self_cpu_ns();
+        }
+        if i < WARMUP {
+            continue;
+        }
+        let Some(buf) = sample.buffer() else { continue };
+        let Ok(map) = buf.map_readable() else {
+            continue;
+        };
+        if map.len() >= 8 {
+            let sent = u64::from_le_bytes(map[..8].try_into().unwrap_or([0; 8]));
+            if sent > 0 && t >= sent {
+                lat.push(t - sent);
+            }
+        }
+    }
+    let cpu = self_cpu_ns() - cpu0;
+    let _ = pipeline.set_state(gst::State::Null);
+    for l in &lat {
+        println!("LAT {l}");
+    }
+    println!("CPU {cpu}");
+    println!("FRAMES {frames}");
+}
+
+/// Picks one figure out of a run.
+type Metric = fn(&RunResult) -> f64;
+
+struct RunResult {
+    latency_ms: f64,
+    producer_us: f64,
+    consumer_us: f64,
+    daemon_us: f64,
+}
+
+fn run_once(
+    session: &PipeWireSession,
+    sink: &str,
+    node: &str,
+    frames: usize,
+) -> Result<RunResult, String> {
+    let sink_desc = match sink {
+        "pwvideosink" => format!("pwvideosink node-name={node} sync=false"),
+        _ => format!(
+            "pipewiresink mode=provide sync=false stream-properties=\"props,node.name={node},\
+             media.class=Video/Source,media.role=Camera\""
+        ),
+    };
+    let desc = format!("videotestsrc is-live=true pattern=black ! {CAPS} ! {sink_desc} name=sink");
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| format!("{sink}: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline".to_string())?;
+    let count = Arc::new(AtomicU64::new(0));
+    let pad = pipeline
+        .by_name("sink")
+        .and_then(|s| s.static_pad("sink"))
+        .ok_or("no sink pad")?;
+    {
+        let count = count.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(gst::PadProbeData::Buffer(buf)) = info.data.as_mut() {
+                let buf = buf.make_mut();
+                if let Ok(mut map) = buf.map_writable()
+                    && map.len() >= 8
+                {
+                    map[..8].copy_from_slice(&now_ns().to_le_bytes());
+                }
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("{sink}: {e:?}"))?;
+    session.wait_for_node(node, Duration::from_secs(10));
+
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    session.apply_env(&mut cmd);
+    cmd.args(["--consumer", node, &frames.to_string()]);
+    let daemon = session.pipewire_pid().unwrap_or(0);
+    let (p0, d0, c0) = (
+        self_cpu_ns(),
+        pid_cpu_ns(daemon),
+        count.load(Ordering::Relaxed),
+    );
+    let out = ChildGuard::spawn("bench consumer", &mut cmd)
+        .wait_output(Duration::from_secs(60 + frames as u64 / 10));
+    let (p1, d1, c1) = (
+        self_cpu_ns(),
+        pid_cpu_ns(daemon),
+        count.load(Ordering::Relaxed),
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+    if !out.status.success() {
+        return Err(format!(
+            "{sink}: consumer failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lat: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("LAT "))
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|ns| ns / 1e6)
+        .collect();
+    let consumer_cpu: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CPU "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    if lat.len() < frames / 2 {
+        return Err(format!("{sink}: only {} timestamped frames", lat.len()));
+    }
+    let produced = (c1 - c0).max(1) as f64;
+    Ok(RunResult {
+        latency_ms: median(&mut lat),
+        producer_us: (p1 - p0) as f64 / 1e3 / produced,
+        consumer_us: consumer_cpu / 1e3 / frames as f64,
+        daemon_us: (d1.saturating_sub(d0)) as f64 / 1e3 / produced,
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--consumer") {
+        let node = args.get(2).expect("node name");
+        let frames = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(150);
+        consumer(node, frames);
+        return;
+    }
+    let arg = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rounds = arg("--rounds", 5);
+    let frames = arg("--frames", 150);
+
+    let session = PipeWireSession::start();
+    // Both producers run in this process and find the daemon through the environment.
+    // SAFETY: set before GStreamer (or any other thread that reads the environment) starts.
+    unsafe {
+        std::env::set_var("XDG_RUNTIME_DIR", session.runtime_dir());
+        std::env::remove_var("PIPEWIRE_REMOTE");
+    }
+    gst::init().expect("gst init");
+    if gst::ElementFactory::find("pwvideosink").is_none() {
+        gstpwvideosink::plugin_register_static().expect("register pwvideosink");
+    }
+
+    let sinks = ["pwvideosink", "pipewiresink"];
+    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new()];
+    let mut failures: Vec<String> = Vec::new();
+    println!("pwvideosink vs pipewiresink mode=provide: {CAPS}, {rounds} rounds x {frames} frames");
+    for round in 0..rounds {
+        for (i, sink) in sinks.iter().enumerate() {
+            let node = format!("bench-{sink}-{round}");
+            match run_once(&session, sink, &node, frames) {
+                Ok(r) => {
+                    println!(
+                        "round {round} {sink:>13}: latency {:6.2} ms  cpu/frame producer {:7.1} us  \
+                         consumer {:7.1} us  daemon {:6.1} us",
+                        r.latency_ms, r.producer_us, r.consumer_us, r.daemon_us
+                    );
+                    results[i].push(r);
+                }
+                Err(e) => {
+                    println!("round {round} {sink:>13}: FAILED: {e}");
+                    failures.push(e);
+                }
+            }
+        }
+    }
+
+    let med = |rs: &[RunResult], f: Metric| {
+        let mut v: Vec<f64> = rs.iter().map(f).collect();
+        median(&mut v)
+    };
+    let metrics: [(&str, Metric); 5] = [
+        ("latency (ms)", |r| r.latency_ms),
+        ("producer CPU/frame (us)", |r| r.producer_us),
+        ("consumer CPU/frame (us)", |r| r.consumer_us),
+        ("daemon CPU/frame (us)", |r| r.daemon_us),
+        ("total CPU/frame (us)", |r| {
+            r.producer_us + r.consumer_us + r.daemon_us
+        }),
+    ];
+    println!();
+    println!(
+        "{:<26} {:>12} {:>14} {:>8}",
+        "median over rounds", "pwvideosink", "pipewiresink", "ratio"
+    );
+    for (name, f) in metrics {
+        let a = med(&results[0], f);
+        let b = med(&results[1], f);
+        println!("{name:<26} {a:>12.2} {b:>14.2} {:>8.2}", a / b);
+    }
+    println!(
+        "runs ok: pwvideosink {}/{rounds}, pipewiresink {}/{rounds}",
+        results[0].len(),
+        results[1].len()
+    );
+    if !failures.is_empty() {
+        println!("failures: {failures:?}");
+    }
+}
