@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Issue-5 benchmark: 1920x1080 BGRx frames from one process to another through
+//!   shmsink → shmsrc (upstream), shmringsink → shmringsrc, surfacesink → surfacesrc,
+//! next to a plain memcpy of the same 8 294 400 bytes (the physical limit), in one run.
+//!
+//! Run with `plugins/surface/bench/run.sh` (builds the release plugins first). Not a test.
+//!
+//! Each transport is measured `REPS` times, alternating transports, in two modes:
+//! * throughput: an unthrottled writer (videotestsrc is-live=false, sync=false) pushes
+//!   `THROUGHPUT_FRAMES` frames; frames/s = frames the reader received per second.
+//! * latency: a 30 fps live writer; every frame carries the CLOCK_MONOTONIC time it reached
+//!   the sink (stamped in its first 8 bytes by a pad probe in the writer process), the reader
+//!   subtracts it from the time its appsink got the frame.
+//!
+//! The writer is this binary re-executed with `VCB_BENCH_WRITER` set; the reader runs here.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use vcambridge_tests::{ChildGuard, target_dir};
+
+const WIDTH: usize = 1920;
+const HEIGHT: usize = 1080;
+const FRAME: usize = WIDTH * HEIGHT * 4;
+const REPS: usize = 3;
+const THROUGHPUT_FRAMES: usize = 300;
+const LATENCY_FRAMES: usize = 90;
+
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain clock_gettime into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn caps(fps: u32) -> String {
+    format!("video/x-raw,format=BGRx,width={WIDTH},height={HEIGHT},framerate={fps}/1")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Shm,
+    ShmRing,
+    Surface,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Shm => "shmsink -> shmsrc (upstream)",
+            Kind::ShmRing => "shmringsink -> shmringsrc",
+            Kind::Surface => "surfacesink -> surfacesrc",
+        }
+    }
+
+    fn sink(self, id: &str, sync: bool) -> String {
+        match self {
+            Kind::Shm => format!(
+                "shmsink socket-path=/tmp/{id}.sock shm-size={} wait-for-connection=true sync={sync}",
+                FRAME * 6
+            ),
+            Kind::ShmRing => format!("shmringsink shm-name=/{id} slots=8 sync={sync}"),
+            Kind::Surface => {
+                format!(
+                    "surfacesink socket-path=/tmp/{id}.sock wait-for-connection=true sync={sync}"
+                )
+            }
+        }
+    }
+
+    fn src(self, id: &str) -> String {
+        match self {
+            Kind::Shm => format!(
+                "shmsrc socket-path=/tmp/{id}.sock is-live=true ! {}",
+                caps(30)
+            ),
+            Kind::ShmRing => format!("shmringsrc shm-name=/{id} timeout=20000"),
+            Kind::Surface => format!("surfacesrc socket-path=/tmp/{id}.sock timeout=20000"),
+        }
+    }
+
+    /// Stats line the writer prints about its sink.
+    fn sink_stats(self, sink: &gst::Element) -> String {
+        match self {
+            Kind::Shm => String::new(),
+            Kind::ShmRing => format!(
+                "frames-written={} frames-in-place={}",
+                sink.property::<u64>("frames-written"),
+                sink.property::<u64>("frames-in-place")
+            ),
+            Kind::Surface => {
+                let s = sink.property::<gst::Structure>("stats");
+                format!(
+                    "frames={} zero-copy={} copies={}",
+                    s.get::<u64>("frames").unwrap_or(0),
+                    s.get::<u64>("zero-copy").unwrap_or(0),
+                    s.get::<u64>("copies").unwrap_or(0)
+                )
+            }
+        }
+    }
+}
+
+/// Writer role: `videotestsrc ! caps ! <sink>` with a probe stamping CLOCK_MONOTONIC into each
+/// frame; exits at EOS.
+fn writer(kind: Kind) -> i32 {
+    let id = std::env::var("VCB_BENCH_ID").unwrap_or_default();
+    let live = std::env::var("VCB_BENCH_LIVE").is_ok_and(|v| v == "1");
+    let n: usize = std::env::var("VCB_BENCH_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    if let Err(e) = gst::init() {
+        eprintln!("gst init: {e}");
+        return 1;
+    }
+    let desc = format!(
+        "videotestsrc pattern=solid-color foreground-color=0xff336699 is-live={live} num-buffers={n} ! {} ! {} name=benchsink",
+        caps(30),
+        kind.sink(&id, live)
+    );
+    let pipeline = match gst::parse::launch(&desc) {
+        Ok(p) => p.downcast::<gst::Pipeline>().expect("pipeline"),
+        Err(e) => {
+            eprintln!("writer pipeline {desc}: {e}");
+            return 1;
+        }
+    };
+    let sink = pipeline.by_name("benchsink").expect("benchsink");
+    sink.static_pad("sink")
+        .expect("sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, |_, info| {
+            if let Some(buf) = info.buffer_mut() {
+                let b = buf.make_mut();
+                if let Ok(mut map) = b.map_writable() {
+                    map.as_mut_slice()[..8].copy_from_slice(&mono_ns().to_le_bytes());
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    let _ = pipeline.set_state(gst::State::Playing);
+    let bus = pipeline.bus().expect("bus");
+    let code = match bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(120),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    ) {
+        Some(m) => match m.view() {
+            gst::MessageView::Error(e) => {
+                eprintln!("writer error: {} ({:?})", e.error(), e.debug());
+                1
+            }
+            _ => 0,
+        },
+        None => {
+            eprintln!("writer: no EOS within 120 s");
+            1
+        }
+    };
+    println!("STATS {}", kind.sink_stats(&sink));
+    let _ = pipeline.set_state(gst::State::Null);
+    code
+}
+
+struct RunResult {
+    frames: usize,
+    fps: f64,
+    latencies_ms: Vec<f64>,
+    stats: String,
+}
+
+fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String> {
+    let id = format!("vcb-bench-{}-{seq}", std::process::id());
+    let spawn_writer = || {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut cmd = Command::new(exe);
+        cmd.env("VCB_BENCH_WRITER", format!("{kind:?}"))
+            .env("VCB_BENCH_ID", &id)
+            .env("VCB_BENCH_LIVE", if live { "1" } else { "0" })
+            .env("VCB_BENCH_FRAMES", n.to_string());
+        ChildGuard::spawn("bench writer", &mut cmd)
+    };
+    let reader = gst::parse::launch(&format!(
+        "{} ! appsink name=sink sync=false max-buffers=2",
+        kind.src(&id)
+    ))
+    .map_err(|e| e.to_string())?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| "not a pipeline".to_string())?;
+    let appsink = reader
+        .by_name("sink")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or("appsink")?;
+    let samples: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let s2 = samples.clone();
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let now = mono_ns();
+                if let Some(buf) = sample.buffer()
+                    && let Ok(map) = buf.map_readable()
+                    && map.len() >= 8
+                {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&map[..8]);
+                    let stamp = u64::from_le_bytes(b);
+                    s2.lock().unwrap().push((now, now.saturating_sub(stamp)));
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+
+    let mut writer;
+    if kind == Kind::Shm {
+        writer = spawn_writer();
+        let sock = PathBuf::from(format!("/tmp/{id}.sock"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            if Instant::now() > deadline {
+                return Err("shmsink socket did not appear".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = reader.set_state(gst::State::Playing);
+    } else {
+        let _ = reader.set_state(gst::State::Playing);
+        writer = spawn_writer();
+    }
+
+    // Until the writer is done (bounded), then a grace period for frames in flight.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while writer.try_status().is_none() && Instant::now() < deadline {
+        if let Some(err) = reader
+            .bus()
+            .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+        {
+            let _ = reader.set_state(gst::State::Null);
+            return Err(format!("reader error: {err:?}"));
+        }
+        if samples.lock().unwrap().len() >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = writer.wait_output(Duration::from_secs(20));
+    let _ = reader.set_state(gst::State::Null);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stats = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("STATS "))
+        .unwrap_or("")
+        .to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "writer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let s = samples.lock().unwrap().clone();
+    if s.len() < 2 {
+        return Err(format!("only {} frames arrived", s.len()));
+    }
+    let span = (s[s.len() - 1].0 - s[0].0) as f64 / 1e9;
+    Ok(RunResult {
+        frames: s.len(),
+        fps: (s.len() - 1) as f64 / span,
+        latencies_ms: s.iter().map(|(_, l)| *l as f64 / 1e6).collect(),
+        stats,
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn memcpy_baseline() -> (f64, f64) {
+    let src: Vec<u8> = (0..FRAME).map(|i| i as u8).collect();
+    let mut dst = vec![0u8; FRAME];
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let m = median(&mut times);
+    (1e3 / m, m)
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("VCB_BENCH_WRITER") {
+        let kind = match role.as_str() {
+            "Shm" => Kind::Shm,
+            "ShmRing" => Kind::ShmRing,
+            _ => Kind::Surface,
+        };
+        std::process::exit(writer(kind));
+    }
+    let plugin_dir = std::env::var_os("VCAMBRIDGE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release"));
+    // SAFETY: single-threaded at this point; children inherit it.
+    unsafe { std::env::set_var("GST_PLUGIN_PATH", &plugin_dir) };
+    gst::init().expect("gst init");
+
+    let mut kinds = vec![Kind::Shm];
+    let mut notes = Vec::new();
+    if gst::ElementFactory::find("shmringsink").is_some() {
+        kinds.push(Kind::ShmRing);
+    } else {
+        notes.push(format!(
+            "shmringsink row skipped: no shmringsink in {} (cargo build --release -p gst-plugin-shmring)",
+            plugin_dir.display()
+        ));
+    }
+    if gst::ElementFactory::find("surfacesink").is_none() {
+        eprintln!(
+            "no surfacesink in {}: run cargo build --release -p gst-plugin-surface first",
+            plugin_dir.display()
+        );
+        std::process::exit(2);
+    }
+    kinds.push(Kind::Surface);
+
+    println!(
+        "1920x1080 BGRx ({FRAME} bytes/frame), {REPS} repetitions, throughput {THROUGHPUT_FRAMES} frames unthrottled, latency {LATENCY_FRAMES} frames at 30 fps; medians"
+    );
+    let (memcpy_fps, memcpy_ms) = memcpy_baseline();
+
+    let mut fps: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let mut stats: Vec<String> = vec![String::new(); kinds.len()];
+    let mut seq = 0;
+    for rep in 0..REPS {
+        for (i, k) in kinds.iter().enumerate() {
+            seq += 1;
+            match run(*k, false, THROUGHPUT_FRAMES, seq) {
+                Ok(r) => {
+                    eprintln!(
+                        "rep {rep} {:<30} throughput: {} frames, {:.1} fps  [{}]",
+                        k.label(),
+                        r.frames,
+                        r.fps,
+                        r.stats
+                    );
+                    fps[i].push(r.fps);
+                    stats[i] = r.stats;
+                }
+                Err(e) => notes.push(format!("{} throughput run {rep}: {e}", k.label())),
+            }
+            seq += 1;
+            match run(*k, true, LATENCY_FRAMES, seq) {
+                Ok(r) => {
+                    let mut l = r.latencies_ms.clone();
+                    eprintln!(
+                        "rep {rep} {:<30} latency: {} frames, median {:.3} ms",
+                        k.label(),
+                        r.frames,
+                        median(&mut l)
+                    );
+                    lat[i].extend(r.latencies_ms);
+                }
+                Err(e) => notes.push(format!("{} latency run {rep}: {e}", k.label())),
+            }
+        }
+    }
+
+    let shm_fps = median(&mut fps[0].clone());
+    let shm_lat = median(&mut lat[0].clone());
+    println!();
+    println!(
+        "{:<32} {:>10} {:>10} {:>10} {:>12} {:>10} {:>10}",
+        "transport", "frames/s", "x memcpy", "x shmsink", "lat p50 ms", "p95 ms", "x shmsink"
+    );
+    println!(
+        "{:<32} {:>10.1} {:>10.2} {:>10} {:>12.3} {:>10} {:>10}",
+        "memcpy 8 MB (physical limit)", memcpy_fps, 1.0, "-", memcpy_ms, "-", "-"
+    );
+    for (i, k) in kinds.iter().enumerate() {
+        let f = median(&mut fps[i].clone());
+        let l50 = median(&mut lat[i].clone());
+        let l95 = percentile(&mut lat[i].clone(), 0.95);
+        println!(
+            "{:<32} {:>10.1} {:>10.2} {:>10.2} {:>12.3} {:>10.3} {:>10.2}",
+            k.label(),
+            f,
+            f / memcpy_fps,
+            f / shm_fps,
+            l50,
+            l95,
+            l50 / shm_lat
+        );
+    }
+    println!();
+    for (i, k) in kinds.iter().enumerate() {
+        if !stats[i].is_empty() {
+            println!(
+                "{} writer stats (last throughput run): {}",
+                k.label(),
+                stats[i]
+            );
+        }
+    }
+    for n in notes {
+        println!("note: {n}");
+    }
+}
