@@ -141,7 +141,7 @@ impl RingWriter {
             return None;
         }
         let lent = inner.lent.iter().filter(|l| l.is_some()).count();
-        if lent + 2 > self.geometry.slot_count as usize {
+        if lent + 2 >= self.geometry.slot_count as usize {
             return None;
         }
         let frame = self.claim(&mut inner)?;

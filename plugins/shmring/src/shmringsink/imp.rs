@@ -121,14 +121,14 @@ impl ShmRingSink {
         let geometry = Geometry::new(settings.slots, payload).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["shm ring {}: {e}", settings.shm_name]
+                ("shm ring {}: {e}", settings.shm_name)
             )
         })?;
         let writer =
             RingWriter::create(&settings.shm_name, settings.mode, geometry).map_err(|e| {
                 gst::error_msg!(
                     gst::ResourceError::OpenWrite,
-                    ["shmringsink shm-name={}: {e}", settings.shm_name]
+                    ("shmringsink shm-name={}: {e}", settings.shm_name)
                 )
             })?;
         gst::info!(
@@ -158,7 +158,7 @@ impl ShmRingSink {
         writer.abandon();
         if let Some(c) = caps.as_deref() {
             new.set_caps(c)
-                .map_err(|e| gst::error_msg!(gst::ResourceError::Write, ["{e}"]))?;
+                .map_err(|e| gst::error_msg!(gst::ResourceError::Write, ("{e}")))?;
         }
         if let Some(p) = pool {
             p.set_writer(Some(new.clone()));
@@ -303,7 +303,7 @@ impl BaseSinkImpl for ShmRingSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
         ring::validate_shm_name(&settings.shm_name)
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["shmringsink: {e}"]))?;
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("shmringsink: {e}")))?;
         let payload = match settings.slot_size {
             // A ring left by a previous writer (crash, restart) is most likely of the size the
             // caps will ask for again: reuse it, so the ring is reclaimed in place.
@@ -358,9 +358,7 @@ impl BaseSinkImpl for ShmRingSink {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::Settings,
-                    [
-                        "shmringsink shm-name={name}: caps {caps} need {needed} bytes per frame but slot-size is {slot_size}; raise slot-size or set it to 0 (size from caps)"
-                    ]
+                    ("shmringsink shm-name={name}: caps {caps} need {needed} bytes per frame but slot-size is {slot_size}; raise slot-size or set it to 0 (size from caps)")
                 );
                 return Err(gst::loggable_error!(CAT, "slot-size too small"));
             }
@@ -375,7 +373,7 @@ impl BaseSinkImpl for ShmRingSink {
             return Err(gst::loggable_error!(CAT, "not started"));
         };
         if let Err(e) = writer.set_caps(&caps_str) {
-            gst::element_imp_error!(self, gst::StreamError::Format, ["shmringsink: {e}"]);
+            gst::element_imp_error!(self, gst::StreamError::Format, ("shmringsink: {e}"));
             return Err(gst::loggable_error!(CAT, "caps do not fit the ring header"));
         }
         gst::debug!(CAT, imp = self, "published caps {caps_str}");
@@ -440,7 +438,7 @@ impl BaseSinkImpl for ShmRingSink {
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut state = lock(&self.state);
         let map = buffer.map_readable().map_err(|_| {
-            gst::element_imp_error!(self, gst::ResourceError::Read, ["cannot map buffer"]);
+            gst::element_imp_error!(self, gst::ResourceError::Read, ("cannot map buffer"));
             gst::FlowError::Error
         })?;
         let meta = meta_of(buffer);
@@ -456,12 +454,12 @@ impl BaseSinkImpl for ShmRingSink {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::Write,
-                    [
+                    (
                         "shmringsink shm-name={}: a {} byte buffer does not fit slot-size {}; raise slot-size or set it to 0",
                         settings.shm_name,
                         map.size(),
                         slot_size
-                    ]
+                    )
                 );
                 return Err(gst::FlowError::Error);
             }

@@ -136,27 +136,27 @@ impl ShmRingSrc {
         match &r.attached {
             None => gst::error_msg!(
                 gst::ResourceError::NotFound,
-                [
+                (
                     "shmringsrc: no writer appeared at {path} within {} ms (start a writer with shm-name={} or raise timeout)",
                     waited.as_millis(),
                     r.settings.shm_name
-                ]
+                )
             ),
             Some(_) if r.writer_pid != 0 && !shm::pid_alive(r.writer_pid) => gst::error_msg!(
                 gst::ResourceError::Read,
-                [
+                (
                     "shmringsrc: the writer of {path} (pid {}) is no longer running (crashed?) and no new writer took over within {} ms; restart the writer (it reclaims the ring)",
                     r.writer_pid,
                     waited.as_millis()
-                ]
+                )
             ),
             Some(_) => gst::error_msg!(
                 gst::ResourceError::Read,
-                [
+                (
                     "shmringsrc: no frame from the writer of {path} (pid {}, still running) for {} ms; is it paused or stalled? (raise timeout, 0 waits forever)",
                     r.writer_pid,
                     waited.as_millis()
-                ]
+                )
             ),
         }
     }
@@ -246,7 +246,7 @@ impl ShmRingSrc {
                 }
                 Err(e) => Step::Error(gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    ["shmringsrc shm-name={name}: {e}"]
+                    ("shmringsrc shm-name={name}: {e}")
                 )),
             };
         };
@@ -321,10 +321,10 @@ impl ShmRingSrc {
                                 Err(_) => {
                                     return Step::Error(gst::error_msg!(
                                         gst::StreamError::Format,
-                                        [
+                                        (
                                             "shmringsrc: the writer of {} published caps that do not parse: {s:?}",
                                             att.seg.path()
-                                        ]
+                                        )
                                     ));
                                 }
                             };
@@ -349,14 +349,14 @@ impl ShmRingSrc {
                     Err(_) => {
                         return Step::Error(gst::error_msg!(
                             gst::ResourceError::NoSpaceLeft,
-                            ["cannot allocate a {} byte buffer", meta.size]
+                            ("cannot allocate a {} byte buffer", meta.size)
                         ));
                     }
                 };
                 let Some(buf) = buffer.get_mut() else {
                     return Step::Error(gst::error_msg!(
                         gst::CoreError::Failed,
-                        ["output buffer not writable"]
+                        ("output buffer not writable")
                     ));
                 };
                 buf.set_size(meta.size);
@@ -548,14 +548,14 @@ impl BaseSrcImpl for ShmRingSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
         ring::validate_shm_name(&settings.shm_name)
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["shmringsrc: {e}"]))?;
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("shmringsrc: {e}")))?;
         // Fail early on anything that waiting will not fix (foreign file, permissions, version).
         if let Err(e) = Segment::open_reader(&settings.shm_name)
             && !e.is_transient()
         {
             return Err(gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                ["shmringsrc shm-name={}: {e}", settings.shm_name]
+                ("shmringsrc shm-name={}: {e}", settings.shm_name)
             ));
         }
         *lock(&self.dropped) = 0;
@@ -628,7 +628,7 @@ impl PushSrcImpl for ShmRingSrc {
                         gst::element_imp_error!(
                             self,
                             gst::CoreError::Negotiation,
-                            ["shmringsrc: downstream does not accept the writer's caps {caps}"]
+                            ("shmringsrc: downstream does not accept the writer's caps {caps}")
                         );
                         return Err(gst::FlowError::NotNegotiated);
                     }
