@@ -468,9 +468,19 @@ mod tests {
         format!("/shmring-unit-{tag}-{}", std::process::id())
     }
 
+    /// Removes the test ring even when an assertion fails.
+    struct Unlink(String);
+
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = unlink(&self.0);
+        }
+    }
+
     #[test]
     fn create_read_reclaim() {
         let name = unique("crr");
+        let _cleanup = Unlink(name.clone());
         let g = Geometry::new(4, 256).unwrap();
         let (w, gen1) = Segment::create_writer(&name, 0o600, &g).unwrap();
         assert_eq!(gen1, 1);
@@ -501,12 +511,12 @@ mod tests {
         assert_eq!(r.memory().state(), Some(WriterState::Closed));
         assert!(!r.name_still_ours());
         drop((w, w2));
-        unlink(&name).unwrap();
     }
 
     #[test]
     fn foreign_and_missing() {
         let name = unique("foreign");
+        let _cleanup = Unlink(name.clone());
         assert!(matches!(
             Segment::open_reader(&name),
             Err(ShmError::NotFound(_))
@@ -517,7 +527,6 @@ mod tests {
         assert!(e.to_string().contains(&shm_path(&name)));
         let e = Segment::create_writer(&name, 0o600, &Geometry::new(2, 64).unwrap()).unwrap_err();
         assert!(matches!(e, ShmError::Foreign(_)), "{e}");
-        unlink(&name).unwrap();
         assert!(matches!(
             Segment::open_reader("bad"),
             Err(ShmError::BadName(_))

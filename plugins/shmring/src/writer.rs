@@ -241,9 +241,19 @@ impl RingWriter {
 mod tests {
     use super::*;
 
+    /// Removes the test ring even when an assertion fails.
+    struct Unlink(String);
+
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = shm::unlink(&self.0);
+        }
+    }
+
     #[test]
     fn lent_slots_are_skipped_and_published_in_place() {
         let name = format!("/shmring-unit-writer-{}", std::process::id());
+        let _cleanup = Unlink(name.clone());
         let g = Geometry::new(4, 64).unwrap();
         let w = RingWriter::create(&name, 0o600, g).unwrap();
         w.set_caps("x/y").unwrap();

@@ -332,7 +332,16 @@ impl BaseSinkImpl for ShmRingSink {
                 p.set_writer(None);
             }
             writer.close();
-            gst::info!(CAT, imp = self, "closed {}", writer.path());
+            let st = *lock(&self.stats);
+            gst::info!(
+                CAT,
+                imp = self,
+                "closed {}: {} frames written, {} in place, {} dropped",
+                writer.path(),
+                st.written,
+                st.in_place,
+                st.dropped
+            );
         }
         Ok(())
     }
