@@ -139,7 +139,7 @@ for ver in $VERSIONS; do
   # Devices: 10 exclusive_caps=1 "vcam-excl", 11 exclusive_caps=0 "vcam-plain", 12 spare
   # exclusive_caps=1 "vcam-lock"; vivid gives a capture-only device (non-loopback) as /dev/video0.
   cat >"$OUT/setup.sh" <<SETUP
-/bin/busybox insmod /newroot$ko devices=3 video_nr=10,11,12 card_label=vcam-excl,vcam-plain,vcam-lock exclusive_caps=1,0,1 max_buffers=4 || echo "VCB-WARN loading v4l2loopback $ver failed"
+/bin/busybox insmod /newroot$ko devices=3 video_nr=10,11,12 card_label=vcam-excl,vcam-plain,vcam-lock exclusive_caps=1,0,1 || echo "VCB-WARN loading v4l2loopback $ver failed"
 SETUP
   if [ "$MODE" = custom ]; then
     run_cmd="$VCB_GUEST_CMD"
