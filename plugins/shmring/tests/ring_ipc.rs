@@ -605,3 +605,140 @@ fn zero_copy_pool_content_matches() {
         assert!(g == w, "frame {i} differs");
     }
 }
+
+/// A real decoder (avdec_h264, B-frames) decodes straight into ring slots through the pool;
+/// what the reader gets is byte-identical to decoding into a file.
+#[test]
+fn decoder_writes_into_the_ring() {
+    check_built();
+    let shm = ShmName::new("dec");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.raw");
+    let reference = dir.path().join("ref.raw");
+    let log = dir.path().join("py.log");
+    let out_s = out.display().to_string();
+    let chain = "videotestsrc num-buffers=45 pattern=ball ! video/x-raw,format=I420,width=160,height=120 \
+                 ! x264enc key-int-max=15 bframes=2 ! avdec_h264";
+    let reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
+        &log,
+    );
+    wait_for_log(&log, "waiting", LONG);
+    let mut cmd = gst_launch(&format!("-q {chain} ! shmringsink shm-name={shm} slots=16"));
+    cmd.env("GST_DEBUG", "shmringsink:4")
+        .env("GST_DEBUG_NO_COLOR", "1");
+    let wout = ChildGuard::spawn("decoding writer", &mut cmd).wait_output(LONG);
+    let wlog = String::from_utf8_lossy(&wout.stderr).to_string();
+    assert!(wout.status.success(), "{wlog}");
+    let stats = wlog
+        .lines()
+        .find(|l| l.contains("frames written"))
+        .unwrap_or_else(|| panic!("no stats line in:\n{wlog}"));
+    assert!(stats.contains("45 frames written"), "{stats}");
+    let in_place: u64 = stats
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" in place"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("in-place count in {stats}"));
+    assert!(in_place > 0, "the decoder used the slot pool: {stats}");
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "{text}");
+    assert_eq!(last_json(text.as_bytes())["frames"], 45, "{text}");
+    let refout = ChildGuard::spawn(
+        "reference decode",
+        &mut gst_launch(&format!(
+            "-q {chain} ! filesink location={}",
+            reference.display()
+        )),
+    )
+    .wait_output(LONG);
+    assert!(refout.status.success());
+    let size = 160 * 120 * 3 / 2;
+    assert_eq!(read_frames(&out, size), read_frames(&reference, size));
+}
+
+/// Any caps: raw audio and an encoded H.264 stream (variable sizes, delta flags) cross the ring.
+#[test]
+fn audio_and_encoded_streams() {
+    check_built();
+    // Audio: 20 buffers of 441 S16LE stereo samples.
+    let shm = ShmName::new("audio");
+    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let writer = ChildGuard::spawn(
+        "audio writer",
+        &mut gst_launch(&format!(
+            "-q audiotestsrc num-buffers=20 samplesperbuffer=441 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! shmringsink shm-name={shm}"
+        )),
+    );
+    let mut n = 0;
+    while let Some(s) = reader.pull(LONG) {
+        let caps = s.caps().expect("caps");
+        let st = caps.structure(0).expect("structure");
+        assert_eq!(st.name(), "audio/x-raw");
+        assert_eq!(st.get::<i32>("rate").expect("rate"), 44100);
+        assert_eq!(sample_bytes(&s).len(), 441 * 4);
+        n += 1;
+    }
+    assert_eq!(n, 20);
+    assert!(writer.wait_output(LONG).status.success());
+
+    // H.264: the reader decodes every frame.
+    let shm = ShmName::new("h264");
+    let reader = InProcessReader::new(&shm, "timeout=20000", "h264parse ! avdec_h264 !");
+    let writer = ChildGuard::spawn(
+        "h264 writer",
+        &mut gst_launch(&format!(
+            "-q videotestsrc num-buffers=40 ! video/x-raw,width=160,height=120 ! x264enc key-int-max=10 ! \
+             video/x-h264,stream-format=byte-stream ! shmringsink shm-name={shm} slots=32"
+        )),
+    );
+    let mut n = 0;
+    while let Some(s) = reader.pull(LONG) {
+        assert_eq!(caps_dims(&s), (160, 120));
+        n += 1;
+    }
+    assert_eq!(n, 40, "decoded frames");
+    assert!(writer.wait_output(LONG).status.success());
+}
+
+/// State changes never wait on the writer: a reader waiting for a writer (or a frame) stops at once.
+#[test]
+fn state_changes_do_not_wait() {
+    check_built();
+    let shm = ShmName::new("unlock");
+    let reader = InProcessReader::new(&shm, "timeout=0", "");
+    // Waiting for a writer that does not exist (timeout 0 = forever). The pause only gives the
+    // streaming thread time to start waiting; the bound below holds either way.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    reader
+        .pipeline
+        .set_state(gst::State::Null)
+        .expect("to NULL");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Waiting on the futex of a ring whose writer produces nothing.
+    let mut cmd = shmring_python(
+        "import shmring, sys, time\nw = shmring.Writer(sys.argv[1], caps='x/y', slot_size=64)\nprint('ready', flush=True)\ntime.sleep(30)\n",
+    );
+    cmd.arg(&shm.name);
+    let _writer = ChildGuard::spawn("idle writer", &mut cmd);
+    wait_for(LONG, "the idle ring", || shm.exists().then_some(()));
+    let reader = InProcessReader::new(&shm, "timeout=0", "");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    reader
+        .pipeline
+        .set_state(gst::State::Null)
+        .expect("to NULL");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+}
