@@ -2,11 +2,19 @@
 #![allow(clippy::non_send_fields_in_send_ty)]
 
 //! RTMP server inside a GStreamer source element.
+//!
+//! The protocol work happens in plain-Rust modules without GStreamer types ([`flv`],
+//! [`timestamps`], [`session`]); `rtmpflvsrc` adapts them to pads and properties.
 
 use gst::glib;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    Ok(())
+pub mod flv;
+mod rtmpflvsrc;
+pub mod session;
+pub mod timestamps;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    rtmpflvsrc::register(plugin)
 }
 
 gst::plugin_define!(

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: MPL-2.0
+
+/**
+ * SECTION:element-rtmpflvsrc
+ *
+ * `rtmpflvsrc` is an RTMP *server* inside a live source element: publishers such as OBS,
+ * ffmpeg or `rtmp2sink` push to `rtmp://HOST:PORT/APP/KEY` and the element outputs the
+ * elementary streams on sometimes pads `video` (H.264, and via Enhanced RTMP HEVC, AV1,
+ * VP9) and `audio` (AAC, MP3, Opus), ready for parsers and decoders.
+ *
+ * The port is bound when the element goes to READY (`port=0` picks a free one, readable from
+ * `bound-port`) and freed when it returns to NULL. One publisher at a time; further ones, and
+ * publishers with the wrong `app` / `stream-key`, are rejected at the protocol level. When a
+ * publisher leaves, the pipeline keeps running and the next publisher resumes the stream
+ * (with DISCONT, and new caps if its codec configuration differs), unless
+ * `eos-on-disconnect=true`.
+ *
+ * ## Example launch line
+ * |[
+ * gst-launch-1.0 rtmpflvsrc port=1935 name=s s.video ! decodebin ! videoconvert ! autovideosink
+ * ]|
+ * and publish with
+ * |[
+ * ffmpeg -re -f lavfi -i testsrc=size=320x240:rate=30 -c:v libx264 -f flv rtmp://127.0.0.1:1935/live/key
+ * ]|
+ *
+ * Since: plugins-rs-0.1.0
+ */
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+glib::wrapper! {
+    pub struct RtmpFlvSrc(ObjectSubclass<imp::RtmpFlvSrc>) @extends gst::Element, gst::Object, @implements gst::URIHandler;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "rtmpflvsrc",
+        gst::Rank::NONE,
+        RtmpFlvSrc::static_type(),
+    )
+}

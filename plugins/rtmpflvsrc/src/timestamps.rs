@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! RTMP timestamp handling, without GStreamer types.
+//!
+//! RTMP message timestamps are 32-bit milliseconds that wrap after ~49.7 days (and whose
+//! on-the-wire encoding switches to an extended field at 0xFFFFFF, ~4 h 40 min; that part is
+//! handled by the chunk layer). [`TimestampUnwrapper`] turns them into a monotonic-ish `u64`
+//! millisecond timeline; [`OutputTimeline`] maps one publish session's timeline onto the
+//! pipeline running time so that output stays monotonic across publisher reconnects.
+
+use std::collections::VecDeque;
+
+/// Nanoseconds per millisecond.
+const MS: u64 = 1_000_000;
+
+/// Extends 32-bit RTMP timestamps to 64 bits across the 32-bit wrap.
+///
+/// Consecutive timestamps are assumed to lie within 2^31 ms of each other (the RTMP
+/// "adjacent timestamps" rule): a step forward across 0xFFFFFFFF -> 0 continues upwards,
+/// a small step backwards (audio / video interleaving) stays a small step backwards.
+#[derive(Debug, Default, Clone)]
+pub struct TimestampUnwrapper {
+    last: Option<(u32, u64)>,
+}
+
+impl TimestampUnwrapper {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns the unwrapped value of `ts` in milliseconds.
+    pub fn unwrap(&mut self, ts: u32) -> u64 {
+        let value = match self.last {
+            None => u64::from(ts),
+            Some((last_ts, last_value)) => {
+                let diff = ts.wrapping_sub(last_ts) as i32;
+                // Never below zero: a stream that starts by going backwards is clamped.
+                last_value.saturating_add_signed(i64::from(diff))
+            }
+        };
+        self.last = Some((ts, value));
+        value
+    }
+}
+
+/// Which elementary stream a buffer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    Video,
+    Audio,
+}
+
+impl StreamKind {
+    fn index(self) -> usize {
+        match self {
+            StreamKind::Video => 0,
+            StreamKind::Audio => 1,
+        }
+    }
+}
+
+/// Output timestamps of one buffer, in nanoseconds of running time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputTimes {
+    pub dts: u64,
+    pub pts: u64,
+}
+
+/// Maps publish sessions (each with its own RTMP time origin) onto running time.
+///
+/// The first buffer of a session is placed at the running time at which it is handled (but
+/// never before anything already output, so reconnects stay monotonic); the rest of the
+/// session keeps the publisher's spacing. Video and audio are mapped by separate streaming
+/// threads, so sessions are identified by number: a stream still draining session N keeps
+/// using session N's mapping while the other one has moved on to N + 1. DTS is per stream
+/// never decreasing.
+#[derive(Debug, Default, Clone)]
+pub struct OutputTimeline {
+    /// (session, running_time_ns - rtmp_ms * MS), most recent last.
+    offsets: VecDeque<(u64, i128)>,
+    last_dts: [Option<u64>; 2],
+    max_output: Option<u64>,
+}
+
+/// How many past sessions keep their mapping.
+const KEPT_SESSIONS: usize = 4;
+
+impl OutputTimeline {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets everything (flush / restart).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Maps a buffer of publish session `session` with DTS `dts_ms` (unwrapped RTMP time) and
+    /// composition offset `composition_ms` (PTS - DTS). `now` gives the current running time;
+    /// it is only called for the first buffer of a session.
+    pub fn map(
+        &mut self,
+        session: u64,
+        kind: StreamKind,
+        dts_ms: u64,
+        composition_ms: i32,
+        now: impl FnOnce() -> u64,
+    ) -> OutputTimes {
+        let dts_ns = i128::from(dts_ms) * i128::from(MS);
+        let offset = match self.offsets.iter().find(|(s, _)| *s == session) {
+            Some(&(_, o)) => o,
+            None => {
+                let mut start = now();
+                if let Some(max) = self.max_output {
+                    // One millisecond after anything already output.
+                    start = start.max(max.saturating_add(MS));
+                }
+                let o = i128::from(start) - dts_ns;
+                self.offsets.push_back((session, o));
+                if self.offsets.len() > KEPT_SESSIONS {
+                    self.offsets.pop_front();
+                }
+                o
+            }
+        };
+        let mut dts = clamp_u64(dts_ns + offset);
+        let last = &mut self.last_dts[kind.index()];
+        if let Some(l) = *last {
+            dts = dts.max(l);
+        }
+        *last = Some(dts);
+        let pts = clamp_u64(i128::from(dts) + i128::from(composition_ms) * i128::from(MS));
+        let newest = dts.max(pts);
+        self.max_output = Some(self.max_output.map_or(newest, |m| m.max(newest)));
+        OutputTimes { dts, pts }
+    }
+}
+
+fn clamp_u64(v: i128) -> u64 {
+    v.clamp(0, i128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: u64 = 1;
+
+    #[test]
+    fn unwrap_is_identity_below_wrap_and_across_24_bit_boundary() {
+        let mut u = TimestampUnwrapper::new();
+        assert_eq!(u.unwrap(0xFF_FFF0), 0xFF_FFF0);
+        assert_eq!(u.unwrap(0xFF_FFFF), 0xFF_FFFF);
+        assert_eq!(u.unwrap(0x100_0000), 0x100_0000);
+        assert_eq!(u.unwrap(0x100_0021), 0x100_0021);
+    }
+
+    #[test]
+    fn unwrap_continues_across_u32_wrap() {
+        let mut u = TimestampUnwrapper::new();
+        assert_eq!(u.unwrap(u32::MAX - 33), u64::from(u32::MAX) - 33);
+        assert_eq!(u.unwrap(u32::MAX), u64::from(u32::MAX));
+        assert_eq!(u.unwrap(0), 1 << 32);
+        assert_eq!(u.unwrap(33), (1 << 32) + 33);
+        // A small step backwards (audio interleaved with video) across the wrap.
+        assert_eq!(u.unwrap(u32::MAX - 10), u64::from(u32::MAX) - 10);
+        assert_eq!(u.unwrap(66), (1 << 32) + 66);
+        // And a second wrap.
+        let mut t = 66u32;
+        let mut expected = (1u64 << 32) + 66;
+        for _ in 0..200 {
+            t = t.wrapping_add(0x4000_0000);
+            expected += 0x4000_0000;
+            assert_eq!(u.unwrap(t), expected);
+        }
+        assert!(expected > 1 << 34);
+    }
+
+    #[test]
+    fn unwrap_clamps_initial_backward_step() {
+        let mut u = TimestampUnwrapper::new();
+        assert_eq!(u.unwrap(10), 10);
+        assert_eq!(u.unwrap(0xFFFF_FFF0), 0);
+    }
+
+    #[test]
+    fn timeline_maps_session_start_to_now() {
+        let mut t = OutputTimeline::new();
+        let a = t.map(SESSION, StreamKind::Video, 5000, 0, || 2 * 1_000_000_000);
+        assert_eq!(a.dts, 2_000_000_000);
+        let b = t.map(SESSION, StreamKind::Video, 5033, 66, || unreachable!());
+        assert_eq!(b.dts, 2_033_000_000);
+        assert_eq!(b.pts, 2_099_000_000);
+    }
+
+    #[test]
+    fn negative_composition_time() {
+        let mut t = OutputTimeline::new();
+        let a = t.map(SESSION, StreamKind::Video, 1000, 0, || 1_000_000_000);
+        let b = t.map(SESSION, StreamKind::Video, 1040, -40, || unreachable!());
+        assert_eq!(a.pts, 1_000_000_000);
+        assert_eq!(b.dts, 1_040_000_000);
+        assert_eq!(b.pts, 1_000_000_000);
+        // Never below zero.
+        let mut t = OutputTimeline::new();
+        let c = t.map(SESSION, StreamKind::Video, 0, -100, || 0);
+        assert_eq!(c, OutputTimes { dts: 0, pts: 0 });
+    }
+
+    #[test]
+    fn reconnect_is_monotonic_even_if_clock_says_earlier() {
+        let mut t = OutputTimeline::new();
+        let mut last = 0;
+        for i in 0..100u64 {
+            let o = t.map(1, StreamKind::Video, 90_000 + i * 33, 0, || 10_000_000_000);
+            assert!(o.dts >= last);
+            last = o.dts;
+        }
+        // New session restarts RTMP time at 0; the "now" reported is earlier than what we
+        // already output (e.g. the publisher ran ahead of the clock).
+        let o = t.map(2, StreamKind::Video, 0, 0, || 10_500_000_000);
+        assert!(o.dts > last, "{} > {}", o.dts, last);
+        assert_eq!(o.dts, last + MS);
+        let o2 = t.map(2, StreamKind::Audio, 10, 0, || unreachable!());
+        assert_eq!(o2.dts, o.dts + 10 * MS);
+        // And when the clock is later, the new session starts at now.
+        let o3 = t.map(3, StreamKind::Audio, 777, 0, || 60_000_000_000);
+        assert_eq!(o3.dts, 60_000_000_000);
+    }
+
+    #[test]
+    fn lagging_stream_keeps_its_session_mapping() {
+        let mut t = OutputTimeline::new();
+        let v1 = t.map(1, StreamKind::Video, 1000, 0, || 1_000_000_000);
+        // Audio of the new session is handled first ...
+        let a2 = t.map(2, StreamKind::Audio, 0, 0, || 5_000_000_000);
+        assert_eq!(a2.dts, 5_000_000_000);
+        // ... while video still drains session 1 with session 1's mapping.
+        let v1b = t.map(1, StreamKind::Video, 1033, 0, || unreachable!());
+        assert_eq!(v1b.dts, v1.dts + 33 * MS);
+        let v2 = t.map(2, StreamKind::Video, 20, 0, || unreachable!());
+        assert_eq!(v2.dts, a2.dts + 20 * MS);
+    }
+
+    #[test]
+    fn timeline_across_u32_wrap_stays_monotonic() {
+        let mut u = TimestampUnwrapper::new();
+        let mut t = OutputTimeline::new();
+        let mut ts = u32::MAX - 100;
+        let mut last = 0u64;
+        for _ in 0..20 {
+            let o = t.map(SESSION, StreamKind::Video, u.unwrap(ts), 0, || {
+                5_000_000_000
+            });
+            assert!(o.dts >= last);
+            if last != 0 {
+                assert_eq!(o.dts - last, 33 * MS);
+            }
+            last = o.dts;
+            ts = ts.wrapping_add(33);
+        }
+    }
+
+    #[test]
+    fn per_stream_dts_never_decreases() {
+        let mut t = OutputTimeline::new();
+        let a = t.map(SESSION, StreamKind::Audio, 100, 0, || 1_000_000_000);
+        let b = t.map(SESSION, StreamKind::Audio, 90, 0, || unreachable!());
+        assert_eq!(b.dts, a.dts);
+        // Video may legitimately be earlier than audio.
+        let v = t.map(SESSION, StreamKind::Video, 80, 0, || unreachable!());
+        assert_eq!(v.dts, a.dts - 20 * MS);
+    }
+}
