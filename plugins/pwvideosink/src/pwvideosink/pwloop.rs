@@ -6,7 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -118,6 +118,10 @@ impl Shared {
         }
     }
 
+    fn negotiated(&self) -> Option<VideoSpec> {
+        self.negotiated.lock().ok().and_then(|n| *n)
+    }
+
     fn set_negotiated(&self, spec: Option<VideoSpec>) {
         if let Ok(mut n) = self.negotiated.lock() {
             *n = spec;
@@ -197,7 +201,6 @@ struct LoopCtx {
     notify: Notify,
     session: RefCell<Option<Session>>,
     layout: Cell<Option<FrameLayout>>,
-    negotiated: Cell<Option<VideoSpec>>,
     disconnected: Cell<bool>,
     reconnect_failures: Cell<u32>,
     node_id: Cell<u32>,
@@ -237,7 +240,6 @@ fn run(
         notify,
         session: RefCell::new(None),
         layout: Cell::new(None),
-        negotiated: Cell::new(None),
         disconnected: Cell::new(false),
         reconnect_failures: Cell::new(0),
         node_id: Cell::new(u32::MAX),
@@ -395,12 +397,9 @@ fn create_stream(
             }
         })
         .process({
-            let ctx: Weak<LoopCtx> = Rc::downgrade(ctx);
-            move |stream, _| {
-                if let Some(ctx) = ctx.upgrade() {
-                    ctx.on_process(stream);
-                }
-            }
+            // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
+            let shared = ctx.shared.clone();
+            move |stream, _| process_frame(&shared, stream)
         })
         .register()
         .map_err(|e| format!("could not listen to the PipeWire stream: {e}"))?;
@@ -410,7 +409,7 @@ fn create_stream(
         .connect(
             spa::utils::Direction::Output,
             None,
-            StreamFlags::DRIVER | StreamFlags::MAP_BUFFERS,
+            StreamFlags::DRIVER | StreamFlags::MAP_BUFFERS | StreamFlags::RT_PROCESS,
             &mut params,
         )
         .map_err(|e| format!("could not connect the PipeWire stream: {e}"))?;
@@ -503,7 +502,6 @@ impl LoopCtx {
         }
         let Some(param) = param else {
             gst::debug!(CAT, "format cleared");
-            self.negotiated.set(None);
             self.shared.set_negotiated(None);
             return;
         };
@@ -517,7 +515,6 @@ impl LoopCtx {
             }
         };
         gst::info!(CAT, "consumer fixed {}", spec.describe());
-        self.negotiated.set(Some(spec));
         self.shared.set_negotiated(Some(spec));
         let Some(layout) = self.layout.get() else {
             return;
@@ -547,65 +544,6 @@ impl LoopCtx {
         }
     }
 
-    fn on_process(&self, stream: &Stream) {
-        let Some(frame) = self.shared.take() else {
-            return;
-        };
-        if self.negotiated.get() != Some(frame.layout.spec) {
-            self.shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        // SAFETY: the buffer comes from this stream and goes back to it below; with
-        // MAP_BUFFERS its data pointer maps `maxsize` bytes.
-        unsafe {
-            let raw = stream.dequeue_raw_buffer();
-            if raw.is_null() {
-                // Every buffer is with the consumer: keep the frame for the next cycle.
-                self.shared.put_back(frame);
-                return;
-            }
-            let buf = (*raw).buffer;
-            if buf.is_null() || (*buf).n_datas < 1 || (*buf).datas.is_null() {
-                stream.queue_raw_buffer(raw);
-                self.shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let d = &mut *(*buf).datas;
-            let mut written = 0usize;
-            if !d.data.is_null()
-                && let Ok(map) = frame.buffer.map_readable()
-            {
-                written = map.len().min(d.maxsize as usize);
-                std::ptr::copy_nonoverlapping(map.as_ptr(), d.data as *mut u8, written);
-            }
-            if !d.chunk.is_null() {
-                let c = &mut *d.chunk;
-                c.offset = 0;
-                c.size = written as u32;
-                c.stride = frame.layout.stride as i32;
-                c.flags = if written == 0 {
-                    spa::sys::SPA_CHUNK_FLAG_CORRUPTED as i32
-                } else {
-                    0
-                };
-            }
-            let h = spa::sys::spa_buffer_find_meta_data(
-                buf,
-                spa::sys::SPA_META_Header,
-                std::mem::size_of::<spa::sys::spa_meta_header>(),
-            ) as *mut spa::sys::spa_meta_header;
-            if !h.is_null() {
-                (*h).flags = 0;
-                (*h).offset = 0;
-                (*h).pts = frame.pts;
-                (*h).dts_offset = 0;
-                (*h).seq = frame.seq;
-            }
-            stream.queue_raw_buffer(raw);
-        }
-        self.shared.frames_sent.fetch_add(1, Ordering::Relaxed);
-    }
-
     fn on_disconnected(&self, message: &str) {
         if self.disconnected.replace(true) {
             return;
@@ -613,7 +551,6 @@ impl LoopCtx {
         self.shared.streaming.store(false, Ordering::Release);
         self.shared.consumers.store(0, Ordering::Relaxed);
         self.shared.set_negotiated(None);
-        self.negotiated.set(None);
         self.links.borrow_mut().clear();
         let path = &self.config.socket_path;
         if self.config.reconnect {
@@ -654,4 +591,65 @@ impl LoopCtx {
             }
         }
     }
+}
+
+/// Fill one PipeWire buffer with the waiting frame (called on the data thread, from the
+/// graph cycle that our trigger or another driver started).
+fn process_frame(shared: &Shared, stream: &Stream) {
+    let Some(frame) = shared.take() else {
+        return;
+    };
+    if shared.negotiated() != Some(frame.layout.spec) {
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // SAFETY: the buffer comes from this stream and goes back to it below; with
+    // MAP_BUFFERS its data pointer maps `maxsize` bytes.
+    unsafe {
+        let raw = stream.dequeue_raw_buffer();
+        if raw.is_null() {
+            // Every buffer is with the consumer: keep the frame for the next cycle.
+            shared.put_back(frame);
+            return;
+        }
+        let buf = (*raw).buffer;
+        if buf.is_null() || (*buf).n_datas < 1 || (*buf).datas.is_null() {
+            stream.queue_raw_buffer(raw);
+            shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let d = &mut *(*buf).datas;
+        let mut written = 0usize;
+        if !d.data.is_null()
+            && let Ok(map) = frame.buffer.map_readable()
+        {
+            written = map.len().min(d.maxsize as usize);
+            std::ptr::copy_nonoverlapping(map.as_ptr(), d.data as *mut u8, written);
+        }
+        if !d.chunk.is_null() {
+            let c = &mut *d.chunk;
+            c.offset = 0;
+            c.size = written as u32;
+            c.stride = frame.layout.stride as i32;
+            c.flags = if written == 0 {
+                spa::sys::SPA_CHUNK_FLAG_CORRUPTED as i32
+            } else {
+                0
+            };
+        }
+        let h = spa::sys::spa_buffer_find_meta_data(
+            buf,
+            spa::sys::SPA_META_Header,
+            std::mem::size_of::<spa::sys::spa_meta_header>(),
+        ) as *mut spa::sys::spa_meta_header;
+        if !h.is_null() {
+            (*h).flags = 0;
+            (*h).offset = 0;
+            (*h).pts = frame.pts;
+            (*h).dts_offset = 0;
+            (*h).seq = frame.seq;
+        }
+        stream.queue_raw_buffer(raw);
+    }
+    shared.frames_sent.fetch_add(1, Ordering::Relaxed);
 }
