@@ -250,7 +250,9 @@ fn unknown_audio_codec_warns_and_video_lives_on() {
         });
     }
     rx.wait(WAIT, "a warning naming the unknown codec", |d| {
-        d.warnings().iter().any(|w| w.contains("codec") && w.contains('6'))
+        d.warnings()
+            .iter()
+            .any(|w| w.contains("codec") && w.contains('6'))
     });
     rx.check(|d| {
         println!("unknown codec: warnings {:?}", d.warnings());
