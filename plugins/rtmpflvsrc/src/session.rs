@@ -63,6 +63,8 @@ pub enum SessionEvent {
     Video { dts_ms: u64, tag: VideoTag },
     /// An audio message of the accepted publish stream.
     Audio { dts_ms: u64, tag: AudioTag },
+    /// The publisher's onMetaData: which streams it announces.
+    Metadata { has_video: bool, has_audio: bool },
     /// A media message that could not be used (unknown codec, truncated tag, ...).
     MediaError { kind: StreamKind, error: FlvError },
     /// The publisher ended its publish (deleteStream / closeStream / FCUnpublish).
@@ -355,6 +357,13 @@ impl Session {
                         error,
                     }),
                 }
+            }
+            ServerSessionEvent::StreamMetadataChanged { metadata, .. } if self.publishing => {
+                out.events.push(SessionEvent::Metadata {
+                    has_video: metadata.video_codec_id.is_some() || metadata.video_width.is_some(),
+                    has_audio: metadata.audio_codec_id.is_some()
+                        || metadata.audio_sample_rate.is_some(),
+                });
             }
             ServerSessionEvent::UnhandleableAmf0Command { command_name, .. }
                 if command_name == "FCUnpublish" && self.publishing =>

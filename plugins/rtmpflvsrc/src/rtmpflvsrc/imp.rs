@@ -60,6 +60,8 @@ const AUDIO_QUEUE: usize = 256;
 const OUT_QUEUE: usize = 32;
 /// Read buffer per connection.
 const READ_SIZE: usize = 64 * 1024;
+/// How long the audio pad waits for the video pad of a publisher that sends video.
+const VIDEO_PAD_WAIT: Duration = Duration::from_secs(3);
 /// Window over which `bitrate` is computed.
 const BITRATE_WINDOW: Duration = Duration::from_secs(3);
 
@@ -227,8 +229,19 @@ enum Item {
     SessionEnd { reason: String },
 }
 
+/// What the current publisher announced, written by the network side and read by the
+/// streaming threads to add pads in a predictable order and signal no-more-pads.
+#[derive(Default)]
+struct Announced {
+    /// A video message was received.
+    video: AtomicBool,
+    /// onMetaData: (has video, has audio).
+    metadata: Mutex<Option<(bool, bool)>>,
+}
+
 /// State shared between the element and its network tasks.
 struct Shared {
+    announced: Arc<Announced>,
     element: glib::WeakRef<super::RtmpFlvSrc>,
     session_config: SessionConfig,
     handshake_timeout: Duration,
@@ -478,6 +491,7 @@ impl Connection {
                 .await
             }
             SessionEvent::Video { dts_ms, tag } => {
+                self.shared.announced.video.store(true, Ordering::SeqCst);
                 {
                     let mut stats = lock(&self.shared.stats);
                     match &tag {
@@ -508,6 +522,13 @@ impl Connection {
                     }
                 }
                 self.send_item(Item::Audio { dts_ms, tag }).await
+            }
+            SessionEvent::Metadata {
+                has_video,
+                has_audio,
+            } => {
+                *lock(&self.shared.announced.metadata) = Some((has_video, has_audio));
+                None
             }
             SessionEvent::MediaError { kind, error } => {
                 let text = format!(
@@ -730,6 +751,8 @@ struct Common {
     group_id: Option<gst::GroupId>,
     /// Every pad added so far.
     pads: Vec<gst::Pad>,
+    video_pad_added: bool,
+    no_more_pads: bool,
     not_linked_logged: bool,
 }
 
@@ -746,6 +769,7 @@ pub struct RtmpFlvSrc {
     streams: [Mutex<StreamState>; 2],
     common: Mutex<Common>,
     stats: Arc<Mutex<Stats>>,
+    announced: Arc<Announced>,
     tasks: Mutex<Vec<StreamTask>>,
     playing: AtomicBool,
     flushing: AtomicBool,
@@ -766,6 +790,7 @@ impl ObjectSubclass for RtmpFlvSrc {
             streams: Default::default(),
             common: Mutex::new(Common::default()),
             stats: Arc::new(Mutex::new(Stats::default())),
+            announced: Arc::new(Announced::default()),
             tasks: Mutex::new(Vec::new()),
             playing: AtomicBool::new(false),
             flushing: AtomicBool::new(true),
@@ -930,9 +955,12 @@ impl RtmpFlvSrc {
             )
         })?;
 
+        self.announced.video.store(false, Ordering::SeqCst);
+        *lock(&self.announced.metadata) = None;
         let (video_tx, video_rx) = mpsc::channel(VIDEO_QUEUE);
         let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE);
         let shared = Arc::new(Shared {
+            announced: self.announced.clone(),
             element: self.obj().downgrade(),
             session_config: SessionConfig {
                 app: settings.app.clone(),
@@ -1335,17 +1363,20 @@ impl RtmpFlvSrc {
         }
 
         if new_pad {
+            if kind == StreamKind::Audio {
+                self.wait_for_video_pad();
+            }
             gst::info!(CAT, imp = self, "Adding pad {}", pad.name());
-            let all_added = {
+            {
                 let mut common = lock(&self.common);
                 common.combiner.add_pad(&pad);
                 common.pads.push(pad.clone());
-                common.pads.len() == KINDS.len()
-            };
-            let _ = self.obj().add_pad(&pad);
-            if all_added {
-                self.obj().no_more_pads();
+                if kind == StreamKind::Video {
+                    common.video_pad_added = true;
+                }
             }
+            let _ = self.obj().add_pad(&pad);
+            self.maybe_no_more_pads();
         }
 
         gst::trace!(CAT, obj = pad, "Pushing {buffer:?}");
@@ -1361,6 +1392,46 @@ impl RtmpFlvSrc {
             }
             Err(e) => Err(e),
             Ok(_) => Ok(()),
+        }
+    }
+
+    /// Adds pads in a predictable order: when the publisher has sent video, the audio pad
+    /// waits (bounded) for the video pad, so that `rtmpflvsrc ! decodebin` links video.
+    fn wait_for_video_pad(&self) {
+        let deadline = Instant::now() + VIDEO_PAD_WAIT;
+        while Instant::now() < deadline && !self.flushing.load(Ordering::SeqCst) {
+            let video_expected = self.announced.video.load(Ordering::SeqCst)
+                || lock(&self.announced.metadata).is_some_and(|(v, _)| v);
+            if !video_expected || lock(&self.common).video_pad_added {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Signals no-more-pads once every stream the publisher announced has its pad.
+    fn maybe_no_more_pads(&self) {
+        let expected = *lock(&self.announced.metadata);
+        let done = {
+            let mut common = lock(&self.common);
+            let all = match expected {
+                _ if common.pads.len() == KINDS.len() => true,
+                Some((has_video, has_audio)) => {
+                    let audio_added = common.pads.len() > usize::from(common.video_pad_added);
+                    (!has_video || common.video_pad_added) && (!has_audio || audio_added)
+                }
+                None => false,
+            };
+            if all && !common.no_more_pads {
+                common.no_more_pads = true;
+                true
+            } else {
+                false
+            }
+        };
+        if done {
+            gst::debug!(CAT, imp = self, "No more pads");
+            self.obj().no_more_pads();
         }
     }
 
