@@ -84,9 +84,10 @@ fn wrong_stream_key_rejected_then_right_key_accepted() {
 #[test]
 fn second_publisher_rejected_while_first_streams() {
     let rx = Receiver::start(Options::default().video_branch(COUNT_ONLY));
-    let mut first = small_ffmpeg(&rx.url("live", "key"), 90);
-    first.realtime = true; // ~3 s of stream
-    let first = first.spawn();
+    const FIRST: usize = 180;
+    let mut first = small_ffmpeg(&rx.url("live", "key"), FIRST as u32);
+    first.realtime = true; // ~6 s of stream: the second publisher comes while it runs
+    let mut first = first.spawn();
     rx.wait(WAIT, "the first publisher streaming", |d| {
         d.video.len() >= 5
     });
@@ -107,8 +108,8 @@ fn second_publisher_rejected_while_first_streams() {
         "the first publisher must be unaffected: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    rx.wait(WAIT, "all 90 frames of the first publisher", |d| {
-        d.video.len() == 90
+    rx.wait(WAIT, "all frames of the first publisher", |d| {
+        d.video.len() == FIRST
     });
     rx.check(|d| {
         assert_eq!(d.element_messages("rtmpflvsrc-connected").len(), 1);
