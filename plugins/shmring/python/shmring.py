@@ -243,8 +243,8 @@ def _check_header(mm, size, name):
     if version != LAYOUT_VERSION:
         raise RingError(f"{path}: ring layout version {version}, this module speaks version "
                         f"{LAYOUT_VERSION}; use a reader and writer of the same release")
-    if struct.unpack_from("<I", mm, OFF_STATE)[0] == STATE_INIT:
-        return None
+    if struct.unpack_from("<I", mm, OFF_STATE)[0] in (STATE_INIT, STATE_CLOSED):
+        return None  # being (re-)initialised, or left by its writer: wait for the next one
     slot_count, = struct.unpack_from("<I", mm, OFF_SLOT_COUNT)
     slot_size, slot_stride, total = struct.unpack_from("<QQQ", mm, OFF_SLOT_SIZE)
     if (slot_count < 2 or slot_stride != SLOT_HEADER_SIZE + slot_size or
@@ -408,11 +408,16 @@ class Reader(_Mapped):
                 continue
             off = self._slot(n)
             s1 = self._u64(off + SLOT_SEQ)
-            if w - n >= self.slot_count or s1 != 2 * n + 2:
+            if w - n >= self.slot_count or s1 > 2 * n + 2:
+                # Lapped by the writer: continue at the newest frame.
                 newest = w - 1
                 skipped = newest - n if newest > n else 1
                 self.next = newest if newest > n else n + 1
                 self.dropped += skipped
+                continue
+            if s1 != 2 * n + 2:
+                # The writer skipped this frame number (not a gap in the stream).
+                self.next = n + 1
                 continue
             pts, dts, dur, caps_id, size, flags_pt = struct.unpack_from("<QQQQQQ", self.mm, off + 8)
             flags = flags_pt & 0xFFFFFFFF
@@ -498,12 +503,12 @@ class Writer(_Mapped):
                             raise RingError(f"{self.path} is in use by another writer (pid {pid})")
                         generation = struct.unpack_from("<Q", old, OFF_GENERATION)[0] + 1
                         if size != self.total:
+                            os.unlink(self.path)
                             struct.pack_into("<I", old, OFF_STATE, STATE_CLOSED)
                             struct.pack_into("<Q", old, OFF_GENERATION, generation)
                             self._wake_map(old)
                             old.close()
                             os.close(fd)
-                            os.unlink(self.path)
                             continue
                     except RingError:
                         old.close()
@@ -598,17 +603,17 @@ class Writer(_Mapped):
         """Leave the ring (state closed unless EOS was signalled) and remove the name."""
         if self.mm is None:
             return
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
         if self.state != STATE_EOS:
             self._put32(OFF_STATE, STATE_CLOSED)
         self._wake()
         self._futex_obj = None
         self.mm.close()
         self.mm = None
-        if unlink:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
     def __enter__(self):
         return self

@@ -232,8 +232,11 @@ pub enum ReadStart {
     Ready(FrameMeta),
     /// Frame `n` is not published yet.
     NotYet,
-    /// Frame `n` is gone (overwritten, or never published); `write_seq` is the writer's position.
+    /// Frame `n` is gone: the writer lapped this reader; `write_seq` is the writer's position
+    /// (continue at the newest frame, see [`catch_up`]).
     Lost { write_seq: u64 },
+    /// The writer skipped frame number `n` (never published): continue with `n + 1`.
+    Skipped,
 }
 
 /// A memory region holding a ring. Copyable view; the owner keeps the mapping alive.
@@ -432,12 +435,18 @@ impl RingMemory {
         }
         let off = g.slot_offset(g.slot_of(n));
         let s1 = self.u64_at(off + SLOT_SEQ).load(Ordering::Acquire);
-        if s1 != 2 * n + 2 {
+        if s1 > 2 * n + 2 {
+            // A later frame took the slot.
             return ReadStart::Lost { write_seq: w };
+        }
+        if s1 != 2 * n + 2 {
+            // Older content or frame `n` still marked in progress although the writer is past
+            // it: the writer skipped this number (slot lent out, frame dropped).
+            return ReadStart::Skipped;
         }
         let size = self.u64_at(off + SLOT_SIZE).load(Ordering::Relaxed) as usize;
         if size > g.slot_size {
-            return ReadStart::Lost { write_seq: w };
+            return ReadStart::Skipped;
         }
         ReadStart::Ready(FrameMeta {
             seq: n,
@@ -792,7 +801,11 @@ mod tests {
         assert!(!m.finish_read(&g, &fm));
         // A slot in progress (seq odd) is never handed out.
         m.u64_at(OFF_WRITE_SEQ).store(5, Ordering::Relaxed);
-        assert!(matches!(m.start_read(&g, 4), ReadStart::Lost { .. }));
+        assert_eq!(m.start_read(&g, 4), ReadStart::Skipped);
+        // A number the writer skipped (the slot still holds an older frame).
+        m.write_frame(&g, &meta(6, 1), b"x");
+        assert_eq!(m.start_read(&g, 5), ReadStart::Skipped);
+        assert!(matches!(m.start_read(&g, 6), ReadStart::Ready(_)));
     }
 
     #[test]
@@ -866,6 +879,7 @@ mod tests {
                 }
                 Err(ReadStart::NotYet) => std::hint::spin_loop(),
                 Err(ReadStart::Lost { write_seq }) => next = catch_up(next, write_seq).0,
+                Err(ReadStart::Skipped) => next += 1,
                 Err(ReadStart::Ready(_)) => unreachable!(),
             }
         }

@@ -290,6 +290,13 @@ impl Segment {
             ino: md.ino(),
         };
         let g = seg.memory().validate().map_err(|e| layout_error(name, e))?;
+        if seg.memory().state() == Some(WriterState::Closed) {
+            // Left (or being replaced) by its writer: wait for the next one.
+            return Err(ShmError::NotReady(format!(
+                "{path} was closed by its writer (pid {})",
+                seg.memory().writer_pid()
+            )));
+        }
         Ok((seg, g))
     }
 
@@ -391,13 +398,13 @@ impl Segment {
                 futex_wake(&mem);
                 return Ok((old, generation));
             }
-            // Different size: abandon the old object (readers see the generation change and
-            // re-open the name) and create a new one.
+            // Different size: abandon the old object and create a new one. Unlink first, so
+            // readers that see the old one closed and re-open the name never find it again.
+            let _ = unlink(name);
             mem.set_state(WriterState::Closed);
             mem.set_generation(generation);
             futex_wake(&mem);
             drop(old);
-            let _ = unlink(name);
         }
         Err(ShmError::Os(format!(
             "{path} keeps changing under us (another writer racing for it?)"

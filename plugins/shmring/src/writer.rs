@@ -216,15 +216,17 @@ impl RingWriter {
             return;
         }
         inner.closed = true;
+        // Unlink first: a reader that sees the ring closed and re-opens the name must not find
+        // this object again.
+        if self.segment.name_still_ours() {
+            let _ = shm::unlink(self.segment.name());
+        }
         let mem = self.segment.memory();
         // After end of stream the state stays `Eos`: readers drain the ring and finish.
         if mem.state() != Some(WriterState::Eos) {
             mem.set_state(WriterState::Closed);
         }
         self.wake();
-        if self.segment.name_still_ours() {
-            let _ = shm::unlink(self.segment.name());
-        }
     }
 
     /// The ring is being replaced by a new one of the same name (resize): mark it closed so

@@ -299,6 +299,12 @@ impl ShmRingSrc {
                 }
                 Step::WaitFutex(seg, w as u32)
             }
+            ReadStart::Skipped => {
+                // Not a gap in the stream: the writer published that frame under another
+                // number (or dropped it itself).
+                att.next += 1;
+                Step::Again
+            }
             ReadStart::Lost { write_seq } => {
                 let (next, skipped) = ring::catch_up(att.next, write_seq);
                 gst::debug!(
