@@ -813,11 +813,14 @@ pub fn list_loopback_devices() -> Vec<FoundDevice> {
         .collect()
 }
 
-/// The version of the loaded v4l2loopback module (`/sys/module/v4l2loopback/version`).
+/// The version of the loaded v4l2loopback module (`/sys/module/v4l2loopback/version`);
+/// 0.12.x does not publish one (`"< 0.13"`); `None` when the module is not loaded.
 pub fn module_version() -> Option<String> {
-    std::fs::read_to_string("/sys/module/v4l2loopback/version")
-        .ok()
-        .map(|s| s.trim().to_string())
+    match std::fs::read_to_string("/sys/module/v4l2loopback/version") {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(_) if Path::new("/sys/module/v4l2loopback").exists() => Some("< 0.13".to_string()),
+        Err(_) => None,
+    }
 }
 
 /// The `modprobe` line that creates a suitable device (what to tell users of 0.12.x).

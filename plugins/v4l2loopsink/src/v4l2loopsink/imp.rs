@@ -92,6 +92,8 @@ struct Output {
     stream: Option<OutputStream>,
     info: Option<gst_video::VideoInfo>,
     last: Option<(gst::Buffer, gst_video::VideoInfo)>,
+    /// `last` was written by prepare() while prerolling (its render is skipped).
+    last_from_preroll: bool,
     placeholder: Option<RepeatFrame>,
     last_write: Instant,
     frame_duration: Duration,
@@ -120,8 +122,6 @@ enum State {
         device: LoopbackDevice,
         shared: Arc<Shared>,
         keepalive: Option<JoinHandle<()>>,
-        /// The buffer written at preroll, not written again by the first render.
-        prerolled: Option<gst::Buffer>,
     },
 }
 
@@ -506,26 +506,27 @@ impl V4l2LoopSink {
         preroll: bool,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let shared = {
-            let mut state = lock(&self.state);
-            let State::Started {
-                shared, prerolled, ..
-            } = &mut *state
-            else {
+            let state = lock(&self.state);
+            let State::Started { shared, .. } = &*state else {
                 gst::element_imp_error!(self, gst::CoreError::Failed, ["not started"]);
                 return Err(gst::FlowError::Error);
             };
-            if preroll {
-                *prerolled = Some(buffer.clone());
-            } else if let Some(p) = prerolled.take()
-                && p.as_ptr() == buffer.as_ptr()
-            {
-                return Ok(gst::FlowSuccess::Ok);
-            }
             shared.clone()
         };
         let ts = self.timestamp_for(buffer);
         let mut out = shared.lock();
         let o = &mut *out;
+        // The buffer prepare() wrote while prerolling comes to render() again: written once.
+        // (`o.last` holds a reference, so the pointer cannot have been recycled meanwhile.)
+        let already = std::mem::take(&mut o.last_from_preroll);
+        if !preroll
+            && already
+            && o.last
+                .as_ref()
+                .is_some_and(|(b, _)| b.as_ptr() == buffer.as_ptr())
+        {
+            return Ok(gst::FlowSuccess::Ok);
+        }
         let (Some(stream), Some(info)) = (o.stream.as_mut(), o.info.as_ref()) else {
             gst::element_imp_error!(
                 self,
@@ -541,6 +542,7 @@ impl V4l2LoopSink {
         o.stats.frames_written += 1;
         o.stats.bytes_copied += stream.layout().size as u64;
         o.last = Some((buffer.clone(), info.clone()));
+        o.last_from_preroll = preroll;
         o.last_write = Instant::now();
         o.repeating = false;
         o.failed = false;
@@ -729,14 +731,28 @@ impl V4l2LoopSink {
             None => None,
         };
         let stream = OutputStream::start(device, layout, BUFFER_COUNT).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::Settings,
-                [
-                    "starting mmap streaming on {} failed: {}",
-                    path.display(),
-                    e
-                ]
-            )
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                gst::error_msg!(
+                    gst::ResourceError::Busy,
+                    [
+                        "{} refuses a new writer (VIDIOC_REQBUFS: {}): v4l2loopback believes \
+                         another writer owns it (0.13.x keeps that state when a write()-based \
+                         writer such as ffmpeg left while a reader had the device open). Close \
+                         all readers and writers of the device, or remove and re-create it",
+                        path.display(),
+                        e
+                    ]
+                )
+            } else {
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    [
+                        "starting mmap streaming on {} failed: {}",
+                        path.display(),
+                        e
+                    ]
+                )
+            }
         })?;
         gst::info!(
             CAT,
@@ -1073,6 +1089,7 @@ impl BaseSinkImpl for V4l2LoopSink {
                 stream: None,
                 info: None,
                 last: None,
+                last_from_preroll: false,
                 placeholder: None,
                 last_write: Instant::now(),
                 frame_duration: FALLBACK_FRAME_DURATION,
@@ -1106,7 +1123,6 @@ impl BaseSinkImpl for V4l2LoopSink {
             device,
             shared,
             keepalive,
-            prerolled: None,
         };
         Ok(())
     }
