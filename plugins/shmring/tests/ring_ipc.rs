@@ -742,3 +742,84 @@ fn state_changes_do_not_wait() {
         t.elapsed()
     );
 }
+
+/// Raw video with padded strides (VideoMeta) is repacked into the caps' default layout, which is
+/// what the ring carries.
+#[test]
+fn padded_video_is_repacked() {
+    check_built();
+    init_gst();
+    let shm = ShmName::new("stride");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("py.log");
+    let out = dir.path().join("out.raw");
+    let out_s = out.display().to_string();
+    let reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
+        &log,
+    );
+    wait_for_log(&log, "waiting", LONG);
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=I420,width=8,height=4,framerate=30/1 \
+         ! shmringsink shm-name={shm}"
+    ))
+    .expect("writer")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    let src = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    // Padded layout: Y 8x4 in stride 16, U and V 4x2 in stride 8.
+    let (offsets, strides) = ([0usize, 64, 80], [16i32, 8, 8]);
+    let mut expected = Vec::new();
+    for f in 0..3u8 {
+        let mut padded = vec![0xEEu8; 96];
+        let mut packed = Vec::new();
+        for (p, (w, h)) in [(8usize, 4usize), (4, 2), (4, 2)].iter().enumerate() {
+            for r in 0..*h {
+                for c in 0..*w {
+                    let v = ((f as usize * 100 + p * 30 + r * 8 + c) % 251) as u8;
+                    padded[offsets[p] + r * strides[p] as usize + c] = v;
+                    packed.push(v);
+                }
+            }
+        }
+        expected.extend_from_slice(&packed);
+        let mut b = gst::Buffer::from_slice(padded);
+        {
+            let b = b.get_mut().expect("writable");
+            b.set_pts(gst::ClockTime::from_mseconds(f as u64 * 33));
+            gst_video::VideoMeta::add_full(
+                b,
+                gst_video::VideoFrameFlags::empty(),
+                gst_video::VideoFormat::I420,
+                8,
+                4,
+                &offsets,
+                &strides,
+            )
+            .expect("video meta");
+        }
+        src.push_buffer(b).expect("push");
+    }
+    src.end_of_stream().expect("eos");
+    let msg = pipeline
+        .bus()
+        .expect("bus")
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "{text}");
+    assert_eq!(last_json(text.as_bytes())["frames"], 3, "{text}");
+    assert_eq!(std::fs::read(&out).expect("output"), expected);
+}

@@ -58,6 +58,8 @@ enum State {
         writer: Arc<RingWriter>,
         settings: Settings,
         caps: Option<String>,
+        /// Raw video caps: the default layout the ring carries.
+        video_info: Option<gst_video::VideoInfo>,
         pool: Option<SlotPool>,
     },
 }
@@ -85,6 +87,39 @@ fn frame_size(caps: &gst::CapsRef) -> Option<usize> {
     gst_video::VideoInfo::from_caps(caps)
         .ok()
         .map(|info| info.size())
+}
+
+/// Copy raw video planes laid out with `offsets`/`strides` into the default layout of `info`.
+fn repack(
+    data: &[u8],
+    offsets: &[usize],
+    strides: &[i32],
+    info: &gst_video::VideoInfo,
+) -> Option<Vec<u8>> {
+    let n = info.n_planes() as usize;
+    let mut out = vec![0u8; info.size()];
+    for p in 0..n {
+        let doff = info.offset()[p];
+        let dstride = usize::try_from(info.stride()[p]).ok().filter(|s| *s > 0)?;
+        // The plane ends where the next plane (in memory order) starts.
+        let dend = info.offset()[..n]
+            .iter()
+            .copied()
+            .filter(|o| *o > doff)
+            .min()
+            .unwrap_or(info.size());
+        let rows = (dend - doff) / dstride;
+        let soff = *offsets.get(p)?;
+        let sstride = usize::try_from(*strides.get(p)?).ok().filter(|s| *s > 0)?;
+        let row = dstride.min(sstride);
+        for r in 0..rows {
+            let s = soff + r * sstride;
+            let d = doff + r * dstride;
+            out.get_mut(d..d + row)?
+                .copy_from_slice(data.get(s..s + row)?);
+        }
+    }
+    Some(out)
 }
 
 fn meta_of(buffer: &gst::BufferRef) -> FrameMeta {
@@ -150,6 +185,7 @@ impl ShmRingSink {
             settings,
             caps,
             pool,
+            ..
         } = state
         else {
             return Ok(());
@@ -320,6 +356,7 @@ impl BaseSinkImpl for ShmRingSink {
             writer,
             settings,
             caps: None,
+            video_info: None,
             pool: None,
         };
         Ok(())
@@ -376,11 +413,13 @@ impl BaseSinkImpl for ShmRingSink {
         let State::Started {
             writer,
             caps: cur_caps,
+            video_info,
             ..
         } = &mut *state
         else {
             return Err(gst::loggable_error!(CAT, "not started"));
         };
+        *video_info = gst_video::VideoInfo::from_caps(caps).ok();
         if let Err(e) = writer.set_caps(&caps_str) {
             gst::element_imp_error!(self, gst::StreamError::Format, ("shmringsink: {e}"));
             return Err(gst::loggable_error!(CAT, "caps do not fit the ring header"));
@@ -478,9 +517,37 @@ impl BaseSinkImpl for ShmRingSink {
                 return Err(gst::FlowError::Error);
             }
         }
-        let State::Started { writer, .. } = &*state else {
+        let State::Started {
+            writer, video_info, ..
+        } = &*state
+        else {
             return Err(gst::FlowError::Flushing);
         };
+        // Raw video with a non-default layout (padded strides, moved planes): the ring carries
+        // the default layout of the caps, so repack.
+        if let Some(info) = video_info
+            && let Some(vmeta) = buffer.meta::<gst_video::VideoMeta>()
+            && (vmeta.stride() != info.stride() || vmeta.offset() != info.offset())
+        {
+            let Some(packed) = repack(map.as_slice(), vmeta.offset(), vmeta.stride(), info) else {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    (
+                        "buffer layout (offsets {:?}, strides {:?}) does not fit its caps",
+                        vmeta.offset(),
+                        vmeta.stride()
+                    )
+                );
+                return Err(gst::FlowError::Error);
+            };
+            let mut stats = lock(&self.stats);
+            match writer.write_frame(meta, &packed) {
+                Some(_) => stats.written += 1,
+                None => stats.dropped += 1,
+            }
+            return Ok(gst::FlowSuccess::Ok);
+        }
         let mut stats = lock(&self.stats);
         match writer.publish_in_place(map.as_ptr(), map.size(), meta) {
             InPlace::Published(_) => {
