@@ -59,7 +59,7 @@ enum State {
         settings: Settings,
         caps: Option<String>,
         /// Raw video caps: the default layout the ring carries.
-        video_info: Option<gst_video::VideoInfo>,
+        video_info: Option<Box<gst_video::VideoInfo>>,
         pool: Option<SlotPool>,
     },
 }
@@ -419,7 +419,7 @@ impl BaseSinkImpl for ShmRingSink {
         else {
             return Err(gst::loggable_error!(CAT, "not started"));
         };
-        *video_info = gst_video::VideoInfo::from_caps(caps).ok();
+        *video_info = gst_video::VideoInfo::from_caps(caps).ok().map(Box::new);
         if let Err(e) = writer.set_caps(&caps_str) {
             gst::element_imp_error!(self, gst::StreamError::Format, ("shmringsink: {e}"));
             return Err(gst::loggable_error!(CAT, "caps do not fit the ring header"));
