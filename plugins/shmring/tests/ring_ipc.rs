@@ -287,6 +287,12 @@ fn python_writer_to_gst_reader_with_caps_change() {
             .contains(gst::BufferFlags::DISCONT)
     );
     assert_eq!(reader.dropped(), 0);
+    // Live, one frame (30 fps) of latency.
+    let mut q = gst::query::Latency::new();
+    assert!(reader.src.query(&mut q));
+    let (live, min, _max) = q.result();
+    assert!(live);
+    assert_eq!(min, gst::ClockTime::from_nseconds(33_333_333));
 }
 
 /// Caps change on the GStreamer writer side with a frame size that needs bigger slots: the

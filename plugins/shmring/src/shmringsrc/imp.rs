@@ -99,6 +99,17 @@ pub struct ShmRingSrc {
     /// The mapped ring, so `unlock()` can wake a futex sleep at once.
     waker: Mutex<Option<Arc<Segment>>>,
     dropped: Mutex<u64>,
+    /// One frame duration of the current caps (reported as latency).
+    latency: Mutex<Option<gst::ClockTime>>,
+}
+
+/// The duration of one frame for caps with a frame rate.
+fn frame_duration(caps: &gst::Caps) -> Option<gst::ClockTime> {
+    let fr = caps.structure(0)?.get::<gst::Fraction>("framerate").ok()?;
+    if fr.numer() <= 0 || fr.denom() <= 0 {
+        return None;
+    }
+    gst::ClockTime::SECOND.mul_div_floor(fr.denom() as u64, fr.numer() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -565,6 +576,7 @@ impl BaseSrcImpl for ShmRingSrc {
             ));
         }
         *lock(&self.dropped) = 0;
+        *lock(&self.latency) = None;
         *lock(&self.state) = State::Started(Box::new(Reader {
             settings,
             attached: None,
@@ -592,6 +604,18 @@ impl BaseSrcImpl for ShmRingSrc {
 
     fn is_seekable(&self) -> bool {
         false
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            // Frames are stamped with the running time at which they are read: allow one frame
+            // of jitter downstream.
+            let live = lock(&self.settings).is_live;
+            let min = lock(&self.latency).unwrap_or(gst::ClockTime::ZERO);
+            q.set(live, min, gst::ClockTime::NONE);
+            return true;
+        }
+        BaseSrcImplExt::parent_query(self, query)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
@@ -638,10 +662,22 @@ impl PushSrcImpl for ShmRingSrc {
                         );
                         return Err(gst::FlowError::NotNegotiated);
                     }
-                    let mut state = lock(&self.state);
-                    if let State::Started(r) = &mut *state {
-                        self.set_pool_for(r, &caps);
-                        r.caps = Some(caps);
+                    let latency = frame_duration(&caps);
+                    {
+                        let mut state = lock(&self.state);
+                        if let State::Started(r) = &mut *state {
+                            self.set_pool_for(r, &caps);
+                            r.caps = Some(caps);
+                        }
+                    }
+                    let changed = {
+                        let mut l = lock(&self.latency);
+                        std::mem::replace(&mut *l, latency) != latency
+                    };
+                    if changed {
+                        let _ = self.obj().post_message(
+                            gst::message::Latency::builder().src(&*self.obj()).build(),
+                        );
                     }
                 }
                 Step::WaitFutex(seg, val) => {
