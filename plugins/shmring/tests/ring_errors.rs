@@ -205,6 +205,30 @@ fn second_writer_and_missing_writer() {
         "{e}"
     );
     drop(first);
+    // Two sinks of one process on the same ring.
+    let name_arg = format!("shm-name={}", shm.name);
+    let e = run_fail(
+        "two sinks",
+        &mut gst_launch_args(&[
+            "videotestsrc",
+            "num-buffers=5",
+            "!",
+            "tee",
+            "name=t",
+            "!",
+            "queue",
+            "!",
+            "shmringsink",
+            &name_arg,
+            "t.",
+            "!",
+            "queue",
+            "!",
+            "shmringsink",
+            &name_arg,
+        ]),
+    );
+    assert!(e.contains("another shmringsink in this process"), "{e}");
 
     let none = ShmName::new("nowriter");
     let e = run_fail("src", &mut src_cmd(&none.name, 300));

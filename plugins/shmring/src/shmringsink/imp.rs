@@ -29,6 +29,10 @@ const DEFAULT_ZERO_COPY: bool = true;
 /// the ring grows when a bigger buffer arrives.
 const AUTO_SLOT_SIZE: usize = 1 << 20;
 
+/// Rings written by sinks of this process: the pid check cannot tell two of them apart.
+static NAMES_IN_USE: LazyLock<Mutex<std::collections::HashSet<String>>> =
+    LazyLock::new(Default::default);
+
 #[derive(Debug, Clone)]
 struct Settings {
     shm_name: String,
@@ -340,6 +344,15 @@ impl BaseSinkImpl for ShmRingSink {
         let settings = lock(&self.settings).clone();
         ring::validate_shm_name(&settings.shm_name)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("shmringsink: {e}")))?;
+        if !lock(&NAMES_IN_USE).insert(settings.shm_name.clone()) {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Busy,
+                (
+                    "shmringsink shm-name={}: another shmringsink in this process writes that ring; only one writer per ring",
+                    settings.shm_name
+                )
+            ));
+        }
         let payload = match settings.slot_size {
             // A ring left by a previous writer (crash, restart) is most likely of the size the
             // caps will ask for again: reuse it, so the ring is reclaimed in place.
@@ -350,7 +363,13 @@ impl BaseSinkImpl for ShmRingSink {
                 .unwrap_or(AUTO_SLOT_SIZE),
             n => n as usize,
         };
-        let writer = self.open_ring(&settings, payload)?;
+        let writer = match self.open_ring(&settings, payload) {
+            Ok(w) => w,
+            Err(e) => {
+                lock(&NAMES_IN_USE).remove(&settings.shm_name);
+                return Err(e);
+            }
+        };
         *lock(&self.stats) = Stats::default();
         *lock(&self.state) = State::Started {
             writer,
@@ -364,7 +383,14 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let old = std::mem::take(&mut *lock(&self.state));
-        if let State::Started { writer, pool, .. } = old {
+        if let State::Started {
+            writer,
+            pool,
+            settings,
+            ..
+        } = old
+        {
+            lock(&NAMES_IN_USE).remove(&settings.shm_name);
             if let Some(p) = pool {
                 p.set_writer(None);
             }
