@@ -369,6 +369,10 @@ class Reader(_Mapped):
         except OSError:
             return False
 
+    def writer_alive(self):
+        """Is the process that writes the ring still running?"""
+        return self.mm is not None and pid_alive(self.writer_pid)
+
     def caps(self):
         """The caps string of the most recent frame read (or the ring's current caps)."""
         if self._caps is None:
@@ -377,9 +381,11 @@ class Reader(_Mapped):
         return self._caps[1]
 
     def read(self, timeout=10.0):
-        """The next frame, or None if none arrived within ``timeout`` seconds.
+        """The next frame, or None if none arrived within ``timeout`` seconds (then
+        ``writer_alive()`` tells a crashed writer from a paused one).
 
-        Raises EndOfStream after the writer's EOS, RingError for unusable rings."""
+        Raises EndOfStream after the writer's EOS, RingError for unusable rings or when the
+        writer left and no new one appeared within ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
             now = time.monotonic()
@@ -670,6 +676,7 @@ def _main(argv=None):
                 f = r.read(timeout=a.timeout)
                 if f is None:
                     summary["timeout"] = True
+                    summary["writer_alive"] = r.writer_alive()
                     break
                 summary["frames"] += 1
                 summary["seqs"].append(f.seq)
