@@ -669,8 +669,24 @@ impl ChunkScanner {
                 }
                 self.chunk_size = size;
             }
+            5 => {
+                // rml_rtmp adds up received bytes in a u32 until this window is reached.
+                if payload.len() >= 4 && read_u32(&payload) > 0x7FFF_FFFF {
+                    return Err(SessionError::Protocol(format!(
+                        "window acknowledgement size {} too large",
+                        read_u32(&payload)
+                    )));
+                }
+            }
             15 | 18 => {
-                check_amf0(&payload, self.limits.max_amf_depth)?;
+                let values = check_amf0(&payload, self.limits.max_amf_depth)?;
+                // rml_rtmp indexes "@setDataFrame", "onMetaData", {...} without checking.
+                const SET_DATA_FRAME: &[u8] = b"\x02\x00\x0d@setDataFrame";
+                if payload.starts_with(SET_DATA_FRAME) && values < 3 {
+                    return Err(SessionError::Protocol(
+                        "@setDataFrame with fewer than 3 values".to_string(),
+                    ));
+                }
             }
             17 | 20 => {
                 let body = if state.type_id == 17 && payload.first() == Some(&0) {

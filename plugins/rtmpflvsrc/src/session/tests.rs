@@ -381,6 +381,44 @@ fn interleaved_chunk_streams_and_bad_headers_are_refused() {
 }
 
 #[test]
+fn short_set_data_frame_and_huge_ack_window_are_refused() {
+    // "@setDataFrame", "onMetaData" without the object: rml_rtmp would index past the end.
+    let mut payload = vec![2, 0, 13];
+    payload.extend_from_slice(b"@setDataFrame");
+    payload.extend_from_slice(&[2, 0, 10]);
+    payload.extend_from_slice(b"onMetaData");
+    for cut in [payload.len(), 16] {
+        let (mut s, msid) = published_session();
+        let msg = encode(0, 4, 0, 18, msid, &payload[..cut], CHUNK, false);
+        let err = feed_all(&mut s, &msg, 1000).unwrap_err();
+        assert!(err.to_string().contains("setDataFrame"), "{err}");
+    }
+    // A complete one is accepted and reported.
+    let mut full = payload.clone();
+    full.extend_from_slice(&[3, 0, 5]);
+    full.extend_from_slice(b"width");
+    full.extend_from_slice(&[0, 0x40, 0x74, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+    let (mut s, msid) = published_session();
+    let events = feed_all(
+        &mut s,
+        &encode(0, 4, 0, 18, msid, &full, CHUNK, false),
+        1000,
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![SessionEvent::Metadata {
+            has_video: true,
+            has_audio: false
+        }]
+    );
+
+    let (mut s, _) = published_session();
+    let msg = encode(0, 2, 0, 5, 0, &0xFFFF_FFF0u32.to_be_bytes(), CHUNK, false);
+    assert!(feed_all(&mut s, &msg, 100).is_err());
+}
+
+#[test]
 fn garbage_handshake_is_refused() {
     let mut s = Session::new(config("live", ""));
     let err = feed_all(&mut s, b"GET / HTTP/1.1\r\n\r\n", 100).unwrap_err();
@@ -479,5 +517,125 @@ fn mutated_streams_never_panic_and_stay_bounded() {
             CURRENT.with(|c| c.get()) - start <= 64 * 1024,
             "leak in iteration {i}"
         );
+    }
+}
+
+const NAMES: [&str; 12] = [
+    "@setDataFrame",
+    "onMetaData",
+    "connect",
+    "publish",
+    "createStream",
+    "deleteStream",
+    "closeStream",
+    "play",
+    "releaseStream",
+    "FCPublish",
+    "FCUnpublish",
+    "live",
+];
+
+fn amf_string(out: &mut Vec<u8>, s: &str) {
+    out.push(2);
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn random_amf_value(rng: &mut Rng, out: &mut Vec<u8>, depth: usize) {
+    match rng.below(if depth > 3 { 4 } else { 7 }) {
+        0 => {
+            out.push(0);
+            out.extend_from_slice(&(rng.below(8) as f64).to_be_bytes());
+        }
+        1 | 2 => {
+            let name = NAMES[rng.below(NAMES.len())];
+            out.push(2);
+            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+        }
+        3 => out.push([1, 5, 6][rng.below(3)]),
+        4 | 5 => {
+            out.push(if rng.below(2) == 0 { 3 } else { 8 });
+            if out.last() == Some(&8) {
+                out.extend_from_slice(&(rng.below(4) as u32).to_be_bytes());
+            }
+            for _ in 0..rng.below(4) {
+                let key = ["width", "videocodecid", "audiocodecid", "k"][rng.below(4)];
+                out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+                out.extend_from_slice(key.as_bytes());
+                random_amf_value(rng, out, depth + 1);
+            }
+            out.extend_from_slice(&[0, 0, 9]);
+        }
+        _ => {
+            let n = rng.below(4);
+            out.push(10);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+            for _ in 0..n {
+                random_amf_value(rng, out, depth + 1);
+            }
+        }
+    }
+}
+
+/// Structured fuzzing: valid chunk framing around random (often truncated) AMF commands and
+/// data, control messages and FLV tags, sent on a publishing connection.
+#[test]
+fn random_messages_never_panic() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for _ in 0..1500 {
+        let (mut s, msid) = published_session();
+        let mut bytes = Vec::new();
+        for m in 0..(1 + rng.below(6)) {
+            let (type_id, payload) = match rng.below(5) {
+                0 | 1 => {
+                    let mut p = Vec::new();
+                    for i in 0..rng.below(5) {
+                        // Mostly a command / data name first, as real messages have.
+                        if i == 0 && rng.below(5) != 0 {
+                            amf_string(&mut p, NAMES[rng.below(NAMES.len())]);
+                        } else {
+                            random_amf_value(&mut rng, &mut p, 0);
+                        }
+                    }
+                    let cut = rng.below(p.len() + 1);
+                    p.truncate(if rng.below(2) == 0 { cut } else { p.len() });
+                    ([18, 20, 15, 17][rng.below(4)], p)
+                }
+                2 => {
+                    let mut p: Vec<u8> = (0..rng.below(10)).map(|_| rng.next() as u8).collect();
+                    if let Some(first) = p.first_mut() {
+                        *first = [0x17, 0x27, 0x80, 0x90, 0x91, 0xaf, 0x2f, 0x97][rng.below(8)];
+                    }
+                    ([8, 9][rng.below(2)], p)
+                }
+                3 => {
+                    let p: Vec<u8> = (0..rng.below(9)).map(|_| rng.next() as u8).collect();
+                    ([1, 2, 3, 4, 5, 6][rng.below(6)], p)
+                }
+                _ => {
+                    let p: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+                    (rng.below(30) as u8, p)
+                }
+            };
+            let fmt = if m == 0 { 0 } else { rng.below(4) as u8 };
+            let csid = [3u8, 4, 5, 6][rng.below(4)];
+            let fmt = if fmt == 0 || rng.below(2) == 0 {
+                0
+            } else {
+                fmt
+            };
+            bytes.extend(encode(
+                fmt,
+                csid,
+                rng.below(100) as u32,
+                type_id,
+                msid,
+                &payload,
+                CHUNK,
+                false,
+            ));
+        }
+        let _ = feed_all(&mut s, &bytes, 1 + rng.below(600));
     }
 }
