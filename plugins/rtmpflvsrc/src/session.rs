@@ -669,14 +669,12 @@ impl ChunkScanner {
                 }
                 self.chunk_size = size;
             }
-            5 => {
-                // rml_rtmp adds up received bytes in a u32 until this window is reached.
-                if payload.len() >= 4 && read_u32(&payload) > 0x7FFF_FFFF {
-                    return Err(SessionError::Protocol(format!(
-                        "window acknowledgement size {} too large",
-                        read_u32(&payload)
-                    )));
-                }
+            // rml_rtmp adds up received bytes in a u32 until this window is reached.
+            5 if payload.len() >= 4 && read_u32(&payload) > 0x7FFF_FFFF => {
+                return Err(SessionError::Protocol(format!(
+                    "window acknowledgement size {} too large",
+                    read_u32(&payload)
+                )));
             }
             15 | 18 => {
                 let values = check_amf0(&payload, self.limits.max_amf_depth)?;
