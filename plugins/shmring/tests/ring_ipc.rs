@@ -417,6 +417,15 @@ fn writer_killed_restarted_and_crash_timeout() {
         "message: {err}"
     );
     assert!(err.contains(&shm.path().display().to_string()), "{err}");
+    // The Python reader says the same.
+    let out = ChildGuard::spawn(
+        "python reader of a dead ring",
+        &mut shmring_cli(&["read", &shm.name, "--timeout", "1"]),
+    )
+    .wait_output(LONG);
+    let summary = last_json(&out.stdout);
+    assert_eq!(summary["timeout"], true, "{summary}");
+    assert_eq!(summary["writer_alive"], false, "{summary}");
     // Drain what the first reader still has queued, then restart the writer.
     while reader
         .sink
