@@ -513,18 +513,28 @@ impl V4l2LoopSink {
             };
             shared.clone()
         };
+        gst::trace!(
+            CAT,
+            imp = self,
+            "{} buffer {:?} pts {:?}",
+            if preroll { "preroll" } else { "render" },
+            buffer.as_ptr(),
+            buffer.pts()
+        );
         let ts = self.timestamp_for(buffer);
         let mut out = shared.lock();
         let o = &mut *out;
-        // The buffer prepare() wrote while prerolling comes to render() again: written once.
-        // (`o.last` holds a reference, so the pointer cannot have been recycled meanwhile.)
-        let already = std::mem::take(&mut o.last_from_preroll);
-        if !preroll
-            && already
+        // The buffer prepare() wrote while prerolling comes again (BaseSink calls prepare() once
+        // more after the preroll wait, then render()): written once. `o.last` holds a
+        // reference, so its pointer cannot have been recycled by a pool meanwhile.
+        if o.last_from_preroll
             && o.last
                 .as_ref()
                 .is_some_and(|(b, _)| b.as_ptr() == buffer.as_ptr())
         {
+            if !preroll {
+                o.last_from_preroll = false;
+            }
             return Ok(gst::FlowSuccess::Ok);
         }
         let (Some(stream), Some(info)) = (o.stream.as_mut(), o.info.as_ref()) else {
