@@ -473,8 +473,19 @@ fn reader_killed_mid_frame() {
         let (_, _, w) = ring_info(&shm);
         (w > 30).then_some(())
     });
+    let gst_victim = ChildGuard::spawn(
+        "victim gst reader",
+        &mut gst_launch(&format!("shmringsrc shm-name={shm} ! fakesink")),
+    );
+    let (_, _, w) = ring_info(&shm);
+    wait_for(LONG, "more frames", || {
+        let (_, _, w2) = ring_info(&shm);
+        (w2 > w + 10).then_some(())
+    });
     victim.signal(libc::SIGKILL);
+    gst_victim.signal(libc::SIGKILL);
     let _ = victim.wait_output(LONG);
+    let _ = gst_victim.wait_output(LONG);
     let (_, _, w0) = ring_info(&shm);
     let t0 = Instant::now();
     let mut got = 0;
@@ -485,9 +496,10 @@ fn reader_killed_mid_frame() {
     }
     let (_, _, w1) = ring_info(&shm);
     let rate = (w1 - w0) as f64 / t0.elapsed().as_secs_f64();
-    // The writer keeps its 50 fps (generous bound for a loaded 2-core machine).
-    assert!(rate > 30.0, "writer rate after the kill: {rate:.1} fps");
-    assert!(got > 30, "survivor got {got} frames in 2 s");
+    // The writer keeps its 50 fps (bound halved for a loaded 2-core machine; a writer waiting
+    // for the dead reader would make no progress at all).
+    assert!(rate > 25.0, "writer rate after the kill: {rate:.1} fps");
+    assert!(got > 20, "survivor got {got} frames in 2 s");
     // A new reader attaches fine.
     let late = ChildGuard::spawn(
         "late reader",
