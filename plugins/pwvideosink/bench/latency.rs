@@ -3,7 +3,7 @@
 //! `pwvideosink` against the upstream `pipewiresink mode=provide`, side by side in one run
 //! (alternating rounds on one private PipeWire session), printing medians and ratios.
 //!
-//!     cargo bench -p gst-plugin-pwvideosink --bench latency [-- --rounds N --frames N]
+//!     cargo bench -p gst-plugin-pwvideosink --bench latency [-- --rounds 5 --frames 300]
 //!
 //! Latency: the producer writes CLOCK_MONOTONIC into the first 8 bytes of each frame just
 //! before the sink; the consumer (this binary re-run with `--consumer`, `pipewiresrc !
@@ -239,7 +239,7 @@ fn main() {
             .unwrap_or(default)
     };
     let rounds = arg("--rounds", 5);
-    let frames = arg("--frames", 150);
+    let frames = arg("--frames", 300);
 
     let session = PipeWireSession::start();
     // Both producers run in this process and find the daemon through the environment.

@@ -192,6 +192,16 @@ struct Session {
     core: pw::core::CoreRc,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Disconnecting takes the stream off the data thread (synchronously), so the process
+        // callback can't run while its listener is being dropped.
+        if let Some((_, stream)) = &self.stream {
+            let _ = stream.disconnect();
+        }
+    }
+}
+
 /// Loop-thread state (lives in an `Rc`, callbacks hold `Weak`s to it).
 struct LoopCtx {
     mainloop: pw::main_loop::MainLoopRc,
