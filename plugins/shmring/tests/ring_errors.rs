@@ -365,3 +365,27 @@ fn wrong_permissions() {
         );
     }
 }
+
+#[test]
+fn fixed_slot_size_too_small_for_caps() {
+    check_built();
+    let shm = ShmName::new("small");
+    let e = run_fail(
+        "sink",
+        &mut gst_launch_args(&[
+            "videotestsrc",
+            "num-buffers=2",
+            "!",
+            "video/x-raw,format=GRAY8,width=64,height=48",
+            "!",
+            "shmringsink",
+            &format!("shm-name={}", shm.name),
+            "slot-size=1000",
+        ]),
+    );
+    assert!(
+        e.contains("need 3072 bytes per frame but slot-size is 1024"),
+        "{e}"
+    );
+    assert!(e.contains("raise slot-size or set it to 0"), "{e}");
+}

@@ -932,3 +932,66 @@ print(json.dumps({"good": good, "torn": torn, "dropped": r.dropped}), flush=True
     assert!(good > 0);
     pipeline.set_state(gst::State::Null).expect("NULL");
 }
+
+/// With `slot-size=0` and caps without a frame size, the ring grows when a buffer does not fit.
+#[test]
+fn auto_slot_size_grows_for_big_buffers() {
+    check_built();
+    init_gst();
+    let shm = ShmName::new("grow");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("py.log");
+    let out = dir.path().join("out.raw");
+    let out_s = out.display().to_string();
+    let reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
+        &log,
+    );
+    wait_for_log(&log, "waiting", LONG);
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=application/x-blob ! shmringsink shm-name={shm}"
+    ))
+    .expect("writer")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    let src = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let small: Vec<u8> = (0..100u32).map(|i| i as u8).collect();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    src.push_buffer(gst::Buffer::from_slice(small.clone()))
+        .expect("push");
+    // The reader holds the small frame before the ring is replaced by a bigger one.
+    wait_for(LONG, "the small frame", || {
+        (std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) == 100).then_some(())
+    });
+    src.push_buffer(gst::Buffer::from_slice(big.clone()))
+        .expect("push");
+    src.end_of_stream().expect("eos");
+    let msg = pipeline
+        .bus()
+        .expect("bus")
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "{text}");
+    let summary = last_json(text.as_bytes());
+    assert_eq!(summary["frames"], 2, "{summary}");
+    assert_eq!(summary["caps"][0], "application/x-blob", "{summary}");
+    let mut want = small;
+    want.extend_from_slice(&big);
+    assert!(
+        std::fs::read(&out).expect("output") == want,
+        "payloads differ"
+    );
+}
