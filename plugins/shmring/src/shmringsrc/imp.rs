@@ -360,6 +360,7 @@ impl ShmRingSrc {
                     }
                 }
                 let att_next = att.next;
+                // Keeps the mapping alive while `mem` is used below.
                 let seg = att.seg.clone();
                 let mut buffer = match self.alloc(r, meta.size) {
                     Ok(b) => b,
@@ -655,6 +656,9 @@ impl PushSrcImpl for ShmRingSrc {
                 Step::NewCaps(caps) => {
                     gst::info!(CAT, imp = self, "writer caps: {caps}");
                     if self.obj().set_caps(&caps).is_err() {
+                        if *lock(&self.flushing) {
+                            return Err(gst::FlowError::Flushing);
+                        }
                         gst::element_imp_error!(
                             self,
                             gst::CoreError::Negotiation,
