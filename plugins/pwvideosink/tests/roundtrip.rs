@@ -152,3 +152,92 @@ fn upstream_caps_change_is_renegotiated_with_the_consumer() {
     let obj = session.wait_for_node(node, Duration::from_secs(5));
     assert_eq!(obj["info"]["params"]["EnumFormat"][0]["size"]["width"], 640);
 }
+
+/// Upstream buffers with padded strides (a `VideoMeta`, as decoders produce) reach the
+/// consumer as plain default-layout frames.
+#[test]
+fn padded_strides_from_upstream_are_copied_plane_by_plane() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-strides";
+    let format = "I420";
+    let reference = reference_frame(format);
+    let (w, h) = (WIDTH as usize, HEIGHT as usize);
+    // Padded layout: Y stride 384, U/V stride 192, garbage (0xEE) in the padding.
+    let strides = [384usize, 192, 192];
+    let offsets = [0usize, 384 * h, 384 * h + 192 * h / 2];
+    let size = offsets[2] + 192 * h / 2;
+    let default_offsets = [0usize, w * h, w * h + w * h / 4];
+    let default_strides = [w, w / 2, w / 2];
+    let rows = [h, h / 2, h / 2];
+    let mut padded = vec![0xEEu8; size];
+    for p in 0..3 {
+        for r in 0..rows[p] {
+            let src = default_offsets[p] + r * default_strides[p];
+            let dst = offsets[p] + r * strides[p];
+            padded[dst..dst + default_strides[p]]
+                .copy_from_slice(&reference[src..src + default_strides[p]]);
+        }
+    }
+
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true caps=\"{}\" ! \
+         pwvideosink name=sink node-name={node} remote=\"{}\"",
+        caps_str(format),
+        session.socket_path().display()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .expect("pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut buf = gst::Buffer::from_slice(padded.clone());
+                gst_video::VideoMeta::add_full(
+                    buf.get_mut().expect("writable"),
+                    gst_video::VideoFrameFlags::empty(),
+                    gst_video::VideoFormat::I420,
+                    WIDTH,
+                    HEIGHT,
+                    &offsets,
+                    &strides.map(|s| s as i32),
+                )
+                .expect("video meta");
+                if appsrc.push_buffer(buf).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(33));
+            }
+        })
+    };
+    session.wait_for_node(node, Duration::from_secs(10));
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let tail = format!(
+        "{} ! filesink location={}",
+        caps_str(format),
+        out.path().display()
+    );
+    let res = ChildGuard::spawn(
+        "consumer of padded frames",
+        &mut session.consumer(node, Some(10), &tail),
+    )
+    .wait_output(Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = pusher.join();
+    let _ = pipeline.set_state(gst::State::Null);
+    assert!(
+        res.status.success(),
+        "consumer failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    check_frames(out.path(), &reference, 10, "padded I420");
+}

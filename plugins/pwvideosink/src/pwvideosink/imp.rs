@@ -56,6 +56,7 @@ enum State {
         handle: LoopHandle,
         shared: Arc<Shared>,
         layout: Option<FrameLayout>,
+        info: Option<Box<gst_video::VideoInfo>>,
         seq: u64,
     },
 }
@@ -310,6 +311,7 @@ impl BaseSinkImpl for PwVideoSink {
             handle,
             shared,
             layout: None,
+            info: None,
             seq: 0,
         };
         Ok(())
@@ -344,14 +346,25 @@ impl BaseSinkImpl for PwVideoSink {
         let State::Started {
             handle,
             layout: current,
+            info: current_info,
             ..
         } = &mut *state
         else {
             return Err(gst::loggable_error!(CAT, "caps set while not started"));
         };
         *current = Some(layout);
+        *current_info = Some(Box::new(info));
         handle.send(Msg::SetLayout(layout));
         Ok(())
+    }
+
+    fn propose_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        // Frames are copied plane by plane, so any upstream stride/offset is fine.
+        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        self.parent_propose_allocation(query)
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -360,6 +373,7 @@ impl BaseSinkImpl for PwVideoSink {
             handle,
             shared,
             layout,
+            info,
             seq,
         } = &mut *state
         else {
@@ -379,11 +393,20 @@ impl BaseSinkImpl for PwVideoSink {
             return Ok(gst::FlowSuccess::Ok);
         }
         let pts = buffer.pts().map(|t| t.nseconds() as i64).unwrap_or(-1);
+        // Planes elsewhere than in the default layout (we accept VideoMeta): copy per plane.
+        let info = info.as_ref().and_then(|info| {
+            let meta = buffer.meta::<gst_video::VideoMeta>()?;
+            let n = info.n_planes() as usize;
+            let same = meta.offset()[..n] == info.offset()[..n]
+                && meta.stride()[..n] == info.stride()[..n];
+            (!same).then(|| (**info).clone())
+        });
         let frame = PendingFrame {
             buffer: buffer.clone(),
             layout,
             seq: *seq,
             pts,
+            info,
         };
         if shared.offer(frame) {
             handle.send(Msg::Wake);

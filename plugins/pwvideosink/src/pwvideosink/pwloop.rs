@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use gst_video::prelude::*;
 use pipewire as pw;
 use pw::spa;
 use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
@@ -65,6 +66,9 @@ pub(crate) struct PendingFrame {
     pub seq: u64,
     /// Presentation time in ns (-1 when unknown).
     pub pts: i64,
+    /// Set when the buffer's planes are not in the default layout (a `VideoMeta` with other
+    /// offsets/strides): the negotiated video info, to copy plane by plane.
+    pub info: Option<gst_video::VideoInfo>,
 }
 
 /// State shared between the element (streaming thread, property reads) and the loop thread.
@@ -630,11 +634,9 @@ fn process_frame(shared: &Shared, stream: &Stream) {
         }
         let d = &mut *(*buf).datas;
         let mut written = 0usize;
-        if !d.data.is_null()
-            && let Ok(map) = frame.buffer.map_readable()
-        {
-            written = map.len().min(d.maxsize as usize);
-            std::ptr::copy_nonoverlapping(map.as_ptr(), d.data as *mut u8, written);
+        if !d.data.is_null() {
+            let dst = std::slice::from_raw_parts_mut(d.data as *mut u8, d.maxsize as usize);
+            written = copy_frame(&frame, dst);
         }
         if !d.chunk.is_null() {
             let c = &mut *d.chunk;
@@ -662,4 +664,51 @@ fn process_frame(shared: &Shared, stream: &Stream) {
         stream.queue_raw_buffer(raw);
     }
     shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Copy `frame` into `dst` in GStreamer's default layout; returns the bytes written.
+fn copy_frame(frame: &PendingFrame, dst: &mut [u8]) -> usize {
+    let Some(info) = &frame.info else {
+        let Ok(map) = frame.buffer.map_readable() else {
+            return 0;
+        };
+        let n = map.len().min(dst.len());
+        dst[..n].copy_from_slice(&map[..n]);
+        return n;
+    };
+    let Ok(src) = gst_video::VideoFrameRef::from_buffer_ref_readable(frame.buffer.as_ref(), info)
+    else {
+        return 0;
+    };
+    let finfo = info.format_info();
+    let default =
+        match gst_video::VideoInfo::builder(info.format(), info.width(), info.height()).build() {
+            Ok(d) => d,
+            Err(_) => return 0,
+        };
+    for p in 0..info.n_planes() {
+        let Some(comp) = (0..finfo.n_components()).find(|&c| finfo.plane()[c as usize] == p) else {
+            continue;
+        };
+        let comp = comp as u8;
+        let rows = finfo.scale_height(comp, info.height()) as usize;
+        let row_bytes = finfo.scale_width(comp, info.width()) as usize
+            * finfo.pixel_stride()[comp as usize].max(0) as usize;
+        let (Ok(data), Some(&sstride)) = (src.plane_data(p), src.plane_stride().get(p as usize))
+        else {
+            continue;
+        };
+        let sstride = sstride.max(0) as usize;
+        let dstride = default.stride()[p as usize].max(0) as usize;
+        let doff = default.offset()[p as usize];
+        let n = row_bytes.min(sstride).min(dstride);
+        for r in 0..rows {
+            let (s0, d0) = (r * sstride, doff + r * dstride);
+            if s0 + n > data.len() || d0 + n > dst.len() {
+                break;
+            }
+            dst[d0..d0 + n].copy_from_slice(&data[s0..s0 + n]);
+        }
+    }
+    default.size().min(dst.len())
 }
