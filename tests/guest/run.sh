@@ -117,7 +117,7 @@ TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --mes
 [ -x "$TEST_BIN" ] || die "could not build the guest test binary"
 BENCH_BIN=""
 if [ "$MODE" = bench ]; then
-  cargo build -q --release -p gst-plugin-v4l2loopsink --bin v4l2loopsink-bench
+  cargo build -q --release -p gst-plugin-v4l2loopsink
   BENCH_BIN="$ROOT/target/release/v4l2loopsink-bench"
   # The benchmark loads the release build of the plugin.
   PLUGIN_DIR="$ROOT/target/release"

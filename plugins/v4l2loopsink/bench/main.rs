@@ -1,0 +1,318 @@
+//! Benchmark (not a test): CPU time and copies per frame of three v4l2loopback writers doing the
+//! same job — 1280x720 YUY2 frames into one loopback device as fast as they go:
+//!
+//! * `v4l2loopsink` (this crate), `v4l2sink` (gst-plugins-good), both fed by `videotestsrc`;
+//! * `ffmpeg -f v4l2`, fed by lavfi `color`.
+//!
+//! Each writer runs as a subprocess; its CPU time (user + system, from `wait4`) minus the CPU
+//! time of the same source into a null sink (`fakesink` / `-f null`) is the writer's cost. Runs
+//! are interleaved and repeated; medians and ratios against `v4l2loopsink` are printed.
+//! Copies per frame: `v4l2loopsink` reports them (`stats`); for `v4l2sink` a pad probe checks
+//! whether upstream wrote straight into the driver's buffers (0) or v4l2sink copies (1); for
+//! ffmpeg, `/proc/<pid>/io` counts the bytes it pushed through `write()` (each a kernel copy),
+//! plus the rawvideo encoder's frame-to-packet copy.
+//!
+//! Run it in the guest (real module): `tests/guest/run.sh --bench`.
+//! Environment: `BENCH_DEVICE` (default /dev/video11), `BENCH_FRAMES` (150), `BENCH_RUNS` (5).
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+const WIDTH: u32 = 1280;
+const HEIGHT: u32 = 720;
+const FRAME_SIZE: u64 = WIDTH as u64 * HEIGHT as u64 * 2;
+
+struct Run {
+    cpu: Duration,
+    wall: Duration,
+    write_bytes: u64,
+}
+
+/// Runs `cmd` to completion (≤ 10 min) and returns its CPU time, wall time and `wchar`.
+fn measure(name: &str, cmd: &mut Command) -> Result<Run, String> {
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
+    let pid = child.id() as libc::pid_t;
+    let io_path = format!("/proc/{pid}/io");
+    let mut write_bytes = 0u64;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        if let Ok(io) = std::fs::read_to_string(&io_path)
+            && let Some(w) = io
+                .lines()
+                .find_map(|l| l.strip_prefix("wchar: "))
+                .and_then(|v| v.trim().parse().ok())
+        {
+            write_bytes = w;
+        }
+        // SAFETY: wait4 on our own child with valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        if r < 0 {
+            return Err(format!("{name}: wait4 failed"));
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            // SAFETY: killing our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(format!("{name}: no exit within 10 min"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let wall = start.elapsed();
+    let exit = std::process::ExitStatus::from_raw(status);
+    if !exit.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(format!("{name} failed ({exit}): {err}"));
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(Run {
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        wall,
+        write_bytes,
+    })
+}
+
+fn gst_launch(pipeline: &str) -> Command {
+    let mut c = Command::new("gst-launch-1.0");
+    c.arg("-q").args(pipeline.split_whitespace());
+    c
+}
+
+fn ffmpeg(frames: u32, output: &[&str]) -> Command {
+    let mut c = Command::new("ffmpeg");
+    c.args([
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+    ])
+    .arg(format!(
+        "color=c=green:s={WIDTH}x{HEIGHT}:r=30,format=yuyv422"
+    ))
+    .args(["-frames:v", &frames.to_string()])
+    .args(output);
+    c
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Copies per frame inside `v4l2sink` (0 when upstream rendered into its mmap pool) and the
+/// stats of `v4l2loopsink`, from short in-process runs.
+fn copies(device: &str) -> Result<(f64, f64), String> {
+    gst::init().map_err(|e| e.to_string())?;
+    let caps = format!("video/x-raw,format=YUY2,width={WIDTH},height={HEIGHT},framerate=30/1");
+    let run = |sink: &str| -> Result<(gst::Pipeline, u64, u64), String> {
+        let p = gst::parse::launch(&format!(
+            "videotestsrc num-buffers=30 pattern=solid-color ! {caps} ! {sink} name=sink device={device} sync=false"
+        ))
+        .map_err(|e| e.to_string())?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline".to_string())?;
+        let sink_el = p.by_name("sink").ok_or("no sink")?;
+        let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+        let c = counts.clone();
+        sink_el.static_pad("sink").ok_or("no sink pad")?.add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, info| {
+                if let Some(buffer) = info.buffer() {
+                    let in_driver_memory = buffer.iter_memories().all(|m| {
+                        m.allocator()
+                            .is_some_and(|a| a.type_().name().contains("V4l2"))
+                    });
+                    let mut g = c.lock().unwrap_or_else(|e| e.into_inner());
+                    g.0 += 1;
+                    if in_driver_memory {
+                        g.1 += 1;
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        p.set_state(gst::State::Playing)
+            .map_err(|e| format!("{sink}: {e}"))?;
+        let bus = p.bus().ok_or("no bus")?;
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(120),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+            .ok_or(format!("{sink}: no EOS within 120 s"))?;
+        if let gst::MessageView::Error(e) = msg.view() {
+            return Err(format!("{sink}: {}", e.error()));
+        }
+        let (frames, zero_copy) = *counts.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((p, frames, zero_copy))
+    };
+    let (p, frames, zero_copy) = run("v4l2sink")?;
+    let _ = p.set_state(gst::State::Null);
+    let v4l2sink_copies = if frames == 0 {
+        f64::NAN
+    } else {
+        (frames - zero_copy) as f64 / frames as f64
+    };
+    let (p, _, _) = run("v4l2loopsink keepalive=false")?;
+    let stats = p
+        .by_name("sink")
+        .ok_or("no sink")?
+        .property::<gst::Structure>("stats");
+    let _ = p.set_state(gst::State::Null);
+    let ours = stats
+        .get::<f64>("copies-per-frame")
+        .map_err(|e| e.to_string())?;
+    Ok((ours, v4l2sink_copies))
+}
+
+fn main() {
+    let device = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "/dev/video11".into());
+    let frames: u32 = std::env::var("BENCH_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let caps = format!("video/x-raw,format=YUY2,width={WIDTH},height={HEIGHT},framerate=30/1");
+    let src = format!("videotestsrc num-buffers={frames} pattern=solid-color ! {caps}");
+    println!(
+        "v4l2loopback {} — {WIDTH}x{HEIGHT} YUY2, {frames} frames per run, {runs} runs, device {device}",
+        std::fs::read_to_string("/sys/module/v4l2loopback/version")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(
+                |_| std::env::var("VCAMBRIDGE_V4L2LOOPBACK_VERSION").unwrap_or_default()
+            )
+    );
+
+    let (ours_copies, v4l2sink_copies) = match copies(&device) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("copies measurement failed: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    type Maker = Box<dyn Fn() -> Command>;
+    let cases: Vec<(&str, Maker)> = vec![
+        (
+            "gst baseline (fakesink)",
+            Box::new({
+                let src = src.clone();
+                move || gst_launch(&format!("{src} ! fakesink sync=false"))
+            }),
+        ),
+        (
+            "v4l2loopsink",
+            Box::new({
+                let (src, device) = (src.clone(), device.clone());
+                move || {
+                    gst_launch(&format!(
+                        "{src} ! v4l2loopsink device={device} sync=false keepalive=false"
+                    ))
+                }
+            }),
+        ),
+        (
+            "v4l2sink",
+            Box::new({
+                let (src, device) = (src.clone(), device.clone());
+                move || gst_launch(&format!("{src} ! v4l2sink device={device} sync=false"))
+            }),
+        ),
+        (
+            "ffmpeg baseline (-f null)",
+            Box::new(move || ffmpeg(frames, &["-f", "null", "-"])),
+        ),
+        (
+            "ffmpeg -f v4l2",
+            Box::new({
+                let device = device.clone();
+                move || ffmpeg(frames, &["-c:v", "rawvideo", "-f", "v4l2", &device])
+            }),
+        ),
+    ];
+    let mut cpu: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    let mut wall: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    let mut wchar: Vec<u64> = vec![0; cases.len()];
+    for r in 0..runs {
+        for (i, (name, make)) in cases.iter().enumerate() {
+            match measure(name, &mut make()) {
+                Ok(run) => {
+                    cpu[i].push(run.cpu);
+                    wall[i].push(run.wall);
+                    wchar[i] = wchar[i].max(run.write_bytes);
+                    eprintln!(
+                        "run {}/{runs} {name}: cpu {:?} wall {:?}",
+                        r + 1,
+                        run.cpu,
+                        run.wall
+                    );
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    let per_frame = |d: Duration| d.as_secs_f64() * 1000.0 / frames as f64;
+    let med: Vec<f64> = cpu.iter().map(|v| per_frame(median(v.clone()))).collect();
+    let wall_med: Vec<f64> = wall.iter().map(|v| per_frame(median(v.clone()))).collect();
+    let net = [
+        med[1] - med[0], // v4l2loopsink
+        med[2] - med[0], // v4l2sink
+        med[4] - med[3], // ffmpeg
+    ];
+    let ffmpeg_write_copies = wchar[4] as f64 / (frames as u64 * FRAME_SIZE) as f64;
+    println!();
+    println!(
+        "{:<28} {:>14} {:>14} {:>12} {:>12}",
+        "writer", "cpu ms/frame", "net ms/frame", "vs ours", "copies/frame"
+    );
+    let rows = [
+        ("v4l2loopsink", med[1], net[0], format!("{ours_copies:.2}")),
+        ("v4l2sink", med[2], net[1], format!("{v4l2sink_copies:.2}")),
+        (
+            "ffmpeg -f v4l2",
+            med[4],
+            net[2],
+            // write(): one kernel copy per byte written, plus rawvideo's frame→packet copy.
+            format!("{:.2}", ffmpeg_write_copies + 1.0),
+        ),
+    ];
+    for (name, total, n, c) in &rows {
+        println!(
+            "{name:<28} {total:>14.3} {n:>14.3} {:>11.2}x {c:>12}",
+            n / net[0].max(1e-9)
+        );
+    }
+    println!(
+        "{:<28} {:>14.3}\n{:<28} {:>14.3}",
+        "(gst source alone)", med[0], "(ffmpeg source alone)", med[3]
+    );
+    println!(
+        "\nmedians of {runs} runs; net = writer pipeline minus the same source into a null sink; \
+         wall ms/frame: ours {:.3}, v4l2sink {:.3}, ffmpeg {:.3}",
+        wall_med[1], wall_med[2], wall_med[4]
+    );
+}
