@@ -144,6 +144,29 @@ pub fn enum_format_pod(spec: &VideoSpec) -> Result<Vec<u8>, PodError> {
     format_object(spec, ParamType::EnumFormat.as_raw())
 }
 
+/// `EnumFormat` pods for `current` first (the format upstream delivers now), then the same size
+/// and rate in each of the `alternatives` (SPA formats upstream could switch to).
+pub fn enum_format_pods(
+    current: &VideoSpec,
+    alternatives: &[u32],
+) -> Result<Vec<Vec<u8>>, PodError> {
+    let mut pods = vec![enum_format_pod(current)?];
+    let mut seen = vec![current.format];
+    for &format in alternatives {
+        if seen.contains(&format) || gst_format_from_spa(format).is_none() {
+            continue;
+        }
+        seen.push(format);
+        pods.push(enum_format_pod(&VideoSpec { format, ..*current })?);
+    }
+    Ok(pods)
+}
+
+/// Same size and frame rate, possibly another pixel format.
+pub fn same_geometry(a: &VideoSpec, b: &VideoSpec) -> bool {
+    (a.width, a.height, a.fps_n, a.fps_d) == (b.width, b.height, b.fps_n, b.fps_d)
+}
+
 fn format_object(spec: &VideoSpec, id: u32) -> Result<Vec<u8>, PodError> {
     serialize(Object {
         type_: SpaTypes::ObjectParamFormat.as_raw(),
@@ -377,6 +400,51 @@ mod tests {
             );
         }
         assert_eq!(parse_video_format(&bytes).unwrap(), spec());
+    }
+
+    #[test]
+    fn alternatives_follow_the_current_format_without_duplicates() {
+        let i420 = VideoFormat::I420.as_raw();
+        let yuy2 = VideoFormat::YUY2.as_raw();
+        let pods = enum_format_pods(
+            &spec(),
+            &[
+                i420,
+                spec().format,
+                yuy2,
+                i420,
+                VideoFormat::Encoded.as_raw(),
+            ],
+        )
+        .unwrap();
+        let specs: Vec<VideoSpec> = pods
+            .iter()
+            .map(|p| parse_video_format(p).unwrap())
+            .collect();
+        assert_eq!(specs.len(), 3);
+        assert_eq!(specs[0], spec());
+        assert_eq!(
+            specs[1],
+            VideoSpec {
+                format: i420,
+                ..spec()
+            }
+        );
+        assert_eq!(
+            specs[2],
+            VideoSpec {
+                format: yuy2,
+                ..spec()
+            }
+        );
+        assert!(specs.iter().all(|s| same_geometry(s, &spec())));
+        assert!(!same_geometry(
+            &spec(),
+            &VideoSpec {
+                width: 640,
+                ..spec()
+            }
+        ));
     }
 
     #[test]

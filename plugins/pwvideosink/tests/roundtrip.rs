@@ -241,3 +241,96 @@ fn padded_strides_from_upstream_are_copied_plane_by_plane() {
     );
     check_frames(out.path(), &reference, 10, "padded I420");
 }
+
+/// With a converter upstream the node offers every format upstream can deliver (current one
+/// first, all with the fixed size and rate); a consumer that only takes another one gets it:
+/// pwvideosink asks upstream to switch.
+#[test]
+fn consumer_choice_among_upstream_formats_is_honoured() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-choice";
+    let desc = format!(
+        "videotestsrc is-live=true pattern=colors ! {} ! videoconvert ! \
+         pwvideosink name=sink node-name={node} remote=\"{}\"",
+        caps_str("BGRx"),
+        session.socket_path().display()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .expect("pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    let sink = pipeline.by_name("sink").expect("sink");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    let obj = session.wait_for_node(node, Duration::from_secs(10));
+    let formats: Vec<String> = obj["info"]["params"]["EnumFormat"]
+        .as_array()
+        .expect("EnumFormat")
+        .iter()
+        .map(|f| {
+            assert_eq!(f["size"]["width"], WIDTH, "{f}");
+            assert_eq!(f["framerate"]["num"], FPS, "{f}");
+            f["format"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(formats[0], "BGRx", "current format first: {formats:?}");
+    for f in [
+        "I420", "NV12", "YUY2", "UYVY", "RGBx", "BGRA", "RGBA", "RGB", "BGR",
+    ] {
+        assert!(formats.iter().any(|x| x == f), "{f} missing in {formats:?}");
+    }
+
+    // Reference: the same source converted to I420.
+    let reference = {
+        let desc = format!(
+            "videotestsrc num-buffers=1 pattern=colors ! {} ! videoconvert ! {} ! appsink name=out",
+            caps_str("BGRx"),
+            caps_str("I420")
+        );
+        let p = gst::parse::launch(&desc)
+            .expect("reference")
+            .downcast::<gst::Pipeline>()
+            .expect("pipeline");
+        let out = p
+            .by_name("out")
+            .expect("appsink")
+            .downcast::<gst_app::AppSink>()
+            .expect("appsink");
+        p.set_state(gst::State::Playing).expect("play reference");
+        let sample = out
+            .try_pull_sample(gst::ClockTime::from_seconds(10))
+            .expect("reference frame");
+        let v = sample
+            .buffer()
+            .expect("buffer")
+            .map_readable()
+            .expect("map")
+            .to_vec();
+        p.set_state(gst::State::Null).expect("stop");
+        v
+    };
+
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let tail = format!(
+        "{} ! filesink location={}",
+        caps_str("I420"),
+        out.path().display()
+    );
+    let res = ChildGuard::spawn(
+        "I420-only consumer",
+        &mut session.consumer(node, Some(10), &tail),
+    )
+    .wait_output(Duration::from_secs(30));
+    let stats = sink.property::<gst::Structure>("stats");
+    let _ = pipeline.set_state(gst::State::Null);
+    assert!(
+        res.status.success(),
+        "consumer failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    check_frames(out.path(), &reference, 10, "I420 from BGRx upstream");
+    assert_eq!(
+        stats.get::<String>("format").expect("format"),
+        "I420 320x240@30/1"
+    );
+}

@@ -65,6 +65,9 @@ enum State {
 pub struct PwVideoSink {
     settings: Mutex<Settings>,
     state: Mutex<State>,
+    /// Format a consumer fixed that upstream said it could deliver: our caps query answers
+    /// only this one until stop, so upstream renegotiates to it.
+    preferred_format: Mutex<Option<&'static str>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -121,12 +124,53 @@ impl PwVideoSink {
                     gst::error!(CAT, obj = obj, "{m}");
                     gst::element_error!(obj, gst::ResourceError::Write, ("{}", m));
                 }
+                LoopEvent::WantFormat(f) => obj.imp().want_format(f),
                 LoopEvent::Info(m) => {
                     gst::info!(CAT, obj = obj, "{m}");
                     gst::element_info!(obj, gst::ResourceError::Write, ("{}", m));
                 }
             }
         })
+    }
+
+    /// A consumer fixed `format`: make upstream switch to it.
+    fn want_format(&self, format: &'static str) {
+        gst::info!(
+            CAT,
+            imp = self,
+            "consumer wants {format}, asking upstream to switch"
+        );
+        *lock(&self.preferred_format) = Some(format);
+        if let Some(pad) = self.obj().static_pad("sink") {
+            pad.push_event(gst::event::Reconfigure::new());
+        }
+    }
+
+    /// Other supported formats upstream can deliver at the negotiated size and rate.
+    fn upstream_alternatives(&self, info: &gst_video::VideoInfo) -> Vec<u32> {
+        let Some(pad) = self.obj().static_pad("sink") else {
+            return Vec::new();
+        };
+        let filter = gst::Caps::builder("video/x-raw")
+            .field("format", gst::List::new(format::supported_gst_formats()))
+            .field("width", info.width() as i32)
+            .field("height", info.height() as i32)
+            .field("framerate", info.fps())
+            .build();
+        let caps = pad.peer_query_caps(Some(&filter));
+        let mut names: Vec<String> = Vec::new();
+        for s in caps.iter() {
+            if let Ok(f) = s.get::<String>("format") {
+                names.push(f);
+            } else if let Ok(list) = s.get::<gst::List>("format") {
+                names.extend(list.iter().filter_map(|v| v.get::<String>().ok()));
+            }
+        }
+        // Keep our order of preference.
+        format::supported_gst_formats()
+            .filter(|f| names.iter().any(|n| n == f) && *f != info.format().to_str())
+            .filter_map(format::spa_format_from_gst)
+            .collect()
     }
 
     fn stats(&self) -> gst::Structure {
@@ -317,7 +361,22 @@ impl BaseSinkImpl for PwVideoSink {
         Ok(())
     }
 
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        let mut caps = self.obj().static_pad("sink")?.pad_template_caps();
+        if let Some(f) = *lock(&self.preferred_format) {
+            let caps = caps.make_mut();
+            for s in caps.iter_mut() {
+                s.set("format", f);
+            }
+        }
+        Some(match filter {
+            Some(filter) => filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+            None => caps,
+        })
+    }
+
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *lock(&self.preferred_format) = None;
         let old = std::mem::take(&mut *lock(&self.state));
         if let State::Started { handle, .. } = old {
             handle.stop();
@@ -341,7 +400,14 @@ impl BaseSinkImpl for PwVideoSink {
             size: info.size() as u32,
             stride: info.stride()[0].max(0) as u32,
         };
-        gst::info!(CAT, imp = self, "publishing {}", layout.spec.describe());
+        let alternatives = self.upstream_alternatives(&info);
+        gst::info!(
+            CAT,
+            imp = self,
+            "publishing {} (+{} other formats upstream can deliver)",
+            layout.spec.describe(),
+            alternatives.len()
+        );
         let mut state = lock(&self.state);
         let State::Started {
             handle,
@@ -354,7 +420,7 @@ impl BaseSinkImpl for PwVideoSink {
         };
         *current = Some(layout);
         *current_info = Some(Box::new(info));
-        handle.send(Msg::SetLayout(layout));
+        handle.send(Msg::SetLayout(layout, alternatives));
         Ok(())
     }
 

@@ -31,8 +31,9 @@ static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|
 pub(crate) enum Msg {
     /// A frame is waiting in the mailbox.
     Wake,
-    /// Upstream caps (re)negotiated: publish this format.
-    SetLayout(FrameLayout),
+    /// Upstream caps (re)negotiated: publish this format first, then the same size and rate
+    /// in the other SPA formats upstream could deliver.
+    SetLayout(FrameLayout, Vec<u32>),
     /// Tear everything down and leave the loop.
     Quit,
 }
@@ -42,6 +43,8 @@ pub(crate) enum LoopEvent {
     Warning(String),
     Error(String),
     Info(String),
+    /// The consumer fixed this (GStreamer) format, one of the alternatives: ask upstream for it.
+    WantFormat(&'static str),
 }
 
 pub(crate) type Notify = Arc<dyn Fn(LoopEvent) + Send + Sync>;
@@ -215,6 +218,7 @@ struct LoopCtx {
     notify: Notify,
     session: RefCell<Option<Session>>,
     layout: Cell<Option<FrameLayout>>,
+    alternatives: RefCell<Vec<u32>>,
     disconnected: Cell<bool>,
     reconnect_failures: Cell<u32>,
     node_id: Cell<u32>,
@@ -254,6 +258,7 @@ fn run(
         notify,
         session: RefCell::new(None),
         layout: Cell::new(None),
+        alternatives: RefCell::new(Vec::new()),
         disconnected: Cell::new(false),
         reconnect_failures: Cell::new(0),
         node_id: Cell::new(u32::MAX),
@@ -277,7 +282,7 @@ fn run(
             let Some(ctx) = ctx.upgrade() else { return };
             match msg {
                 Msg::Wake => ctx.on_wake(),
-                Msg::SetLayout(l) => ctx.set_layout(l),
+                Msg::SetLayout(l, alts) => ctx.set_layout(l, alts),
                 Msg::Quit => ctx.mainloop.quit(),
             }
         }
@@ -368,8 +373,8 @@ fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
         _core_listener: core_listener,
         core,
     };
-    if let Some(layout) = ctx.layout.get() {
-        session.stream = Some(create_stream(ctx, &session.core, &layout)?);
+    if ctx.layout.get().is_some() {
+        session.stream = Some(create_stream(ctx, &session.core)?);
     }
     Ok(session)
 }
@@ -377,7 +382,6 @@ fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
 fn create_stream(
     ctx: &Rc<LoopCtx>,
     core: &pw::core::CoreRc,
-    layout: &FrameLayout,
 ) -> Result<(StreamListener<()>, StreamRc), String> {
     let cfg = &ctx.config;
     let mut props = pw::properties::PropertiesBox::new();
@@ -417,8 +421,11 @@ fn create_stream(
         })
         .register()
         .map_err(|e| format!("could not listen to the PipeWire stream: {e}"))?;
-    let pod = format::enum_format_pod(&layout.spec).map_err(|e| e.to_string())?;
-    let mut params = [spa::pod::Pod::from_bytes(&pod).ok_or("invalid EnumFormat pod")?];
+    let pods = ctx.format_pods()?;
+    let mut params = pods
+        .iter()
+        .map(|p| spa::pod::Pod::from_bytes(p).ok_or("invalid EnumFormat pod"))
+        .collect::<Result<Vec<_>, _>>()?;
     stream
         .connect(
             spa::utils::Direction::Output,
@@ -437,9 +444,17 @@ impl LoopCtx {
         self.shared.consumers.store(n as u32, Ordering::Relaxed);
     }
 
-    fn set_layout(self: &Rc<Self>, layout: FrameLayout) {
+    /// The `EnumFormat` pods for the current layout and alternatives.
+    fn format_pods(&self) -> Result<Vec<Vec<u8>>, String> {
+        let layout = self.layout.get().ok_or("no format yet")?;
+        format::enum_format_pods(&layout.spec, &self.alternatives.borrow())
+            .map_err(|e| e.to_string())
+    }
+
+    fn set_layout(self: &Rc<Self>, layout: FrameLayout, alternatives: Vec<u32>) {
         let old = self.layout.replace(Some(layout));
-        if old == Some(layout) {
+        let old_alts = self.alternatives.replace(alternatives);
+        if old == Some(layout) && *self.alternatives.borrow() == old_alts {
             return;
         }
         let guard = self.session.borrow();
@@ -447,25 +462,25 @@ impl LoopCtx {
             return;
         };
         if let Some((_, stream)) = &session.stream {
-            // Renegotiate: offer the new format; the consumer fixes it again and
+            // Renegotiate: offer the new formats; the consumer fixes one again and
             // param_changed(Format) brings new buffers.
-            match format::enum_format_pod(&layout.spec) {
-                Ok(pod) => {
-                    if let Some(pod) = spa::pod::Pod::from_bytes(&pod)
-                        && let Err(e) = stream.update_params(&mut [pod])
-                    {
-                        (self.notify)(LoopEvent::Warning(format!(
-                            "could not renegotiate the PipeWire format: {e}"
-                        )));
-                    }
-                }
-                Err(e) => (self.notify)(LoopEvent::Warning(e.to_string())),
+            let res = self.format_pods().and_then(|pods| {
+                let mut params = pods
+                    .iter()
+                    .filter_map(|p| spa::pod::Pod::from_bytes(p))
+                    .collect::<Vec<_>>();
+                stream.update_params(&mut params).map_err(|e| e.to_string())
+            });
+            if let Err(e) = res {
+                (self.notify)(LoopEvent::Warning(format!(
+                    "could not renegotiate the PipeWire format: {e}"
+                )));
             }
             return;
         }
         let core = session.core.clone();
         drop(guard);
-        match create_stream(self, &core, &layout) {
+        match create_stream(self, &core) {
             Ok(s) => {
                 if let Some(session) = self.session.borrow_mut().as_mut() {
                     session.stream = Some(s);
@@ -533,6 +548,15 @@ impl LoopCtx {
         let Some(layout) = self.layout.get() else {
             return;
         };
+        if layout.spec != spec
+            && format::same_geometry(&layout.spec, &spec)
+            && self.alternatives.borrow().contains(&spec.format)
+            && let Some(name) = format::gst_format_from_spa(spec.format)
+        {
+            // Upstream said it can deliver this one: frames wait until it has switched.
+            (self.notify)(LoopEvent::WantFormat(name));
+            return;
+        }
         if layout.spec != spec {
             (self.notify)(LoopEvent::Warning(format!(
                 "consumer fixed {} but upstream delivers {}",
