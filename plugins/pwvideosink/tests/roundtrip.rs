@@ -42,6 +42,10 @@ fn frames_and_pixels_reach_pipewiresrc_in_several_formats() {
             session.logs()
         );
         check_frames(out.path(), &reference, FRAMES, format);
+        assert!(
+            producer.stats().get::<bool>("driving").expect("driving"),
+            "{format}: nothing else drives this graph, the node should"
+        );
         let sent = producer.stat_u64("frames-sent");
         assert!(sent >= FRAMES as u64, "{format}: stats frames-sent={sent}");
         assert_eq!(producer.first_error(), None, "{format}: producer error");
@@ -333,4 +337,46 @@ fn consumer_choice_among_upstream_formats_is_honoured() {
         stats.get::<String>("format").expect("format"),
         "I420 320x240@30/1"
     );
+}
+
+/// When another driver runs the graph (here the consumer joins the group of PipeWire's dummy
+/// driver, which has a higher driver priority) the node follows the graph's cycles and still
+/// delivers every frame's content.
+#[test]
+fn follows_another_driver() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-follower";
+    let producer = Producer::start(&session, node, "I420", "");
+    session.wait_for_node(node, Duration::from_secs(10));
+    let reference = reference_frame("I420");
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let mut cmd = session.command("gst-launch-1.0");
+    cmd.args([
+        "-q",
+        "pipewiresrc",
+        &format!("target-object={node}"),
+        "stream-properties=props,media.type=Video,node.group=pipewire.dummy",
+        "num-buffers=15",
+        "!",
+        &caps_str("I420"),
+        "!",
+        "filesink",
+        &format!("location={}", out.path().display()),
+    ]);
+    let consumer = ChildGuard::spawn("consumer in the dummy driver's group", &mut cmd);
+    vcambridge_tests::wait_for(Duration::from_secs(15), "frames sent as a follower", || {
+        (producer.stat_u64("frames-sent") > 0).then_some(())
+    });
+    let driving = producer.stats().get::<bool>("driving").expect("driving");
+    let res = consumer.wait_output(Duration::from_secs(30));
+    assert!(
+        res.status.success(),
+        "consumer failed: {}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        session.logs()
+    );
+    check_frames(out.path(), &reference, 15, "follower");
+    assert!(!driving, "the dummy driver should drive this graph");
+    assert_eq!(producer.first_error(), None);
 }

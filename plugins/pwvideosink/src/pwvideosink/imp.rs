@@ -175,8 +175,8 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
-        let (consumers, sent, dropped, fmt) = match &*state {
-            State::Stopped => (0u32, 0u64, 0u64, String::new()),
+        let (consumers, sent, dropped, fmt, driving) = match &*state {
+            State::Stopped => (0u32, 0u64, 0u64, String::new(), false),
             State::Started { shared, layout, .. } => {
                 let negotiated = lock(&shared.negotiated).map(|s: VideoSpec| s.describe());
                 (
@@ -186,6 +186,7 @@ impl PwVideoSink {
                     negotiated
                         .or_else(|| layout.map(|l| l.spec.describe()))
                         .unwrap_or_default(),
+                    shared.driving.load(Ordering::Relaxed),
                 )
             }
         };
@@ -194,6 +195,7 @@ impl PwVideoSink {
             .field("frames-sent", sent)
             .field("frames-dropped", dropped)
             .field("format", fmt)
+            .field("driving", driving)
             .build()
     }
 }
@@ -249,7 +251,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving")
                     .read_only()
                     .build(),
             ]

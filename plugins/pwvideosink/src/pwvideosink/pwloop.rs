@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub frames_sent: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub consumers: AtomicU32,
+    /// The node drives its graph (last seen when a frame was handed over).
+    pub driving: AtomicBool,
     /// Format fixed with the consumer, if any.
     pub negotiated: Mutex<Option<VideoSpec>>,
     /// Set when the connection is lost for good (reconnect=false): the message to error out with.
@@ -503,7 +505,9 @@ impl LoopCtx {
         }
         // SAFETY: plain calls on a live stream owned by this thread.
         unsafe {
-            if pw::sys::pw_stream_is_driving(stream.as_raw_ptr()) {
+            let driving = pw::sys::pw_stream_is_driving(stream.as_raw_ptr());
+            self.shared.driving.store(driving, Ordering::Relaxed);
+            if driving {
                 let _ = pw::sys::pw_stream_trigger_process(stream.as_raw_ptr());
             }
         }
