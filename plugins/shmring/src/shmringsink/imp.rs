@@ -65,6 +65,8 @@ enum State {
         /// Raw video caps: the default layout the ring carries.
         video_info: Option<Box<gst_video::VideoInfo>>,
         pool: Option<SlotPool>,
+        /// The caps could not be published (error already posted): refuse buffers.
+        caps_failed: bool,
     },
 }
 
@@ -180,6 +182,52 @@ impl ShmRingSink {
             geometry.slot_size
         );
         Ok(writer)
+    }
+
+    /// Publish `caps` into the ring, resizing it (slot-size 0) or refusing them (fixed size).
+    fn publish_caps(&self, state: &mut State, caps: &gst::Caps) -> Result<(), gst::ErrorMessage> {
+        let State::Started {
+            writer, settings, ..
+        } = &*state
+        else {
+            return Err(gst::error_msg!(
+                gst::CoreError::StateChange,
+                ("not started")
+            ));
+        };
+        let slot_size = writer.geometry().slot_size;
+        let auto = settings.slot_size == 0;
+        let name = settings.shm_name.clone();
+        if let Some(needed) = frame_size(caps) {
+            if auto && ring::align_up(needed) != slot_size {
+                self.resize(state, needed)?;
+            } else if !auto && needed > slot_size {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("shmringsink shm-name={name}: caps {caps} need {needed} bytes per frame but slot-size is {slot_size}; raise slot-size or set it to 0 (size from caps)")
+                ));
+            }
+        }
+        let caps_str = caps.to_string();
+        let State::Started {
+            writer,
+            caps: cur_caps,
+            video_info,
+            ..
+        } = state
+        else {
+            return Err(gst::error_msg!(
+                gst::CoreError::StateChange,
+                ("not started")
+            ));
+        };
+        *video_info = gst_video::VideoInfo::from_caps(caps).ok().map(Box::new);
+        writer
+            .set_caps(&caps_str)
+            .map_err(|e| gst::error_msg!(gst::StreamError::Format, ("shmringsink: {e}")))?;
+        gst::debug!(CAT, imp = self, "published caps {caps_str}");
+        *cur_caps = Some(caps_str);
+        Ok(())
     }
 
     /// Replace the ring of a started sink by one with `payload`-byte slots, re-publishing caps.
@@ -377,6 +425,7 @@ impl BaseSinkImpl for ShmRingSink {
             caps: None,
             video_info: None,
             pool: None,
+            caps_failed: false,
         };
         Ok(())
     }
@@ -411,48 +460,31 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let mut state = lock(&self.state);
-        let State::Started {
-            writer, settings, ..
-        } = &*state
-        else {
-            return Err(gst::loggable_error!(CAT, "not started"));
-        };
-        let slot_size = writer.geometry().slot_size;
-        let auto = settings.slot_size == 0;
-        let name = settings.shm_name.clone();
-        if let Some(needed) = frame_size(caps) {
-            if auto && ring::align_up(needed) != slot_size {
-                if let Err(e) = self.resize(&mut state, needed) {
-                    self.post_error_message(e);
-                    return Err(gst::loggable_error!(CAT, "cannot resize the ring"));
+        // Errors are posted once and make `prepare` refuse buffers: failing here would make
+        // upstream retry negotiation (and post the error) for every buffer.
+        let result = self.publish_caps(&mut state, caps);
+        if let State::Started { caps_failed, .. } = &mut *state {
+            match result {
+                Ok(()) => *caps_failed = false,
+                Err(e) => {
+                    if !*caps_failed {
+                        self.post_error_message(e);
+                    }
+                    *caps_failed = true;
                 }
-            } else if !auto && needed > slot_size {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::Settings,
-                    ("shmringsink shm-name={name}: caps {caps} need {needed} bytes per frame but slot-size is {slot_size}; raise slot-size or set it to 0 (size from caps)")
-                );
-                return Err(gst::loggable_error!(CAT, "slot-size too small"));
             }
         }
-        let caps_str = caps.to_string();
-        let State::Started {
-            writer,
-            caps: cur_caps,
-            video_info,
-            ..
-        } = &mut *state
-        else {
-            return Err(gst::loggable_error!(CAT, "not started"));
-        };
-        *video_info = gst_video::VideoInfo::from_caps(caps).ok().map(Box::new);
-        if let Err(e) = writer.set_caps(&caps_str) {
-            gst::element_imp_error!(self, gst::StreamError::Format, ("shmringsink: {e}"));
-            return Err(gst::loggable_error!(CAT, "caps do not fit the ring header"));
-        }
-        gst::debug!(CAT, imp = self, "published caps {caps_str}");
-        *cur_caps = Some(caps_str);
         Ok(())
+    }
+
+    fn prepare(&self, _buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        match &*lock(&self.state) {
+            State::Started {
+                caps_failed: true, ..
+            } => Err(gst::FlowError::Error),
+            State::Started { .. } => Ok(gst::FlowSuccess::Ok),
+            State::Stopped => Err(gst::FlowError::Flushing),
+        }
     }
 
     fn propose_allocation(
