@@ -93,6 +93,10 @@ fn gst_launch(pipeline: &str) -> Command {
     c
 }
 
+/// One raw 1280x720 YUY2 frame in a file (tmpfs), looped by ffmpeg as its source: demuxing a
+/// raw file is the cheapest ffmpeg source, so the subtraction below leaves the writer's cost.
+const FFMPEG_FRAME: &str = "/tmp/v4l2loopsink-bench-frame.yuv";
+
 fn ffmpeg(frames: u32, output: &[&str]) -> Command {
     let mut c = Command::new("ffmpeg");
     c.args([
@@ -100,13 +104,12 @@ fn ffmpeg(frames: u32, output: &[&str]) -> Command {
         "-nostdin",
         "-loglevel",
         "error",
-        "-f",
-        "lavfi",
-        "-i",
+        "-stream_loop",
+        "-1",
     ])
-    .arg(format!(
-        "color=c=green:s={WIDTH}x{HEIGHT}:r=30,format=yuyv422"
-    ))
+    .args(["-f", "rawvideo", "-pix_fmt", "yuyv422", "-video_size"])
+    .arg(format!("{WIDTH}x{HEIGHT}"))
+    .args(["-framerate", "30", "-i", FFMPEG_FRAME])
     .args(["-frames:v", &frames.to_string()])
     .args(output);
     c
@@ -119,12 +122,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Copies per frame inside `v4l2sink` (0 when upstream rendered into its mmap pool) and the
 /// stats of `v4l2loopsink`, from short in-process runs.
-fn copies(device: &str) -> Result<(f64, f64), String> {
+fn copies(device: &str) -> Result<(f64, f64, f64), String> {
     gst::init().map_err(|e| e.to_string())?;
     let caps = format!("video/x-raw,format=YUY2,width={WIDTH},height={HEIGHT},framerate=30/1");
-    let run = |sink: &str| -> Result<(gst::Pipeline, u64, u64), String> {
+    let run = |prefix: &str, sink: &str| -> Result<(gst::Pipeline, u64, u64), String> {
         let p = gst::parse::launch(&format!(
-            "videotestsrc num-buffers=30 pattern=solid-color ! {caps} ! {sink} name=sink device={device} sync=false"
+            "videotestsrc num-buffers=30 pattern=solid-color ! {caps} ! {prefix} {sink} name=sink \
+             device={device} sync=false"
         ))
         .map_err(|e| e.to_string())?
         .downcast::<gst::Pipeline>()
@@ -164,14 +168,20 @@ fn copies(device: &str) -> Result<(f64, f64), String> {
         let (frames, zero_copy) = *counts.lock().unwrap_or_else(|e| e.into_inner());
         Ok((p, frames, zero_copy))
     };
-    let (p, frames, zero_copy) = run("v4l2sink")?;
-    let _ = p.set_state(gst::State::Null);
-    let v4l2sink_copies = if frames == 0 {
-        f64::NAN
-    } else {
-        (frames - zero_copy) as f64 / frames as f64
+    let ratio = |frames: u64, zero_copy: u64| {
+        if frames == 0 {
+            f64::NAN
+        } else {
+            (frames - zero_copy) as f64 / frames as f64
+        }
     };
-    let (p, _, _) = run("v4l2loopsink keepalive=false")?;
+    let (p, frames, zero_copy) = run("", "v4l2sink")?;
+    let _ = p.set_state(gst::State::Null);
+    let v4l2sink_copies = ratio(frames, zero_copy);
+    let (p, frames, zero_copy) = run("identity drop-allocation=true !", "v4l2sink")?;
+    let _ = p.set_state(gst::State::Null);
+    let v4l2sink_upstream_pool_copies = ratio(frames, zero_copy);
+    let (p, _, _) = run("", "v4l2loopsink keepalive=false")?;
     let stats = p
         .by_name("sink")
         .ok_or("no sink")?
@@ -180,7 +190,7 @@ fn copies(device: &str) -> Result<(f64, f64), String> {
     let ours = stats
         .get::<f64>("copies-per-frame")
         .map_err(|e| e.to_string())?;
-    Ok((ours, v4l2sink_copies))
+    Ok((ours, v4l2sink_copies, v4l2sink_upstream_pool_copies))
 }
 
 fn main() {
@@ -204,7 +214,12 @@ fn main() {
             )
     );
 
-    let (ours_copies, v4l2sink_copies) = match copies(&device) {
+    let frame: Vec<u8> = (0..FRAME_SIZE).map(|i| (i % 251) as u8).collect();
+    if let Err(e) = std::fs::write(FFMPEG_FRAME, frame) {
+        eprintln!("writing {FFMPEG_FRAME}: {e}");
+        std::process::exit(1);
+    }
+    let (ours_copies, v4l2sink_copies, v4l2sink_upstream_copies) = match copies(&device) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("copies measurement failed: {e}");
@@ -237,6 +252,19 @@ fn main() {
             Box::new({
                 let (src, device) = (src.clone(), device.clone());
                 move || gst_launch(&format!("{src} ! v4l2sink device={device} sync=false"))
+            }),
+        ),
+        (
+            "v4l2sink, upstream pool",
+            Box::new({
+                let (src, device) = (src.clone(), device.clone());
+                // identity drop-allocation: upstream cannot render into v4l2sink's buffers (as
+                // with a decoder that brings its own pool), so v4l2sink copies each frame.
+                move || {
+                    gst_launch(&format!(
+                        "{src} ! identity drop-allocation=true ! v4l2sink device={device} sync=false"
+                    ))
+                }
             }),
         ),
         (
@@ -280,10 +308,11 @@ fn main() {
     let wall_med: Vec<f64> = wall.iter().map(|v| per_frame(median(v.clone()))).collect();
     let net = [
         med[1] - med[0], // v4l2loopsink
-        med[2] - med[0], // v4l2sink
-        med[4] - med[3], // ffmpeg
+        med[2] - med[0], // v4l2sink, rendering into its pool
+        med[3] - med[0], // v4l2sink, copying
+        med[5] - med[4], // ffmpeg
     ];
-    let ffmpeg_write_copies = wchar[4] as f64 / (frames as u64 * FRAME_SIZE) as f64;
+    let ffmpeg_write_copies = wchar[5] as f64 / (frames as u64 * FRAME_SIZE) as f64;
     println!();
     println!(
         "{:<28} {:>14} {:>14} {:>12} {:>12}",
@@ -291,11 +320,22 @@ fn main() {
     );
     let rows = [
         ("v4l2loopsink", med[1], net[0], format!("{ours_copies:.2}")),
-        ("v4l2sink", med[2], net[1], format!("{v4l2sink_copies:.2}")),
+        (
+            "v4l2sink (its own pool)",
+            med[2],
+            net[1],
+            format!("{v4l2sink_copies:.2}"),
+        ),
+        (
+            "v4l2sink (upstream pool)",
+            med[3],
+            net[2],
+            "1.00".to_string(),
+        ),
         (
             "ffmpeg -f v4l2",
-            med[4],
-            net[2],
+            med[5],
+            net[3],
             // write(): one kernel copy per byte written, plus rawvideo's frame→packet copy.
             format!("{:.2}", ffmpeg_write_copies + 1.0),
         ),
@@ -308,11 +348,11 @@ fn main() {
     }
     println!(
         "{:<28} {:>14.3}\n{:<28} {:>14.3}",
-        "(gst source alone)", med[0], "(ffmpeg source alone)", med[3]
+        "(gst source alone)", med[0], "(ffmpeg source alone)", med[4]
     );
     println!(
         "\nmedians of {runs} runs; net = writer pipeline minus the same source into a null sink; \
-         wall ms/frame: ours {:.3}, v4l2sink {:.3}, ffmpeg {:.3}",
-        wall_med[1], wall_med[2], wall_med[4]
+         wall ms/frame: ours {:.3}, v4l2sink {:.3} / {:.3}, ffmpeg {:.3}",
+        wall_med[1], wall_med[2], wall_med[3], wall_med[5]
     );
 }
