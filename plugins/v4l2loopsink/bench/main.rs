@@ -330,7 +330,7 @@ fn main() {
             "v4l2sink (upstream pool)",
             med[3],
             net[2],
-            "1.00".to_string(),
+            format!("{v4l2sink_upstream_copies:.2}"),
         ),
         (
             "ffmpeg -f v4l2",
