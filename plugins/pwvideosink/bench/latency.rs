@@ -3,7 +3,8 @@
 //! `pwvideosink` against the upstream `pipewiresink mode=provide`, side by side in one run
 //! (alternating rounds on one private PipeWire session), printing medians and ratios.
 //!
-//!     cargo bench -p gst-plugin-pwvideosink --bench latency [-- --rounds 5 --frames 300]
+//!     cargo bench -p gst-plugin-pwvideosink --bench latency \
+//!         [-- --rounds 5 --frames 300 --width 1280 --height 720]
 //!
 //! Latency: the producer writes CLOCK_MONOTONIC into the first 8 bytes of each frame just
 //! before the sink; the consumer (this binary re-run with `--consumer`, `pipewiresrc !
@@ -19,7 +20,6 @@ use gst::prelude::*;
 use vcambridge_tests::ChildGuard;
 use vcambridge_tests::pipewire::PipeWireSession;
 
-const CAPS: &str = "video/x-raw,format=I420,width=1280,height=720,framerate=30/1";
 const WARMUP: usize = 30;
 
 fn now_ns() -> u64 {
@@ -133,6 +133,7 @@ struct RunResult {
 }
 
 fn run_once(
+    caps: &str,
     session: &PipeWireSession,
     sink: &str,
     node: &str,
@@ -145,7 +146,7 @@ fn run_once(
              media.class=Video/Source,media.role=Camera\""
         ),
     };
-    let desc = format!("videotestsrc is-live=true pattern=black ! {CAPS} ! {sink_desc} name=sink");
+    let desc = format!("videotestsrc is-live=true pattern=black ! {caps} ! {sink_desc} name=sink");
     let pipeline = gst::parse::launch(&desc)
         .map_err(|e| format!("{sink}: {e}"))?
         .downcast::<gst::Pipeline>()
@@ -223,6 +224,52 @@ fn run_once(
     })
 }
 
+/// The upstream bug this element exists for: a consumer SIGKILLed mid-stream, then does a new
+/// consumer get frames? Returns a one-line verdict.
+fn kill_then_reconnect(caps: &str, session: &PipeWireSession, sink: &str, node: &str) -> String {
+    let sink_desc = match sink {
+        "pwvideosink" => format!("pwvideosink node-name={node}"),
+        _ => format!(
+            "pipewiresink mode=provide stream-properties=\"props,node.name={node},\
+             media.class=Video/Source,media.role=Camera\""
+        ),
+    };
+    let desc = format!("videotestsrc is-live=true ! {caps} ! {sink_desc}");
+    let Ok(pipeline) = gst::parse::launch(&desc) else {
+        return "could not build the producer".into();
+    };
+    if pipeline.set_state(gst::State::Playing).is_err() {
+        return "producer did not start".into();
+    }
+    session.wait_for_node(node, Duration::from_secs(10));
+    let Ok(exe) = std::env::current_exe() else {
+        return "no current exe".into();
+    };
+    let consumer = |frames: &str| {
+        let mut cmd = Command::new(&exe);
+        session.apply_env(&mut cmd);
+        cmd.args(["--consumer", node, frames]);
+        cmd
+    };
+    let victim = ChildGuard::spawn("victim consumer", &mut consumer("100000"));
+    std::thread::sleep(Duration::from_secs(2));
+    victim.signal(libc::SIGKILL);
+    drop(victim);
+    std::thread::sleep(Duration::from_millis(500));
+    // The consumer exits with an error if it gets no frame within 10 s.
+    let out =
+        ChildGuard::spawn("new consumer", &mut consumer("30")).wait_output(Duration::from_secs(60));
+    let _ = pipeline.set_state(gst::State::Null);
+    if out.status.success() {
+        "new consumer got 30 frames".into()
+    } else {
+        format!(
+            "new consumer got NO frames ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--consumer") {
@@ -240,6 +287,9 @@ fn main() {
     };
     let rounds = arg("--rounds", 5);
     let frames = arg("--frames", 300);
+    let width = arg("--width", 1280);
+    let height = arg("--height", 720);
+    let caps = format!("video/x-raw,format=I420,width={width},height={height},framerate=30/1");
 
     let session = PipeWireSession::start();
     // Both producers run in this process and find the daemon through the environment.
@@ -256,11 +306,11 @@ fn main() {
     let sinks = ["pwvideosink", "pipewiresink"];
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new()];
     let mut failures: Vec<String> = Vec::new();
-    println!("pwvideosink vs pipewiresink mode=provide: {CAPS}, {rounds} rounds x {frames} frames");
+    println!("pwvideosink vs pipewiresink mode=provide: {caps}, {rounds} rounds x {frames} frames");
     for round in 0..rounds {
         for (i, sink) in sinks.iter().enumerate() {
             let node = format!("bench-{sink}-{round}");
-            match run_once(&session, sink, &node, frames) {
+            match run_once(&caps, &session, sink, &node, frames) {
                 Ok(r) => {
                     println!(
                         "round {round} {sink:>13}: latency {:6.2} ms  cpu/frame producer {:7.1} us  \
@@ -307,5 +357,11 @@ fn main() {
     );
     if !failures.is_empty() {
         println!("failures: {failures:?}");
+    }
+    println!();
+    println!("consumer SIGKILLed after 2 s, then a new consumer:");
+    for sink in sinks {
+        let verdict = kill_then_reconnect(&caps, &session, sink, &format!("bench-kill-{sink}"));
+        println!("  {sink:>13}: {verdict}");
     }
 }
