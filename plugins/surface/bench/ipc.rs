@@ -123,7 +123,8 @@ fn writer(kind: Kind) -> i32 {
     let desc = format!(
         "videotestsrc pattern=solid-color foreground-color=0xff336699 is-live={live} num-buffers={n} ! {} ! {} name=benchsink",
         caps(30),
-        kind.sink(&id, live)
+        // The live source paces the latency runs; the sink itself never waits on the clock.
+        kind.sink(&id, false)
     );
     let pipeline = match gst::parse::launch(&desc) {
         Ok(p) => p.downcast::<gst::Pipeline>().expect("pipeline"),
@@ -186,7 +187,7 @@ fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String
         ChildGuard::spawn("bench writer", &mut cmd)
     };
     let reader = gst::parse::launch(&format!(
-        "{} ! appsink name=sink sync=false max-buffers=2",
+        "{} ! appsink name=sink sync=false max-buffers=2 enable-last-sample=false",
         kind.src(&id)
     ))
     .map_err(|e| e.to_string())?
@@ -234,8 +235,9 @@ fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String
         writer = spawn_writer();
     }
 
-    // Until the writer is done (bounded), then a grace period for frames in flight.
+    // Until every frame arrived, the writer is done, or nothing arrived for 3 s (bounded).
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = (0usize, Instant::now());
     while writer.try_status().is_none() && Instant::now() < deadline {
         if let Some(err) = reader
             .bus()
@@ -244,21 +246,37 @@ fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String
             let _ = reader.set_state(gst::State::Null);
             return Err(format!("reader error: {err:?}"));
         }
-        if samples.lock().unwrap().len() >= n {
+        let got = samples.lock().unwrap().len();
+        if got >= n {
+            break;
+        }
+        if got != last.0 {
+            last = (got, Instant::now());
+        } else if got > 0 && last.1.elapsed() > Duration::from_secs(3) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let out = writer.wait_output(Duration::from_secs(20));
     let _ = reader.set_state(gst::State::Null);
+    // shmsink (wait-for-connection=true) waits at EOS until the reader acknowledged every
+    // buffer, which can take until the reader is gone: give it 5 s, then stop it.
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while writer.try_status().is_none() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = writer.try_status().is_none();
+    if stopped {
+        writer.signal(libc::SIGKILL);
+    }
+    let out = writer.wait_output(Duration::from_secs(20));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stats = stdout
         .lines()
         .find_map(|l| l.strip_prefix("STATS "))
         .unwrap_or("")
         .to_string();
-    if !out.status.success() {
+    if !stopped && !out.status.success() {
         return Err(format!(
             "writer failed: {}",
             String::from_utf8_lossy(&out.stderr)
