@@ -103,6 +103,13 @@ impl Pipeline {
         }
     }
 
+    /// Sets PLAYING and waits (≤ `timeout`) for EOS; panics on an error or timeout.
+    pub fn wait_eos_from_playing(&self, timeout: Duration) {
+        self.set_state_wait(gst::State::Playing, timeout)
+            .unwrap_or_else(|e| panic!("pipeline does not play: {e}"));
+        self.wait_eos(timeout);
+    }
+
     /// Waits (≤ `timeout`) for EOS; panics on an error or timeout.
     pub fn wait_eos(&self, timeout: Duration) {
         let bus = self.pipeline.bus().expect("bus");
@@ -136,8 +143,8 @@ pub fn pack_tight(frame: &gst_video::VideoFrameRef<&gst::BufferRef>) -> Vec<u8> 
         let comp = (0..finfo.n_components())
             .find(|&c| finfo.plane()[c as usize] == plane)
             .expect("a component in every plane");
-        let row_bytes =
-            finfo.scale_width(comp as u8, w) as usize * finfo.pixel_stride()[comp as usize] as usize;
+        let row_bytes = finfo.scale_width(comp as u8, w) as usize
+            * finfo.pixel_stride()[comp as usize] as usize;
         let rows = finfo.scale_height(comp as u8, h) as usize;
         let stride = frame.plane_stride()[plane as usize] as usize;
         let data = frame.plane_data(plane).expect("plane data");
@@ -189,7 +196,8 @@ pub fn read_v4l2src(
     let mut caps = None;
     while frames.len() < count {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+        let Some(sample) =
+            sink.try_pull_sample(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
         else {
             return Err(format!(
                 "v4l2src got {} of {count} frames within {timeout:?}{}",
@@ -234,9 +242,25 @@ pub fn read_ffmpeg(
     let output = run_with_timeout(
         "ffmpeg -f v4l2",
         Command::new("ffmpeg")
-            .args(["-hide_banner", "-nostdin", "-loglevel", "warning", "-f", "v4l2", "-i"])
+            .args([
+                "-hide_banner",
+                "-nostdin",
+                "-loglevel",
+                "warning",
+                "-f",
+                "v4l2",
+                "-i",
+            ])
             .arg(device)
-            .args(["-frames:v", &count.to_string(), "-c:v", "copy", "-f", "rawvideo", "-y"])
+            .args([
+                "-frames:v",
+                &count.to_string(),
+                "-c:v",
+                "copy",
+                "-f",
+                "rawvideo",
+                "-y",
+            ])
             .arg(&out),
         timeout,
     );
@@ -247,7 +271,10 @@ pub fn read_ffmpeg(
     let data = std::fs::read(&out).map_err(|e| format!("ffmpeg output: {e}; {stderr}"))?;
     let frames = split_frames(&data, frame_size).map_err(|e| format!("ffmpeg: {e}; {stderr}"))?;
     if frames.len() != count {
-        return Err(format!("ffmpeg read {} of {count} frames; {stderr}", frames.len()));
+        return Err(format!(
+            "ffmpeg read {} of {count} frames; {stderr}",
+            frames.len()
+        ));
     }
     Ok(frames)
 }
@@ -275,8 +302,7 @@ pub fn read_v4l2ctl(
         return Err(format!("v4l2-ctl failed ({}): {stderr}", output.status));
     }
     let data = std::fs::read(&out).map_err(|e| format!("v4l2-ctl output: {e}; {stderr}"))?;
-    let frames =
-        split_frames(&data, frame_size).map_err(|e| format!("v4l2-ctl: {e}; {stderr}"))?;
+    let frames = split_frames(&data, frame_size).map_err(|e| format!("v4l2-ctl: {e}; {stderr}"))?;
     if frames.len() != count {
         return Err(format!("v4l2-ctl read {} of {count} frames", frames.len()));
     }

@@ -195,7 +195,17 @@ fn arrivals(device: &str, window: Duration) -> Vec<Duration> {
 #[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
 fn keepalive_after_eos_and_placeholder() {
     guest_only();
-    for placeholder in [None, Some("#00ff00")] {
+    // A small white PNG: the element decodes and scales it to the negotiated 320x180 I420.
+    let dir = scratch_dir("placeholder");
+    let png = dir.join("white.png");
+    Pipeline::new(&format!(
+        "videotestsrc num-buffers=1 pattern=white ! video/x-raw,width=64,height=48 ! pngenc ! \
+         filesink location={}",
+        png.display()
+    ))
+    .wait_eos_from_playing(T);
+    let png = png.display().to_string();
+    for placeholder in [None, Some("#00ff00"), Some(png.as_str())] {
         let p = Pipeline::new(&format!(
             "videotestsrc num-buffers=10 pattern=colors ! \
              video/x-raw,format=I420,width=320,height=180,framerate=10/1 ! \
@@ -221,11 +231,17 @@ fn keepalive_after_eos_and_placeholder() {
         let (frames, _) = read_v4l2src(EXCL, 2, T).expect("frames after EOS");
         let expected = match placeholder {
             None => reference_frame("colors", "I420", 320, 180),
-            Some(_) => {
-                // #00ff00 in BT.601 limited range (integer maths): Y 144, U 54, V 34.
-                let mut f = vec![144u8; 320 * 180];
-                f.extend(std::iter::repeat_n(54u8, 160 * 90));
-                f.extend(std::iter::repeat_n(34u8, 160 * 90));
+            Some(spec) => {
+                // #00ff00 in BT.601 limited range (integer maths): Y 144, U 54, V 34; the
+                // white image: Y 235, U and V 128.
+                let (y, u, v) = if spec.starts_with('#') {
+                    (144, 54, 34)
+                } else {
+                    (235, 128, 128)
+                };
+                let mut f = vec![y; 320 * 180];
+                f.extend(std::iter::repeat_n(u, 160 * 90));
+                f.extend(std::iter::repeat_n(v, 160 * 90));
                 f
             }
         };
