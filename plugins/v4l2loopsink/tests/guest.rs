@@ -372,6 +372,19 @@ fn create_and_remove() {
         e.contains("creating /dev/video10 'clash' failed") && e.contains("that number is taken"),
         "{e}"
     );
+    // A created device limited to 640x480 refuses 1280x720 with the limit in the message.
+    let e = writer(
+        "create=true card-label=small device-number=21 max-width=640 max-height=480",
+        "video/x-raw,format=YUY2,width=1280,height=720,framerate=15/1",
+    )
+    .set_state_wait(gst::State::Playing, T)
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "/dev/video21 cannot take YUYV (YUY2) 1280x720: the device is limited to 640x480"
+        ),
+        "{e}"
+    );
 }
 
 /// Precise errors: missing device, capture-only device, permission denied, odd I420 width, a

@@ -697,9 +697,10 @@ impl V4l2LoopSink {
                 None if pix.pixelformat == format.fourcc => gst::error_msg!(
                     gst::ResourceError::Settings,
                     [
-                        "{} cannot take {}: the driver limits it to {}x{} (module options \
-                         max_width/max_height); reload v4l2loopback with larger max_width= \
-                         max_height=, or scale down",
+                        "{} cannot take {}: the device is limited to {}x{} (v4l2loopback \
+                         max_width/max_height); reload the module with larger max_width= \
+                         max_height= (or create the device with larger max-width/max-height), \
+                         or scale down (videoscale ! video/x-raw,width=...,height=...)",
                         path.display(),
                         requested,
                         pix.width,
