@@ -995,3 +995,48 @@ fn auto_slot_size_grows_for_big_buffers() {
         "payloads differ"
     );
 }
+
+/// The Python module's numpy view (optional dependency) gives the pixels in the caps' shape.
+#[test]
+fn python_reader_numpy_view() {
+    check_built();
+    let shm = ShmName::new("numpy");
+    let script = r#"
+import shmring, sys, json
+r = shmring.Reader(sys.argv[1], timeout=20)
+print(json.dumps({"attached": True}), flush=True)
+f = r.read(timeout=20)
+try:
+    import numpy
+    a = f.array((120, 160, 4))
+    px = [int(v) for v in a[60, 80, :3]]
+    kind = "numpy"
+except ImportError:
+    o = (60 * 160 + 80) * 4
+    px = list(f.data[o:o + 3])
+    kind = "bytes"
+print(json.dumps({"px": px, "kind": kind, "caps": f.caps}), flush=True)
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("py.log");
+    let mut cmd = shmring_python(script);
+    cmd.arg(&shm.name);
+    let reader = spawn_logged("python numpy reader", &mut cmd, &log);
+    let writer = ChildGuard::spawn(
+        "writer",
+        &mut gst_launch(&format!(
+            "-q videotestsrc is-live=true pattern=red ! {CAPS} ! shmringsink shm-name={shm}"
+        )),
+    );
+    let out = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(out.status.success(), "{text}");
+    let summary = last_json(text.as_bytes());
+    // BGRx red.
+    let px: Vec<u64> = (0..3)
+        .map(|i| summary["px"][i].as_u64().expect("pixel value"))
+        .collect();
+    assert_eq!(px, [0, 0, 255], "{summary}");
+    eprintln!("pixel read through {}", summary["kind"]);
+    drop(writer);
+}
