@@ -84,7 +84,7 @@ fn gst_writer_to_python_reader() {
     let writer = gst_writer(
         &sock,
         "videotestsrc num-buffers=20 pattern=smpte",
-        "wait-for-connection=true",
+        "wait-for-connection=true surfaces=16",
     );
     let out = writer.wait_output(Duration::from_secs(20));
     assert!(
@@ -129,7 +129,7 @@ fn gst_writer_to_python_reader() {
 fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
     let (_dir, sock) = sock_dir();
     let p = Pipe::launch(&format!(
-        "videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! surfacesink name=sink socket-path={}",
+        "videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
         sock.display()
     ));
     let sink = p.by_name("sink");
@@ -175,14 +175,14 @@ fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
     );
 }
 
-/// Must-show 3 (zero copy of foreign fd memory, e.g. a decoder's DMA-BUF/memfd): an appsrc
-/// pushes buffers wrapping our own memfd; the reader maps that inode, nothing is copied. Plain
-/// memory afterwards is copied exactly once per frame.
+/// Must-show 3 (zero copy of foreign fd memory, e.g. a decoder's DMA-BUF or a memfd): an appsrc
+/// pushes buffers wrapping our own memfds as `GstDmaBufMemory` and as `GstFdMemory`; the reader
+/// maps those very inodes and nothing is copied. Plain memory afterwards is copied once per frame.
 #[test]
-fn zero_copy_of_foreign_fd_memory_and_one_copy_of_plain_memory() {
+fn zero_copy_of_foreign_dmabuf_and_fd_memory_one_copy_of_plain_memory() {
     let (_dir, sock) = sock_dir();
     let p = Pipe::launch(&format!(
-        "appsrc name=src format=time caps={CAPS} ! surfacesink name=sink socket-path={}",
+        "appsrc name=src format=time caps={CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
         sock.display()
     ));
     let src = p
@@ -194,20 +194,17 @@ fn zero_copy_of_foreign_fd_memory_and_one_copy_of_plain_memory() {
     let py = py_reader(&sock, &[]);
     wait_readers(&sink, 1);
 
-    let memfd = gstsurface::platform::create_memfd("test-foreign", FRAME_BYTES).unwrap();
-    let ino = nix::sys::stat::fstat(&memfd).unwrap().st_ino;
-    nix::unistd::write(&memfd, &[7u8; 16]).unwrap();
-    let allocator = gst_allocators::FdAllocator::new();
-    for i in 0..5u64 {
-        let dup = memfd.try_clone().unwrap();
-        let mem = unsafe {
-            allocator.alloc_fd(
-                dup.into_raw_fd(),
-                FRAME_BYTES,
-                gst_allocators::FdMemoryFlags::NONE,
-            )
-        }
-        .unwrap();
+    let memfd = |fill: u8| {
+        let fd = gstsurface::platform::create_memfd("test-foreign", FRAME_BYTES).unwrap();
+        nix::unistd::write(&fd, &[fill; 16]).unwrap();
+        let ino = nix::sys::stat::fstat(&fd).unwrap().st_ino;
+        (fd, ino)
+    };
+    let (dmabuf_fd, dmabuf_ino) = memfd(7);
+    let (fdmem_fd, fdmem_ino) = memfd(8);
+    let dmabuf_alloc = gst_allocators::DmaBufAllocator::new();
+    let fd_alloc = gst_allocators::FdAllocator::new();
+    let push = |mem: gst::Memory, i: u64| {
         let mut buf = gst::Buffer::new();
         {
             let b = buf.get_mut().unwrap();
@@ -215,15 +212,29 @@ fn zero_copy_of_foreign_fd_memory_and_one_copy_of_plain_memory() {
             b.set_pts(gst::ClockTime::from_mseconds(i * 33));
         }
         src.push_buffer(buf).unwrap();
-    }
-    for i in 5..10u64 {
-        let mut buf = gst::Buffer::from_mut_slice(vec![9u8; FRAME_BYTES]);
-        buf.get_mut()
-            .unwrap()
-            .set_pts(gst::ClockTime::from_mseconds(i * 33));
-        src.push_buffer(buf).unwrap();
         // Give the reader time to release, so no frame is skipped for lack of a free surface.
         std::thread::sleep(Duration::from_millis(30));
+    };
+    for i in 0..3u64 {
+        let dup = dmabuf_fd.try_clone().unwrap();
+        let mem = unsafe { dmabuf_alloc.alloc_dmabuf(dup, FRAME_BYTES) }.unwrap();
+        assert!(mem.is_memory_type::<gst_allocators::DmaBufMemory>());
+        push(mem, i);
+    }
+    for i in 3..6u64 {
+        let dup = fdmem_fd.try_clone().unwrap();
+        let mem = unsafe {
+            fd_alloc.alloc_fd(
+                dup.into_raw_fd(),
+                FRAME_BYTES,
+                gst_allocators::FdMemoryFlags::NONE,
+            )
+        }
+        .unwrap();
+        push(mem, i);
+    }
+    for i in 6..10u64 {
+        push(gst::Memory::from_mut_slice(vec![9u8; FRAME_BYTES]), i);
     }
     src.end_of_stream().unwrap();
     p.wait_eos(Duration::from_secs(10)).unwrap();
@@ -231,21 +242,26 @@ fn zero_copy_of_foreign_fd_memory_and_one_copy_of_plain_memory() {
     assert!(status.success(), "{stderr}");
     let frames = frames_of(&json);
     assert_eq!(frames.len(), 10, "{json:?}");
-    for f in &frames[..5] {
-        assert_eq!(
-            f["inode"].as_u64(),
-            Some(ino),
-            "reader maps the upstream memfd itself"
-        );
-        assert_eq!(f["first"][0].as_u64(), Some(7));
+    for (i, f) in frames.iter().enumerate() {
+        let (ino, first) = match i {
+            0..3 => (Some(dmabuf_ino), 7),
+            3..6 => (Some(fdmem_ino), 8),
+            _ => (None, 9),
+        };
+        match ino {
+            Some(ino) => assert_eq!(
+                f["inode"].as_u64(),
+                Some(ino),
+                "frame {i}: the reader maps the upstream fd itself"
+            ),
+            None => assert!(
+                f["inode"].as_u64() != Some(dmabuf_ino) && f["inode"].as_u64() != Some(fdmem_ino)
+            ),
+        }
+        assert_eq!(f["first"][0].as_u64(), Some(first), "frame {i}");
     }
-    for f in &frames[5..] {
-        assert_ne!(f["inode"].as_u64(), Some(ino));
-        assert_eq!(f["first"][0].as_u64(), Some(9));
-    }
-    assert_eq!(stat(&sink, "zero-copy"), 5);
-    assert_eq!(stat(&sink, "copies"), 5);
-    drop(memfd);
+    assert_eq!(stat(&sink, "zero-copy"), 6);
+    assert_eq!(stat(&sink, "copies"), 4);
 }
 
 /// Must-show 3.2: the writer is killed (its socket file stays behind) and restarted; the reader
@@ -339,7 +355,7 @@ fn reader_killed_mid_frame_is_dropped() {
 fn stuck_reader_is_evicted_and_surfaces_reclaimed() {
     let (_dir, sock) = sock_dir();
     let p = Pipe::launch(&format!(
-        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=400 surfaces=4",
+        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=400 surfaces=8",
         sock.display()
     ));
     let sink = p.by_name("sink");
@@ -379,7 +395,7 @@ fn slow_reader_skips_writer_unaffected() {
     let (_dir, sock) = sock_dir();
     let reference = reference_frames("smpte", 60);
     let p = Pipe::launch(&format!(
-        "videotestsrc is-live=true num-buffers=60 pattern=smpte ! {CAPS} ! surfacesink name=sink socket-path={}",
+        "videotestsrc is-live=true num-buffers=60 pattern=smpte ! {CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
         sock.display()
     ));
     let sink = p.by_name("sink");
@@ -446,7 +462,7 @@ fn slow_reader_skips_writer_unaffected() {
 fn caps_change_mid_stream() {
     let (_dir, sock) = sock_dir();
     let p = Pipe::launch(&format!(
-        "appsrc name=src format=time is-live=true ! surfacesink name=sink socket-path={}",
+        "appsrc name=src format=time is-live=true ! surfacesink name=sink socket-path={} surfaces=16",
         sock.display()
     ));
     let src = p
@@ -531,4 +547,66 @@ fn caps_change_mid_stream() {
             "surfacesrc renegotiated to width {w}: {stdout}"
         );
     }
+}
+
+/// unlock/unlock_stop: stopping never waits on the socket — not a surfacesrc waiting for an
+/// absent writer (timeout=0: forever), not one connected to an idle writer, not a surfacesink
+/// holding frames for a reader that never comes (wait-for-connection).
+#[test]
+fn state_changes_never_wait_on_the_socket() {
+    let (_dir, sock) = sock_dir();
+    let stop_within = |p: &Pipe, what: &str| {
+        let t = Instant::now();
+        p.set(gst::State::Null);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{what}: stopping took {:?}",
+            t.elapsed()
+        );
+    };
+
+    let reader = Pipe::launch(&format!(
+        "surfacesrc socket-path={} timeout=0 ! fakesink",
+        sock.display()
+    ));
+    reader.set(gst::State::Playing);
+    std::thread::sleep(Duration::from_millis(300));
+    stop_within(&reader, "reader without writer");
+
+    let writer = Pipe::launch(&format!(
+        "appsrc name=src format=time caps={CAPS} ! surfacesink name=sink socket-path={} wait-for-connection=true",
+        sock.display()
+    ));
+    let src = writer
+        .by_name("src")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc");
+    writer.set(gst::State::Playing);
+    // The sink blocks in render waiting for a reader.
+    src.push_buffer(gst::Buffer::from_mut_slice(vec![0u8; FRAME_BYTES]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let reader = Pipe::launch(&format!(
+        "surfacesrc socket-path={} timeout=0 ! fakesink",
+        sock.display()
+    ));
+    reader.set(gst::State::Playing);
+    wait_readers(&writer.by_name("sink"), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    // Connected, the writer idle: the reader sits in poll.
+    stop_within(&reader, "reader of an idle writer");
+    let blocked = Pipe::launch(&format!(
+        "appsrc name=src2 format=time caps={CAPS} ! surfacesink socket-path={}/other.sock wait-for-connection=true",
+        sock.parent().unwrap().display()
+    ));
+    let src2 = blocked
+        .by_name("src2")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc");
+    blocked.set(gst::State::Playing);
+    src2.push_buffer(gst::Buffer::from_mut_slice(vec![0u8; FRAME_BYTES]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop_within(&blocked, "writer waiting for a reader");
+    stop_within(&writer, "writer");
 }
