@@ -525,6 +525,13 @@ class Writer(_Mapped):
                 os.fchmod(fd, mode)
                 if os.fstat(fd).st_size != self.total:
                     os.ftruncate(fd, self.total)
+                try:
+                    # Reserve the memory now (a full /dev/shm fails here, not with SIGBUS later).
+                    os.posix_fallocate(fd, 0, self.total)
+                except OSError as e:
+                    os.unlink(self.path)
+                    raise RingError(f"cannot reserve {self.total} bytes for {self.path} ({e}); "
+                                    f"is /dev/shm full? (df /dev/shm)") from e
                 self.mm = mmap.mmap(fd, self.total, mmap.MAP_SHARED,
                                     mmap.PROT_READ | mmap.PROT_WRITE)
             finally:

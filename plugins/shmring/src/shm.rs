@@ -434,6 +434,22 @@ impl Segment {
                 e,
             )
         })?;
+        // Reserve the memory now: on a full /dev/shm this fails cleanly here instead of killing
+        // the writer with SIGBUS on its first write into a slot.
+        // SAFETY: plain syscall on our own fd.
+        let r = unsafe {
+            libc::posix_fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(fail(
+                &format!("reserve {len} bytes for (is /dev/shm full? `df /dev/shm`)"),
+                io::Error::from_raw_os_error(r),
+            ));
+        }
         let md = file.metadata().map_err(|e| fail("stat", e))?;
         let ptr = map(&file, len, true).map_err(|e| fail("map", e))?;
         let seg = Segment {
