@@ -59,7 +59,8 @@ impl PipeWireSession {
             .arg("--session")
             .arg(format!("--address=unix:path={}", bus_path.display()))
             .args(["--nofork", "--print-address"])
-            .env("XDG_RUNTIME_DIR", dir.path());
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env_remove("G_DEBUG");
         let mut dbus = ChildGuard::spawn("dbus-daemon", &mut dbus_cmd);
         // The first stdout line is the bus address once it listens.
         let stdout = dbus
@@ -139,6 +140,9 @@ impl PipeWireSession {
 
     fn start_daemons(&mut self) {
         let mut pw = self.command("pipewire");
+        // The daemons are peers, not under test: the test runner's G_DEBUG=fatal_warnings
+        // must not abort them on a harmless warning.
+        pw.env_remove("G_DEBUG");
         self.log_to(&mut pw, "pipewire.log");
         self.pipewire = Some(ChildGuard::spawn_inherit("pipewire", &mut pw));
         let deadline = Instant::now() + START_TIMEOUT;
@@ -159,6 +163,7 @@ impl PipeWireSession {
         }
         if self.with_session_manager {
             let mut wp = self.command("wireplumber");
+            wp.env_remove("G_DEBUG");
             self.log_to(&mut wp, "wireplumber.log");
             self.wireplumber = Some(ChildGuard::spawn_inherit("wireplumber", &mut wp));
             let deadline = Instant::now() + START_TIMEOUT;
