@@ -122,7 +122,10 @@ fn live_socket_refused_stale_socket_replaced_mode_0600() {
         "stale socket left behind by the killed writer"
     );
     let py = py_reader(&sock, &[]);
-    let out = launch(&format!("{} wait-for-connection=true", writer_desc(&sock)));
+    let out = launch(&format!(
+        "{} wait-for-connection=true surfaces=16",
+        writer_desc(&sock)
+    ));
     assert!(
         out.status.success(),
         "stale socket replaced: {}",
