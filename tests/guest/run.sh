@@ -155,6 +155,9 @@ export GST_REGISTRY="$REGISTRY" GST_REGISTRY_UPDATE=no GST_REGISTRY_FORK=no
 export GST_PLUGIN_PATH="$PLUGIN_DIR" VCAMBRIDGE_PLUGIN_DIR="$PLUGIN_DIR"
 export VCAMBRIDGE_GUEST=1 VCAMBRIDGE_V4L2LOOPBACK_VERSION=$ver RUST_BACKTRACE=1 G_DEBUG=fatal_warnings
 export VCAMBRIDGE_GUEST_OUT=/tmp/out
+${BENCH_FRAMES:+export BENCH_FRAMES=$BENCH_FRAMES}
+${BENCH_RUNS:+export BENCH_RUNS=$BENCH_RUNS}
+${BENCH_DEVICE:+export BENCH_DEVICE=$BENCH_DEVICE}
 cd "$ROOT"
 echo "v4l2loopback: \$(cat /sys/module/v4l2loopback/version 2>/dev/null)"
 ls /dev/video* /dev/v4l2loopback 2>/dev/null | tr '\n' ' '; echo

@@ -13,7 +13,7 @@
 //! plus the rawvideo encoder's frame-to-packet copy.
 //!
 //! Run it in the guest (real module): `tests/guest/run.sh --bench`.
-//! Environment: `BENCH_DEVICE` (default /dev/video11), `BENCH_FRAMES` (150), `BENCH_RUNS` (5).
+//! Environment: `BENCH_DEVICE` (default /dev/video11), `BENCH_FRAMES` (400), `BENCH_RUNS` (5).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -198,7 +198,7 @@ fn main() {
     let frames: u32 = std::env::var("BENCH_FRAMES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(400);
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
