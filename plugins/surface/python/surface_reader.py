@@ -217,6 +217,10 @@ def main():
     except (TimeoutError, socket.timeout) as e:
         out({"error": f"timeout: {e}"})
         return 3
+    except PermissionError as e:
+        out({"error": f"permission denied connecting to {args.socket}: {e.strerror} "
+                      "(the socket is 0600: run the reader as the writer's user)"})
+        return 4
     out({"frames": n})
     return 0
 

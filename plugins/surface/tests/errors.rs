@@ -136,7 +136,8 @@ fn live_socket_refused_stale_socket_replaced_mode_0600() {
     assert_eq!(frames_of(&json).len(), 5);
 }
 
-/// Another user cannot connect: the socket is 0600 (the directory is open to all here).
+/// Another user cannot connect: the socket is 0600 (the directory is open to all here). Checked
+/// with the Python reader and, where that user can load our plugin, with surfacesrc.
 #[test]
 fn reader_of_another_user_gets_permission_denied() {
     if !vcambridge_tests::have_program("setpriv") {
@@ -149,22 +150,54 @@ fn reader_of_another_user_gets_permission_denied() {
     wait_for(Duration::from_secs(10), "writer socket", || {
         sock.exists().then_some(())
     });
-    let mut cmd = gst_command("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "gst-launch-1.0",
-    ])
-    .args(
+    let as_nobody = || {
+        let mut cmd = gst_command("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .env("GST_REGISTRY", dir.path().join("registry.bin"))
+            .env("HOME", dir.path());
+        cmd
+    };
+
+    // The reader script is copied where that user can read it.
+    let script = dir.path().join("surface_reader.py");
+    std::fs::copy(reader_script(), &script).unwrap();
+    // The system interpreter: a per-user one (pyenv, the venv under root's checkout) may not be
+    // reachable for that user.
+    let system_python = Path::new("/usr/bin/python3");
+    if system_python.exists() {
+        let mut cmd = as_nobody();
+        cmd.arg(system_python)
+            .args([script.to_str().unwrap(), sock.to_str().unwrap()]);
+        let out = run_with_timeout("python reader as nobody", &mut cmd, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        assert!(
+            text(&out).contains("permission denied connecting to"),
+            "{}",
+            text(&out)
+        );
+    } else {
+        eprintln!("note: no /usr/bin/python3; Python part skipped");
+    }
+
+    let mut probe = as_nobody();
+    probe.args(["gst-inspect-1.0", "surfacesrc"]);
+    if !run_with_timeout("gst-inspect as nobody", &mut probe, Duration::from_secs(30))
+        .status
+        .success()
+    {
+        eprintln!(
+            "note: user nobody cannot load the plugin from this checkout; surfacesrc part skipped"
+        );
+        return;
+    }
+    let mut cmd = as_nobody();
+    cmd.arg("gst-launch-1.0").args(
         format!(
             "surfacesrc socket-path={} timeout=2000 ! fakesink",
             sock.display()
         )
         .split_whitespace(),
-    )
-    .env("GST_REGISTRY", dir.path().join("registry.bin"))
-    .env("HOME", dir.path());
+    );
     let out = run_with_timeout("surfacesrc as nobody", &mut cmd, Duration::from_secs(30));
     assert_fails_with(&out, &["permission denied connecting to", "0600"]);
 }
