@@ -362,6 +362,12 @@ fn gst_writer_caps_change_resizes_ring() {
     assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
     let sink = pipeline.by_name("sink").expect("sink");
     assert_eq!(sink.property::<u64>("frames-written"), 10);
+    // Stopping removes the name: keep the writer until the reader (which had to re-open the name
+    // for the bigger ring) has everything.
+    wait_for(LONG, "all frames at the reader", || {
+        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        (len == expected.len() as u64).then_some(())
+    });
     pipeline.set_state(gst::State::Null).expect("NULL");
     let rout = reader.wait_output(LONG);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -981,6 +987,12 @@ fn auto_slot_size_grows_for_big_buffers() {
         )
         .expect("EOS");
     assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    // Stopping removes the name: keep the writer until the reader, which had to re-open the
+    // name for the bigger ring, has the big frame.
+    wait_for(LONG, "the big frame", || {
+        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        (len == 100 + 3_000_000).then_some(())
+    });
     pipeline.set_state(gst::State::Null).expect("NULL");
     let rout = reader.wait_output(LONG);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
