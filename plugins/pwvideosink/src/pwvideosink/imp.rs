@@ -352,7 +352,7 @@ impl BaseSinkImpl for PwVideoSink {
         gst::debug!(CAT, imp = self, "connecting to {}", config.socket_path);
         let shared = Arc::new(Shared::default());
         let handle = LoopHandle::spawn(config, shared.clone(), self.notifier())
-            .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ["{}", e]))?;
+            .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ("{}", e)))?;
         *lock(&self.state) = State::Started {
             handle,
             shared,
