@@ -318,6 +318,13 @@ fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
         p
     });
     let core = ctx.context.connect_rc(props).map_err(|e| {
+        // pw_context_connect leaves the socket error in errno.
+        let os = std::io::Error::last_os_error();
+        let e = if os.raw_os_error().unwrap_or(0) != 0 {
+            os.to_string()
+        } else {
+            e.to_string()
+        };
         format!(
             "could not connect to the PipeWire daemon at {} ({e}); is PipeWire running? \
              (set XDG_RUNTIME_DIR or PIPEWIRE_REMOTE, or the element's 'remote' property)",
