@@ -411,6 +411,70 @@ impl Segment {
         )))
     }
 
+    /// What [`Self::create_writer`] would find at `name`, without changing anything: `None` if
+    /// nothing is there, the geometry of a ring a writer may reclaim, or the error a writer would
+    /// get (foreign file, version, another live writer, permissions).
+    pub fn check_writable(name: &str) -> Result<Option<Geometry>, ShmError> {
+        ring::validate_shm_name(name).map_err(ShmError::BadName)?;
+        let path = shm_path(name);
+        let file = match shm_open(name, libc::O_RDWR, 0) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                return Err(ShmError::Permission(format!(
+                    "permission denied opening the existing {path} for writing: {}; remove \
+                     it (rm {path}) or run the writer as its owner",
+                    describe_owner(name)
+                )));
+            }
+            Err(e) => return Err(ShmError::Os(format!("cannot open {path}: {e}"))),
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| ShmError::Os(format!("cannot stat {path}: {e}")))?
+            .len() as usize;
+        if size == 0 {
+            return Ok(None);
+        }
+        let mut head = [0u8; 16];
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).unwrap_or(0);
+        if size < ring::HEADER_SIZE || n < 16 || head[..8] != ring::MAGIC {
+            return Err(ShmError::Foreign(format!(
+                "{path} exists and is not a vcambridge shm ring ({size} bytes); pick another \
+                 shm-name or remove the file (rm {path})"
+            )));
+        }
+        let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if version != ring::LAYOUT_VERSION {
+            return Err(ShmError::Version(format!(
+                "{path} holds a shm ring of layout version {version}, this writer speaks \
+                 version {}; stop the programs using it and remove it (rm {path})",
+                ring::LAYOUT_VERSION
+            )));
+        }
+        let ptr =
+            map(&file, size, false).map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
+        let seg = Segment {
+            name: name.to_string(),
+            file,
+            ptr,
+            len: size,
+            ino: 0,
+        };
+        let mem = seg.memory();
+        let pid = mem.writer_pid();
+        if pid != std::process::id()
+            && pid_alive(pid)
+            && !matches!(mem.state(), Some(WriterState::Closed))
+        {
+            return Err(ShmError::Busy(format!(
+                "{path} is in use by another writer (pid {pid}); only one writer per ring: \
+                 stop it or pick another shm-name"
+            )));
+        }
+        Ok(mem.validate().ok())
+    }
+
     fn init_new(
         name: &str,
         file: File,
@@ -505,8 +569,11 @@ mod tests {
         let name = unique("crr");
         let _cleanup = Unlink(name.clone());
         let g = Geometry::new(4, 256).unwrap();
+        assert_eq!(Segment::check_writable(&name).unwrap(), None);
         let (w, gen1) = Segment::create_writer(&name, 0o600, &g).unwrap();
         assert_eq!(gen1, 1);
+        // Our own ring: reclaimable, with its geometry.
+        assert_eq!(Segment::check_writable(&name).unwrap(), Some(g));
         let md = std::fs::metadata(shm_path(&name)).unwrap();
         assert_eq!(md.mode() & 0o777, 0o600);
         let wm = w.memory();
@@ -549,6 +616,8 @@ mod tests {
         assert!(matches!(e, ShmError::Foreign(_)), "{e}");
         assert!(e.to_string().contains(&shm_path(&name)));
         let e = Segment::create_writer(&name, 0o600, &Geometry::new(2, 64).unwrap()).unwrap_err();
+        assert!(matches!(e, ShmError::Foreign(_)), "{e}");
+        let e = Segment::check_writable(&name).unwrap_err();
         assert!(matches!(e, ShmError::Foreign(_)), "{e}");
         assert!(matches!(
             Segment::open_reader("bad"),

@@ -59,7 +59,8 @@ enum State {
     #[default]
     Stopped,
     Started {
-        writer: Arc<RingWriter>,
+        /// `None` until the caps say how big the slots must be (slot-size 0, no ring to reclaim).
+        writer: Option<Arc<RingWriter>>,
         settings: Settings,
         caps: Option<String>,
         /// Raw video caps: the default layout the ring carries.
@@ -184,7 +185,8 @@ impl ShmRingSink {
         Ok(writer)
     }
 
-    /// Publish `caps` into the ring, resizing it (slot-size 0) or refusing them (fixed size).
+    /// Publish `caps` into the ring, creating or resizing it (slot-size 0) or refusing them
+    /// (fixed size too small).
     fn publish_caps(&self, state: &mut State, caps: &gst::Caps) -> Result<(), gst::ErrorMessage> {
         let State::Started {
             writer, settings, ..
@@ -195,22 +197,25 @@ impl ShmRingSink {
                 ("not started")
             ));
         };
-        let slot_size = writer.geometry().slot_size;
+        let slot_size = writer.as_ref().map(|w| w.geometry().slot_size);
         let auto = settings.slot_size == 0;
         let name = settings.shm_name.clone();
-        if let Some(needed) = frame_size(caps) {
-            if auto && ring::align_up(needed) != slot_size {
-                self.resize(state, needed)?;
-            } else if !auto && needed > slot_size {
+        match (frame_size(caps), slot_size) {
+            (Some(needed), Some(slot_size)) if !auto && needed > slot_size => {
                 return Err(gst::error_msg!(
                     gst::ResourceError::Settings,
                     ("shmringsink shm-name={name}: caps {caps} need {needed} bytes per frame but slot-size is {slot_size}; raise slot-size or set it to 0 (size from caps)")
                 ));
             }
+            (Some(needed), cur) if auto && cur != Some(ring::align_up(needed)) => {
+                self.resize(state, needed)?
+            }
+            (None, None) => self.resize(state, AUTO_SLOT_SIZE)?,
+            _ => (),
         }
         let caps_str = caps.to_string();
         let State::Started {
-            writer,
+            writer: Some(writer),
             caps: cur_caps,
             video_info,
             ..
@@ -230,7 +235,8 @@ impl ShmRingSink {
         Ok(())
     }
 
-    /// Replace the ring of a started sink by one with `payload`-byte slots, re-publishing caps.
+    /// Create the ring of a started sink, or replace it by one with `payload`-byte slots
+    /// (re-publishing the caps).
     fn resize(&self, state: &mut State, payload: usize) -> Result<(), gst::ErrorMessage> {
         let State::Started {
             writer,
@@ -243,7 +249,9 @@ impl ShmRingSink {
             return Ok(());
         };
         let new = self.open_ring(settings, payload)?;
-        writer.abandon();
+        if let Some(old) = writer.take() {
+            old.abandon();
+        }
         if let Some(c) = caps.as_deref() {
             new.set_caps(c)
                 .map_err(|e| gst::error_msg!(gst::ResourceError::Write, ("{e}")))?;
@@ -251,7 +259,7 @@ impl ShmRingSink {
         if let Some(p) = pool {
             p.set_writer(Some(new.clone()));
         }
-        *writer = new;
+        *writer = Some(new);
         Ok(())
     }
 }
@@ -401,17 +409,25 @@ impl BaseSinkImpl for ShmRingSink {
                 )
             ));
         }
+        // With slot-size 0 the ring is created when the caps say how big frames are, unless a
+        // previous writer (crash, restart) left one of this slot count: that one is reclaimed in
+        // place right away. Either way, problems at the name are reported now.
         let payload = match settings.slot_size {
-            // A ring left by a previous writer (crash, restart) is most likely of the size the
-            // caps will ask for again: reuse it, so the ring is reclaimed in place.
-            0 => Segment::open_reader(&settings.shm_name)
-                .ok()
-                .filter(|(_, g)| g.slot_count == settings.slots)
-                .map(|(_, g)| g.slot_size)
-                .unwrap_or(AUTO_SLOT_SIZE),
-            n => n as usize,
+            0 => match Segment::check_writable(&settings.shm_name) {
+                Ok(existing) => existing
+                    .filter(|g| g.slot_count == settings.slots)
+                    .map(|g| g.slot_size),
+                Err(e) => {
+                    lock(&NAMES_IN_USE).remove(&settings.shm_name);
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::OpenWrite,
+                        ("shmringsink shm-name={}: {e}", settings.shm_name)
+                    ));
+                }
+            },
+            n => Some(n as usize),
         };
-        let writer = match self.open_ring(&settings, payload) {
+        let writer = match payload.map(|p| self.open_ring(&settings, p)).transpose() {
             Ok(w) => w,
             Err(e) => {
                 lock(&NAMES_IN_USE).remove(&settings.shm_name);
@@ -443,17 +459,19 @@ impl BaseSinkImpl for ShmRingSink {
             if let Some(p) = pool {
                 p.set_writer(None);
             }
-            writer.close();
-            let st = *lock(&self.stats);
-            gst::info!(
-                CAT,
-                imp = self,
-                "closed {}: {} frames written, {} in place, {} dropped",
-                writer.path(),
-                st.written,
-                st.in_place,
-                st.dropped
-            );
+            if let Some(writer) = writer {
+                writer.close();
+                let st = *lock(&self.stats);
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "closed {}: {} frames written, {} in place, {} dropped",
+                    writer.path(),
+                    st.written,
+                    st.in_place,
+                    st.dropped
+                );
+            }
         }
         Ok(())
     }
@@ -501,6 +519,9 @@ impl BaseSinkImpl for ShmRingSink {
         else {
             return Ok(());
         };
+        let Some(writer) = writer.as_ref() else {
+            return Ok(());
+        };
         if !settings.zero_copy {
             return Ok(());
         }
@@ -529,7 +550,11 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn event(&self, event: gst::Event) -> bool {
-        if let State::Started { writer, .. } = &*lock(&self.state) {
+        if let State::Started {
+            writer: Some(writer),
+            ..
+        } = &*lock(&self.state)
+        {
             match event.view() {
                 gst::EventView::Eos(_) => writer.set_state(WriterState::Eos),
                 gst::EventView::StreamStart(_) | gst::EventView::FlushStop(_) => {
@@ -554,8 +579,8 @@ impl BaseSinkImpl for ShmRingSink {
         else {
             return Err(gst::FlowError::Flushing);
         };
-        let slot_size = writer.geometry().slot_size;
-        if map.size() > slot_size {
+        let slot_size = writer.as_ref().map_or(0, |w| w.geometry().slot_size);
+        if map.size() > slot_size || writer.is_none() {
             if settings.slot_size != 0 {
                 gst::element_imp_error!(
                     self,
@@ -569,14 +594,16 @@ impl BaseSinkImpl for ShmRingSink {
                 );
                 return Err(gst::FlowError::Error);
             }
-            let payload = map.size().next_power_of_two();
+            let payload = map.size().next_power_of_two().max(AUTO_SLOT_SIZE);
             if let Err(e) = self.resize(&mut state, payload) {
                 self.post_error_message(e);
                 return Err(gst::FlowError::Error);
             }
         }
         let State::Started {
-            writer, video_info, ..
+            writer: Some(writer),
+            video_info,
+            ..
         } = &*state
         else {
             return Err(gst::FlowError::Flushing);
