@@ -464,9 +464,7 @@ impl BaseSinkImpl for PwVideoSink {
         // Planes elsewhere than in the default layout (we accept VideoMeta): copy per plane.
         let info = info.as_ref().and_then(|info| {
             let meta = buffer.meta::<gst_video::VideoMeta>()?;
-            let n = info.n_planes() as usize;
-            let same = meta.offset()[..n] == info.offset()[..n]
-                && meta.stride()[..n] == info.stride()[..n];
+            let same = meta.offset() == info.offset() && meta.stride() == info.stride();
             (!same).then(|| (**info).clone())
         });
         let frame = PendingFrame {
