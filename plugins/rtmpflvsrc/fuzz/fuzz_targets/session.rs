@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut session = Session::new(SessionConfig {
         app: "live".into(),
-        stream_key: if split & 1 == 0 { String::new() } else { "key".into() },
+        stream_key: if split & 1 == 0 {
+            String::new()
+        } else {
+            "key".into()
+        },
         limits: Default::default(),
     });
     let mut gate = |_: &str, _: &str| Ok(());
