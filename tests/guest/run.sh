@@ -112,7 +112,7 @@ if [ -n "${VCB_GUEST_CMD:-}" ]; then
 else
 log "building the plugin and the guest test binary"
 cargo build -q -p gst-plugin-v4l2loopsink
-TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --message-format=json 2>/dev/null \
+TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --message-format=json \
   | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
 [ -x "$TEST_BIN" ] || die "could not build the guest test binary"
 BENCH_BIN=""
