@@ -60,9 +60,9 @@ pub enum SessionEvent {
     /// A publish request was accepted.
     PublishStarted { app: String, stream_key: String },
     /// A video message of the accepted publish stream; `dts_ms` is the unwrapped RTMP time.
-    Video { dts_ms: u64, tag: VideoTag },
+    Video { dts_ms: i64, tag: VideoTag },
     /// An audio message of the accepted publish stream.
-    Audio { dts_ms: u64, tag: AudioTag },
+    Audio { dts_ms: i64, tag: AudioTag },
     /// The publisher's onMetaData: which streams it announces.
     Metadata { has_video: bool, has_audio: bool },
     /// A media message that could not be used (unknown codec, truncated tag, ...).

@@ -4,7 +4,7 @@
 //!
 //! RTMP message timestamps are 32-bit milliseconds that wrap after ~49.7 days (and whose
 //! on-the-wire encoding switches to an extended field at 0xFFFFFF, ~4 h 40 min; that part is
-//! handled by the chunk layer). [`TimestampUnwrapper`] turns them into a monotonic-ish `u64`
+//! handled by the chunk layer). [`TimestampUnwrapper`] turns them into a signed 64-bit
 //! millisecond timeline; [`OutputTimeline`] maps one publish session's timeline onto the
 //! pipeline running time so that output stays monotonic across publisher reconnects.
 
@@ -20,7 +20,7 @@ const MS: u64 = 1_000_000;
 /// a small step backwards (audio / video interleaving) stays a small step backwards.
 #[derive(Debug, Default, Clone)]
 pub struct TimestampUnwrapper {
-    last: Option<(u32, u64)>,
+    last: Option<(u32, i64)>,
 }
 
 impl TimestampUnwrapper {
@@ -28,14 +28,15 @@ impl TimestampUnwrapper {
         Self::default()
     }
 
-    /// Returns the unwrapped value of `ts` in milliseconds.
-    pub fn unwrap(&mut self, ts: u32) -> u64 {
+    /// Returns the unwrapped value of `ts` in milliseconds. It may go below the first value
+    /// (e.g. negative DTS of B-frame streams written as 0xFFFFFFxx after a sequence header at 0):
+    /// only differences matter.
+    pub fn unwrap(&mut self, ts: u32) -> i64 {
         let value = match self.last {
-            None => u64::from(ts),
+            None => i64::from(ts),
             Some((last_ts, last_value)) => {
                 let diff = ts.wrapping_sub(last_ts) as i32;
-                // Never below zero: a stream that starts by going backwards is clamped.
-                last_value.saturating_add_signed(i64::from(diff))
+                last_value.saturating_add(i64::from(diff))
             }
         };
         self.last = Some((ts, value));
@@ -102,7 +103,7 @@ impl OutputTimeline {
         &mut self,
         session: u64,
         kind: StreamKind,
-        dts_ms: u64,
+        dts_ms: i64,
         composition_ms: i32,
         now: impl FnOnce() -> u64,
     ) -> OutputTimes {
@@ -158,16 +159,16 @@ mod tests {
     #[test]
     fn unwrap_continues_across_u32_wrap() {
         let mut u = TimestampUnwrapper::new();
-        assert_eq!(u.unwrap(u32::MAX - 33), u64::from(u32::MAX) - 33);
-        assert_eq!(u.unwrap(u32::MAX), u64::from(u32::MAX));
+        assert_eq!(u.unwrap(u32::MAX - 33), i64::from(u32::MAX) - 33);
+        assert_eq!(u.unwrap(u32::MAX), i64::from(u32::MAX));
         assert_eq!(u.unwrap(0), 1 << 32);
         assert_eq!(u.unwrap(33), (1 << 32) + 33);
         // A small step backwards (audio interleaved with video) across the wrap.
-        assert_eq!(u.unwrap(u32::MAX - 10), u64::from(u32::MAX) - 10);
+        assert_eq!(u.unwrap(u32::MAX - 10), i64::from(u32::MAX) - 10);
         assert_eq!(u.unwrap(66), (1 << 32) + 66);
         // And a second wrap.
         let mut t = 66u32;
-        let mut expected = (1u64 << 32) + 66;
+        let mut expected = (1i64 << 32) + 66;
         for _ in 0..200 {
             t = t.wrapping_add(0x4000_0000);
             expected += 0x4000_0000;
@@ -177,10 +178,14 @@ mod tests {
     }
 
     #[test]
-    fn unwrap_clamps_initial_backward_step() {
+    fn unwrap_keeps_initial_backward_steps() {
+        // Sequence header at 0, then B-frame stream DTS -67, -34, 0, audio at 0.
         let mut u = TimestampUnwrapper::new();
-        assert_eq!(u.unwrap(10), 10);
-        assert_eq!(u.unwrap(0xFFFF_FFF0), 0);
+        assert_eq!(u.unwrap(0), 0);
+        assert_eq!(u.unwrap(0u32.wrapping_sub(67)), -67);
+        assert_eq!(u.unwrap(0u32.wrapping_sub(34)), -34);
+        assert_eq!(u.unwrap(0), 0);
+        assert_eq!(u.unwrap(33), 33);
     }
 
     #[test]
@@ -211,7 +216,7 @@ mod tests {
     fn reconnect_is_monotonic_even_if_clock_says_earlier() {
         let mut t = OutputTimeline::new();
         let mut last = 0;
-        for i in 0..100u64 {
+        for i in 0..100i64 {
             let o = t.map(1, StreamKind::Video, 90_000 + i * 33, 0, || 10_000_000_000);
             assert!(o.dts >= last);
             last = o.dts;

@@ -224,8 +224,8 @@ impl Stats {
 #[derive(Debug)]
 enum Item {
     SessionStart { session: u64, publisher: String },
-    Video { dts_ms: u64, tag: VideoTag },
-    Audio { dts_ms: u64, tag: AudioTag },
+    Video { dts_ms: i64, tag: VideoTag },
+    Audio { dts_ms: i64, tag: AudioTag },
     SessionEnd { reason: String },
 }
 
@@ -1291,7 +1291,7 @@ impl RtmpFlvSrc {
         kind: StreamKind,
         codec: &'static str,
         caps: Option<gst::Caps>,
-        dts_ms: u64,
+        dts_ms: i64,
         composition_ms: i32,
         delta_unit: bool,
         data: Bytes,

@@ -95,7 +95,7 @@ fn valid_stream_yields_publish_and_media_in_any_split() {
             }
         ));
         for (i, (dts, tag)) in videos[1..].iter().enumerate() {
-            assert_eq!(*dts, (i * 33) as u64);
+            assert_eq!(*dts, (i * 33) as i64);
             match tag {
                 VideoTag::Frame {
                     keyframe,
@@ -233,7 +233,7 @@ fn published_session() -> (Session, u32) {
     (server, 1)
 }
 
-fn video_dts(events: &[SessionEvent]) -> Vec<u64> {
+fn video_dts(events: &[SessionEvent]) -> Vec<i64> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -283,9 +283,9 @@ fn timestamps_across_24_bit_boundary_and_u32_wrap() {
         video_dts(&events),
         vec![
             0xFFFF_FFF0,
-            (1u64 << 32) + 0x10,
-            (1u64 << 32) + 0x31,
-            (1u64 << 32) + 0x52
+            (1i64 << 32) + 0x10,
+            (1i64 << 32) + 0x31,
+            (1i64 << 32) + 0x52
         ]
     );
 }
