@@ -380,3 +380,67 @@ fn follows_another_driver() {
     assert!(!driving, "the dummy driver should drive this graph");
     assert_eq!(producer.first_error(), None);
 }
+
+/// `spa_meta_header` carries a sequence number and a monotonic-clock PTS: pipewiresrc turns them
+/// into buffer offsets and timestamps 1/30 s apart.
+#[test]
+fn sequence_and_timestamps_reach_the_consumer() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-ts";
+    let _producer = Producer::start(&session, node, "I420", "");
+    session.wait_for_node(node, Duration::from_secs(10));
+    let mut cmd = session.command("gst-launch-1.0");
+    cmd.args([
+        "-v",
+        "pipewiresrc",
+        &format!("target-object={node}"),
+        "stream-properties=props,media.type=Video",
+        "num-buffers=30",
+        "!",
+        "fakesink",
+        "silent=false",
+    ]);
+    let res =
+        ChildGuard::spawn("timestamp consumer", &mut cmd).wait_output(Duration::from_secs(30));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = &line[line.find(key)? + key.len()..];
+        Some(rest.split(',').next()?.trim().to_string())
+    };
+    let ns = |t: &str| -> u64 {
+        // H:MM:SS.nnnnnnnnn
+        let mut parts = t.split(':');
+        let (h, m, s) = (parts.next(), parts.next(), parts.next());
+        let (h, m) = (
+            h.unwrap().parse::<u64>().unwrap(),
+            m.unwrap().parse::<u64>().unwrap(),
+        );
+        let (s, frac) = s.unwrap().split_once('.').unwrap();
+        ((h * 60 + m) * 60 + s.parse::<u64>().unwrap()) * 1_000_000_000
+            + frac.parse::<u64>().unwrap()
+    };
+    let frames: Vec<(u64, u64)> = stdout
+        .lines()
+        .filter(|l| l.contains("chain"))
+        .filter_map(|l| Some((field(l, "offset: ")?.parse().ok()?, ns(&field(l, "pts: ")?))))
+        .collect();
+    assert_eq!(frames.len(), 30, "{stdout}");
+    for w in frames.windows(2) {
+        assert!(w[1].0 > w[0].0, "sequence not increasing: {frames:?}");
+        assert!(w[1].1 >= w[0].1, "pts going backwards: {frames:?}");
+    }
+    // Skip the first frames (stamped before the consumer's base time, clamped to 0).
+    let mut deltas: Vec<u64> = frames[10..].windows(2).map(|w| w[1].1 - w[0].1).collect();
+    deltas.sort_unstable();
+    let median = deltas[deltas.len() / 2];
+    assert!(
+        (25_000_000..45_000_000).contains(&median),
+        "median pts step {median} ns, expected ~33 ms: {frames:?}"
+    );
+}

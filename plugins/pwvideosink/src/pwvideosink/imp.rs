@@ -6,6 +6,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::pwloop::{LoopEvent, LoopHandle, Msg, NodeConfig, Notify, PendingFrame, Shared};
@@ -59,6 +60,16 @@ enum State {
         info: Option<Box<gst_video::VideoInfo>>,
         seq: u64,
     },
+}
+
+fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 #[derive(Default)]
@@ -131,6 +142,25 @@ impl PwVideoSink {
                 }
             }
         })
+    }
+
+    /// When the frame is due, in CLOCK_MONOTONIC ns, as PipeWire sources stamp
+    /// `spa_meta_header.pts` (pipewiresrc subtracts its base time from it): the buffer's
+    /// running time on the pipeline clock, moved onto the monotonic clock.
+    fn presentation_time_monotonic(&self, buffer: &gst::BufferRef) -> i64 {
+        let obj = self.obj();
+        let now = monotonic_ns();
+        let running = obj
+            .segment()
+            .downcast_ref::<gst::ClockTime>()
+            .and_then(|seg| seg.to_running_time(buffer.pts()));
+        match (running, obj.base_time(), obj.clock()) {
+            (Some(rt), Some(base), Some(clock)) => {
+                let due = (rt + base).nseconds() as i64;
+                now - (clock.time().nseconds() as i64 - due)
+            }
+            _ => now,
+        }
     }
 
     /// A consumer fixed `format`: make upstream switch to it.
@@ -460,7 +490,7 @@ impl BaseSinkImpl for PwVideoSink {
             shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(gst::FlowSuccess::Ok);
         }
-        let pts = buffer.pts().map(|t| t.nseconds() as i64).unwrap_or(-1);
+        let pts = self.presentation_time_monotonic(buffer);
         // Planes elsewhere than in the default layout (we accept VideoMeta): copy per plane.
         let info = info.as_ref().and_then(|info| {
             let meta = buffer.meta::<gst_video::VideoMeta>()?;
