@@ -260,8 +260,9 @@ def _check_header(mm, size, name):
 class Reader(_Mapped):
     """Reads frames from ring ``name``; waits up to ``timeout`` s for a writer to appear.
 
-    Like shmringsrc: starts at frame 0 of a ring that has not wrapped yet (so a reader started
-    before or with the writer sees every frame), otherwise at the newest frame; skips frames it was too slow for (``dropped`` counts them);
+    Like shmringsrc: a reader that had to wait for the writer (started first, or following a
+    restart) starts at the oldest frame still in the ring; otherwise at frame 0 of a ring that has
+    not wrapped yet, or else at the newest frame; skips frames it was too slow for (``dropped`` counts them);
     follows writer restarts (``generation`` changes) by re-opening the name.
     """
 
@@ -323,15 +324,19 @@ class Reader(_Mapped):
         self.attached_generation = self.generation
         return True
 
-    def _open(self, timeout):
+    def _open(self, timeout, waited=False):
         deadline = time.monotonic() + timeout
         while not self._try_open():
             if time.monotonic() >= deadline:
                 raise RingError(f"no writer appeared at {self.path} within {timeout} s (start a "
                                 f"writer with shm-name={self.name})")
-            time.sleep(0.02)
+            waited = True
+            time.sleep(0.01)
         w = self.write_seq
-        if w < self.slot_count:
+        if waited:
+            # We were waiting for this writer: everything it wrote that is still there is new.
+            self.next = max(w - (self.slot_count - 1), 0)
+        elif w < self.slot_count:
             self.next = 0
         else:
             self.next = max(w - 1, 0)
@@ -390,7 +395,7 @@ class Reader(_Mapped):
         while True:
             now = time.monotonic()
             if self.mm is None:
-                self._open(max(deadline - now, 0))
+                self._open(max(deadline - now, 0), waited=True)
                 continue
             gen = self.generation
             state = self.state

@@ -617,6 +617,10 @@ fn zero_copy_pool_content_matches() {
     let sink = pipeline.by_name("sink").expect("sink");
     assert_eq!(sink.property::<u64>("frames-written"), 20);
     assert_eq!(sink.property::<u64>("frames-in-place"), 20, "no copies");
+    wait_for(LONG, "the frames at the reader", || {
+        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        (len == 20 * FRAME as u64).then_some(())
+    });
     pipeline.set_state(gst::State::Null).expect("NULL");
     let ref_out = ChildGuard::spawn(
         "reference",
@@ -702,7 +706,7 @@ fn audio_and_encoded_streams() {
     let writer = ChildGuard::spawn(
         "audio writer",
         &mut gst_launch(&format!(
-            "-q audiotestsrc num-buffers=20 samplesperbuffer=441 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! shmringsink shm-name={shm}"
+            "-q audiotestsrc num-buffers=20 samplesperbuffer=441 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! shmringsink shm-name={shm} slots=32"
         )),
     );
     let mut n = 0;
@@ -849,6 +853,11 @@ fn padded_video_is_repacked() {
         )
         .expect("EOS");
     assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    // Stopping removes the name: keep the writer until the reader has the frames.
+    wait_for(LONG, "the frames at the reader", || {
+        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        (len == expected.len() as u64).then_some(())
+    });
     pipeline.set_state(gst::State::Null).expect("NULL");
     let rout = reader.wait_output(LONG);
     let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -28,7 +28,7 @@ const DEFAULT_IS_LIVE: bool = true;
 /// Longest single sleep on the futex / while polling for the writer; `unlock()` interrupts it
 /// earlier anyway.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -77,6 +77,8 @@ struct Reader {
     discont: bool,
     /// Last writer pid seen, for messages.
     writer_pid: u32,
+    /// We had to wait for the ring (not there, closed, restarted) before attaching.
+    waited: bool,
 }
 
 /// What `create()` does next, decided under the state lock and executed without it.
@@ -180,6 +182,7 @@ impl ShmRingSrc {
 
     fn detach(&self, r: &mut Reader) {
         r.attached = None;
+        r.waited = true;
         r.anchor = None;
         r.last_writer_pts = None;
         r.discont = true;
@@ -219,14 +222,19 @@ impl ShmRingSrc {
                 Ok((seg, geometry)) => {
                     let mem = seg.memory();
                     let w = mem.write_seq();
-                    // A young ring (not wrapped yet) is read from its first frame, so a reader
-                    // started before or with the writer sees every frame; otherwise start at
-                    // the newest frame.
-                    let next = if w < geometry.slot_count as u64 {
+                    // A reader that waited for this writer (started first, or following a
+                    // restart) takes everything still in the ring; one attaching to a running
+                    // writer starts at frame 0 of a young (not wrapped) ring, else at the
+                    // newest frame.
+                    let count = geometry.slot_count as u64;
+                    let next = if r.waited {
+                        w.saturating_sub(count - 1)
+                    } else if w < count {
                         0
                     } else {
                         w - 1
                     };
+                    r.waited = false;
                     r.writer_pid = mem.writer_pid();
                     gst::info!(
                         CAT,
@@ -249,6 +257,7 @@ impl ShmRingSrc {
                     Step::Again
                 }
                 Err(e) if e.is_transient() => {
+                    r.waited = true;
                     if let Some(waited) = Self::timed_out(r) {
                         return Step::Error(self.timeout_error(r, waited));
                     }
@@ -589,6 +598,7 @@ impl BaseSrcImpl for ShmRingSrc {
             last_progress: Instant::now(),
             discont: true,
             writer_pid: 0,
+            waited: false,
         }));
         Ok(())
     }
