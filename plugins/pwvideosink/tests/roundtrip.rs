@@ -284,35 +284,7 @@ fn consumer_choice_among_upstream_formats_is_honoured() {
         assert!(formats.iter().any(|x| x == f), "{f} missing in {formats:?}");
     }
 
-    // Reference: the same source converted to I420.
-    let reference = {
-        let desc = format!(
-            "videotestsrc num-buffers=1 pattern=colors ! {} ! videoconvert ! {} ! appsink name=out",
-            caps_str("BGRx"),
-            caps_str("I420")
-        );
-        let p = gst::parse::launch(&desc)
-            .expect("reference")
-            .downcast::<gst::Pipeline>()
-            .expect("pipeline");
-        let out = p
-            .by_name("out")
-            .expect("appsink")
-            .downcast::<gst_app::AppSink>()
-            .expect("appsink");
-        p.set_state(gst::State::Playing).expect("play reference");
-        let sample = out
-            .try_pull_sample(gst::ClockTime::from_seconds(10))
-            .expect("reference frame");
-        let v = sample
-            .buffer()
-            .expect("buffer")
-            .map_readable()
-            .expect("map")
-            .to_vec();
-        p.set_state(gst::State::Null).expect("stop");
-        v
-    };
+    let reference = converted_reference("BGRx", "I420");
 
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let tail = format!(
@@ -443,4 +415,112 @@ fn sequence_and_timestamps_reach_the_consumer() {
         (25_000_000..45_000_000).contains(&median),
         "median pts step {median} ns, expected ~33 ms: {frames:?}"
     );
+}
+
+/// Main-job shape (decoder → videoconvert → videoscale → fixed-size capsfilter): the camera is
+/// published before the first frame, with every format at the fixed size; a consumer that links
+/// early gets its format once frames flow.
+#[test]
+fn camera_is_published_before_the_first_frame() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-early";
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true ! videoconvert ! videoscale ! \
+         video/x-raw,width={WIDTH},height={HEIGHT},framerate={FPS}/1 ! \
+         pwvideosink name=sink node-name={node} remote=\"{}\"",
+        session.socket_path().display()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .expect("pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    let sink = pipeline.by_name("sink").expect("sink");
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    pipeline.set_state(gst::State::Playing).expect("play");
+
+    // No frame yet: the node is there with fixed-size formats.
+    let obj = session.wait_for_node(node, Duration::from_secs(10));
+    let formats: Vec<String> = obj["info"]["params"]["EnumFormat"]
+        .as_array()
+        .expect("EnumFormat")
+        .iter()
+        .map(|f| {
+            assert_eq!(f["size"]["width"], WIDTH, "{f}");
+            assert_eq!(f["size"]["height"], HEIGHT, "{f}");
+            assert_eq!(f["framerate"]["num"], FPS, "{f}");
+            f["format"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    for f in ["I420", "NV12", "YUY2", "BGRx", "RGBA"] {
+        assert!(formats.iter().any(|x| x == f), "{f} missing in {formats:?}");
+    }
+    assert_eq!(
+        sink.property::<gst::Structure>("stats")
+            .get::<u64>("frames-sent")
+            .unwrap(),
+        0
+    );
+
+    // A consumer links before any frame exists.
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let tail = format!(
+        "{} ! filesink location={}",
+        caps_str("YUY2"),
+        out.path().display()
+    );
+    let consumer = ChildGuard::spawn(
+        "early consumer",
+        &mut session.consumer(node, Some(10), &tail),
+    );
+    vcambridge_tests::wait_for(Duration::from_secs(15), "the early consumer linked", || {
+        (sink
+            .property::<gst::Structure>("stats")
+            .get::<u32>("consumers")
+            .unwrap()
+            == 1)
+            .then_some(())
+    });
+
+    // Now frames arrive (BGRx, like a decoder's output after conversion).
+    let source = reference_frame("BGRx");
+    appsrc.set_caps(Some(&caps_str("BGRx").parse::<gst::Caps>().expect("caps")));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        let appsrc = appsrc.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if appsrc
+                    .push_buffer(gst::Buffer::from_slice(source.clone()))
+                    .is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(33));
+            }
+        })
+    };
+    let res = consumer.wait_output(Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = pusher.join();
+    let stats = sink.property::<gst::Structure>("stats");
+    let _ = pipeline.set_state(gst::State::Null);
+    assert!(
+        res.status.success(),
+        "consumer failed: {}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        session.logs()
+    );
+    check_frames(
+        out.path(),
+        &converted_reference("BGRx", "YUY2"),
+        10,
+        "early consumer",
+    );
+    assert_eq!(stats.get::<String>("format").unwrap(), "YUY2 320x240@30/1");
 }

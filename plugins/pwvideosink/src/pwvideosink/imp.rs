@@ -176,6 +176,44 @@ impl PwVideoSink {
         }
     }
 
+    /// Before any caps: if upstream can only deliver one size and frame rate (e.g. a capsfilter
+    /// after videoscale/videorate, as in the main job), the formats it could deliver at it, so
+    /// the camera can be published before the first frame.
+    fn upstream_preview(&self) -> Option<(VideoSpec, Vec<u32>)> {
+        let pad = self.obj().static_pad("sink")?;
+        let caps = pad.peer_query_caps(Some(&pad.pad_template_caps()));
+        let mut geometry = None;
+        let mut names: Vec<String> = Vec::new();
+        for s in caps.iter() {
+            let w = s.get::<i32>("width").ok()?;
+            let h = s.get::<i32>("height").ok()?;
+            let fps = s.get::<gst::Fraction>("framerate").ok()?;
+            let g = (w, h, fps.numer(), fps.denom());
+            if *geometry.get_or_insert(g) != g {
+                return None;
+            }
+            if let Ok(f) = s.get::<String>("format") {
+                names.push(f);
+            } else if let Ok(list) = s.get::<gst::List>("format") {
+                names.extend(list.iter().filter_map(|v| v.get::<String>().ok()));
+            }
+        }
+        let (w, h, n, d) = geometry?;
+        let formats: Vec<u32> = format::supported_gst_formats()
+            .filter(|f| names.iter().any(|n| n == f))
+            .filter_map(format::spa_format_from_gst)
+            .collect();
+        let first = *formats.first()?;
+        let spec = VideoSpec {
+            format: first,
+            width: w.max(1) as u32,
+            height: h.max(1) as u32,
+            fps_n: n.max(0) as u32,
+            fps_d: d.max(1) as u32,
+        };
+        Some((spec, formats[1..].to_vec()))
+    }
+
     /// Other supported formats upstream can deliver at the negotiated size and rate.
     fn upstream_alternatives(&self, info: &gst_video::VideoInfo) -> Vec<u32> {
         let Some(pad) = self.obj().static_pad("sink") else {
@@ -383,6 +421,16 @@ impl BaseSinkImpl for PwVideoSink {
         let shared = Arc::new(Shared::default());
         let handle = LoopHandle::spawn(config, shared.clone(), self.notifier())
             .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ("{}", e)))?;
+        if let Some((spec, alternatives)) = self.upstream_preview() {
+            gst::info!(
+                CAT,
+                imp = self,
+                "publishing {} (+{} formats) before the first caps",
+                spec.describe(),
+                alternatives.len()
+            );
+            handle.send(Msg::Preview(spec, alternatives));
+        }
         *lock(&self.state) = State::Started {
             handle,
             shared,

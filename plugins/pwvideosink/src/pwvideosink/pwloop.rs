@@ -34,6 +34,9 @@ pub(crate) enum Msg {
     /// Upstream caps (re)negotiated: publish this format first, then the same size and rate
     /// in the other SPA formats upstream could deliver.
     SetLayout(FrameLayout, Vec<u32>),
+    /// No caps yet, but upstream can only deliver this size and rate: publish the node with
+    /// these formats (the first, then the alternatives) already.
+    Preview(VideoSpec, Vec<u32>),
     /// Tear everything down and leave the loop.
     Quit,
 }
@@ -220,6 +223,8 @@ struct LoopCtx {
     notify: Notify,
     session: RefCell<Option<Session>>,
     layout: Cell<Option<FrameLayout>>,
+    /// Offered before the first caps (see [`Msg::Preview`]).
+    preview: Cell<Option<VideoSpec>>,
     alternatives: RefCell<Vec<u32>>,
     disconnected: Cell<bool>,
     reconnect_failures: Cell<u32>,
@@ -260,6 +265,7 @@ fn run(
         notify,
         session: RefCell::new(None),
         layout: Cell::new(None),
+        preview: Cell::new(None),
         alternatives: RefCell::new(Vec::new()),
         disconnected: Cell::new(false),
         reconnect_failures: Cell::new(0),
@@ -285,6 +291,7 @@ fn run(
             match msg {
                 Msg::Wake => ctx.on_wake(),
                 Msg::SetLayout(l, alts) => ctx.set_layout(l, alts),
+                Msg::Preview(spec, alts) => ctx.set_preview(spec, alts),
                 Msg::Quit => ctx.mainloop.quit(),
             }
         }
@@ -382,7 +389,7 @@ fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
         _core_listener: core_listener,
         core,
     };
-    if ctx.layout.get().is_some() {
+    if ctx.offered_spec().is_some() {
         session.stream = Some(create_stream(ctx, &session.core)?);
     }
     Ok(session)
@@ -453,11 +460,35 @@ impl LoopCtx {
         self.shared.consumers.store(n as u32, Ordering::Relaxed);
     }
 
-    /// The `EnumFormat` pods for the current layout and alternatives.
+    /// The format offered first: upstream's current one, or the preview before caps.
+    fn offered_spec(&self) -> Option<VideoSpec> {
+        self.layout.get().map(|l| l.spec).or(self.preview.get())
+    }
+
+    /// The `EnumFormat` pods for the offered format and alternatives.
     fn format_pods(&self) -> Result<Vec<Vec<u8>>, String> {
-        let layout = self.layout.get().ok_or("no format yet")?;
-        format::enum_format_pods(&layout.spec, &self.alternatives.borrow())
-            .map_err(|e| e.to_string())
+        let spec = self.offered_spec().ok_or("no format yet")?;
+        format::enum_format_pods(&spec, &self.alternatives.borrow()).map_err(|e| e.to_string())
+    }
+
+    fn set_preview(self: &Rc<Self>, spec: VideoSpec, alternatives: Vec<u32>) {
+        if self.layout.get().is_some() {
+            return;
+        }
+        self.preview.set(Some(spec));
+        *self.alternatives.borrow_mut() = alternatives;
+        let core = match self.session.borrow().as_ref() {
+            Some(s) if s.stream.is_none() => s.core.clone(),
+            _ => return,
+        };
+        match create_stream(self, &core) {
+            Ok(s) => {
+                if let Some(session) = self.session.borrow_mut().as_mut() {
+                    session.stream = Some(s);
+                }
+            }
+            Err(e) => (self.notify)(LoopEvent::Error(e)),
+        }
     }
 
     fn set_layout(self: &Rc<Self>, layout: FrameLayout, alternatives: Vec<u32>) {
@@ -473,7 +504,13 @@ impl LoopCtx {
         if let Some((_, stream)) = &session.stream {
             // Renegotiate: offer the new formats; the consumer fixes one again and
             // param_changed(Format) brings new buffers.
-            let res = self.format_pods().and_then(|pods| {
+            let res = self.format_pods().and_then(|mut pods| {
+                // A consumer that already fixed this format (e.g. from the preview) needs
+                // its buffers now.
+                if self.shared.negotiated() == Some(layout.spec) {
+                    pods.push(format::buffers_pod(&layout).map_err(|e| e.to_string())?);
+                    pods.push(format::header_meta_pod().map_err(|e| e.to_string())?);
+                }
                 let mut params = pods
                     .iter()
                     .filter_map(|p| spa::pod::Pod::from_bytes(p))
@@ -557,6 +594,15 @@ impl LoopCtx {
         gst::info!(CAT, "consumer fixed {}", spec.describe());
         self.shared.set_negotiated(Some(spec));
         let Some(layout) = self.layout.get() else {
+            // Before the first caps: steer upstream to the consumer's choice.
+            if let Some(preview) = self.preview.get()
+                && format::same_geometry(&preview, &spec)
+                && (preview.format == spec.format
+                    || self.alternatives.borrow().contains(&spec.format))
+                && let Some(name) = format::gst_format_from_spa(spec.format)
+            {
+                (self.notify)(LoopEvent::WantFormat(name));
+            }
             return;
         };
         if layout.spec != spec

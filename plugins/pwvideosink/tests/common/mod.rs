@@ -44,11 +44,23 @@ pub fn frame_size(format: &str) -> usize {
 
 /// The frame videotestsrc (pattern colors, a still image) produces in `format`.
 pub fn reference_frame(format: &str) -> Vec<u8> {
-    let desc = format!(
+    first_frame(&format!(
         "videotestsrc num-buffers=1 pattern=colors ! {} ! appsink name=out",
         caps_str(format)
-    );
-    let pipeline = gst::parse::launch(&desc)
+    ))
+}
+
+/// videotestsrc's frame in `from`, converted by videoconvert to `to`.
+pub fn converted_reference(from: &str, to: &str) -> Vec<u8> {
+    first_frame(&format!(
+        "videotestsrc num-buffers=1 pattern=colors ! {} ! videoconvert ! {} ! appsink name=out",
+        caps_str(from),
+        caps_str(to)
+    ))
+}
+
+fn first_frame(desc: &str) -> Vec<u8> {
+    let pipeline = gst::parse::launch(desc)
         .expect("reference pipeline")
         .downcast::<gst::Pipeline>()
         .expect("pipeline");
