@@ -16,6 +16,10 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+// The layout is little-endian and fields are accessed as native atomics.
+#[cfg(target_endian = "big")]
+compile_error!("the shm ring layout is little-endian; big-endian hosts are not supported");
+
 /// `b"VCSHMRNG"`, the first eight bytes of every ring.
 pub const MAGIC: [u8; 8] = *b"VCSHMRNG";
 /// The layout version this code reads and writes.
