@@ -574,34 +574,8 @@ impl BaseSinkImpl for ShmRingSink {
         })?;
         let meta = meta_of(buffer);
         let State::Started {
-            writer, settings, ..
-        } = &*state
-        else {
-            return Err(gst::FlowError::Flushing);
-        };
-        let slot_size = writer.as_ref().map_or(0, |w| w.geometry().slot_size);
-        if map.size() > slot_size || writer.is_none() {
-            if settings.slot_size != 0 {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::Write,
-                    (
-                        "shmringsink shm-name={}: a {} byte buffer does not fit slot-size {}; raise slot-size or set it to 0",
-                        settings.shm_name,
-                        map.size(),
-                        slot_size
-                    )
-                );
-                return Err(gst::FlowError::Error);
-            }
-            let payload = map.size().next_power_of_two().max(AUTO_SLOT_SIZE);
-            if let Err(e) = self.resize(&mut state, payload) {
-                self.post_error_message(e);
-                return Err(gst::FlowError::Error);
-            }
-        }
-        let State::Started {
-            writer: Some(writer),
+            writer,
+            settings,
             video_info,
             ..
         } = &*state
@@ -610,36 +584,68 @@ impl BaseSinkImpl for ShmRingSink {
         };
         // Raw video with a non-default layout (padded strides, moved planes): the ring carries
         // the default layout of the caps, so repack.
-        if let Some(info) = video_info
-            && let Some(vmeta) = buffer.meta::<gst_video::VideoMeta>()
-            && (vmeta.stride() != info.stride() || vmeta.offset() != info.offset())
-        {
-            let Some(packed) = repack(map.as_slice(), vmeta.offset(), vmeta.stride(), info) else {
+        let packed = match (video_info, buffer.meta::<gst_video::VideoMeta>()) {
+            (Some(info), Some(vmeta))
+                if vmeta.stride() != info.stride() || vmeta.offset() != info.offset() =>
+            {
+                let Some(packed) = repack(map.as_slice(), vmeta.offset(), vmeta.stride(), info)
+                else {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        (
+                            "buffer layout (offsets {:?}, strides {:?}) does not fit its caps",
+                            vmeta.offset(),
+                            vmeta.stride()
+                        )
+                    );
+                    return Err(gst::FlowError::Error);
+                };
+                Some(packed)
+            }
+            _ => None,
+        };
+        let data: &[u8] = packed.as_deref().unwrap_or(map.as_slice());
+        let slot_size = writer.as_ref().map_or(0, |w| w.geometry().slot_size);
+        if data.len() > slot_size || writer.is_none() {
+            if settings.slot_size != 0 {
                 gst::element_imp_error!(
                     self,
-                    gst::StreamError::Format,
+                    gst::ResourceError::Write,
                     (
-                        "buffer layout (offsets {:?}, strides {:?}) does not fit its caps",
-                        vmeta.offset(),
-                        vmeta.stride()
+                        "shmringsink shm-name={}: a {} byte buffer does not fit slot-size {}; raise slot-size or set it to 0",
+                        settings.shm_name,
+                        data.len(),
+                        slot_size
                     )
                 );
                 return Err(gst::FlowError::Error);
-            };
-            let mut stats = lock(&self.stats);
-            match writer.write_frame(meta, &packed) {
-                Some(_) => stats.written += 1,
-                None => stats.dropped += 1,
             }
-            return Ok(gst::FlowSuccess::Ok);
+            let payload = data.len().next_power_of_two().max(AUTO_SLOT_SIZE);
+            if let Err(e) = self.resize(&mut state, payload) {
+                self.post_error_message(e);
+                return Err(gst::FlowError::Error);
+            }
         }
+        let State::Started {
+            writer: Some(writer),
+            ..
+        } = &*state
+        else {
+            return Err(gst::FlowError::Flushing);
+        };
         let mut stats = lock(&self.stats);
-        match writer.publish_in_place(map.as_ptr(), map.size(), meta) {
+        let in_place = if packed.is_some() {
+            InPlace::NotLent
+        } else {
+            writer.publish_in_place(map.as_ptr(), map.size(), meta)
+        };
+        match in_place {
             InPlace::Published(_) => {
                 stats.in_place += 1;
                 stats.written += 1;
             }
-            InPlace::NotLent => match writer.write_frame(meta, map.as_slice()) {
+            InPlace::NotLent => match writer.write_frame(meta, data) {
                 Some(_) => stats.written += 1,
                 None => {
                     stats.dropped += 1;
