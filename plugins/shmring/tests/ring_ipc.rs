@@ -1064,3 +1064,55 @@ print(json.dumps({"px": px, "kind": kind, "caps": f.caps}), flush=True)
     eprintln!("pixel read through {}", summary["kind"]);
     drop(writer);
 }
+
+/// A crashed GStreamer writer's ring is reclaimed by a Python writer (same layout, generation
+/// + 1) and the attached shmringsrc follows, renegotiating to the Python writer's caps.
+#[test]
+fn python_writer_reclaims_a_crashed_gst_ring() {
+    check_built();
+    let shm = ShmName::new("reclaim");
+    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let caps = "video/x-raw,format=GRAY8,width=16,height=8,framerate=30/1";
+    let w1 = ChildGuard::spawn("gst writer", &mut live_writer(&shm, caps, ""));
+    for _ in 0..5 {
+        let s = reader.pull(LONG).expect("frame from the gst writer");
+        assert_eq!(caps_dims(&s), (16, 8));
+    }
+    let (gen1, _, _) = ring_info(&shm);
+    w1.signal(libc::SIGKILL);
+    let _ = w1.wait_output(LONG);
+    while reader
+        .sink
+        .try_pull_sample(gst::ClockTime::from_mseconds(10))
+        .is_some()
+    {}
+    let mut cmd = shmring_python(
+        r#"
+import shmring, sys, time
+w = shmring.Writer(sys.argv[1], caps="video/x-raw,format=GRAY8,width=8,height=4,framerate=30/1",
+                   slots=8, slot_size=128)
+print("generation", w.generation_, flush=True)
+for i in range(10):
+    w.write(bytes([i + 1]) * 32, pts=i * 33_333_333, duration=33_333_333)
+    time.sleep(0.02)
+w.eos()
+time.sleep(5)
+"#,
+    );
+    cmd.arg(&shm.name);
+    let w2 = ChildGuard::spawn("python writer", &mut cmd);
+    let mut got = Vec::new();
+    while let Some(s) = reader.pull(LONG) {
+        assert_eq!(
+            caps_dims(&s),
+            (8, 4),
+            "renegotiated to the python writer's caps"
+        );
+        got.push(sample_bytes(&s)[0]);
+    }
+    assert_eq!(got, (1..=10).collect::<Vec<u8>>());
+    let (gen2, pid2, _) = ring_info(&shm);
+    assert_eq!(pid2, w2.pid());
+    assert!(gen2 > gen1, "generation {gen1} -> {gen2}");
+    drop(w2);
+}
