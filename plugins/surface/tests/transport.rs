@@ -68,6 +68,7 @@ fn gst_writer_to_surfacesrc_frames_caps_pixels_reader_first() {
             i as u64 + 1,
             "writer sequence number of frame {i}"
         );
+        assert_eq!(g.discont, i == 0, "DISCONT only on the first frame");
     }
 }
 

@@ -61,6 +61,8 @@ struct State {
     last_session: Option<u64>,
     frames: u64,
     reconnects: u64,
+    /// The next buffer starts a new stream segment (first frame, or after a reconnect).
+    discont: bool,
     buf: Vec<u8>,
 }
 
@@ -371,7 +373,12 @@ impl SurfaceSrc {
             b.set_dts(t(f.dts));
             b.set_duration(t(f.duration));
             b.set_offset(f.seq);
-            b.set_flags(gst::BufferFlags::from_bits_truncate(f.flags) & FORWARDED_FLAGS);
+            let mut flags = gst::BufferFlags::from_bits_truncate(f.flags) & FORWARDED_FLAGS;
+            if st.discont {
+                flags |= gst::BufferFlags::DISCONT;
+                st.discont = false;
+            }
+            b.set_flags(flags);
             if f.n_planes > 0
                 && let Some(info) = caps
                     .as_ref()
@@ -592,6 +599,7 @@ impl PushSrcImpl for SurfaceSrc {
                         }
                         st.conn = Some(conn);
                         st.waiting_since = None;
+                        st.discont = true;
                         continue;
                     }
                     Ok(None) => {

@@ -254,6 +254,7 @@ pub struct Got {
     pub caps: gst::Caps,
     pub data: Vec<u8>,
     pub offset: u64,
+    pub discont: bool,
 }
 
 /// Pull samples from an appsink until EOS or `n` samples, bounded by `timeout`.
@@ -268,6 +269,7 @@ pub fn pull(sink: &gst_app::AppSink, n: usize, timeout: Duration) -> Vec<Got> {
                 caps: s.caps().expect("caps").to_owned(),
                 data: buf.map_readable().expect("map").as_slice().to_vec(),
                 offset: buf.offset(),
+                discont: buf.flags().contains(gst::BufferFlags::DISCONT),
             });
         }
     }
