@@ -363,6 +363,26 @@ fn wrong_permissions() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // The Python reader with read permission only: it cannot use the futex, it polls.
+        let script = format!(
+            "import sys, json; sys.path.insert(0, {:?})\nimport shmring\nr = shmring.Reader({:?}, timeout=5)\nn = sum(1 for _ in range(3) if r.read(timeout=5) is not None)\nprint(json.dumps({{'frames': n, 'futex': r.uses_futex}}))\n",
+            vcambridge_tests::ipc::shmring_python_dir()
+                .display()
+                .to_string(),
+            shm.name
+        );
+        let out = run_with_timeout(
+            "python as nobody, mode 0644",
+            &mut as_other(&py, &["-c", &script]),
+            LONG,
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(r#"{"frames": 3, "futex": false}"#), "{text}");
     }
 }
 
