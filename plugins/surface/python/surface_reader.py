@@ -81,6 +81,7 @@ class SurfaceReader:
         self.surfaces = {}  # id -> (mmap, inode)
         self.caps = {}
         self.writer_pid = None
+        self.writer_gone = False
 
     def __enter__(self):
         return self
@@ -109,6 +110,7 @@ class SurfaceReader:
         while True:
             data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
             if not data and not fds:
+                self.writer_gone = True  # closed without EOS: killed or stopped
                 return
             if len(data) < HEADER.size:
                 raise ProtocolError("truncated message")
@@ -210,7 +212,7 @@ def main():
                 if args.frames and n >= args.frames:
                     break
             else:
-                out({"eos": True})
+                out({"writer_gone": True} if r.writer_gone else {"eos": True})
     except ProtocolError as e:
         out({"error": str(e)})
         return 2
