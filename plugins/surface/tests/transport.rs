@@ -278,6 +278,10 @@ fn writer_killed_and_restarted() {
     reader.set(gst::State::Playing);
 
     let w1 = gst_writer(&sock, "videotestsrc is-live=true pattern=black", "");
+    let mut py = py_reader(&sock, &[]);
+    py.wait_line(Duration::from_secs(10), "a frame in Python", |l| {
+        l.contains("\"seq\"")
+    });
     let got = pull(&sink, 5, Duration::from_secs(15));
     assert_eq!(got.len(), 5, "frames from the first writer");
     assert!(got.iter().all(|g| g.data[..3] == [0, 0, 0]), "black frames");
@@ -286,6 +290,13 @@ fn writer_killed_and_restarted() {
     assert!(
         sock.exists(),
         "a killed writer leaves its socket file behind"
+    );
+    // The Python reader notices the writer is gone (not an EOS) and ends cleanly.
+    let (status, json, stderr) = py.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        json.iter().any(|v| v.get("writer_gone").is_some()),
+        "{json:?}"
     );
     // Drain what was in flight, then check no error was raised.
     let _ = pull(&sink, 100, Duration::from_millis(300));
