@@ -30,6 +30,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod server;
 
 glib::wrapper! {
     pub struct RtmpFlvSrc(ObjectSubclass<imp::RtmpFlvSrc>) @extends gst::Element, gst::Object, @implements gst::URIHandler;
