@@ -513,7 +513,10 @@ class Writer(_Mapped):
                         if pid != os.getpid() and pid_alive(pid) and state != STATE_CLOSED:
                             raise RingError(f"{self.path} is in use by another writer (pid {pid})")
                         generation = struct.unpack_from("<Q", old, OFF_GENERATION)[0] + 1
-                        if size != self.total:
+                        count, = struct.unpack_from("<I", old, OFF_SLOT_COUNT)
+                        ssize, = struct.unpack_from("<Q", old, OFF_SLOT_SIZE)
+                        # Re-initialise in place only with the identical geometry.
+                        if (size, count, ssize) != (self.total, self.slot_count, self.slot_size):
                             os.unlink(self.path)
                             struct.pack_into("<I", old, OFF_STATE, STATE_CLOSED)
                             struct.pack_into("<Q", old, OFF_GENERATION, generation)

@@ -388,7 +388,9 @@ impl Segment {
                 )));
             }
             generation = mem.generation().wrapping_add(1).max(1);
-            if size == geometry.total_size() {
+            // Re-initialise in place only with the identical geometry: attached readers keep
+            // using theirs until they notice the new generation.
+            if size == geometry.total_size() && mem.validate().ok() == Some(*geometry) {
                 if md.mode() & 0o7777 != mode {
                     let _ = old
                         .file
@@ -398,7 +400,7 @@ impl Segment {
                 futex_wake(&mem);
                 return Ok((old, generation));
             }
-            // Different size: abandon the old object and create a new one. Unlink first, so
+            // Different geometry: abandon the old object and create a new one. Unlink first, so
             // readers that see the old one closed and re-open the name never find it again.
             let _ = unlink(name);
             mem.set_state(WriterState::Closed);
