@@ -77,6 +77,12 @@ fn roundtrip(format: &str, sizes: &[(u32, u32)]) {
             Some(h as i32),
             "v4l2src caps {caps}"
         );
+        // VIDIOC_S_PARM on the output side reaches the readers.
+        assert_eq!(
+            s.get::<gst::Fraction>("framerate").ok(),
+            Some(gst::Fraction::new(15, 1)),
+            "v4l2src caps {caps}"
+        );
         assert_frames_equal(&format!("v4l2src {format} {w}x{h}"), &frames, &expected);
 
         let frames = read_ffmpeg(EXCL, 5, expected.len(), &dir, T)
@@ -195,11 +201,12 @@ fn arrivals(device: &str, window: Duration) -> Vec<Duration> {
 #[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
 fn keepalive_after_eos_and_placeholder() {
     guest_only();
-    // A small white PNG: the element decodes and scales it to the negotiated 320x180 I420.
+    // A small white 16:9 PNG: the element decodes and scales it to the negotiated 320x180 I420
+    // (other aspect ratios get black borders: videoscale keeps the picture undistorted).
     let dir = scratch_dir("placeholder");
     let png = dir.join("white.png");
     Pipeline::new(&format!(
-        "videotestsrc num-buffers=1 pattern=white ! video/x-raw,width=64,height=48 ! pngenc ! \
+        "videotestsrc num-buffers=1 pattern=white ! video/x-raw,width=64,height=36 ! pngenc ! \
          filesink location={}",
         png.display()
     ))

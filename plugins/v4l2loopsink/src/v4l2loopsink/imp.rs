@@ -1219,3 +1219,41 @@ impl BaseSinkImpl for V4l2LoopSink {
         self.write(buffer, false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_image_is_decoded_and_scaled_to_the_format() {
+        gst::init().expect("gst init");
+        let dir = std::env::temp_dir().join(format!("v4l2loopsink-png-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let png = dir.join("white.png");
+        let p = gst::parse::launch(&format!(
+            "videotestsrc num-buffers=1 pattern=white ! video/x-raw,width=64,height=36 ! pngenc ! \
+             filesink location={}",
+            png.display()
+        ))
+        .expect("pipeline");
+        p.set_state(gst::State::Playing).expect("play");
+        let bus = p.bus().expect("bus");
+        bus.timed_pop_filtered(gst::ClockTime::from_seconds(20), &[gst::MessageType::Eos])
+            .expect("png written");
+        p.set_state(gst::State::Null).expect("null");
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 320, 180)
+            .fps(gst::Fraction::new(10, 1))
+            .build()
+            .expect("info");
+        let buffer = decode_image(&png, &info).expect("decoded");
+        let frame =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).expect("mapped");
+        assert_eq!(frame.width(), 320);
+        let y = frame.plane_data(0).expect("y");
+        assert!(y.iter().all(|&v| v == 235), "Y {:?}", &y[..8]);
+        assert!(frame.plane_data(1).expect("u").iter().all(|&v| v == 128));
+        let missing = decode_image(Path::new("/nonexistent.png"), &info).unwrap_err();
+        assert!(missing.contains("/nonexistent.png"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
