@@ -622,3 +622,24 @@ fn state_changes_never_wait_on_the_socket() {
     stop_within(&blocked, "writer waiting for a reader");
     stop_within(&writer, "writer");
 }
+
+/// A transform upstream (videoconvert) also writes straight into the proposed memfd pool.
+#[test]
+fn zero_copy_through_videoconvert() {
+    let (_dir, sock) = sock_dir();
+    let p = Pipe::launch(&format!(
+        "videotestsrc num-buffers=10 ! video/x-raw,format=I420,width=64,height=48 ! videoconvert ! {CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
+        sock.display()
+    ));
+    let sink = p.by_name("sink");
+    p.set(gst::State::Paused);
+    let py = py_reader(&sock, &[]);
+    wait_readers(&sink, 1);
+    p.set(gst::State::Playing);
+    p.wait_eos(Duration::from_secs(20)).unwrap();
+    let (status, json, stderr) = py.finish(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(frames_of(&json).len(), 10);
+    assert_eq!(stat(&sink, "copies"), 0);
+    assert_eq!(stat(&sink, "zero-copy"), 10);
+}
