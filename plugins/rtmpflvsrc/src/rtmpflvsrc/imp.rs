@@ -360,7 +360,7 @@ impl RtmpFlvSrc {
         let port = u16::try_from(settings.port).map_err(|_| {
             gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["Invalid port {}: must be 0..=65535", settings.port]
+                ("Invalid port {}: must be 0..=65535", settings.port)
             )
         })?;
         let host = settings
@@ -370,25 +370,25 @@ impl RtmpFlvSrc {
         let listener = std::net::TcpListener::bind((host, port)).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                [
+                (
                     "Could not listen on {}:{}: {}. Is another server using the port? Choose another \
                      address/port (port=0 picks a free one).",
                     settings.address,
                     settings.port,
                     e
-                ]
+                )
             )
         })?;
         let bound = listener.local_addr().map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                ["Could not query the listening address: {}", e]
+                ("Could not query the listening address: {}", e)
             )
         })?;
         listener.set_nonblocking(true).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                ["Could not make the socket non-blocking: {}", e]
+                ("Could not make the socket non-blocking: {}", e)
             )
         })?;
 
@@ -423,7 +423,7 @@ impl RtmpFlvSrc {
             TcpListener::from_std(listener).map_err(|e| {
                 gst::error_msg!(
                     gst::ResourceError::OpenRead,
-                    ["Could not register the socket: {}", e]
+                    ("Could not register the socket: {}", e)
                 )
             })?
         };
@@ -1211,6 +1211,83 @@ impl URIHandlerImpl for RtmpFlvSrc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn init() {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            gst::init().expect("gst init");
+            crate::plugin_register_static().expect("register rtmpflvsrc");
+        });
+    }
+
+    fn element(port: u32) -> gst::Element {
+        gst::ElementFactory::make("rtmpflvsrc")
+            .property("port", port)
+            .build()
+            .expect("rtmpflvsrc")
+    }
+
+    #[test]
+    fn bound_port_bind_failure_and_null_frees_the_port() {
+        init();
+        let a = element(0);
+        assert_eq!(a.property::<u32>("bound-port"), 0);
+        a.set_state(gst::State::Ready).expect("READY");
+        let port = a.property::<u32>("bound-port");
+        assert_ne!(port, 0);
+
+        // A second element on the same port fails with an error naming address:port.
+        let pipeline = gst::Pipeline::new();
+        let b = element(port);
+        pipeline.add(&b).unwrap();
+        assert!(pipeline.set_state(gst::State::Ready).is_err());
+        let bus = pipeline.bus().unwrap();
+        let msg = bus
+            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+            .expect("error message");
+        let gst::MessageView::Error(err) = msg.view() else {
+            unreachable!()
+        };
+        let text = err.error().to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(text.contains("port=0"), "{text}");
+        pipeline.set_state(gst::State::Null).unwrap();
+
+        // NULL frees the port at once.
+        a.set_state(gst::State::Null).unwrap();
+        assert_eq!(a.property::<u32>("bound-port"), 0);
+        std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("port free after NULL");
+    }
+
+    #[test]
+    fn location_and_uri() {
+        init();
+        let e = element(1935);
+        e.set_property("location", "rtmp://0.0.0.0:1940/show/secret");
+        assert_eq!(e.property::<String>("address"), "0.0.0.0");
+        assert_eq!(e.property::<u32>("port"), 1940);
+        assert_eq!(e.property::<String>("app"), "show");
+        assert_eq!(e.property::<String>("stream-key"), "secret");
+        let handler = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+        assert_eq!(
+            handler.uri().as_deref(),
+            Some("rtmpserver://0.0.0.0:1940/show/secret")
+        );
+        handler.set_uri("rtmpserver://127.0.0.1:1941/live").unwrap();
+        assert_eq!(e.property::<u32>("port"), 1941);
+        assert_eq!(e.property::<String>("stream-key"), "");
+        assert!(handler.set_uri("rtmp://127.0.0.1/live").is_err());
+        // Never registered for rtmp://, so the client elements are not shadowed.
+        assert_eq!(gst::URIHandler::protocols(handler), vec!["rtmpserver"]);
+        let made =
+            gst::Element::make_from_uri(gst::URIType::Src, "rtmpserver://127.0.0.1:0/live/k", None)
+                .expect("made from rtmpserver:// URI");
+        assert_eq!(made.factory().unwrap().name(), "rtmpflvsrc");
+        let stats = e.property::<gst::Structure>("stats");
+        assert_eq!(stats.name(), "rtmpflvsrc-stats");
+        assert_eq!(stats.get::<u64>("connections").unwrap(), 0);
+        assert_eq!(stats.get::<String>("publisher").unwrap(), "");
+    }
 
     #[test]
     fn locations() {
