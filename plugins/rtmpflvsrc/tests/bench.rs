@@ -141,9 +141,22 @@ struct LatencyRun {
     server_cpu_ms_per_frame: f64,
 }
 
-fn latency_run(nginx: Option<&Nginx>, frames: u32, rate: u32) -> LatencyRun {
+/// The decoder branches compared: what decodebin picks with its defaults (avdec_h264 may use
+/// frame threads, i.e. hold frames, unless upstream is live), and a single-threaded avdec_h264
+/// (no frame delay: isolates the transport).
+const DECODERS: [(&str, &str); 2] = [
+    ("decodebin", common::DECODE_RGB),
+    (
+        "avdec_h264 max-threads=1",
+        "h264parse ! avdec_h264 max-threads=1 ! videoconvert ! video/x-raw,format=RGB \
+         ! appsink name=vsink sync=false",
+    ),
+];
+
+fn latency_run(nginx: Option<&Nginx>, decoder: &str, frames: u32, rate: u32) -> LatencyRun {
     let mut opts = Options {
         marker: Some(read_marker),
+        video_branch: decoder.to_string(),
         ..Options::default()
     };
     let url;
@@ -280,33 +293,37 @@ fn rtmp_bench() {
         .filter(|(k, _)| only.is_empty() || (only == "nginx") == (*k == 1))
         .collect();
 
-    let mut lat = [Vec::new(), Vec::new()];
-    let mut run_medians = [Vec::new(), Vec::new()];
-    let mut cpu = [Vec::new(), Vec::new()];
+    // [decoder][path]
+    let mut lat = vec![[Vec::new(), Vec::new()]; DECODERS.len()];
+    let mut run_medians = vec![[Vec::new(), Vec::new()]; DECODERS.len()];
+    let mut cpu = vec![[Vec::new(), Vec::new()]; DECODERS.len()];
     let mut scpu = Vec::new();
     let mut lost = [0usize, 0usize];
     for run in 0..runs {
-        for &(k, n) in &paths {
-            let r = latency_run(n, frames, rate);
-            let mut l = r.latencies_ms.clone();
-            let m = median(&mut l);
-            eprintln!(
-                "run {run} {}: {} frames decoded, median latency {m:.1} ms, CPU {:.2} ms/frame{}",
-                ["rtmpflvsrc", "nginx+rtmp2src"][k],
-                r.received,
-                r.cpu_ms_per_frame,
+        for (d, (dname, branch)) in DECODERS.iter().enumerate() {
+            for &(k, n) in &paths {
+                let r = latency_run(n, branch, frames, rate);
+                let mut l = r.latencies_ms.clone();
+                let m = median(&mut l);
+                eprintln!(
+                    "run {run} {} / {dname}: {} frames decoded, median latency {m:.1} ms, \
+                     CPU {:.2} ms/frame{}",
+                    ["rtmpflvsrc", "nginx+rtmp2src"][k],
+                    r.received,
+                    r.cpu_ms_per_frame,
+                    if k == 1 {
+                        format!(" (+ nginx {:.2} ms/frame)", r.server_cpu_ms_per_frame)
+                    } else {
+                        String::new()
+                    }
+                );
+                lost[k] += (frames as usize).saturating_sub(r.received);
+                run_medians[d][k].push(m);
+                lat[d][k].extend(r.latencies_ms);
+                cpu[d][k].push(r.cpu_ms_per_frame);
                 if k == 1 {
-                    format!(" (+ nginx {:.2} ms/frame)", r.server_cpu_ms_per_frame)
-                } else {
-                    String::new()
+                    scpu.push(r.server_cpu_ms_per_frame);
                 }
-            );
-            lost[k] += (frames as usize).saturating_sub(r.received);
-            run_medians[k].push(m);
-            lat[k].extend(r.latencies_ms);
-            cpu[k].push(r.cpu_ms_per_frame);
-            if k == 1 {
-                scpu.push(r.server_cpu_ms_per_frame);
             }
         }
     }
@@ -346,68 +363,74 @@ fn rtmp_bench() {
         }
     }
 
-    let lm = [median(&mut lat[0].clone()), median(&mut lat[1].clone())];
-    let cm = [median(&mut cpu[0]), median(&mut cpu[1])];
     let sm = median(&mut scpu);
     let tm = [median(&mut tput[0]), median(&mut tput[1])];
-    println!();
-    println!(
-        "rtmpflvsrc benchmark: {runs} runs x {frames} frames {W}x{H}@{rate} (x264 ultrafast \
-         zerolatency), median over all frames after the first second"
-    );
-    println!(
-        "{:<34} {:>14} {:>22} {:>10}",
-        "", "rtmpflvsrc", "nginx-rtmp+rtmp2src", "ratio"
-    );
-    println!(
-        "{:<34} {:>14.1} {:>22.1} {:>10.2}",
-        "glass-to-glass latency (ms)",
-        lm[0],
-        lm[1],
-        lm[0] / lm[1]
-    );
-    println!(
-        "{:<34} {:>14} {:>22}",
-        "  per-run medians (ms)",
-        run_medians[0]
-            .iter()
-            .map(|v| format!("{v:.0}"))
-            .collect::<Vec<_>>()
-            .join("/"),
-        run_medians[1]
-            .iter()
+    let per_run = |v: &[f64]| {
+        v.iter()
             .map(|v| format!("{v:.0}"))
             .collect::<Vec<_>>()
             .join("/")
+    };
+    println!();
+    println!(
+        "rtmpflvsrc benchmark: {runs} runs x {frames} frames {W}x{H}@{rate} (x264 ultrafast \
+         zerolatency), medians over all frames after the first second"
     );
     println!(
-        "{:<34} {:>14.2} {:>22.2} {:>10.2}",
-        "receiver CPU (ms/frame, incl. decode)",
-        cm[0],
-        cm[1],
-        cm[0] / cm[1]
+        "{:<40} {:>12} {:>22} {:>8}",
+        "", "rtmpflvsrc", "nginx-rtmp+rtmp2src", "ratio"
     );
+    for (d, (dname, _)) in DECODERS.iter().enumerate() {
+        let lm = [
+            median(&mut lat[d][0].clone()),
+            median(&mut lat[d][1].clone()),
+        ];
+        let cm = [median(&mut cpu[d][0]), median(&mut cpu[d][1])];
+        println!("decoder: {dname}");
+        println!(
+            "{:<40} {:>12.1} {:>22.1} {:>8.2}",
+            "  glass-to-glass latency (ms)",
+            lm[0],
+            lm[1],
+            lm[0] / lm[1]
+        );
+        println!(
+            "{:<40} {:>12} {:>22}",
+            "    per-run medians (ms)",
+            per_run(&run_medians[d][0]),
+            per_run(&run_medians[d][1])
+        );
+        println!(
+            "{:<40} {:>12.2} {:>22.2} {:>8.2}",
+            "  receiver CPU (ms/frame, incl. decode)",
+            cm[0],
+            cm[1],
+            cm[0] / cm[1]
+        );
+        println!(
+            "{:<40} {:>12.2} {:>22.2} {:>8.2}",
+            "  receiver + nginx CPU (ms/frame)",
+            cm[0],
+            cm[1] + sm,
+            cm[0] / (cm[1] + sm)
+        );
+    }
     println!(
-        "{:<34} {:>14.2} {:>22.2} {:>10.2}",
-        "receiver + server CPU (ms/frame)",
-        cm[0],
-        cm[1] + sm,
-        cm[0] / (cm[1] + sm)
-    );
-    println!(
-        "{:<34} {:>14} {:>22}",
+        "{:<40} {:>12} {:>22}",
         "frames not decoded (all runs)", lost[0], lost[1]
     );
     println!(
-        "{:<34} {:>14.0} {:>22.0} {:>10.2}",
+        "{:<40} {:>12.0} {:>22.0} {:>8.2}",
         "ingest throughput (Mbit/s)",
         tm[0],
         tm[1],
         tm[0] / tm[1]
     );
     println!(
-        "{:<34} {:>14?} {:>22?}",
-        "  video frames received (of 300)", tframes[0], tframes[1]
+        "{:<40} {:>12} {:>22}",
+        "  video frames received (of 300)",
+        per_run(&tframes[0].iter().map(|&v| v as f64).collect::<Vec<_>>()),
+        per_run(&tframes[1].iter().map(|&v| v as f64).collect::<Vec<_>>())
     );
     println!(
         "  (throughput file: {file_mbit:.0} Mbit, 1280x720 x264 qp 8, ffmpeg -c copy, no -re)"
