@@ -108,7 +108,10 @@ class SurfaceReader:
         """Yield frames until end-of-stream or the writer goes away."""
         self.sock.settimeout(timeout)
         while True:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 4)
+            except ConnectionResetError:
+                data, fds = b"", []  # a killed writer with our releases still unread
             if not data and not fds:
                 self.writer_gone = True  # closed without EOS: killed or stopped
                 return
