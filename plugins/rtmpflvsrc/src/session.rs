@@ -312,6 +312,7 @@ impl Session {
                         Ok(()) => {
                             self.accept(request_id, out, gate)?;
                             self.publishing = true;
+                            self.scanner.set_publishing(true);
                             self.unwrapper = TimestampUnwrapper::new();
                             out.events.push(SessionEvent::PublishStarted {
                                 app: app_name,
@@ -419,6 +420,8 @@ pub struct ChunkScanner {
     active: Option<u32>,
     /// Payload of the current message, kept for control and AMF messages only.
     capture: Option<Vec<u8>>,
+    /// Large (media) messages are only accepted once publishing.
+    publishing: bool,
 }
 
 impl ChunkScanner {
@@ -431,7 +434,14 @@ impl ChunkScanner {
             in_chunk: None,
             active: None,
             capture: None,
+            publishing: false,
         }
+    }
+
+    /// Allows messages up to `max_message_size` (before a publish is accepted, every message
+    /// is limited to `max_amf_size`, so unauthenticated peers cannot make us buffer much).
+    pub fn set_publishing(&mut self, publishing: bool) {
+        self.publishing = publishing;
     }
 
     /// Bytes of header / payload the scanner itself holds.
@@ -625,7 +635,8 @@ impl ChunkScanner {
         let max = match type_id {
             15 | 17 | 18 | 20 => limits.max_amf_size,
             1..=6 => 64,
-            _ => limits.max_message_size,
+            _ if self.publishing => limits.max_message_size,
+            _ => limits.max_amf_size,
         };
         if length > max {
             return Err(SessionError::Limit(format!(

@@ -419,6 +419,26 @@ fn short_set_data_frame_and_huge_ack_window_are_refused() {
 }
 
 #[test]
+fn large_messages_need_an_accepted_publish() {
+    let stream = sample_publish_stream(1);
+    let handshake = &stream[..1 + 1536 + 1536];
+    let big = avc_frame(true, 0, 100_000);
+    // Right after the handshake: refused from the header on.
+    let mut s = Session::new(config("live", ""));
+    let mut bytes = handshake.to_vec();
+    bytes.extend(encode(0, 6, 0, 9, 1, &big, 128, false));
+    let err = feed_all(&mut s, &bytes, 4096).unwrap_err();
+    assert!(
+        matches!(err, SessionError::Limit(ref m) if m.contains("100009 bytes")),
+        "{err}"
+    );
+    // Once publishing: accepted.
+    let (mut s, msid) = published_session();
+    let events = feed_all(&mut s, &encode(0, 6, 0, 9, msid, &big, CHUNK, false), 4096).unwrap();
+    assert_eq!(video_dts(&events), vec![0]);
+}
+
+#[test]
 fn garbage_handshake_is_refused() {
     let mut s = Session::new(config("live", ""));
     let err = feed_all(&mut s, b"GET / HTTP/1.1\r\n\r\n", 100).unwrap_err();
