@@ -367,7 +367,7 @@ fn reader_killed_mid_frame_is_dropped() {
 fn stuck_reader_is_evicted_and_surfaces_reclaimed() {
     let (_dir, sock) = sock_dir();
     let p = Pipe::launch(&format!(
-        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=400 surfaces=8",
+        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=400 surfaces=16",
         sock.display()
     ));
     let sink = p.by_name("sink");
