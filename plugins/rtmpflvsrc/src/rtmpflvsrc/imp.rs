@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
-use super::server::{Announced, Item, Server, Shared, Stats, lock, serve};
+use super::server::{Announced, Item, MAX_QUEUED_BYTES, Server, Shared, Stats, lock, serve};
 use crate::flv::{self, AudioCodec, AudioTag, LegacyAudioParams, VideoCodec, VideoTag};
 use crate::session::{Limits, SessionConfig};
 use crate::timestamps::{OutputTimeline, StreamKind};
@@ -412,6 +412,7 @@ impl RtmpFlvSrc {
             publisher: Mutex::new(None),
             ended: AtomicBool::new(false),
             stats: self.stats.clone(),
+            queued_bytes: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
             video_items: video_tx,
             audio_items: audio_tx,
             next_id: AtomicU64::new(1),
@@ -648,7 +649,7 @@ impl RtmpFlvSrc {
                 }
                 Ok(())
             }
-            Item::Video { dts_ms, tag } => match tag {
+            Item::Video { dts_ms, tag, .. } => match tag {
                 VideoTag::SequenceStart { codec, config } => {
                     stream.video_config = Some((codec, config));
                     Ok(())
@@ -678,7 +679,7 @@ impl RtmpFlvSrc {
                 }
                 _ => Ok(()),
             },
-            Item::Audio { dts_ms, tag } => match tag {
+            Item::Audio { dts_ms, tag, .. } => match tag {
                 AudioTag::SequenceStart { codec, config } => {
                     stream.audio_config = Some((codec, config));
                     Ok(())

@@ -9,7 +9,8 @@
  * VP9) and `audio` (AAC, MP3, Opus), ready for parsers and decoders.
  *
  * The port is bound when the element goes to READY (`port=0` picks a free one, readable from
- * `bound-port`) and freed when it returns to NULL. One publisher at a time; further ones, and
+ * `bound-port`) and freed when it returns to NULL; the connection settings (address, port,
+ * app, stream-key, timeouts, eos-on-disconnect) are taken at that NULL to READY transition. One publisher at a time; further ones, and
  * publishers with the wrong `app` / `stream-key`, are rejected at the protocol level. When a
  * publisher leaves, the pipeline keeps running and the next publisher resumes the stream
  * (with DISCONT, and new caps if its codec configuration differs), unless

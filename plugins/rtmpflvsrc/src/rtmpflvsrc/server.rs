@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::imp::CAT;
@@ -25,6 +25,9 @@ use crate::timestamps::StreamKind;
 
 /// Connections handled at once (publisher plus handshaking / rejected ones).
 const MAX_CONNECTIONS: usize = 16;
+/// Media bytes queued between the network and the streaming threads, at most; beyond that the
+/// publisher's connection is not read (TCP back-pressure).
+pub(super) const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 /// Outgoing packets queued per connection before a non-reading peer is dropped.
 const OUT_QUEUE: usize = 32;
 /// Read buffer per connection.
@@ -93,10 +96,24 @@ impl Stats {
 /// What the network side hands to the streaming thread.
 #[derive(Debug)]
 pub(super) enum Item {
-    SessionStart { session: u64, publisher: String },
-    Video { dts_ms: i64, tag: VideoTag },
-    Audio { dts_ms: i64, tag: AudioTag },
-    SessionEnd { reason: String },
+    SessionStart {
+        session: u64,
+        publisher: String,
+    },
+    /// `budget` holds the item's share of [`MAX_QUEUED_BYTES`] until the item is dropped.
+    Video {
+        dts_ms: i64,
+        tag: VideoTag,
+        _budget: Option<OwnedSemaphorePermit>,
+    },
+    Audio {
+        dts_ms: i64,
+        tag: AudioTag,
+        _budget: Option<OwnedSemaphorePermit>,
+    },
+    SessionEnd {
+        reason: String,
+    },
 }
 
 /// What the current publisher announced, written by the network side and read by the
@@ -122,11 +139,29 @@ pub(super) struct Shared {
     /// Set once EOS was sent (eos-on-disconnect): no more publishers.
     pub(super) ended: AtomicBool,
     pub(super) stats: Arc<Mutex<Stats>>,
+    /// Bytes of media queued towards the streaming threads (bounded by [`MAX_QUEUED_BYTES`]).
+    pub(super) queued_bytes: Arc<Semaphore>,
     /// Queues to the video and audio streaming threads.
     pub(super) video_items: mpsc::Sender<Item>,
     pub(super) audio_items: mpsc::Sender<Item>,
     pub(super) next_id: AtomicU64,
     pub(super) next_session: AtomicU64,
+}
+
+fn video_tag_len(tag: &VideoTag) -> usize {
+    match tag {
+        VideoTag::Frame { data, .. } => data.len(),
+        VideoTag::SequenceStart { config, .. } => config.len(),
+        _ => 0,
+    }
+}
+
+fn audio_tag_len(tag: &AudioTag) -> usize {
+    match tag {
+        AudioTag::Frame { data, .. } => data.len(),
+        AudioTag::SequenceStart { config, .. } => config.len(),
+        _ => 0,
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -292,6 +327,17 @@ impl Connection {
         }
     }
 
+    /// Waits until `len` more bytes may be queued towards the streaming threads.
+    async fn reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let permits = len.clamp(1, MAX_QUEUED_BYTES) as u32;
+        self.shared
+            .queued_bytes
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .ok()
+    }
+
     async fn send_item(&self, item: Item) -> Option<ConnectionEnd> {
         let shared = &self.shared;
         let res = match item {
@@ -375,7 +421,13 @@ impl Connection {
                         _ => {}
                     }
                 }
-                self.send_item(Item::Video { dts_ms, tag }).await
+                let budget = self.reserve(video_tag_len(&tag)).await;
+                self.send_item(Item::Video {
+                    dts_ms,
+                    tag,
+                    _budget: budget,
+                })
+                .await
             }
             SessionEvent::Audio { dts_ms, tag } => {
                 {
@@ -391,7 +443,13 @@ impl Connection {
                         _ => {}
                     }
                 }
-                self.send_item(Item::Audio { dts_ms, tag }).await
+                let budget = self.reserve(audio_tag_len(&tag)).await;
+                self.send_item(Item::Audio {
+                    dts_ms,
+                    tag,
+                    _budget: budget,
+                })
+                .await
             }
             SessionEvent::Metadata {
                 has_video,
