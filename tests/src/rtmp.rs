@@ -48,8 +48,10 @@ pub struct FfmpegPublisher {
     pub height: u32,
     pub rate: u32,
     pub color: Rgb,
-    /// Also publish AAC audio (a 440 Hz sine).
+    /// Also publish audio (a 440 Hz sine).
     pub audio: bool,
+    /// ffmpeg audio encoder: `aac` (default) or `libmp3lame`.
+    pub audio_codec: String,
     /// Pace input at the frame rate (`-re`); off = as fast as possible.
     pub realtime: bool,
     /// x264 `-tune zerolatency` (no B-frames, no lookahead). Off keeps B-frames, which exercises
@@ -71,6 +73,7 @@ impl FfmpegPublisher {
             rate: 30,
             color: 0x3050F0,
             audio: true,
+            audio_codec: "aac".to_string(),
             realtime: false,
             zerolatency: true,
             gop: 30,
@@ -130,7 +133,7 @@ impl FfmpegPublisher {
         if self.audio {
             a.extend([
                 "-c:a".into(),
-                "aac".into(),
+                self.audio_codec.clone(),
                 "-b:a".into(),
                 "64k".into(),
                 "-ac".into(),

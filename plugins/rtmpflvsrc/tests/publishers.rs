@@ -227,3 +227,29 @@ fn enhanced_rtmp_av1_opus() {
 fn enhanced_rtmp_vp9_opus() {
     enhanced_rtmp("vp9", "opus", "video/x-vp9", &["vp9dec", "avdec_vp9"]);
 }
+
+#[test]
+fn ffmpeg_h264_mp3() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("eos-on-disconnect", "true")
+            .video_branch(common::COUNT_ONLY),
+    );
+    let mut p = FfmpegPublisher::new(&rx.url("live", "key"), FRAMES);
+    p.audio_codec = "libmp3lame".to_string();
+    let (ok, err) = p.run(PUBLISH_TIMEOUT);
+    assert!(ok, "ffmpeg failed to publish: {err}");
+    rx.wait(EOS_TIMEOUT, "EOS after the publisher left", |d| d.eos);
+    rx.assert_no_error();
+    let a = audio_caps(&rx);
+    assert_eq!(a.name(), "audio/mpeg", "audio caps {a}");
+    assert_eq!(a.get::<i32>("mpegversion").unwrap(), 1, "audio caps {a}");
+    assert_eq!(a.get::<i32>("layer").unwrap(), 3, "audio caps {a}");
+    rx.check(|d| {
+        assert_eq!(d.video.len(), FRAMES as usize);
+        // 1 s of 44.1 kHz MP3 is ~38 frames of 1152 samples.
+        assert!(d.audio.len() >= 20, "MP3 frames: {}", d.audio.len());
+    });
+    assert_eq!(rx.stats().get::<String>("audio-codec").unwrap(), "mp3");
+    rx.stop();
+}

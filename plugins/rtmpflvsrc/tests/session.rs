@@ -200,3 +200,54 @@ fn eos_on_disconnect_and_null_frees_the_port() {
     std::net::TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("port {port} still taken after NULL: {e}"));
 }
+
+/// `location=rtmp://ADDR:PORT/APP/KEY` sets address, port, app and key at once.
+#[test]
+fn location_sets_app_and_key() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("location", "rtmp://127.0.0.1:0/studio/k2")
+            .video_branch(COUNT_ONLY),
+    );
+    assert_eq!(rx.src.property::<String>("app"), "studio");
+    assert_eq!(rx.src.property::<String>("stream-key"), "k2");
+    let (ok, _) = small_ffmpeg(&rx.url("live", "k2"), 10).run(PUBLISH_TIMEOUT);
+    assert!(
+        !ok,
+        "app 'live' must be rejected when location says 'studio'"
+    );
+    let (ok, err) = small_ffmpeg(&rx.url("studio", "k2"), 10).run(PUBLISH_TIMEOUT);
+    assert!(ok, "publishing to the location's app/key failed: {err}");
+    rx.wait(WAIT, "10 frames", |d| d.video.len() == 10);
+    rx.assert_no_error();
+    rx.stop();
+}
+
+/// A port already in use: READY fails with an error naming address:port; no hang.
+#[test]
+fn bind_failure_names_the_address() {
+    common::init();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().unwrap().port();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("rtmpflvsrc")
+        .property("port", port as u32)
+        .build()
+        .unwrap();
+    pipeline.add(&src).unwrap();
+    let r = pipeline.set_state(gst::State::Ready);
+    assert!(r.is_err(), "READY must fail when 127.0.0.1:{port} is taken");
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error message");
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    let text = format!("{} {:?}", e.error(), e.debug());
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")),
+        "the error must name the address: {text}"
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+}
