@@ -598,7 +598,6 @@ mod ioctls {
     nix::ioctl_readwrite!(reqbufs, b'V', 8, RequestBuffers);
     nix::ioctl_readwrite!(querybuf, b'V', 9, RawBuffer);
     nix::ioctl_readwrite!(qbuf, b'V', 15, RawBuffer);
-    nix::ioctl_readwrite!(dqbuf, b'V', 17, RawBuffer);
     nix::ioctl_write_ptr!(streamon, b'V', 18, libc::c_int);
     nix::ioctl_write_ptr!(streamoff, b'V', 19, libc::c_int);
     nix::ioctl_readwrite!(g_parm, b'V', 21, RawStreamParm);
@@ -958,13 +957,14 @@ impl Drop for MappedBuffer {
 }
 
 /// mmap streaming output on a [`LoopbackDevice`] whose format is set: the buffers are requested
-/// after `VIDIOC_S_FMT` (v4l2loopback sizes them from the format), mapped once and reused.
+/// after `VIDIOC_S_FMT` (v4l2loopback sizes them from the format), mapped once and reused
+/// round-robin.
 pub struct OutputStream {
     /// A duplicate of the device's fd (same open file, so the same v4l2loopback opener).
     dev: LoopbackDevice,
     buffers: Vec<MappedBuffer>,
-    /// Buffers not yet queued once (handed out before the first DQBUF).
-    fresh: usize,
+    /// Sequence number of the next frame (selects the buffer).
+    next: usize,
     /// A dequeued buffer whose frame was not written (reused by the next write).
     spare: Option<usize>,
     layout: FrameLayout,
@@ -1054,7 +1054,7 @@ impl OutputStream {
             return Err(errno(e));
         }
         Ok(OutputStream {
-            fresh: buffers.len(),
+            next: 0,
             spare: None,
             buffers,
             dev,
@@ -1080,21 +1080,17 @@ impl OutputStream {
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<Result<(), E>, io::Error> {
         let fd = self.dev.file.as_raw_fd();
-        let index = if let Some(i) = self.spare.take() {
-            i
-        } else if self.fresh > 0 {
-            let i = self.buffers.len() - self.fresh;
-            self.fresh -= 1;
-            i
-        } else {
-            let mut b = RawBuffer {
-                type_: BUF_TYPE_VIDEO_OUTPUT,
-                memory: MEMORY_MMAP,
-                ..Default::default()
-            };
-            // SAFETY: valid fd, kernel layout. v4l2loopback never blocks an output DQBUF.
-            unsafe { ioctls::dqbuf(fd, &mut b) }.map_err(errno)?;
-            b.index as usize
+        // Round-robin, oldest buffer first. v4l2loopback does not track buffer ownership on the
+        // output side, and its output VIDIOC_DQBUF hands back the most recently queued buffer
+        // (the one readers are about to read); writing the oldest one instead keeps readers off
+        // the buffer being written.
+        let index = match self.spare.take() {
+            Some(i) => i,
+            None => {
+                let i = self.next % self.buffers.len();
+                self.next = self.next.wrapping_add(1);
+                i
+            }
         };
         let Some(buf) = self.buffers.get(index) else {
             return Err(io::Error::other(format!(
