@@ -174,6 +174,10 @@ fn enhanced_rtmp(codec: &str, audio: &str, caps_name: &str, decoder: &[&str]) {
     let mut p = PyavPublisher::new(&rx.url("live", "key"), codec, FRAMES);
     p.audio = audio.to_string();
     p.color = 0x20C060;
+    // Paced at 30 fps like a real encoder: GStreamer 1.22's av1dec (libaom) has no drain(), so
+    // frames still inside libaom when EOS arrives would be lost if the whole stream came at once
+    // on a loaded machine.
+    p.realtime = true;
     let (ok, out) = p.run(PUBLISH_TIMEOUT);
     assert!(ok, "PyAV {codec} publisher failed: {out}");
     assert!(

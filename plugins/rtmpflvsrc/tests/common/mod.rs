@@ -22,6 +22,12 @@ pub fn init() {
     });
 }
 
+/// Lock, ignoring poison: a test assertion failing inside `Receiver::check` must not turn the
+/// streaming-thread callbacks into panics (which abort the whole test binary).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Does the GStreamer registry have `factory`?
 pub fn have_element(factory: &str) -> bool {
     gst::ElementFactory::find(factory).is_some()
@@ -211,7 +217,7 @@ fn record_pad(pad: &gst::Pad, data: &Arc<Mutex<Collected>>, video: bool) {
                         size: b.size(),
                         arrival: Instant::now(),
                     };
-                    let mut d = data.lock().unwrap();
+                    let mut d = lock(&data);
                     if video {
                         d.video.push(bi);
                     } else {
@@ -220,7 +226,7 @@ fn record_pad(pad: &gst::Pad, data: &Arc<Mutex<Collected>>, video: bool) {
                 }
                 Some(gst::PadProbeData::Event(e)) => {
                     if let gst::EventView::Caps(c) = e.view() {
-                        let mut d = data.lock().unwrap();
+                        let mut d = lock(&data);
                         if video {
                             d.video_caps.push(c.caps_owned());
                         } else {
@@ -274,7 +280,7 @@ fn attach_appsink(bin: &gst::Bin, data: &Arc<Mutex<Collected>>, marker: Option<M
                         rec.marker = m(&frame);
                     }
                 }
-                data.lock().unwrap().samples.push(rec);
+                lock(&data).samples.push(rec);
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
@@ -293,7 +299,7 @@ impl Receiver {
         {
             let data = data.clone();
             bus.set_sync_handler(move |_bus, msg| {
-                let mut d = data.lock().unwrap();
+                let mut d = lock(&data);
                 if matches!(msg.view(), gst::MessageView::Eos(_)) {
                     d.eos = true;
                 }
@@ -349,7 +355,7 @@ impl Receiver {
                 if !video && !name.starts_with("audio") {
                     return;
                 }
-                data.lock().unwrap().pads.push(name.clone());
+                lock(&data).pads.push(name.clone());
                 record_pad(pad, &data, video);
                 let desc = if video {
                     &opts.video_branch
@@ -357,7 +363,7 @@ impl Receiver {
                     &opts.audio_branch
                 };
                 if let Err(e) = link_branch(&pipeline, pad, desc, video, &data, opts.marker) {
-                    data.lock().unwrap().harness_errors.push(e);
+                    lock(&data).harness_errors.push(e);
                 }
             });
         }
@@ -390,7 +396,7 @@ impl Receiver {
         let deadline = Instant::now() + timeout;
         loop {
             {
-                let d = self.data.lock().unwrap();
+                let d = lock(&self.data);
                 if f(&d) {
                     return;
                 }
@@ -412,11 +418,11 @@ impl Receiver {
 
     /// Does `f` hold on what was collected?
     pub fn check<T>(&self, f: impl FnOnce(&Collected) -> T) -> T {
-        f(&self.data.lock().unwrap())
+        f(&lock(&self.data))
     }
 
     pub fn summary(&self) -> String {
-        let d = self.data.lock().unwrap();
+        let d = lock(&self.data);
         format!(
             "pads {:?}, {} video buffers, {} audio buffers, {} sink samples, eos {}, video caps {:?}, \
              messages: {:?}",
