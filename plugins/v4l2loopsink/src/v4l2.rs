@@ -927,6 +927,19 @@ pub fn open_output(path: &Path) -> Result<(LoopbackDevice, Capability), DevicePr
     Ok((dev, caps))
 }
 
+impl LoopbackDevice {
+    /// Closes the device and opens it again as a new opener, checked like [`open_output`]:
+    /// v4l2loopback releases a writer's format (and its claim on the output side) only when the
+    /// writer's file is closed, so a format change needs a fresh open after the close.
+    pub fn reopen_output(&mut self) -> Result<Capability, DeviceProblem> {
+        let placeholder = File::open("/dev/null")?;
+        drop(std::mem::replace(&mut self.file, placeholder));
+        let (dev, caps) = open_output(&self.path)?;
+        self.file = dev.file;
+        Ok(caps)
+    }
+}
+
 /// A CLOCK_MONOTONIC time as a `timeval` (the clock V4L2 buffer timestamps use).
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {

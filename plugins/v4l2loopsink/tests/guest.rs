@@ -514,3 +514,62 @@ fn errors_are_precise() {
     drop(p);
     drop(reader);
 }
+
+/// A format change mid-stream with no reader holding the device (what an RTMP stream changing
+/// resolution does): the sink lets go of the device, sets the new format and readers get it.
+#[test]
+#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
+fn renegotiation_without_readers() {
+    guest_only();
+    let p = Pipeline::new(&format!(
+        "videotestsrc is-live=true pattern=colors ! capsfilter name=cf \
+         caps=video/x-raw,format=YUY2,width=320,height=240,framerate=15/1 ! \
+         v4l2loopsink name=sink device={EXCL}"
+    ));
+    p.set_state_wait(gst::State::Playing, T).expect("plays");
+    let (frames, _) = read_v4l2src(EXCL, 2, T).expect("first format");
+    assert_frames_equal(
+        "before",
+        &frames,
+        &reference_frame("colors", "YUY2", 320, 240),
+    );
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", 256i32)
+        .field("height", 256i32)
+        .field("framerate", gst::Fraction::new(15, 1))
+        .build();
+    p.by_name("cf").set_property("caps", &caps);
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(e) = p.pop_error(Duration::ZERO) {
+            panic!("renegotiation failed: {e}");
+        }
+        let out = run_with_timeout(
+            "v4l2-ctl --get-fmt-video",
+            Command::new("v4l2-ctl").args(["-d", EXCL, "--get-fmt-video"]),
+            T,
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("256/256") && text.contains("YU12") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the device did not switch to I420 256x256: {text}; sink caps {:?}; {}",
+            p.by_name("sink")
+                .static_pad("sink")
+                .and_then(|p| p.current_caps()),
+            stats(&p)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (frames, caps) = read_v4l2src(EXCL, 2, T).expect("second format");
+    assert!(caps.to_string().contains("I420"), "{caps}");
+    assert_frames_equal(
+        "after",
+        &frames,
+        &reference_frame("colors", "I420", 256, 256),
+    );
+    assert!(p.pop_error(Duration::ZERO).is_none());
+}

@@ -465,21 +465,21 @@ impl V4l2LoopSink {
     }
 
     fn open_checked(path: &Path) -> Result<(LoopbackDevice, Capability), gst::ErrorMessage> {
-        v4l2::open_output(path).map_err(|problem| {
-            let msg = problem.message(path);
-            match problem {
-                DeviceProblem::Missing => {
-                    gst::error_msg!(gst::ResourceError::NotFound, ["{}", msg])
-                }
-                DeviceProblem::PermissionDenied => {
-                    gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", msg])
-                }
-                DeviceProblem::NoOutput { .. } => {
-                    gst::error_msg!(gst::ResourceError::Busy, ["{}", msg])
-                }
-                _ => gst::error_msg!(gst::ResourceError::Settings, ["{}", msg]),
+        v4l2::open_output(path).map_err(|problem| Self::problem_error(path, problem))
+    }
+
+    fn problem_error(path: &Path, problem: DeviceProblem) -> gst::ErrorMessage {
+        let msg = problem.message(path);
+        match problem {
+            DeviceProblem::Missing => gst::error_msg!(gst::ResourceError::NotFound, ["{}", msg]),
+            DeviceProblem::PermissionDenied => {
+                gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", msg])
             }
-        })
+            DeviceProblem::NoOutput { .. } => {
+                gst::error_msg!(gst::ResourceError::Busy, ["{}", msg])
+            }
+            _ => gst::error_msg!(gst::ResourceError::Settings, ["{}", msg]),
+        }
     }
 
     /// The clock time of `buffer` as CLOCK_MONOTONIC when the pipeline runs on the monotonic
@@ -631,8 +631,9 @@ impl V4l2LoopSink {
             );
             out.stream = None;
             out.last = None;
-            let (fresh, _) = Self::open_checked(&path)?;
-            *device = fresh;
+            device
+                .reopen_output()
+                .map_err(|problem| Self::problem_error(&path, problem))?;
         }
 
         let requested = format!("{} {}x{}", format.describe(), width, height);
