@@ -17,8 +17,15 @@ const EOS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The checks every publisher shares once the stream ended (EOS, thanks to eos-on-disconnect):
 /// every frame decoded, the colour survived, no error, connect/disconnect messages, stats.
-fn check_decoded(rx: &Receiver, frames: u32, colour: u32, codec: &str) {
-    rx.wait(EOS_TIMEOUT, "EOS after the publisher left", |d| d.eos);
+fn check_decoded(rx: &Receiver, frames: u32, colour: u32, codec: &str, audio: bool) {
+    rx.wait_pads_eos(
+        if audio {
+            &["video", "audio"]
+        } else {
+            &["video"]
+        },
+        EOS_TIMEOUT,
+    );
     rx.assert_no_error();
     rx.check(|d| {
         assert_eq!(
@@ -113,7 +120,7 @@ fn ffmpeg_h264_aac() {
     p.zerolatency = false;
     let (ok, err) = p.run(PUBLISH_TIMEOUT);
     assert!(ok, "ffmpeg failed to publish: {err}");
-    check_decoded(&rx, FRAMES, p.color, "h264");
+    check_decoded(&rx, FRAMES, p.color, "h264", true);
 
     let v = video_caps_name(&rx);
     assert_eq!(v.name(), "video/x-h264", "video caps {v}");
@@ -145,7 +152,7 @@ fn gst_rtmp2sink_h264_aac() {
     p.audio = have_element("avenc_aac");
     let (ok, err) = p.run(PUBLISH_TIMEOUT);
     assert!(ok, "gst-launch publisher failed: {err}");
-    check_decoded(&rx, FRAMES, p.color, "h264");
+    check_decoded(&rx, FRAMES, p.color, "h264", p.audio);
     let v = video_caps_name(&rx);
     assert_eq!(v.name(), "video/x-h264", "video caps {v}");
     if p.audio {
@@ -185,9 +192,9 @@ fn enhanced_rtmp(codec: &str, audio: &str, caps_name: &str, decoder: &[&str]) {
         "publisher output: {out}"
     );
     if can_decode {
-        check_decoded(&rx, FRAMES, p.color, codec);
+        check_decoded(&rx, FRAMES, p.color, codec, audio != "none");
     } else {
-        rx.wait(EOS_TIMEOUT, "EOS after the publisher left", |d| d.eos);
+        rx.wait_pads_eos(&["video"], EOS_TIMEOUT);
         rx.check(|d| assert_eq!(d.video.len(), FRAMES as usize, "parsed frames"));
     }
     let v = video_caps_name(&rx);
@@ -243,7 +250,7 @@ fn ffmpeg_h264_mp3() {
     p.audio_codec = "libmp3lame".to_string();
     let (ok, err) = p.run(PUBLISH_TIMEOUT);
     assert!(ok, "ffmpeg failed to publish: {err}");
-    rx.wait(EOS_TIMEOUT, "EOS after the publisher left", |d| d.eos);
+    rx.wait_pads_eos(&["video", "audio"], EOS_TIMEOUT);
     rx.assert_no_error();
     let a = audio_caps(&rx);
     assert_eq!(a.name(), "audio/mpeg", "audio caps {a}");

@@ -193,7 +193,7 @@ fn eos_on_disconnect_and_null_frees_the_port() {
     let port = rx.port;
     let (ok, err) = small_ffmpeg(&rx.url("live", "key"), 10).run(PUBLISH_TIMEOUT);
     assert!(ok, "{err}");
-    rx.wait(WAIT, "EOS after the publisher left", |d| d.eos);
+    rx.wait_pads_eos(&["video"], WAIT);
     rx.check(|d| assert_eq!(d.video.len(), 10));
     rx.stop();
     // Going to NULL frees the port at once.

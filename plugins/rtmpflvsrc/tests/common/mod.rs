@@ -68,6 +68,8 @@ pub struct Collected {
     pub samples: Vec<SinkSample>,
     pub messages: Vec<gst::Message>,
     pub pads: Vec<String>,
+    /// Source pads that have pushed EOS.
+    pub pads_eos: Vec<String>,
     pub eos: bool,
     /// Problems of the test harness itself (e.g. a branch that cannot link), reported by wait().
     pub harness_errors: Vec<String>,
@@ -206,7 +208,7 @@ fn record_pad(pad: &gst::Pad, data: &Arc<Mutex<Collected>>, video: bool) {
     let data = data.clone();
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-        move |_pad, info| {
+        move |pad, info| {
             match &info.data {
                 Some(gst::PadProbeData::Buffer(b)) => {
                     let bi = BufInfo {
@@ -225,6 +227,9 @@ fn record_pad(pad: &gst::Pad, data: &Arc<Mutex<Collected>>, video: bool) {
                     }
                 }
                 Some(gst::PadProbeData::Event(e)) => {
+                    if let gst::EventView::Eos(_) = e.view() {
+                        lock(&data).pads_eos.push(pad.name().to_string());
+                    }
                     if let gst::EventView::Caps(c) = e.view() {
                         let mut d = lock(&data);
                         if video {
@@ -414,6 +419,15 @@ impl Receiver {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Wait (bounded) until each of `pads` exists and has pushed EOS (eos-on-disconnect): the
+    /// pipeline's EOS message alone does not mean a pad added late has finished.
+    pub fn wait_pads_eos(&self, pads: &[&str], timeout: Duration) {
+        self.wait(timeout, &format!("EOS on the pads {pads:?}"), |d| {
+            pads.iter().all(|p| d.pads_eos.iter().any(|e| e == p))
+        });
+        self.wait(timeout, "the pipeline's EOS message", |d| d.eos);
     }
 
     /// Does `f` hold on what was collected?
