@@ -89,6 +89,9 @@ impl Pipeline {
     /// The text of the next error on the bus within `timeout` (message + debug info).
     pub fn pop_error(&self, timeout: Duration) -> Option<String> {
         let bus = self.pipeline.bus()?;
+        // A zero timeout does not return queued messages here (seen with GStreamer 1.22):
+        // wait at least 1 ms.
+        let timeout = timeout.max(Duration::from_millis(1));
         let msg = bus.timed_pop_filtered(
             gst::ClockTime::from_nseconds(timeout.as_nanos() as u64),
             &[gst::MessageType::Error],
