@@ -262,3 +262,34 @@ fn unknown_audio_codec_warns_and_video_lives_on() {
     });
     good_publisher_still_works(&rx);
 }
+
+#[test]
+fn silent_publisher_dropped_after_idle_timeout() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("idle-timeout", "1000")
+            .video_branch(COUNT_ONLY),
+    );
+    let tags = h264_flv_video_tags(3, 160, 120);
+    let mut c = RtmpClient::publisher(rx.port, "live", "key").expect("publish");
+    c.send_video(&tags[0].data, 0, false)
+        .expect("sequence header");
+    for (i, t) in tags[1..].iter().enumerate() {
+        c.send_video(&t.data, 33 * i as u32, false).expect("frame");
+    }
+    let silent_since = Instant::now();
+    // Then nothing, with the socket open: dropped after idle-timeout (1 s).
+    wait_peer_close(&mut c.stream, Duration::from_secs(15))
+        .expect("a silent publisher must be dropped after idle-timeout");
+    let after = silent_since.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "dropped after {after:?}, before the 1 s idle-timeout"
+    );
+    wait_warning(&rx, "a silent publisher");
+    rx.wait(WAIT, "rtmpflvsrc-disconnected", |d| {
+        !d.element_messages("rtmpflvsrc-disconnected").is_empty()
+    });
+    rx.check(|d| assert_eq!(d.video.len(), 3));
+    good_publisher_still_works(&rx);
+}

@@ -251,3 +251,47 @@ fn bind_failure_names_the_address() {
     );
     let _ = pipeline.set_state(gst::State::Null);
 }
+
+/// A publisher killed mid-stream (SIGKILL: no deleteStream, no FIN handshake of its own): the
+/// pipeline carries on, the next publisher resumes with DISCONT and later timestamps.
+#[test]
+fn killed_publisher_then_new_one() {
+    let rx = Receiver::start(Options::default().video_branch(COUNT_ONLY));
+    let mut p = small_ffmpeg(&rx.url("live", "key"), 300);
+    p.realtime = true;
+    let first = p.spawn();
+    rx.wait(WAIT, "the first publisher streaming", |d| {
+        d.video.len() >= 15
+    });
+    let stats = rx.stats();
+    assert!(
+        stats
+            .get::<String>("publisher")
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{stats}"
+    );
+    assert!(stats.get::<u64>("bitrate").unwrap() > 0, "{stats}");
+    first.signal(9);
+    drop(first);
+    rx.wait(WAIT, "rtmpflvsrc-disconnected after the kill", |d| {
+        !d.element_messages("rtmpflvsrc-disconnected").is_empty()
+    });
+    let before = rx.check(|d| d.video.len());
+    let (ok, err) = small_ffmpeg(&rx.url("live", "key"), 10).run(PUBLISH_TIMEOUT);
+    assert!(ok, "the next publisher failed: {err}");
+    rx.wait(WAIT, "the next publisher's frames", |d| {
+        d.video.len() == before + 10
+    });
+    rx.assert_no_error();
+    rx.check(|d| {
+        assert!(!d.eos);
+        assert!(
+            d.video[before].discont,
+            "the new session starts with DISCONT"
+        );
+        let pts: Vec<_> = d.video.iter().map(|b| b.pts.expect("PTS")).collect();
+        assert_strictly_increasing(&pts, "video PTS across the kill");
+    });
+    rx.stop();
+}
