@@ -293,3 +293,61 @@ fn silent_publisher_dropped_after_idle_timeout() {
     rx.check(|d| assert_eq!(d.video.len(), 3));
     good_publisher_still_works(&rx);
 }
+
+/// Which of `socks` the peer has closed (non-blocking peek at each).
+fn closed_flags(socks: &mut [std::net::TcpStream]) -> Vec<bool> {
+    use std::io::Read;
+    socks
+        .iter_mut()
+        .map(|s| {
+            let _ = s.set_nonblocking(true);
+            let mut b = [0u8; 4096];
+            match s.read(&mut b) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn connection_flood_is_bounded() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("handshake-timeout", "5000")
+            .video_branch(COUNT_ONLY),
+    );
+    let rss = rss_bytes();
+    // 40 connections that never send a byte: more than the element serves at once.
+    let mut socks: Vec<_> = (0..40).map(|_| raw_connect(rx.port)).collect();
+    let opened = Instant::now();
+    let mut closed = vec![false; socks.len()];
+    while opened.elapsed() < Duration::from_secs(2) {
+        for (c, now) in closed.iter_mut().zip(closed_flags(&mut socks)) {
+            *c |= now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let early = closed.iter().filter(|c| **c).count();
+    println!("{early} of 40 connections refused at once");
+    assert!(
+        early >= 10,
+        "connections beyond the element's limit must be closed at once ({early} of 40 were)"
+    );
+    // The rest go at handshake-timeout.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while closed.iter().any(|c| !c) && Instant::now() < deadline {
+        for (c, now) in closed.iter_mut().zip(closed_flags(&mut socks)) {
+            *c |= now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        closed.iter().all(|c| *c),
+        "every silent connection must be dropped after handshake-timeout"
+    );
+    drop(socks);
+    assert_memory_bounded(rss, "connection flood");
+    good_publisher_still_works(&rx);
+}
