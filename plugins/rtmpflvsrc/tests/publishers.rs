@@ -264,3 +264,48 @@ fn ffmpeg_h264_mp3() {
     assert_eq!(rx.stats().get::<String>("audio-codec").unwrap(), "mp3");
     rx.stop();
 }
+
+/// An audio-only publisher (ffmpeg `-vn`): only an `audio` pad, AAC decodes, EOS on disconnect.
+#[test]
+fn ffmpeg_audio_only() {
+    let rx = Receiver::start(
+        Options::default()
+            .prop("eos-on-disconnect", "true")
+            .audio_branch("decodebin ! audioconvert ! fakesink sync=false"),
+    );
+    let out = vcambridge_tests::run_with_timeout(
+        "ffmpeg audio-only publisher",
+        std::process::Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-nostdin",
+                "-f",
+                "lavfi",
+            ])
+            .args(["-i", "sine=frequency=440:sample_rate=44100:duration=1"])
+            .args(["-c:a", "aac", "-ac", "1", "-f", "flv"])
+            .arg(rx.url("live", "key")),
+        PUBLISH_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rx.wait_pads_eos(&["audio"], EOS_TIMEOUT);
+    rx.assert_no_error();
+    assert_aac_caps(&rx);
+    rx.check(|d| {
+        assert_eq!(d.pads, vec!["audio".to_string()], "only an audio pad");
+        // 1 s of 44.1 kHz AAC: 43 frames of 1024 samples (+ priming).
+        assert!(
+            (40..=50).contains(&d.audio.len()),
+            "AAC frames: {}",
+            d.audio.len()
+        );
+    });
+    assert_eq!(rx.stats().get::<String>("video-codec").unwrap(), "");
+    rx.stop();
+}

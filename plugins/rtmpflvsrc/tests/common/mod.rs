@@ -188,6 +188,11 @@ impl Options {
         self
     }
 
+    pub fn audio_branch(mut self, d: &str) -> Self {
+        self.audio_branch = d.to_string();
+        self
+    }
+
     pub fn video_branch(mut self, d: &str) -> Self {
         self.video_branch = d.to_string();
         self
