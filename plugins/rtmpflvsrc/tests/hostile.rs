@@ -351,3 +351,40 @@ fn connection_flood_is_bounded() {
     assert_memory_bounded(rss, "connection flood");
     good_publisher_still_works(&rx);
 }
+
+/// An Enhanced-RTMP video stream with an unknown FourCC next to good AAC audio: a warning names
+/// the FourCC, the video is dropped, the audio flows, the connection lives on.
+#[test]
+fn unknown_video_fourcc_warns_and_audio_lives_on() {
+    let rx = receiver();
+    let audio = common::client::aac_flv_audio_tags();
+    {
+        let mut c = RtmpClient::publisher(rx.port, "live", "key").expect("publish");
+        // ExVideoTagHeader: IsExHeader | keyframe | SequenceStart, FourCC "zzzz".
+        let mut seq = vec![0x80 | 0x10, b'z', b'z', b'z', b'z'];
+        seq.extend(garbage_bytes(32));
+        c.send_video(&seq, 0, false).expect("video sequence start");
+        for (i, t) in audio.iter().enumerate() {
+            if i % 5 == 1 {
+                // CodedFrames of the unknown codec, interleaved.
+                let mut f = vec![0x80 | 0x10 | 0x01, b'z', b'z', b'z', b'z', 0, 0, 0];
+                f.extend(garbage_bytes(200));
+                c.send_video(&f, t.timestamp, false).expect("video frame");
+            }
+            let p = c.audio_packet(&t.data, t.timestamp, false);
+            c.send_raw(&p).expect("audio");
+        }
+        rx.wait(WAIT, "the AAC frames next to the unknown video", |d| {
+            d.audio.len() == audio.len() - 1
+        });
+    }
+    rx.wait(WAIT, "a warning naming the FourCC", |d| {
+        d.warnings().iter().any(|w| w.contains("zzzz"))
+    });
+    rx.check(|d| {
+        println!("unknown FourCC: warnings {:?}", d.warnings());
+        assert!(d.video.is_empty(), "no buffer of the unknown video codec");
+        assert!(!d.pads.contains(&"video".to_string()), "no video pad");
+    });
+    good_publisher_still_works(&rx);
+}

@@ -336,3 +336,42 @@ pub fn h264_flv_video_tags(frames: u32, width: u32, height: u32) -> Vec<FlvTag> 
     );
     tags
 }
+
+/// Encode about one second of 44.1 kHz mono AAC with ffmpeg into FLV and return its audio tags:
+/// the AAC sequence header first, then one tag per AAC frame.
+pub fn aac_flv_audio_tags() -> Vec<FlvTag> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("aac.flv");
+    let out = vcambridge_tests::run_with_timeout(
+        "ffmpeg (encode AAC FLV)",
+        std::process::Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-nostdin",
+                "-f",
+                "lavfi",
+            ])
+            .args(["-i", "sine=frequency=440:sample_rate=44100:duration=1"])
+            .args(["-c:a", "aac", "-ac", "1", "-f", "flv"])
+            .arg(&path),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&path).expect("read the FLV file");
+    let tags: Vec<FlvTag> = parse_flv(&bytes)
+        .into_iter()
+        .filter(|t| t.tag_type == 8)
+        .collect();
+    assert!(tags.len() > 10, "AAC tags");
+    assert_eq!(
+        tags[0].data[1], 0,
+        "first audio tag is the AAC sequence header"
+    );
+    tags
+}
