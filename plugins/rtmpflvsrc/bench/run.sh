@@ -5,7 +5,7 @@
 # rtmp2src ! flvdemux -> decode. Prints median glass-to-glass latency, receiver CPU per frame,
 # ingest throughput (Mbit/s) and the ratios.
 #
-# Knobs: BENCH_RUNS (3), BENCH_FRAMES (300 per latency run), BENCH_FPS (30),
+# Knobs: BENCH_RUNS (3), BENCH_FRAMES (300 per latency run), BENCH_FPS (30), BENCH_SIZE (320x240),
 #        BENCH_ONLY=rtmpflvsrc|nginx (one side only), BENCH_PROFILE=release|dev.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."

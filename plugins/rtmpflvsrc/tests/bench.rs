@@ -20,8 +20,17 @@ use gst_video::prelude::*;
 use vcambridge_tests::ChildGuard;
 use vcambridge_tests::rtmp::{FfmpegPublisher, Nginx, nginx_missing, process_cpu_time};
 
-const W: usize = 320;
-const H: usize = 240;
+/// The latency runs' frame size: BENCH_SIZE=WxH (default 320x240; at least 320x120).
+fn frame_size() -> (usize, usize) {
+    std::env::var("BENCH_SIZE")
+        .ok()
+        .and_then(|v| {
+            let (w, h) = v.split_once('x')?;
+            Some((w.parse().ok()?, h.parse().ok()?))
+        })
+        .filter(|&(w, h)| w >= 8 * BLOCK && h >= 3 * BLOCK)
+        .unwrap_or((320, 240))
+}
 const BLOCK: usize = 40;
 
 fn env_u32(name: &str, default: u32) -> u32 {
@@ -32,7 +41,7 @@ fn env_u32(name: &str, default: u32) -> u32 {
 }
 
 /// Paint frame `index` (16 bits + an 8-bit check) as 3 rows of 8 blocks into a GRAY8 frame.
-fn paint(frame: &mut [u8], index: u32) {
+fn paint(frame: &mut [u8], width: usize, index: u32) {
     let lo = index as u8;
     let hi = (index >> 8) as u8;
     let rows = [lo, hi, lo ^ hi ^ 0xA5];
@@ -41,7 +50,7 @@ fn paint(frame: &mut [u8], index: u32) {
         for bit in 0..8 {
             let v = if byte & (1 << bit) != 0 { 235 } else { 16 };
             for y in r * BLOCK..(r + 1) * BLOCK {
-                let start = y * W + bit * BLOCK;
+                let start = y * width + bit * BLOCK;
                 frame[start..start + BLOCK].fill(v);
             }
         }
@@ -82,12 +91,13 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// A paced raw-video publisher: GRAY8 frames with painted indices into ffmpeg's stdin.
 fn publish_paced(url: &str, frames: u32, rate: u32) -> Vec<Instant> {
+    let (width, height) = frame_size();
     let mut child = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
         .args(["-f", "rawvideo", "-pix_fmt", "gray"])
         .args([
             "-s",
-            &format!("{W}x{H}"),
+            &format!("{width}x{height}"),
             "-r",
             &rate.to_string(),
             "-i",
@@ -109,7 +119,7 @@ fn publish_paced(url: &str, frames: u32, rate: u32) -> Vec<Instant> {
         .spawn()
         .expect("spawn ffmpeg");
     let mut stdin = child.stdin.take().expect("ffmpeg stdin");
-    let mut frame = vec![0u8; W * H];
+    let mut frame = vec![0u8; width * height];
     let mut sent = Vec::with_capacity(frames as usize);
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate as f64);
@@ -118,7 +128,7 @@ fn publish_paced(url: &str, frames: u32, rate: u32) -> Vec<Instant> {
         if let Some(d) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
         }
-        paint(&mut frame, i);
+        paint(&mut frame, width, i);
         if stdin.write_all(&frame).is_err() {
             break;
         }
@@ -372,8 +382,9 @@ fn rtmp_bench() {
             .join("/")
     };
     println!();
+    let (w, h) = frame_size();
     println!(
-        "rtmpflvsrc benchmark: {runs} runs x {frames} frames {W}x{H}@{rate} (x264 ultrafast \
+        "rtmpflvsrc benchmark: {runs} runs x {frames} frames {w}x{h}@{rate} (x264 ultrafast \
          zerolatency), medians over all frames after the first second"
     );
     println!(
