@@ -8,6 +8,8 @@
 #   tests/guest/run.sh --bench          the 1280x720 benchmark instead of the tests (0.12.7)
 #   VCB_GUEST_VERSIONS=0.13.2 tests/guest/run.sh     one version only
 #   VCB_GUEST_FILTER=keepalive tests/guest/run.sh    only tests whose name contains the filter
+#   VCB_GUEST_CMD='v4l2-ctl --list-devices' tests/guest/run.sh   debugging: run a command instead
+#   VCB_GUEST_TIMEOUT=600                            seconds per boot before qemu is killed
 #
 # Everything it builds is cached under target/guest/ (modules, initramfs, GStreamer registry).
 # Exits non-zero if a module cannot be built, the guest does not boot, or any test fails.
@@ -110,24 +112,24 @@ REGISTRY="$G/registry-$MODE.bin"
 if [ -n "${VCB_GUEST_CMD:-}" ]; then
   MODE=custom  # debugging: run this shell command in the guest instead of the tests
 else
-log "building the plugin and the guest test binary"
-cargo build -q -p gst-plugin-v4l2loopsink
-TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --message-format=json \
-  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
-[ -x "$TEST_BIN" ] || die "could not build the guest test binary"
-BENCH_BIN=""
-if [ "$MODE" = bench ]; then
-  cargo build -q --release -p gst-plugin-v4l2loopsink
-  BENCH_BIN="$ROOT/target/release/v4l2loopsink-bench"
-  # The benchmark loads the release build of the plugin.
-  PLUGIN_DIR="$ROOT/target/release"
-else
-  PLUGIN_DIR="$ROOT/target/debug"
-fi
-REGISTRY="$G/registry-$MODE.bin"
-rm -f "$REGISTRY"
-GST_REGISTRY="$REGISTRY" GST_PLUGIN_PATH="$PLUGIN_DIR" gst-inspect-1.0 v4l2loopsink >/dev/null \
-  || die "gst-inspect-1.0 cannot load v4l2loopsink from $PLUGIN_DIR"
+  log "building the plugin and the guest test binary"
+  cargo build -q -p gst-plugin-v4l2loopsink
+  TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --message-format=json \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+  [ -x "$TEST_BIN" ] || die "could not build the guest test binary"
+  BENCH_BIN=""
+  if [ "$MODE" = bench ]; then
+    cargo build -q --release -p gst-plugin-v4l2loopsink
+    BENCH_BIN="$ROOT/target/release/v4l2loopsink-bench"
+    # The benchmark loads the release build of the plugin.
+    PLUGIN_DIR="$ROOT/target/release"
+  else
+    PLUGIN_DIR="$ROOT/target/debug"
+  fi
+  REGISTRY="$G/registry-$MODE.bin"
+  rm -f "$REGISTRY"
+  GST_REGISTRY="$REGISTRY" GST_PLUGIN_PATH="$PLUGIN_DIR" gst-inspect-1.0 v4l2loopsink >/dev/null \
+    || die "gst-inspect-1.0 cannot load v4l2loopsink from $PLUGIN_DIR"
 fi
 
 # --- one boot per module version ----------------------------------------------------------------
@@ -138,6 +140,8 @@ for ver in $VERSIONS; do
   ko="$G/modules/$ver/v4l2loopback.ko"
   # Devices: 10 exclusive_caps=1 "vcam-excl", 11 exclusive_caps=0 "vcam-plain", 12 spare
   # exclusive_caps=1 "vcam-lock"; vivid gives a capture-only device (non-loopback) as /dev/video0.
+  # max_buffers stays at its default (2): with more, GStreamer 1.22's v4l2src fails against any
+  # writer ("Failed to allocate a buffer": the driver hands out buffers the reader never mapped).
   cat >"$OUT/setup.sh" <<SETUP
 /bin/busybox insmod /newroot$ko devices=3 video_nr=10,11,12 card_label=vcam-excl,vcam-plain,vcam-lock exclusive_caps=1,0,1 || echo "VCB-WARN loading v4l2loopback $ver failed"
 SETUP
