@@ -301,3 +301,34 @@ fn killed_publisher_then_new_one() {
     });
     rx.stop();
 }
+
+/// Going to NULL while a publisher streams and another client sits mid-handshake never blocks,
+/// frees the port at once, and the publisher notices.
+#[test]
+fn null_while_streaming_does_not_block() {
+    let rx = Receiver::start(Options::default().video_branch(COUNT_ONLY));
+    let port = rx.port;
+    let mut p = small_ffmpeg(&rx.url("live", "key"), 600);
+    p.realtime = true;
+    let publisher = p.spawn();
+    rx.wait(WAIT, "the publisher streaming", |d| d.video.len() >= 10);
+    let mut stalled = vcambridge_tests::rtmp::raw_connect(port);
+    vcambridge_tests::rtmp::write_tolerant(&mut stalled, &[3u8; 100]);
+
+    let t = std::time::Instant::now();
+    rx.stop(); // fails the test if NULL takes more than 5 s
+    println!(
+        "PLAYING -> NULL with a live publisher took {:?}",
+        t.elapsed()
+    );
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("port {port} still taken after NULL: {e}"));
+    vcambridge_tests::rtmp::wait_peer_close(&mut stalled, Duration::from_secs(5))
+        .expect("the half-open client is closed at NULL");
+    // ffmpeg sees its connection go away and exits (with an error) well before its 20 s of input.
+    let out = publisher.wait_output(Duration::from_secs(15));
+    assert!(
+        !out.status.success(),
+        "the publisher must notice the server going away"
+    );
+}
