@@ -332,3 +332,28 @@ fn null_while_streaming_does_not_block() {
         "the publisher must notice the server going away"
     );
 }
+
+/// The same element can be stopped and started again (a fresh server each time).
+#[test]
+fn restart_after_null() {
+    let rx = Receiver::start(Options::default().video_branch(COUNT_ONLY));
+    let (ok, err) = small_ffmpeg(&rx.url("live", "key"), 10).run(PUBLISH_TIMEOUT);
+    assert!(ok, "first run: {err}");
+    rx.wait(WAIT, "first run frames", |d| d.video.len() == 10);
+    rx.stop();
+
+    rx.pipeline
+        .set_state(gst::State::Ready)
+        .expect("READY again");
+    let port = rx.src.property::<u32>("bound-port") as u16;
+    assert_ne!(port, 0, "bound-port after restart");
+    rx.pipeline
+        .set_state(gst::State::Playing)
+        .expect("PLAYING again");
+    let url = vcambridge_tests::rtmp::rtmp_url(port, "live", "key");
+    let (ok, err) = small_ffmpeg(&url, 10).run(PUBLISH_TIMEOUT);
+    assert!(ok, "second run: {err}");
+    rx.wait(WAIT, "second run frames", |d| d.video.len() == 20);
+    rx.assert_no_error();
+    rx.stop();
+}
