@@ -114,7 +114,13 @@ fn assert_aac_caps(rx: &Receiver) {
 
 #[test]
 fn ffmpeg_h264_aac() {
-    let rx = Receiver::start(Options::default().prop("eos-on-disconnect", "true"));
+    // latency=10 s: no re-anchoring of the timeline if this loaded machine stalls the publisher
+    // (the decoded-PTS spacing below is about composition times).
+    let rx = Receiver::start(
+        Options::default()
+            .prop("eos-on-disconnect", "true")
+            .prop("latency", "10000"),
+    );
     let mut p = FfmpegPublisher::new(&rx.url("live", "key"), FRAMES);
     // Keep B-frames: the FLV composition time must turn into correct PTS for the decoder.
     p.zerolatency = false;
@@ -139,7 +145,21 @@ fn ffmpeg_h264_aac() {
                 .iter()
                 .any(|b| matches!((b.pts, b.dts), (Some(p), Some(d)) if p > d)),
             "with B-frames some PTS must exceed its DTS"
-        )
+        );
+        // Decoded frames come out in display order, 1/30 s apart: composition times applied.
+        let pts: Vec<_> = d
+            .samples
+            .iter()
+            .map(|s| s.pts.expect("decoded PTS"))
+            .collect();
+        common::assert_strictly_increasing(&pts, "decoded PTS");
+        for w in pts.windows(2) {
+            let ms = (w[1] - w[0]).mseconds();
+            assert!(
+                (32..=35).contains(&ms),
+                "decoded PTS spacing {ms} ms: {pts:?}"
+            );
+        }
     });
     rx.stop();
 }
