@@ -81,6 +81,9 @@ pub struct OutputTimeline {
     offsets: VecDeque<(u64, i128)>,
     last_dts: [Option<u64>; 2],
     max_output: Option<u64>,
+    /// Buffers mapped later than this behind `now` move the session's mapping forward.
+    max_lateness: Option<u64>,
+    reanchors: u64,
 }
 
 /// How many past sessions keep their mapping.
@@ -91,14 +94,30 @@ impl OutputTimeline {
         Self::default()
     }
 
-    /// Forgets everything (flush / restart).
+    /// Forgets everything (flush / restart), keeping the lateness setting.
     pub fn reset(&mut self) {
-        *self = Self::default();
+        *self = Self {
+            max_lateness: self.max_lateness,
+            ..Self::default()
+        };
+    }
+
+    /// When a buffer would be mapped more than `max_lateness` ns before the current running
+    /// time (publisher stalled, network hiccup, clock drift), the session's mapping moves
+    /// forward to "now" so that later buffers are on time again instead of all late. Output
+    /// stays monotonic (the mapping only ever moves forward). `None` disables this.
+    pub fn set_max_lateness(&mut self, max_lateness: Option<u64>) {
+        self.max_lateness = max_lateness;
+    }
+
+    /// How often a mapping was moved forward because of lateness.
+    pub fn reanchors(&self) -> u64 {
+        self.reanchors
     }
 
     /// Maps a buffer of publish session `session` with DTS `dts_ms` (unwrapped RTMP time) and
     /// composition offset `composition_ms` (PTS - DTS). `now` gives the current running time;
-    /// it is only called for the first buffer of a session.
+    /// it is called (at most once) for the first buffer of a session and for lateness checks.
     pub fn map(
         &mut self,
         session: u64,
@@ -107,9 +126,22 @@ impl OutputTimeline {
         composition_ms: i32,
         now: impl FnOnce() -> u64,
     ) -> OutputTimes {
+        let mut now = Some(now);
+        let mut now_value = None;
+        let mut now = move || *now_value.get_or_insert_with(|| now.take().map_or(0, |f| f()));
         let dts_ns = i128::from(dts_ms) * i128::from(MS);
-        let offset = match self.offsets.iter().find(|(s, _)| *s == session) {
-            Some(&(_, o)) => o,
+        let offset = match self.offsets.iter_mut().find(|(s, _)| *s == session) {
+            Some((_, o)) => {
+                if let Some(max_late) = self.max_lateness {
+                    let current = i128::from(now());
+                    let mapped = dts_ns + *o;
+                    if mapped + i128::from(max_late) < current {
+                        *o += current - mapped;
+                        self.reanchors += 1;
+                    }
+                }
+                *o
+            }
             None => {
                 let mut start = now();
                 if let Some(max) = self.max_output {
@@ -264,6 +296,31 @@ mod tests {
             last = o.dts;
             ts = ts.wrapping_add(33);
         }
+    }
+
+    #[test]
+    fn late_buffers_move_the_mapping_forward() {
+        let mut t = OutputTimeline::new();
+        t.set_max_lateness(Some(100 * MS));
+        let a = t.map(1, StreamKind::Video, 0, 0, || 1_000_000_000);
+        assert_eq!(a.dts, 1_000_000_000);
+        // On time (within the tolerance): unchanged spacing.
+        let b = t.map(1, StreamKind::Video, 33, 0, || 1_033_000_000 + 90 * MS);
+        assert_eq!(b.dts, 1_033_000_000);
+        // After a 2 s stall the next frame is mapped to now, and the following ones keep the
+        // new mapping.
+        let c = t.map(1, StreamKind::Video, 66, 0, || 3_066_000_000);
+        assert_eq!(c.dts, 3_066_000_000);
+        let d = t.map(1, StreamKind::Audio, 70, 0, || 3_070_000_000);
+        assert_eq!(d.dts, 3_070_000_000);
+        let e = t.map(1, StreamKind::Video, 99, 10, || 3_099_000_000);
+        assert_eq!(e.dts, 3_099_000_000);
+        assert_eq!(e.pts, 3_109_000_000);
+        assert_eq!(t.reanchors(), 1);
+        // Early buffers (publisher ahead of the clock) are left alone.
+        let f = t.map(1, StreamKind::Video, 5_000, 0, || 3_100_000_000);
+        assert_eq!(f.dts, 3_000_000_000 + 5_000 * MS);
+        assert_eq!(t.reanchors(), 1);
     }
 
     #[test]

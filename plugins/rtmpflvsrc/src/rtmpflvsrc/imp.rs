@@ -193,6 +193,13 @@ struct Common {
     not_linked_logged: bool,
 }
 
+/// The streaming tasks and whether they are being stopped.
+#[derive(Default)]
+struct Tasks {
+    list: Vec<StreamTask>,
+    stopping: bool,
+}
+
 /// One streaming thread per output stream, so that a sink prerolling on one stream does not
 /// block the other one.
 struct StreamTask {
@@ -207,7 +214,7 @@ pub struct RtmpFlvSrc {
     common: Mutex<Common>,
     stats: Arc<Mutex<Stats>>,
     announced: Arc<Announced>,
-    tasks: Mutex<Vec<StreamTask>>,
+    tasks: Mutex<Tasks>,
     playing: AtomicBool,
     flushing: AtomicBool,
     wake: [Arc<Notify>; 2],
@@ -228,7 +235,7 @@ impl ObjectSubclass for RtmpFlvSrc {
             common: Mutex::new(Common::default()),
             stats: Arc::new(Mutex::new(Stats::default())),
             announced: Arc::new(Announced::default()),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Tasks::default()),
             playing: AtomicBool::new(false),
             flushing: AtomicBool::new(true),
             wake: [Arc::new(Notify::new()), Arc::new(Notify::new())],
@@ -463,7 +470,9 @@ impl RtmpFlvSrc {
     }
 
     fn start_tasks(&self) -> Result<(), gst::StateChangeError> {
-        let mut tasks = lock(&self.tasks);
+        let mut guard = lock(&self.tasks);
+        guard.stopping = false;
+        let tasks = &mut guard.list;
         if tasks.is_empty() {
             for kind in KINDS {
                 let weak = self.obj().downgrade();
@@ -490,15 +499,29 @@ impl RtmpFlvSrc {
     }
 
     fn stop_tasks(&self) {
-        let tasks = std::mem::take(&mut *lock(&self.tasks));
-        for t in &tasks {
-            let _ = t.task.stop();
-        }
+        let tasks = {
+            let mut guard = lock(&self.tasks);
+            // Under the same lock as pause_task(): a task pausing itself must not turn this
+            // stop back into a pause (the join below would then wait forever).
+            guard.stopping = true;
+            for t in &guard.list {
+                let _ = t.task.stop();
+            }
+            std::mem::take(&mut guard.list)
+        };
         for wake in &self.wake {
             wake.notify_one();
         }
         for t in tasks {
             let _ = t.task.join();
+        }
+    }
+
+    /// Pauses a streaming task from inside its function, unless the element is stopping it.
+    fn pause_task(&self, task: &gst::Task) {
+        let guard = lock(&self.tasks);
+        if !guard.stopping {
+            let _ = task.pause();
         }
     }
 
@@ -526,7 +549,7 @@ impl RtmpFlvSrc {
     /// One iteration of the streaming task of `kind`.
     fn iterate(&self, task: &gst::Task, kind: StreamKind) {
         if self.flushing.load(Ordering::SeqCst) {
-            let _ = task.pause();
+            self.pause_task(task);
             return;
         }
         if !self.playing.load(Ordering::SeqCst) {
@@ -539,7 +562,7 @@ impl RtmpFlvSrc {
         let mut stream = lock(&self.streams[kind_index(kind)]);
         let Some(mut rx) = stream.rx.take() else {
             drop(stream);
-            let _ = task.pause();
+            self.pause_task(task);
             return;
         };
         let received = self.receive(kind, &mut rx);
@@ -548,7 +571,7 @@ impl RtmpFlvSrc {
             Received::Woken => {}
             Received::Closed => {
                 drop(stream);
-                let _ = task.pause();
+                self.pause_task(task);
             }
             Received::Item(item) => {
                 if let Err(err) = self.handle_item(&mut stream, kind, item) {
@@ -586,7 +609,7 @@ impl RtmpFlvSrc {
                 }
             }
         }
-        let _ = task.pause();
+        self.pause_task(task);
     }
 
     fn now_running_time(&self) -> u64 {
@@ -750,11 +773,21 @@ impl RtmpFlvSrc {
         let (times, group_id) = {
             let mut common = lock(&self.common);
             let group_id = *common.group_id.get_or_insert_with(gst::GroupId::next);
+            let reanchors = common.timeline.reanchors();
             let times = common
                 .timeline
                 .map(stream.session, kind, dts_ms, composition_ms, || {
                     self.now_running_time()
                 });
+            if common.timeline.reanchors() != reanchors {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{} buffer arrived later than the latency: timestamps moved forward to {}",
+                    kind_name(kind),
+                    gst::ClockTime::from_nseconds(times.dts)
+                );
+            }
             (times, group_id)
         };
 
@@ -874,9 +907,14 @@ impl RtmpFlvSrc {
     }
 
     fn reset_streams_for_restart(&self) {
+        let latency_ms = u64::from(lock(&self.settings).latency_ms);
         {
             let mut common = lock(&self.common);
             common.timeline.reset();
+            // Buffers later than the latency would be dropped by syncing sinks: re-anchor.
+            common
+                .timeline
+                .set_max_lateness((latency_ms > 0).then_some(latency_ms * 1_000_000));
             common.combiner.reset();
         }
         for stream in &self.streams {
@@ -1258,6 +1296,33 @@ mod tests {
         a.set_state(gst::State::Null).unwrap();
         assert_eq!(a.property::<u32>("bound-port"), 0);
         std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("port free after NULL");
+    }
+
+    #[test]
+    fn state_cycles_never_hang() {
+        init();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pipeline = gst::Pipeline::new();
+            let src = element(0);
+            pipeline.add(&src).unwrap();
+            for i in 0..100 {
+                pipeline.set_state(gst::State::Playing).unwrap();
+                if i % 3 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let target = if i % 2 == 0 {
+                    gst::State::Null
+                } else {
+                    gst::State::Ready
+                };
+                pipeline.set_state(target).unwrap();
+            }
+            pipeline.set_state(gst::State::Null).unwrap();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("100 PLAYING -> READY/NULL cycles within 30 s (a stuck task join?)");
     }
 
     #[test]
