@@ -12,7 +12,9 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use super::server::{Announced, Item, MAX_QUEUED_BYTES, Server, Shared, Stats, lock, serve};
+use super::server::{
+    Announced, Item, MAX_QUEUED_BYTES, PostAfterAll, Server, Shared, Stats, lock, serve,
+};
 use crate::flv::{self, AudioCodec, AudioTag, LegacyAudioParams, VideoCodec, VideoTag};
 use crate::session::{Limits, SessionConfig};
 use crate::timestamps::{OutputTimeline, StreamKind};
@@ -517,6 +519,19 @@ impl RtmpFlvSrc {
         }
     }
 
+    /// Counts this streaming thread in on `message` and posts it if it was the last one.
+    fn arrive_and_post(&self, message: &PostAfterAll) {
+        if let Some(structure) = message.arrive() {
+            let obj = self.obj();
+            let _ = obj.post_message(gst::message::Element::builder(structure).src(&*obj).build());
+        }
+    }
+
+    /// Whether the streaming threads are running (PLAYING).
+    pub(super) fn streaming_active(&self) -> bool {
+        self.playing.load(Ordering::SeqCst)
+    }
+
     /// Pauses a streaming task from inside its function, unless the element is stopping it.
     fn pause_task(&self, task: &gst::Task) {
         let guard = lock(&self.tasks);
@@ -640,6 +655,12 @@ impl RtmpFlvSrc {
         item: Item,
     ) -> Result<(), gst::FlowError> {
         if stream.eos {
+            if let Item::SessionEnd {
+                message: Some(m), ..
+            } = &item
+            {
+                self.arrive_and_post(m);
+            }
             return Ok(());
         }
         match item {
@@ -656,18 +677,24 @@ impl RtmpFlvSrc {
                 stream.audio_config = None;
                 Ok(())
             }
-            Item::SessionEnd { reason } => {
+            Item::SessionEnd { reason, message } => {
                 gst::debug!(
                     CAT,
                     imp = self,
                     "{}: session ended: {reason}",
                     kind_name(kind)
                 );
-                if lock(&self.settings).eos_on_disconnect {
+                let eos = lock(&self.settings).eos_on_disconnect;
+                if eos {
                     stream.eos = true;
                     if let Some(ps) = &stream.pad {
                         ps.pad.push_event(gst::event::Eos::new());
                     }
+                }
+                if let Some(m) = &message {
+                    self.arrive_and_post(m);
+                }
+                if eos {
                     return Err(gst::FlowError::Eos);
                 }
                 Ok(())

@@ -5,11 +5,12 @@
 
 use gst::glib;
 use gst::prelude::*;
+use gst::subclass::prelude::*;
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -113,7 +114,35 @@ pub(super) enum Item {
     },
     SessionEnd {
         reason: String,
+        /// The "rtmpflvsrc-disconnected" message, posted by the second streaming thread to
+        /// handle this item, i.e. once every buffer of the session has been pushed.
+        message: Option<Arc<PostAfterAll>>,
     },
+}
+
+/// An element message to post once all streaming threads got to it.
+#[derive(Debug)]
+pub(super) struct PostAfterAll {
+    remaining: AtomicUsize,
+    structure: Mutex<Option<gst::Structure>>,
+}
+
+impl PostAfterAll {
+    fn new(count: usize, structure: gst::Structure) -> Arc<Self> {
+        Arc::new(PostAfterAll {
+            remaining: AtomicUsize::new(count),
+            structure: Mutex::new(Some(structure)),
+        })
+    }
+
+    /// Counts one thread in; returns the structure to post for the last one.
+    pub(super) fn arrive(&self) -> Option<gst::Structure> {
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            lock(&self.structure).take()
+        } else {
+            None
+        }
+    }
 }
 
 /// What the current publisher announced, written by the network side and read by the
@@ -356,12 +385,16 @@ impl Connection {
                     Err(e) => Err(e),
                 }
             }
-            Item::SessionEnd { reason } => {
+            Item::SessionEnd { reason, message } => {
                 let copy = Item::SessionEnd {
                     reason: reason.clone(),
+                    message: message.clone(),
                 };
                 match shared.video_items.send(copy).await {
-                    Ok(()) => shared.audio_items.send(Item::SessionEnd { reason }).await,
+                    Ok(()) => {
+                        let item = Item::SessionEnd { reason, message };
+                        shared.audio_items.send(item).await
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -506,14 +539,25 @@ impl Connection {
                 self.peer
             );
         }
-        self.shared.post_element_message(
-            gst::Structure::builder("rtmpflvsrc-disconnected")
-                .field("publisher", &self.peer)
-                .field("reason", reason)
-                .build(),
-        );
+        let structure = gst::Structure::builder("rtmpflvsrc-disconnected")
+            .field("publisher", &self.peer)
+            .field("reason", reason)
+            .build();
+        // Posted after the session's buffers when the streaming threads run, else right away.
+        let streaming = self
+            .shared
+            .element
+            .upgrade()
+            .is_some_and(|e| e.imp().streaming_active());
+        let message = if streaming {
+            Some(PostAfterAll::new(2, structure))
+        } else {
+            self.shared.post_element_message(structure);
+            None
+        };
         self.send_item(Item::SessionEnd {
             reason: reason.to_string(),
+            message,
         })
         .await
     }
