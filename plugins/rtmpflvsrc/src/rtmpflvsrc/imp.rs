@@ -54,6 +54,8 @@ const VIDEO_QUEUE: usize = 64;
 const AUDIO_QUEUE: usize = 256;
 /// How long the audio pad waits for the video pad of a publisher that sends video.
 const VIDEO_PAD_WAIT: Duration = Duration::from_secs(3);
+/// Lateness beyond the pipeline latency after which timestamps are re-anchored to now.
+const REANCHOR_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -220,6 +222,8 @@ pub struct RtmpFlvSrc {
     playing: AtomicBool,
     flushing: AtomicBool,
     wake: [Arc<Notify>; 2],
+    /// Latency configured on the pipeline (LATENCY event on our pads), in ns.
+    pipeline_latency: AtomicU64,
 }
 
 #[glib::object_subclass]
@@ -241,6 +245,7 @@ impl ObjectSubclass for RtmpFlvSrc {
             playing: AtomicBool::new(false),
             flushing: AtomicBool::new(true),
             wake: [Arc::new(Notify::new()), Arc::new(Notify::new())],
+            pipeline_latency: AtomicU64::new(0),
         }
     }
 }
@@ -635,6 +640,23 @@ impl RtmpFlvSrc {
         }
     }
 
+    fn pad_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        if let gst::EventView::Latency(l) = event.view() {
+            gst::debug!(CAT, obj = pad, "Pipeline latency {}", l.latency());
+            self.pipeline_latency
+                .store(l.latency().nseconds(), Ordering::SeqCst);
+        }
+        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+    }
+
+    /// Lateness after which the timestamp mapping moves forward: syncing sinks hold buffers
+    /// until their running time plus the pipeline latency, and our streaming threads are paced
+    /// by them, so only lateness well beyond that means a stall.
+    fn max_lateness(&self) -> u64 {
+        let own = u64::from(lock(&self.settings).latency_ms) * 1_000_000;
+        own.max(self.pipeline_latency.load(Ordering::SeqCst)) + REANCHOR_MARGIN.as_nanos() as u64
+    }
+
     fn pad_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
         if let gst::QueryViewMut::Latency(q) = query.view_mut() {
             let latency = u64::from(lock(&self.settings).latency_ms);
@@ -767,6 +789,13 @@ impl RtmpFlvSrc {
                     |imp| imp.pad_query(pad, query),
                 )
             })
+            .event_function(|pad, parent, event| {
+                RtmpFlvSrc::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.pad_event(pad, event),
+                )
+            })
             .build();
         let _ = pad.set_active(true);
         pad
@@ -800,6 +829,8 @@ impl RtmpFlvSrc {
         let (times, group_id) = {
             let mut common = lock(&self.common);
             let group_id = *common.group_id.get_or_insert_with(gst::GroupId::next);
+            let max_lateness = self.max_lateness();
+            common.timeline.set_max_lateness(Some(max_lateness));
             let reanchors = common.timeline.reanchors();
             let times = common
                 .timeline
@@ -810,8 +841,9 @@ impl RtmpFlvSrc {
                 gst::debug!(
                     CAT,
                     imp = self,
-                    "{} buffer arrived later than the latency: timestamps moved forward to {}",
+                    "{} buffer arrived more than {} late: timestamps moved forward to {}",
                     kind_name(kind),
+                    gst::ClockTime::from_nseconds(max_lateness),
                     gst::ClockTime::from_nseconds(times.dts)
                 );
             }
@@ -934,14 +966,9 @@ impl RtmpFlvSrc {
     }
 
     fn reset_streams_for_restart(&self) {
-        let latency_ms = u64::from(lock(&self.settings).latency_ms);
         {
             let mut common = lock(&self.common);
             common.timeline.reset();
-            // Buffers later than the latency would be dropped by syncing sinks: re-anchor.
-            common
-                .timeline
-                .set_max_lateness((latency_ms > 0).then_some(latency_ms * 1_000_000));
             common.combiner.reset();
         }
         for stream in &self.streams {
