@@ -29,6 +29,7 @@ FORMAT=YUY2
 DEMO=0
 DEMO_SECONDS=0
 BUILD=1
+PROFILE=release
 
 usage() {
   sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
@@ -48,7 +49,8 @@ Options:
   --size WxH           camera size (default ${WIDTH}x${HEIGHT}; the picture is letterboxed)
   --fps N              camera frame rate (default $FPS)
   --format FMT         raw format for the webcam (default $FORMAT)
-  --no-build           use the plugins already built in target/release
+  --no-build           use the plugins already built (no install, no cargo build)
+  --profile P          cargo profile to build and load: release (default) or debug
 EOF
 }
 
@@ -68,6 +70,7 @@ while [ $# -gt 0 ]; do
     --fps) FPS="$2"; shift ;;
     --format) FORMAT="$2"; shift ;;
     --no-build) BUILD=0 ;;
+    --profile) PROFILE="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -78,12 +81,15 @@ say() { printf '[vcambridge] %s\n' "$*" >&2; }
 
 if [ "$BUILD" = 1 ]; then
   VCAMBRIDGE_SKIP_GUEST=1 "$ROOT/scripts/install-deps.sh"
-  say "building the plugins (release)"
-  (cd "$ROOT" && cargo build --release --locked --workspace --lib)
+  say "building the plugins ($PROFILE)"
+  PROFILE_ARGS=(--release)
+  [ "$PROFILE" = debug ] && PROFILE_ARGS=()
+  (cd "$ROOT" && cargo build "${PROFILE_ARGS[@]}" --locked --workspace --lib)
 fi
-export GST_PLUGIN_PATH="$ROOT/target/release${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
+PLUGIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+export GST_PLUGIN_PATH="$PLUGIN_DIR${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
 if ! gst-inspect-1.0 rtmpflvsrc >/dev/null 2>&1; then
-  say "rtmpflvsrc is not available from $ROOT/target/release (build failed?)"
+  say "rtmpflvsrc is not available from $PLUGIN_DIR (build failed?)"
   exit 1
 fi
 
@@ -177,7 +183,9 @@ URL="rtmp://$ADDRESS:$PORT/$APP${KEY:+/$KEY}"
 [ "$ADDRESS" = 0.0.0.0 ] && URL="rtmp://<this-host>:$PORT/$APP${KEY:+/$KEY}"
 say "publish to: $URL  (OBS: server rtmp://…/$APP, stream key ${KEY:-anything})"
 
-PIPELINE="rtmpflvsrc name=src address=$ADDRESS port=$PORT app=$APP stream-key=\"$KEY\"
+KEY_PROP=""
+[ -n "$KEY" ] && KEY_PROP="stream-key=\"$KEY\""
+PIPELINE="rtmpflvsrc name=src address=$ADDRESS port=$PORT app=$APP $KEY_PROP
   src.video ! queue max-size-time=2000000000 ! decodebin ! $OUT
   src.audio ! queue ! fakesink sync=false async=false"
 

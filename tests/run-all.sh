@@ -41,6 +41,17 @@ for element in rtmpflvsrc v4l2loopsink pwvideosink shmringsink shmringsrc surfac
 done
 echo "meson install provides all elements"
 
+step "main job smoke run: pipelines/rtmp-camera.sh --demo (terminal output, debug build)"
+MAIN_LOG="$ROOT/target/main-job.log"
+timeout 90 "$ROOT/pipelines/rtmp-camera.sh" --demo --demo-seconds 6 --sink terminal \
+  --no-build --profile debug --port 0 >"$MAIN_LOG" 2>&1 || true
+if ! grep -Eq '^\[vcambridge\] frames [1-9][0-9]+ ' "$MAIN_LOG"; then
+  echo "the main job showed no decoded frames; its output:" >&2
+  cat "$MAIN_LOG" >&2
+  exit 1
+fi
+grep -E '^\[vcambridge\] frames' "$MAIN_LOG" | tail -1
+
 if [ "${SKIP_GUEST:-0}" != "1" ]; then
   step "v4l2loopback guest harness (qemu, real kernel module)"
   "$ROOT/tests/guest/run.sh"

@@ -146,7 +146,9 @@ impl ChildGuard {
 
     /// Has the process exited? Returns its status if so.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Wait at most `timeout` for the process to exit; kill it and panic on timeout.

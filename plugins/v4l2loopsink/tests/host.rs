@@ -106,4 +106,3 @@ fn placeholder_must_be_a_colour_or_an_image() {
     assert_eq!(parse_color("#336699"), Some(0x336699));
     assert_eq!(parse_color("no-such-file.png"), None);
 }
-
