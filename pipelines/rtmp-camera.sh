@@ -131,10 +131,12 @@ pipewire_running() {
   command -v pw-cli >/dev/null 2>&1 && timeout 3 pw-cli info 0 >/dev/null 2>&1
 }
 
+MODPROBE_HINT="sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=\"$LABEL\" exclusive_caps=1"
 if [ "$SINK" = auto ]; then
   if [ -n "$DEVICE" ] || [ -n "$(find_loopback)" ] || [ -e /dev/v4l2loopback ]; then
     SINK=v4l2
   elif pipewire_running; then
+    say "no v4l2loopback device (for a webcam: $MODPROBE_HINT)"
     SINK=pipewire
   elif [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
     SINK=window
@@ -153,6 +155,9 @@ case "$SINK" in
     if [ -n "$DEVICE" ]; then
       OUT="$CONVERT ! $CAMERA_CAPS,format=$FORMAT ! v4l2loopsink device=$DEVICE"
       say "webcam: $DEVICE — pick \"$(cat "/sys/class/video4linux/$(basename "$DEVICE")/name" 2>/dev/null || echo "$LABEL")\" in the browser's camera list"
+    elif [ ! -e /dev/v4l2loopback ]; then
+      say "no v4l2loopback device and no /dev/v4l2loopback control device; load the module: $MODPROBE_HINT"
+      exit 1
     else
       OUT="$CONVERT ! $CAMERA_CAPS,format=$FORMAT ! v4l2loopsink create=true card-label=\"$LABEL\""
       say "webcam: creating a v4l2loopback device labelled \"$LABEL\" — pick it in the browser's camera list"
