@@ -39,7 +39,7 @@ Options:
   --demo               also start an ffmpeg test publisher (testsrc2 + sine, H.264/AAC)
   --demo-seconds N     stop the demo (and the pipeline) after N seconds (default: run until Ctrl-C)
   --address A          listen address (default $ADDRESS; 0.0.0.0 for other machines)
-  --port N             listen port (default $PORT)
+  --port N             listen port (default $PORT; 0 = a free port)
   --app NAME           RTMP application (default $APP)
   --key KEY            required stream key (default: any)
   --sink KIND          auto|v4l2|pipewire|window|terminal (default auto)
@@ -78,6 +78,11 @@ while [ $# -gt 0 ]; do
 done
 
 say() { printf '[vcambridge] %s\n' "$*" >&2; }
+
+if [ "$PORT" = 0 ]; then
+  # Resolve "any free port" here so the printed URL (and the demo publisher) can use it.
+  PORT="$(python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$ADDRESS")"
+fi
 
 if [ "$BUILD" = 1 ]; then
   VCAMBRIDGE_SKIP_GUEST=1 "$ROOT/scripts/install-deps.sh"
