@@ -23,6 +23,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_MEDIA_CLASS: &str = "Video/Source";
 const DEFAULT_MEDIA_ROLE: &str = "Camera";
 const DEFAULT_RECONNECT: bool = true;
+/// `GST_CAPS_FEATURE_MEMORY_DMABUF` (gst-allocators), spelled out to avoid the dependency.
+const CAPS_FEATURE_MEMORY_DMABUF: &str = "memory:DMABuf";
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -58,6 +60,8 @@ enum State {
         shared: Arc<Shared>,
         layout: Option<FrameLayout>,
         info: Option<Box<gst_video::VideoInfo>>,
+        /// The negotiated caps carry the `memory:DMABuf` feature.
+        dmabuf: bool,
         seq: u64,
     },
 }
@@ -243,9 +247,14 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
-        let (consumers, sent, dropped, fmt, driving) = match &*state {
-            State::Stopped => (0u32, 0u64, 0u64, String::new(), false),
-            State::Started { shared, layout, .. } => {
+        let (consumers, sent, dropped, fmt, driving, memory) = match &*state {
+            State::Stopped => (0u32, 0u64, 0u64, String::new(), false, ""),
+            State::Started {
+                shared,
+                layout,
+                dmabuf,
+                ..
+            } => {
                 let negotiated = lock(&shared.negotiated).map(|s: VideoSpec| s.describe());
                 (
                     shared.consumers.load(Ordering::Relaxed),
@@ -255,6 +264,11 @@ impl PwVideoSink {
                         .or_else(|| layout.map(|l| l.spec.describe()))
                         .unwrap_or_default(),
                     shared.driving.load(Ordering::Relaxed),
+                    match (layout, dmabuf) {
+                        (None, _) => "",
+                        (Some(_), true) => "DMABuf",
+                        (Some(_), false) => "system",
+                    },
                 )
             }
         };
@@ -264,6 +278,7 @@ impl PwVideoSink {
             .field("frames-dropped", dropped)
             .field("format", fmt)
             .field("driving", driving)
+            .field("upstream-memory", memory)
             .build()
     }
 }
@@ -400,6 +415,14 @@ impl ElementImpl for PwVideoSink {
                     ),
                 )
                 .build();
+            // Same formats in DMA-BUF memory (GStreamer 1.22: a plain `format` field, linear
+            // layout). The frames are mapped and copied into PipeWire's memfd buffers.
+            let mut dmabuf = caps.copy();
+            dmabuf
+                .make_mut()
+                .set_features_simple(Some(gst::CapsFeatures::new([CAPS_FEATURE_MEMORY_DMABUF])));
+            let mut caps = caps;
+            caps.make_mut().append(dmabuf);
             vec![
                 gst::PadTemplate::new(
                     "sink",
@@ -436,6 +459,7 @@ impl BaseSinkImpl for PwVideoSink {
             shared,
             layout: None,
             info: None,
+            dmabuf: false,
             seq: 0,
         };
         Ok(())
@@ -480,19 +504,28 @@ impl BaseSinkImpl for PwVideoSink {
             size: info.size() as u32,
             stride: info.stride()[0].max(0) as u32,
         };
+        let dmabuf = caps
+            .features(0)
+            .is_some_and(|f| f.contains(CAPS_FEATURE_MEMORY_DMABUF));
         let alternatives = self.upstream_alternatives(&info);
         gst::info!(
             CAT,
             imp = self,
-            "publishing {} (+{} other formats upstream can deliver)",
+            "publishing {} (+{} other formats upstream can deliver){}",
             layout.spec.describe(),
-            alternatives.len()
+            alternatives.len(),
+            if dmabuf {
+                ", from DMA-BUF memory (copied into memfd)"
+            } else {
+                ""
+            }
         );
         let mut state = lock(&self.state);
         let State::Started {
             handle,
             layout: current,
             info: current_info,
+            dmabuf: current_dmabuf,
             ..
         } = &mut *state
         else {
@@ -500,6 +533,7 @@ impl BaseSinkImpl for PwVideoSink {
         };
         *current = Some(layout);
         *current_info = Some(Box::new(info));
+        *current_dmabuf = dmabuf;
         handle.send(Msg::SetLayout(layout, alternatives));
         Ok(())
     }
@@ -521,6 +555,7 @@ impl BaseSinkImpl for PwVideoSink {
             layout,
             info,
             seq,
+            ..
         } = &mut *state
         else {
             return Err(gst::FlowError::Flushing);
