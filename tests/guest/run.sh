@@ -167,6 +167,14 @@ echo "v4l2loopback: \$(cat /sys/module/v4l2loopback/version 2>/dev/null)"
 ls /dev/video* /dev/v4l2loopback 2>/dev/null | tr '\n' ' '; echo
 $run_cmd
 CMD
+  # Paths under the host's /tmp would be hidden by the guest's tmpfs /tmp: keep them visible.
+  KEEP=""
+  for p in "$ROOT" "${CARGO_TARGET_DIR:-}"; do
+    case "$p" in
+      /tmp/?*) top="/tmp/$(echo "${p#/tmp/}" | cut -d/ -f1)"
+               case ",$KEEP," in *",$top,"*) ;; *) KEEP="${KEEP:+$KEEP,}$top" ;; esac ;;
+    esac
+  done
   log "booting the guest with v4l2loopback $ver ($MODE)"
   start=$(date +%s)
   set +e
@@ -174,7 +182,7 @@ CMD
     -machine q35 -accel tcg,thread=multi -smp 2 -m 1536 -nodefaults -no-reboot \
     -display none -monitor none -serial stdio \
     -kernel "$KERNEL" -initrd "$INITRD" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init${KEEP:+ vcb_keep=$KEEP}" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$OUT,mount_tag=out,security_model=none,multidevs=remap" \
     </dev/null 2>&1 | tee "$OUT/console.log"
