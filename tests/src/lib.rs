@@ -3,6 +3,7 @@
 //!
 //! Area-specific harnesses live in their own modules (one owner each).
 
+use gst::prelude::*;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,14 @@ pub fn init_gst() {
         }
         gst::init().expect("GStreamer initialisation");
     });
+}
+
+/// Build a pipeline from a launch description; panics naming the description if it can't.
+pub fn launch_pipeline(description: &str) -> gst::Pipeline {
+    gst::parse::launch(description)
+        .unwrap_or_else(|e| panic!("cannot build pipeline `{description}`: {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap_or_else(|_| panic!("`{description}` is not a pipeline"))
 }
 
 /// Environment for a `gst-launch-1.0` (or other GStreamer) subprocess that must see our plugins.

@@ -44,10 +44,7 @@ impl Pipeline {
     /// Parses `launch` (gst-launch syntax).
     pub fn new(launch: &str) -> Pipeline {
         init_gst();
-        let pipeline = gst::parse::launch(launch)
-            .unwrap_or_else(|e| panic!("parsing `{launch}`: {e}"))
-            .downcast::<gst::Pipeline>()
-            .expect("a pipeline");
+        let pipeline = crate::launch_pipeline(launch);
         Pipeline { pipeline }
     }
 

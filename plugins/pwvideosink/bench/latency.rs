@@ -78,10 +78,7 @@ fn consumer(node: &str, frames: usize) {
         "pipewiresrc target-object={node} stream-properties=props,media.type=Video \
          ! appsink name=s sync=false max-buffers=4 drop=false"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .expect("consumer pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
     let sink = pipeline
         .by_name("s")
         .expect("appsink")

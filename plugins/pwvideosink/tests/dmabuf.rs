@@ -44,10 +44,7 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
              pwvideosink name=sink node-name={node} remote=\"{}\"",
             session.socket_path().display()
         );
-        let pipeline = gst::parse::launch(&desc)
-            .expect("pipeline")
-            .downcast::<gst::Pipeline>()
-            .expect("pipeline");
+        let pipeline = vcambridge_tests::launch_pipeline(&desc);
         let appsrc = pipeline
             .by_name("src")
             .expect("appsrc")

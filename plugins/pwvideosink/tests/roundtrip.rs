@@ -190,10 +190,7 @@ fn padded_strides_from_upstream_are_copied_plane_by_plane() {
         caps_str(format),
         session.socket_path().display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .expect("pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
     let appsrc = pipeline
         .by_name("src")
         .expect("appsrc")
@@ -260,10 +257,7 @@ fn consumer_choice_among_upstream_formats_is_honoured() {
         caps_str("BGRx"),
         session.socket_path().display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .expect("pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
     let sink = pipeline.by_name("sink").expect("sink");
     pipeline.set_state(gst::State::Playing).expect("play");
     let obj = session.wait_for_node(node, Duration::from_secs(10));
@@ -431,10 +425,7 @@ fn camera_is_published_before_the_first_frame() {
          pwvideosink name=sink node-name={node} remote=\"{}\"",
         session.socket_path().display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .expect("pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
     let sink = pipeline.by_name("sink").expect("sink");
     let appsrc = pipeline
         .by_name("src")

@@ -56,13 +56,10 @@ fn uridecodebin_with_rtmpserver_uri() {
     common::init();
     let port = free_tcp_port();
     let uri = format!("rtmpserver://127.0.0.1:{port}/live/key");
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = vcambridge_tests::launch_pipeline(&format!(
         "uridecodebin uri={uri} caps=video/x-raw name=u ! videoconvert \
          ! appsink name=sink sync=false"
-    ))
-    .expect("pipeline")
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     let u = pipeline.by_name("u").unwrap();
     let source_factory = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let sf = source_factory.clone();

@@ -31,6 +31,19 @@ fn check_built() {
 
 /// `videotestsrc num-buffers=n pattern=ball ! CAPS ! tee ! shmringsink` plus the same frames
 /// into `reference` so readers can be compared byte for byte.
+/// A Python reader (`shmring.py read`) copying every frame of `shm` into `out`, logging to
+/// `log`; it is already waiting for the writer when this returns.
+fn waiting_python_reader(shm: &ShmName, out: &Path, log: &Path) -> ChildGuard {
+    let out = out.display().to_string();
+    let reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&["read", &shm.name, "--out", &out, "--timeout", "20"]),
+        log,
+    );
+    wait_for_log(log, r#"{"waiting": true}"#, LONG);
+    reader
+}
+
 fn writer_with_reference(shm: &ShmName, n: u32, reference: &Path) -> std::process::Command {
     gst_launch(&format!(
         "-q videotestsrc num-buffers={n} pattern=ball ! {CAPS} ! tee name=t \
@@ -60,10 +73,7 @@ impl InProcessReader {
         let desc = format!(
             "shmringsrc name=src shm-name={shm} {src_opts} ! {middle} appsink name=sink sync=false"
         );
-        let pipeline = gst::parse::launch(&desc)
-            .expect("reader pipeline")
-            .downcast::<gst::Pipeline>()
-            .expect("a pipeline");
+        let pipeline = vcambridge_tests::launch_pipeline(&desc);
         let sink = pipeline
             .by_name("sink")
             .expect("appsink")
@@ -182,13 +192,7 @@ fn gst_writer_to_python_reader() {
     let out = dir.path().join("out.raw");
     let reference = dir.path().join("ref.raw");
     let log = dir.path().join("py.log");
-    let out_s = out.display().to_string();
-    let reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
-        &log,
-    );
-    wait_for_log(&log, r#"{"waiting": true}"#, LONG);
+    let reader = waiting_python_reader(&shm, &out, &log);
     let writer = ChildGuard::spawn("writer", &mut writer_with_reference(&shm, 30, &reference));
     assert!(writer.wait_output(LONG).status.success());
     let rout = reader.wait_output(LONG);
@@ -305,19 +309,10 @@ fn gst_writer_caps_change_resizes_ring() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("py.log");
     let out = dir.path().join("out.raw");
-    let out_s = out.display().to_string();
-    let reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
-        &log,
-    );
-    wait_for_log(&log, r#"{"waiting": true}"#, LONG);
-    let pipeline = gst::parse::launch(&format!(
+    let reader = waiting_python_reader(&shm, &out, &log);
+    let pipeline = vcambridge_tests::launch_pipeline(&format!(
         "appsrc name=src format=time ! shmringsink name=sink shm-name={shm}"
-    ))
-    .expect("writer pipeline")
-    .downcast::<gst::Pipeline>()
-    .expect("pipeline");
+    ));
     let src = pipeline
         .by_name("src")
         .expect("appsrc")
@@ -591,19 +586,10 @@ fn zero_copy_pool_content_matches() {
     let log = dir.path().join("py.log");
     let out = dir.path().join("out.raw");
     let reference = dir.path().join("ref.raw");
-    let out_s = out.display().to_string();
-    let reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
-        &log,
-    );
-    wait_for_log(&log, "waiting", LONG);
-    let pipeline = gst::parse::launch(&format!(
+    let reader = waiting_python_reader(&shm, &out, &log);
+    let pipeline = vcambridge_tests::launch_pipeline(&format!(
         "videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! shmringsink name=sink shm-name={shm}"
-    ))
-    .expect("writer")
-    .downcast::<gst::Pipeline>()
-    .expect("pipeline");
+    ));
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
     let msg = pipeline
         .bus()
@@ -653,15 +639,9 @@ fn decoder_writes_into_the_ring() {
     let out = dir.path().join("out.raw");
     let reference = dir.path().join("ref.raw");
     let log = dir.path().join("py.log");
-    let out_s = out.display().to_string();
     let chain = "videotestsrc num-buffers=45 pattern=ball ! video/x-raw,format=I420,width=160,height=120 \
                  ! x264enc key-int-max=15 bframes=2 ! avdec_h264";
-    let reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
-        &log,
-    );
-    wait_for_log(&log, "waiting", LONG);
+    let reader = waiting_python_reader(&shm, &out, &log);
     let mut cmd = gst_launch(&format!("-q {chain} ! shmringsink shm-name={shm} slots=16"));
     cmd.env("GST_DEBUG", "shmringsink:4")
         .env("GST_DEBUG_NO_COLOR", "1");
@@ -790,20 +770,11 @@ fn padded_video_is_repacked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("py.log");
     let out = dir.path().join("out.raw");
-    let out_s = out.display().to_string();
-    let reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
-        &log,
-    );
-    wait_for_log(&log, "waiting", LONG);
-    let pipeline = gst::parse::launch(&format!(
+    let reader = waiting_python_reader(&shm, &out, &log);
+    let pipeline = vcambridge_tests::launch_pipeline(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=I420,width=8,height=4,framerate=30/1 \
          ! shmringsink shm-name={shm}"
-    ))
-    .expect("writer")
-    .downcast::<gst::Pipeline>()
-    .expect("pipeline");
+    ));
     let src = pipeline
         .by_name("src")
         .expect("appsrc")
@@ -900,12 +871,9 @@ print(json.dumps({"good": good, "torn": torn, "dropped": r.dropped}), flush=True
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("py.log");
     // The writer first, so the readers attach to an existing ring.
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = vcambridge_tests::launch_pipeline(&format!(
         "appsrc name=src format=time caps=application/x-test ! shmringsink shm-name={shm} slots=3 slot-size={SIZE} sync=false"
-    ))
-    .expect("writer")
-    .downcast::<gst::Pipeline>()
-    .expect("pipeline");
+    ));
     let src = pipeline
         .by_name("src")
         .expect("appsrc")
@@ -960,19 +928,10 @@ fn auto_slot_size_grows_for_big_buffers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("py.log");
     let out = dir.path().join("out.raw");
-    let out_s = out.display().to_string();
-    let reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&["read", &shm.name, "--out", &out_s, "--timeout", "20"]),
-        &log,
-    );
-    wait_for_log(&log, "waiting", LONG);
-    let pipeline = gst::parse::launch(&format!(
+    let reader = waiting_python_reader(&shm, &out, &log);
+    let pipeline = vcambridge_tests::launch_pipeline(&format!(
         "appsrc name=src format=time caps=application/x-blob ! shmringsink shm-name={shm}"
-    ))
-    .expect("writer")
-    .downcast::<gst::Pipeline>()
-    .expect("pipeline");
+    ));
     let src = pipeline
         .by_name("src")
         .expect("appsrc")

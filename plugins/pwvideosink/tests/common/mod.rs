@@ -60,10 +60,7 @@ pub fn converted_reference(from: &str, to: &str) -> Vec<u8> {
 }
 
 fn first_frame(desc: &str) -> Vec<u8> {
-    let pipeline = gst::parse::launch(desc)
-        .expect("reference pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("pipeline");
+    let pipeline = vcambridge_tests::launch_pipeline(desc);
     let sink = pipeline
         .by_name("out")
         .expect("appsink")
@@ -144,10 +141,7 @@ impl Producer {
              node-name={node} remote=\"{remote}\" {extra}",
             caps_str(format)
         );
-        let pipeline = gst::parse::launch(&desc)
-            .expect("producer pipeline")
-            .downcast::<gst::Pipeline>()
-            .expect("pipeline");
+        let pipeline = vcambridge_tests::launch_pipeline(&desc);
         let sink = pipeline.by_name("sink").expect("sink");
         let count = Arc::new(AtomicU64::new(0));
         let c = count.clone();

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MPL-2.0
 
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
 use gst::prelude::*;
+
+use crate::lock;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
@@ -83,10 +85,6 @@ pub struct ShmRingSink {
     settings: Mutex<Settings>,
     state: Mutex<State>,
     stats: Mutex<Stats>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The frame size fixed by raw video caps.

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 
 use std::str::FromStr;
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
+
+use crate::lock;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
@@ -112,10 +114,6 @@ fn frame_duration(caps: &gst::Caps) -> Option<gst::ClockTime> {
         return None;
     }
     gst::ClockTime::SECOND.mul_div_floor(fr.denom() as u64, fr.numer() as u64)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn buffer_flags(f: u32) -> gst::BufferFlags {

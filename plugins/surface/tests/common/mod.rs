@@ -151,10 +151,7 @@ pub struct Pipe {
 impl Pipe {
     pub fn launch(desc: &str) -> Pipe {
         init();
-        let pipeline = gst::parse::launch(desc)
-            .expect("pipeline description")
-            .downcast::<gst::Pipeline>()
-            .expect("a pipeline");
+        let pipeline = vcambridge_tests::launch_pipeline(desc);
         Pipe { pipeline }
     }
 
