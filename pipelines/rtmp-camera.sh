@@ -137,8 +137,11 @@ pipewire_running() {
 }
 
 MODPROBE_HINT="sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=\"$LABEL\" exclusive_caps=1"
+if [ -z "$DEVICE" ] && { [ "$SINK" = auto ] || [ "$SINK" = v4l2 ]; }; then
+  DEVICE="$(find_loopback || true)"
+fi
 if [ "$SINK" = auto ]; then
-  if [ -n "$DEVICE" ] || [ -n "$(find_loopback)" ] || [ -e /dev/v4l2loopback ]; then
+  if [ -n "$DEVICE" ] || [ -e /dev/v4l2loopback ]; then
     SINK=v4l2
   elif pipewire_running; then
     say "no v4l2loopback device (for a webcam: $MODPROBE_HINT)"
@@ -156,7 +159,6 @@ VERBOSE=()
 FILTER=(cat)
 case "$SINK" in
   v4l2)
-    if [ -z "$DEVICE" ]; then DEVICE="$(find_loopback || true)"; fi
     if [ -n "$DEVICE" ]; then
       OUT="$CONVERT ! $CAMERA_CAPS,format=$FORMAT ! v4l2loopsink device=$DEVICE"
       say "webcam: $DEVICE — pick \"$(cat "/sys/class/video4linux/$(basename "$DEVICE")/name" 2>/dev/null || echo "$LABEL")\" in the browser's camera list"
