@@ -357,3 +357,74 @@ fn restart_after_null() {
     rx.assert_no_error();
     rx.stop();
 }
+
+/// The audio pad is added only once the video pad's `pad-added` handlers have returned, so an
+/// application that links video slowly (here: 500 ms in its handler) has its video branch in the
+/// pipeline before audio can reach EOS — otherwise the pipeline posts EOS with video undecoded.
+#[test]
+fn audio_pad_waits_for_slow_video_pad_added_handler() {
+    common::init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("rtmpflvsrc")
+        .property_from_str("port", "0")
+        .property("eos-on-disconnect", true)
+        .build()
+        .expect("rtmpflvsrc");
+    pipeline.add(&src).unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let order = order.clone();
+        let weak = pipeline.downgrade();
+        src.connect_pad_added(move |_, pad| {
+            let name = pad.name().to_string();
+            order.lock().unwrap().push(format!("{name}-begin"));
+            if name == "video" {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let sink = gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .build()
+                .unwrap();
+            pipeline.add(&sink).unwrap();
+            sink.sync_state_with_parent().unwrap();
+            pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+            order.lock().unwrap().push(format!("{name}-end"));
+        });
+    }
+    {
+        let order = order.clone();
+        src.connect_no_more_pads(move |_| order.lock().unwrap().push("no-more-pads".into()));
+    }
+    pipeline.set_state(gst::State::Ready).unwrap();
+    let port = src.property::<u32>("bound-port") as u16;
+    pipeline.set_state(gst::State::Playing).unwrap();
+
+    let mut p = FfmpegPublisher::new(&vcambridge_tests::rtmp::rtmp_url(port, "live", "k"), 10);
+    p.width = 160;
+    p.height = 120;
+    let (ok, err) = p.run(PUBLISH_TIMEOUT);
+    assert!(ok, "{err}");
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS within 30 s");
+    assert_eq!(msg.type_(), gst::MessageType::Eos, "{msg:?}");
+    let _ = pipeline.set_state(gst::State::Null);
+    assert_eq!(
+        *order.lock().unwrap(),
+        [
+            "video-begin",
+            "video-end",
+            "audio-begin",
+            "audio-end",
+            "no-more-pads"
+        ],
+        "pad-added order"
+    );
+}

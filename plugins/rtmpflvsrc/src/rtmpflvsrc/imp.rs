@@ -901,11 +901,13 @@ impl RtmpFlvSrc {
                 let mut common = lock(&self.common);
                 common.combiner.add_pad(&pad);
                 common.pads.push(pad.clone());
-                if kind == StreamKind::Video {
-                    common.video_pad_added = true;
-                }
             }
             let _ = self.obj().add_pad(&pad);
+            // Only now: the audio pad waits for this, and `pad-added` handlers (which link the
+            // video branch into the pipeline) must have run before audio can reach EOS.
+            if kind == StreamKind::Video {
+                lock(&self.common).video_pad_added = true;
+            }
             self.maybe_no_more_pads();
         }
 
