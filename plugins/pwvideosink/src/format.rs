@@ -95,6 +95,8 @@ pub struct FrameLayout {
     pub size: u32,
     /// Stride of the first plane in bytes.
     pub stride: u32,
+    /// Number of planes (one `spa_data` each when DMA-BUFs are passed through).
+    pub planes: u32,
 }
 
 /// Buffer count negotiation: consumers such as pipewiresrc ask for 8 or more.
@@ -141,16 +143,34 @@ fn prop(key: u32, value: Value) -> Property {
 /// An `EnumFormat` pod offering exactly one format with a fixed size and frame rate
 /// (libwebrtc ignores formats whose size is a range).
 pub fn enum_format_pod(spec: &VideoSpec) -> Result<Vec<u8>, PodError> {
-    format_object(spec, ParamType::EnumFormat.as_raw())
+    format_object(spec, ParamType::EnumFormat.as_raw(), None)
 }
+
+/// `DRM_FORMAT_MOD_LINEAR`: the layout GStreamer 1.22's `video/x-raw(memory:DMABuf)` caps (a
+/// plain `format` field, no DRM modifier) stand for.
+pub const DRM_FORMAT_MOD_LINEAR: i64 = 0;
 
 /// `EnumFormat` pods for `current` first (the format upstream delivers now), then the same size
 /// and rate in each of the `alternatives` (SPA formats upstream could switch to).
+///
+/// With `dmabuf`, a DMA-BUF variant of `current` (a mandatory `modifier` property, LINEAR) comes
+/// before all of them: a consumer that can import DMA-BUFs fixes that one, any other consumer
+/// skips it (it lacks the mandatory property) and falls back to shared memory — the order
+/// PipeWire's DMA-BUF negotiation asks producers for.
 pub fn enum_format_pods(
     current: &VideoSpec,
     alternatives: &[u32],
+    dmabuf: bool,
 ) -> Result<Vec<Vec<u8>>, PodError> {
-    let mut pods = vec![enum_format_pod(current)?];
+    let mut pods = Vec::new();
+    if dmabuf {
+        pods.push(format_object(
+            current,
+            ParamType::EnumFormat.as_raw(),
+            Some(DRM_FORMAT_MOD_LINEAR),
+        )?);
+    }
+    pods.push(enum_format_pod(current)?);
     let mut seen = vec![current.format];
     for &format in alternatives {
         if seen.contains(&format) || gst_format_from_spa(format).is_none() {
@@ -167,45 +187,103 @@ pub fn same_geometry(a: &VideoSpec, b: &VideoSpec) -> bool {
     (a.width, a.height, a.fps_n, a.fps_d) == (b.width, b.height, b.fps_n, b.fps_d)
 }
 
-fn format_object(spec: &VideoSpec, id: u32) -> Result<Vec<u8>, PodError> {
+fn format_object(spec: &VideoSpec, id: u32, modifier: Option<i64>) -> Result<Vec<u8>, PodError> {
+    let mut properties = vec![
+        prop(
+            FormatProperties::MediaType.as_raw(),
+            Value::Id(Id(MediaType::Video.as_raw())),
+        ),
+        prop(
+            FormatProperties::MediaSubtype.as_raw(),
+            Value::Id(Id(MediaSubtype::Raw.as_raw())),
+        ),
+        prop(
+            FormatProperties::VideoFormat.as_raw(),
+            Value::Id(Id(spec.format)),
+        ),
+        prop(
+            FormatProperties::VideoSize.as_raw(),
+            Value::Rectangle(Rectangle {
+                width: spec.width,
+                height: spec.height,
+            }),
+        ),
+        prop(
+            FormatProperties::VideoFramerate.as_raw(),
+            Value::Fraction(Fraction {
+                num: spec.fps_n,
+                denom: spec.fps_d,
+            }),
+        ),
+    ];
+    if let Some(m) = modifier {
+        properties.push(Property {
+            key: FormatProperties::VideoModifier.as_raw(),
+            flags: PropertyFlags::MANDATORY,
+            value: Value::Choice(ChoiceValue::Long(Choice(
+                ChoiceFlags::empty(),
+                ChoiceEnum::Enum {
+                    default: m,
+                    alternatives: vec![m],
+                },
+            ))),
+        });
+    }
     serialize(Object {
         type_: SpaTypes::ObjectParamFormat.as_raw(),
         id,
-        properties: vec![
-            prop(
-                FormatProperties::MediaType.as_raw(),
-                Value::Id(Id(MediaType::Video.as_raw())),
-            ),
-            prop(
-                FormatProperties::MediaSubtype.as_raw(),
-                Value::Id(Id(MediaSubtype::Raw.as_raw())),
-            ),
-            prop(
-                FormatProperties::VideoFormat.as_raw(),
-                Value::Id(Id(spec.format)),
-            ),
-            prop(
-                FormatProperties::VideoSize.as_raw(),
-                Value::Rectangle(Rectangle {
-                    width: spec.width,
-                    height: spec.height,
-                }),
-            ),
-            prop(
-                FormatProperties::VideoFramerate.as_raw(),
-                Value::Fraction(Fraction {
-                    num: spec.fps_n,
-                    denom: spec.fps_d,
-                }),
-            ),
-        ],
+        properties,
     })
+}
+
+/// The DRM modifier of a `Format` pod, if the consumer fixed a DMA-BUF variant (the property
+/// is there only then).
+pub fn format_modifier(pod: &[u8]) -> Option<i64> {
+    let (_, value) = PodDeserializer::deserialize_from::<Value>(pod).ok()?;
+    let Value::Object(obj) = value else {
+        return None;
+    };
+    let p = obj
+        .properties
+        .iter()
+        .find(|p| p.key == FormatProperties::VideoModifier.as_raw())?;
+    match &p.value {
+        Value::Long(m) => Some(*m),
+        Value::Choice(ChoiceValue::Long(Choice(_, c))) => Some(*choice_default(c)),
+        _ => None,
+    }
 }
 
 /// A `Buffers` param for shared-memory (memfd) buffers holding one frame of `layout`,
 /// with the buffer count as a range.
 pub fn buffers_pod(layout: &FrameLayout) -> Result<Vec<u8>, PodError> {
     let data_types = (1i32 << spa::sys::SPA_DATA_MemFd) | (1i32 << spa::sys::SPA_DATA_MemPtr);
+    buffers_object(
+        (BUFFERS_DEFAULT, BUFFERS_MIN, BUFFERS_MAX),
+        1,
+        layout,
+        data_types,
+    )
+}
+
+/// A `Buffers` param for DMA-BUF buffers passed through from upstream: one block per plane,
+/// and at least `known` buffers (the distinct upstream DMA-BUFs, so each gets a `pw_buffer`).
+pub fn dmabuf_buffers_pod(layout: &FrameLayout, known: u32) -> Result<Vec<u8>, PodError> {
+    let known = (known as i32).clamp(1, BUFFERS_MAX);
+    buffers_object(
+        (BUFFERS_DEFAULT.max(known), known, BUFFERS_MAX),
+        layout.planes.max(1) as i32,
+        layout,
+        1i32 << spa::sys::SPA_DATA_DmaBuf,
+    )
+}
+
+fn buffers_object(
+    (default, min, max): (i32, i32, i32),
+    blocks: i32,
+    layout: &FrameLayout,
+    data_types: i32,
+) -> Result<Vec<u8>, PodError> {
     serialize(Object {
         type_: SpaTypes::ObjectParamBuffers.as_raw(),
         id: ParamType::Buffers.as_raw(),
@@ -214,14 +292,10 @@ pub fn buffers_pod(layout: &FrameLayout) -> Result<Vec<u8>, PodError> {
                 spa::sys::SPA_PARAM_BUFFERS_buffers,
                 Value::Choice(ChoiceValue::Int(Choice(
                     ChoiceFlags::empty(),
-                    ChoiceEnum::Range {
-                        default: BUFFERS_DEFAULT,
-                        min: BUFFERS_MIN,
-                        max: BUFFERS_MAX,
-                    },
+                    ChoiceEnum::Range { default, min, max },
                 ))),
             ),
-            prop(spa::sys::SPA_PARAM_BUFFERS_blocks, Value::Int(1)),
+            prop(spa::sys::SPA_PARAM_BUFFERS_blocks, Value::Int(blocks)),
             prop(
                 spa::sys::SPA_PARAM_BUFFERS_size,
                 Value::Int(layout.size as i32),
@@ -244,7 +318,6 @@ pub fn buffers_pod(layout: &FrameLayout) -> Result<Vec<u8>, PodError> {
     })
 }
 
-/// A `Meta` param asking for a `spa_meta_header` (timestamps, sequence) on every buffer.
 pub fn header_meta_pod() -> Result<Vec<u8>, PodError> {
     serialize(Object {
         type_: SpaTypes::ObjectParamMeta.as_raw(),
@@ -415,6 +488,7 @@ mod tests {
                 i420,
                 VideoFormat::Encoded.as_raw(),
             ],
+            false,
         )
         .unwrap();
         let specs: Vec<VideoSpec> = pods
@@ -524,6 +598,7 @@ mod tests {
             spec: spec(),
             size: 1280 * 720 * 3 / 2,
             stride: 1280,
+            planes: 3,
         };
         let bytes = buffers_pod(&layout).unwrap();
         let (_, Value::Object(obj)) = PodDeserializer::deserialize_from::<Value>(&bytes).unwrap()
@@ -558,6 +633,94 @@ mod tests {
         assert_eq!(get(spa::sys::SPA_PARAM_BUFFERS_blocks), Value::Int(1));
         let meta = header_meta_pod().unwrap();
         assert!(spa::pod::Pod::from_bytes(&meta).is_some());
+    }
+
+    #[test]
+    fn dmabuf_variant_comes_first_with_a_mandatory_linear_modifier() {
+        let yuy2 = VideoFormat::YUY2.as_raw();
+        let pods = enum_format_pods(&spec(), &[yuy2], true).unwrap();
+        assert_eq!(
+            pods.len(),
+            3,
+            "DMA-BUF variant, then memfd current + alternative"
+        );
+        assert_eq!(parse_video_format(&pods[0]).unwrap(), spec());
+        assert_eq!(format_modifier(&pods[0]), Some(DRM_FORMAT_MOD_LINEAR));
+        assert_eq!(format_modifier(&pods[1]), None);
+        assert_eq!(parse_video_format(&pods[1]).unwrap(), spec());
+        assert_eq!(parse_video_format(&pods[2]).unwrap().format, yuy2);
+        let (_, Value::Object(obj)) = PodDeserializer::deserialize_from::<Value>(&pods[0]).unwrap()
+        else {
+            panic!("not an object")
+        };
+        let m = obj
+            .properties
+            .iter()
+            .find(|p| p.key == FormatProperties::VideoModifier.as_raw())
+            .unwrap();
+        assert!(m.flags.contains(PropertyFlags::MANDATORY));
+        // A consumer's fixed Format may carry the modifier as a plain long.
+        let fixed = serialize(Object {
+            type_: SpaTypes::ObjectParamFormat.as_raw(),
+            id: ParamType::Format.as_raw(),
+            properties: vec![prop(
+                FormatProperties::VideoModifier.as_raw(),
+                Value::Long(0x0100_0000_0000_0001),
+            )],
+        })
+        .unwrap();
+        assert_eq!(format_modifier(&fixed), Some(0x0100_0000_0000_0001));
+        assert_eq!(format_modifier(b"garbage"), None);
+    }
+
+    #[test]
+    fn dmabuf_buffers_param_has_one_block_per_plane_and_room_for_every_upstream_buffer() {
+        let layout = FrameLayout {
+            spec: spec(),
+            size: 1280 * 720 * 3 / 2,
+            stride: 1280,
+            planes: 3,
+        };
+        for (known, range) in [(3, (8, 3, 16)), (12, (12, 12, 16)), (40, (16, 16, 16))] {
+            let bytes = dmabuf_buffers_pod(&layout, known).unwrap();
+            let (_, Value::Object(obj)) =
+                PodDeserializer::deserialize_from::<Value>(&bytes).unwrap()
+            else {
+                panic!("not an object")
+            };
+            let get = |k| {
+                obj.properties
+                    .iter()
+                    .find(|p| p.key == k)
+                    .unwrap()
+                    .value
+                    .clone()
+            };
+            assert_eq!(
+                get(spa::sys::SPA_PARAM_BUFFERS_buffers),
+                Value::Choice(ChoiceValue::Int(Choice(
+                    ChoiceFlags::empty(),
+                    ChoiceEnum::Range {
+                        default: range.0,
+                        min: range.1,
+                        max: range.2
+                    }
+                ))),
+                "{known} upstream buffers"
+            );
+            assert_eq!(get(spa::sys::SPA_PARAM_BUFFERS_blocks), Value::Int(3));
+            let dmabuf = 1i32 << spa::sys::SPA_DATA_DmaBuf;
+            assert_eq!(
+                get(spa::sys::SPA_PARAM_BUFFERS_dataType),
+                Value::Choice(ChoiceValue::Int(Choice(
+                    ChoiceFlags::empty(),
+                    ChoiceEnum::Flags {
+                        default: dmabuf,
+                        flags: vec![dmabuf]
+                    }
+                )))
+            );
+        }
     }
 
     #[test]

@@ -1,15 +1,23 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Upstream delivering `video/x-raw(memory:DMABuf)`: the sink accepts it, maps the DMA-BUF
-//! memory and copies the frames into PipeWire's memfd buffers; pipewiresrc in another process
-//! gets the right pixels.
+//! Upstream delivering `video/x-raw(memory:DMABuf)`.
+//!
+//! - A consumer that takes DMA-BUFs (pipewiresrc asked for `memory:DMABuf`, in another
+//!   process) gets upstream's own DMA-BUFs: the inode of every fd it receives is one of the
+//!   producer's buffers (no copy anywhere), the pixels are right, frames keep flowing while
+//!   upstream's small pool recycles buffers the consumer gave back.
+//! - A consumer that wants system memory gets the frames copied into memfds.
+//! - Upstream allocating a new DMA-BUF per frame: pass-through is given up with a warning,
+//!   frames are copied.
 //!
 //! No GPU here: the "DMA-BUFs" are memfds wrapped by `GstDmaBufAllocator` (mmap works on
-//! both), so this proves caps negotiation and the map-and-copy path, not real GPU buffers.
+//! both; PipeWire passes them as `SPA_DATA_DmaBuf`). Real GPU buffers (tiled modifiers,
+//! implicit sync) are not covered.
 
 mod common;
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -102,9 +110,26 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
         )
         .wait_output(Duration::from_secs(30));
         let stats = sink.property::<gst::Structure>("stats");
+        // A new DMA-BUF per frame: after 16 the sink says it stops trying to pass them
+        // through (bounded wait: upstream keeps pushing meanwhile).
+        let bus = pipeline.bus().expect("bus");
+        let warned = std::iter::from_fn(|| {
+            bus.timed_pop_filtered(
+                gst::ClockTime::from_seconds(10),
+                &[gst::MessageType::Warning],
+            )
+        })
+        .any(|m| match m.view() {
+            gst::MessageView::Warning(w) => w.error().to_string().contains("distinct DMA-BUFs"),
+            _ => false,
+        });
         stop.store(true, Ordering::Relaxed);
         let _ = pusher.join();
         let _ = pipeline.set_state(gst::State::Null);
+        assert!(
+            warned,
+            "{format}: no warning about giving up DMA-BUF pass-through"
+        );
         assert!(
             res.status.success(),
             "{format}: consumer failed: {}\n{}",
@@ -112,6 +137,13 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
             session.logs()
         );
         check_frames(out.path(), &reference, 10, &format!("DMA-BUF {format}"));
+        // pipewiresrc asked for system memory: no pass-through (and a new DMA-BUF per frame
+        // makes the sink give up on it anyway).
+        assert_eq!(
+            stats.get::<&str>("buffer-type").expect("buffer-type"),
+            "memfd",
+            "{format}: {stats}"
+        );
         assert_eq!(
             stats
                 .get::<&str>("upstream-memory")
@@ -139,4 +171,284 @@ fn system_memory_caps_report_system_upstream_memory() {
     vcambridge_tests::wait_for(Duration::from_secs(10), "upstream-memory=system", || {
         (producer.stats().get::<&str>("upstream-memory").ok() == Some("system")).then_some(())
     });
+}
+
+/// Upstream's buffer pool, as a decoder or GPU element has one: `n` memfd-backed DMA-BUFs,
+/// reused once nobody downstream holds them any more.
+struct DmaBufPool {
+    mems: Vec<(gst::Memory, std::fs::File, u64)>,
+}
+
+impl DmaBufPool {
+    fn new(n: usize, size: usize) -> Self {
+        let allocator = gst_allocators::DmaBufAllocator::new();
+        let mems = (0..n)
+            .map(|_| {
+                // SAFETY: memfd_create with a valid C string; the fd is owned from here on.
+                let fd = unsafe { libc::memfd_create(c"vcam-pool".as_ptr(), libc::MFD_CLOEXEC) };
+                assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+                let file = unsafe { std::fs::File::from_raw_fd(fd) };
+                file.set_len(size as u64).expect("ftruncate");
+                let writer = file.try_clone().expect("dup");
+                let ino = std::os::unix::fs::MetadataExt::ino(&writer.metadata().expect("fstat"));
+                // SAFETY: the allocator takes ownership of the fd.
+                let mem = unsafe { allocator.alloc_dmabuf(file, size) }.expect("dmabuf memory");
+                (mem, writer, ino)
+            })
+            .collect();
+        DmaBufPool { mems }
+    }
+
+    fn inodes(&self) -> Vec<u64> {
+        self.mems.iter().map(|m| m.2).collect()
+    }
+
+    /// A buffer around a DMA-BUF nobody else references, holding `data`; `None` if all are
+    /// still downstream.
+    fn acquire(&self, data: &[u8]) -> Option<gst::Buffer> {
+        let (mem, writer, _) = self.mems.iter().find(|(mem, _, _)| {
+            // SAFETY: reading the refcount of a live memory; only ours means it is free.
+            unsafe { (*mem.as_ptr()).mini_object.refcount == 1 }
+        })?;
+        writer.write_all_at(data, 0).expect("write the DMA-BUF");
+        let mut buf = gst::Buffer::new();
+        buf.get_mut().expect("new").append_memory(mem.clone());
+        Some(buf)
+    }
+}
+
+/// The frame for sequence number `seq`: the reference with `seq` in its first 4 bytes.
+fn marked(reference: &[u8], seq: u32) -> Vec<u8> {
+    let mut f = reference.to_vec();
+    f[..4].copy_from_slice(&seq.to_le_bytes());
+    f
+}
+
+#[test]
+fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
+    init();
+    let session = PipeWireSession::start();
+    const FRAMES: usize = 40;
+    for format in ["RGBA", "I420"] {
+        let node = format!("vcam-passthrough-{}", format.to_lowercase());
+        let reference = reference_frame(format);
+        let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
+        let desc = format!(
+            "appsrc name=src is-live=true format=time do-timestamp=true caps=\"{caps}\" ! \
+             pwvideosink name=sink node-name={node} remote=\"{}\"",
+            session.socket_path().display()
+        );
+        let pipeline = vcambridge_tests::launch_pipeline(&desc);
+        let appsrc = pipeline
+            .by_name("src")
+            .expect("appsrc")
+            .downcast::<gst_app::AppSrc>()
+            .expect("appsrc type");
+        let sink = pipeline.by_name("sink").expect("sink");
+        let bus = pipeline.bus().expect("bus");
+        pipeline.set_state(gst::State::Playing).expect("play");
+        // A pool of 4, as small as real ones: frames flow only if the sink gives buffers back
+        // once the consumer has released them.
+        let pool = DmaBufPool::new(4, reference.len());
+        let inodes = pool.inodes();
+        let stop = Arc::new(AtomicBool::new(false));
+        let starved = Arc::new(AtomicU64::new(0));
+        let pusher = {
+            let stop = stop.clone();
+            let starved = starved.clone();
+            let reference = reference.clone();
+            std::thread::spawn(move || {
+                let mut seq = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(33));
+                    let Some(buf) = pool.acquire(&marked(&reference, seq)) else {
+                        starved.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    seq += 1;
+                    if appsrc.push_buffer(buf).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        session.wait_for_node(&node, Duration::from_secs(10));
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let mut cmd = session.command("/usr/bin/python3");
+        cmd.arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/dmabuf_consumer.py"),
+        )
+        .arg(&node)
+        .arg(&caps)
+        .arg(FRAMES.to_string())
+        .arg(out.path());
+        let res = ChildGuard::spawn("DMA-BUF consumer (python, pipewiresrc)", &mut cmd)
+            .wait_output(Duration::from_secs(60));
+        let stats = sink.property::<gst::Structure>("stats");
+        stop.store(true, Ordering::Relaxed);
+        let _ = pusher.join();
+        let _ = pipeline.set_state(gst::State::Null);
+        let stdout = String::from_utf8_lossy(&res.stdout);
+        assert!(
+            res.status.success(),
+            "{format}: consumer failed: {}\n{stdout}\n{}",
+            String::from_utf8_lossy(&res.stderr),
+            session.logs()
+        );
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("consumer JSON line"))
+            .collect();
+        assert_eq!(lines.len(), FRAMES, "{format}: {stdout}");
+        println!("{format}: {stats}; first consumer buffer {}", lines[0]);
+        let planes = if format == "I420" { 3 } else { 1 };
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(
+                l["dmabuf"], true,
+                "{format} frame {i}: not DMA-BUF memory: {l}"
+            );
+            assert!(
+                l["caps"].as_str().unwrap().contains("memory:DMABuf"),
+                "{format} frame {i}: {l}"
+            );
+            let got: Vec<u64> = l["inodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                got.len(),
+                planes,
+                "{format} frame {i}: one fd per plane: {l}"
+            );
+            for ino in &got {
+                assert!(
+                    inodes.contains(ino),
+                    "{format} frame {i}: the consumer's DMA-BUF (inode {ino}) is not one of \
+                     upstream's {inodes:?}: the frame was copied"
+                );
+                seen.insert(*ino);
+            }
+        }
+        assert!(
+            seen.len() >= 2,
+            "{format}: the consumer saw only {seen:?} of upstream's pool {inodes:?}"
+        );
+        // Pixels: every frame is the reference with an increasing sequence number.
+        let data = std::fs::read(out.path()).expect("consumer output");
+        assert_eq!(
+            data.len(),
+            reference.len() * FRAMES,
+            "{format}: frame sizes"
+        );
+        let mut last = None;
+        for (i, frame) in data.chunks(reference.len()).enumerate() {
+            let seq = u32::from_le_bytes(frame[..4].try_into().unwrap());
+            assert!(
+                frame[4..] == reference[4..],
+                "{format} frame {i} (seq {seq}): pixels differ from the reference"
+            );
+            if let Some(l) = last {
+                assert!(seq > l, "{format}: sequence {l} then {seq}");
+            }
+            last = Some(seq);
+        }
+        assert_eq!(
+            stats.get::<&str>("buffer-type").expect("buffer-type"),
+            "dmabuf",
+            "{format}: {stats}"
+        );
+        assert!(
+            stats.get::<u64>("frames-sent").expect("frames-sent") >= FRAMES as u64,
+            "{format}: {stats}"
+        );
+        // Upstream kept going: the sink released buffers as the consumer returned them.
+        assert!(
+            starved.load(Ordering::Relaxed) < 10,
+            "{format}: upstream's pool ran dry {} times: {stats}",
+            starved.load(Ordering::Relaxed)
+        );
+        while let Some(msg) = bus.pop() {
+            if let gst::MessageView::Error(e) = msg.view() {
+                panic!("{format}: pipeline error {}", e.error());
+            }
+        }
+    }
+}
+
+/// Upstream with a small DMA-BUF pool, consumer wanting system memory (it does not offer the
+/// DMA-BUF variant): the sink falls back to memfd buffers and copies, pixels exact.
+#[test]
+fn consumer_refusing_dmabuf_gets_copies_in_memfd() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-dmabuf-refused";
+    let format = "RGBA";
+    let reference = reference_frame(format);
+    let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true caps=\"{caps}\" ! \
+         pwvideosink name=sink node-name={node} remote=\"{}\"",
+        session.socket_path().display()
+    );
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    let sink = pipeline.by_name("sink").expect("sink");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    let pool = DmaBufPool::new(4, reference.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        let reference = reference.clone();
+        std::thread::spawn(move || {
+            let mut seq = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(33));
+                if let Some(buf) = pool.acquire(&marked(&reference, seq)) {
+                    seq += 1;
+                    if appsrc.push_buffer(buf).is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    session.wait_for_node(node, Duration::from_secs(10));
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let tail = format!(
+        "{} ! filesink location={}",
+        caps_str(format),
+        out.path().display()
+    );
+    let res = ChildGuard::spawn(
+        "system-memory consumer",
+        &mut session.consumer(node, Some(10), &tail),
+    )
+    .wait_output(Duration::from_secs(30));
+    let stats = sink.property::<gst::Structure>("stats");
+    stop.store(true, Ordering::Relaxed);
+    let _ = pusher.join();
+    let _ = pipeline.set_state(gst::State::Null);
+    assert!(
+        res.status.success(),
+        "consumer failed: {}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        session.logs()
+    );
+    assert_eq!(
+        stats.get::<&str>("buffer-type").expect("buffer-type"),
+        "memfd",
+        "{stats}"
+    );
+    let data = std::fs::read(out.path()).expect("consumer output");
+    assert_eq!(data.len(), reference.len() * 10, "frame sizes");
+    for (i, frame) in data.chunks(reference.len()).enumerate() {
+        assert!(frame[4..] == reference[4..], "frame {i}: pixels differ");
+    }
 }

@@ -9,6 +9,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use super::dmabuf::{DmaBufPlane, MAX_DMABUFS, Registered, fd_identity};
 use super::pwloop::{LoopEvent, LoopHandle, Msg, NodeConfig, Notify, PendingFrame, Shared};
 use crate::format::{self, FrameLayout, VideoSpec};
 
@@ -83,6 +84,46 @@ pub struct PwVideoSink {
     /// Format a consumer fixed that upstream said it could deliver: our caps query answers
     /// only this one until stop, so upstream renegotiates to it.
     preferred_format: Mutex<Option<&'static str>>,
+}
+
+fn negotiated_some(shared: &Shared) -> bool {
+    lock(&shared.negotiated).is_some()
+}
+
+/// The planes of `buffer` in DMA-BUF memory (fd, where each plane starts, its stride and
+/// size), or `None` if any plane is in other memory.
+fn dmabuf_planes(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) -> Option<Vec<DmaBufPlane>> {
+    let meta = buffer.meta::<gst_video::VideoMeta>();
+    let (offsets, strides) = match &meta {
+        Some(m) => (m.offset(), m.stride()),
+        None => (info.offset(), info.stride()),
+    };
+    let finfo = info.format_info();
+    let mut planes = Vec::with_capacity(info.n_planes() as usize);
+    for p in 0..info.n_planes() as usize {
+        let comp = (0..finfo.n_components()).find(|&c| finfo.plane()[c as usize] == p as u32)?;
+        let rows = finfo.scale_height(comp as u8, info.height()) as usize;
+        let stride = *strides.get(p)?;
+        let offset = *offsets.get(p)?;
+        let size = rows * stride.max(0) as usize;
+        let (range, skip) = buffer.find_memory(offset..offset + size.max(1))?;
+        if range.len() != 1 {
+            return None;
+        }
+        let mem = buffer.peek_memory(range.start);
+        let dmabuf = mem.downcast_memory_ref::<gst_allocators::DmaBufMemory>()?;
+        let fd = dmabuf.fd();
+        let (key, fd_size) = fd_identity(fd)?;
+        planes.push(DmaBufPlane {
+            key,
+            fd,
+            fd_size,
+            offset: (mem.offset() + skip) as u32,
+            stride,
+            size: size as u32,
+        });
+    }
+    Some(planes)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -247,8 +288,8 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
-        let (consumers, sent, dropped, fmt, driving, memory) = match &*state {
-            State::Stopped => (0u32, 0u64, 0u64, String::new(), false, ""),
+        let (consumers, sent, dropped, fmt, driving, memory, buffer_type) = match &*state {
+            State::Stopped => (0u32, 0u64, 0u64, String::new(), false, "", ""),
             State::Started {
                 shared,
                 layout,
@@ -269,6 +310,14 @@ impl PwVideoSink {
                         (Some(_), true) => "DMABuf",
                         (Some(_), false) => "system",
                     },
+                    match (
+                        negotiated_some(shared),
+                        shared.dmabuf_passthrough.load(Ordering::Relaxed),
+                    ) {
+                        (false, _) => "",
+                        (true, true) => "dmabuf",
+                        (true, false) => "memfd",
+                    },
                 )
             }
         };
@@ -279,6 +328,7 @@ impl PwVideoSink {
             .field("format", fmt)
             .field("driving", driving)
             .field("upstream-memory", memory)
+            .field("buffer-type", buffer_type)
             .build()
     }
 }
@@ -503,6 +553,7 @@ impl BaseSinkImpl for PwVideoSink {
             },
             size: info.size() as u32,
             stride: info.stride()[0].max(0) as u32,
+            planes: info.n_planes(),
         };
         let dmabuf = caps
             .features(0)
@@ -515,7 +566,7 @@ impl BaseSinkImpl for PwVideoSink {
             layout.spec.describe(),
             alternatives.len(),
             if dmabuf {
-                ", from DMA-BUF memory (copied into memfd)"
+                ", from DMA-BUF memory (passed through when the consumer takes DMA-BUFs)"
             } else {
                 ""
             }
@@ -523,6 +574,7 @@ impl BaseSinkImpl for PwVideoSink {
         let mut state = lock(&self.state);
         let State::Started {
             handle,
+            shared,
             layout: current,
             info: current_info,
             dmabuf: current_dmabuf,
@@ -534,7 +586,9 @@ impl BaseSinkImpl for PwVideoSink {
         *current = Some(layout);
         *current_info = Some(Box::new(info));
         *current_dmabuf = dmabuf;
-        handle.send(Msg::SetLayout(layout, alternatives));
+        // New caps, new upstream pool: forget (and close) the DMA-BUFs of the old one.
+        lock(&shared.dmabufs).reset();
+        handle.send(Msg::SetLayout(layout, alternatives, dmabuf));
         Ok(())
     }
 
@@ -542,8 +596,20 @@ impl BaseSinkImpl for PwVideoSink {
         &self,
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
-        // Frames are copied plane by plane, so any upstream stride/offset is fine.
+        // Frames are copied plane by plane (or passed on with their offsets and strides), so
+        // any upstream layout is fine.
         query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        let (caps, _) = query.get_owned();
+        if let Some(caps) = caps
+            && caps
+                .features(0)
+                .is_some_and(|f| f.contains(CAPS_FEATURE_MEMORY_DMABUF))
+            && let Ok(info) = gst_video::VideoInfo::from_caps(&caps)
+        {
+            // Passed-through DMA-BUFs stay with the sink while a consumer reads them: ask
+            // upstream's pool for room (no pool of our own: upstream allocates the DMA-BUFs).
+            query.add_allocation_pool(None::<&gst::BufferPool>, info.size() as u32, 6, 0);
+        }
         self.parent_propose_allocation(query)
     }
 
@@ -554,8 +620,8 @@ impl BaseSinkImpl for PwVideoSink {
             shared,
             layout,
             info,
+            dmabuf,
             seq,
-            ..
         } = &mut *state
         else {
             return Err(gst::FlowError::Flushing);
@@ -568,6 +634,32 @@ impl BaseSinkImpl for PwVideoSink {
             return Err(gst::FlowError::NotNegotiated);
         };
         *seq += 1;
+        // Learn upstream's DMA-BUFs even while nobody watches: the DMA-BUF format variant is
+        // offered once one is known, before a consumer links.
+        let planes = match (*dmabuf, info.as_ref()) {
+            (true, Some(info)) => dmabuf_planes(buffer, info),
+            _ => None,
+        };
+        if let Some(planes) = &planes {
+            let registered = lock(&shared.dmabufs).register(planes);
+            match registered {
+                Registered::Known | Registered::Off => {}
+                Registered::Added => handle.send(Msg::DmaBufsChanged),
+                Registered::GaveUp => {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Settings,
+                        (
+                            "upstream delivered more than {} distinct DMA-BUFs (a new one per \
+                             frame?); copying frames into shared memory instead of passing \
+                             DMA-BUFs through",
+                            MAX_DMABUFS
+                        )
+                    );
+                    handle.send(Msg::DmaBufsChanged);
+                }
+            }
+        }
         if !shared.streaming.load(Ordering::Acquire) {
             // Nobody is watching: drop cheaply, never block upstream.
             shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
@@ -586,6 +678,7 @@ impl BaseSinkImpl for PwVideoSink {
             seq: *seq,
             pts,
             info,
+            dmabuf: planes,
         };
         if shared.offer(frame) {
             handle.send(Msg::Wake);

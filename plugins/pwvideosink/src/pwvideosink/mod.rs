@@ -22,6 +22,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod dmabuf;
 mod imp;
 mod pwloop;
 

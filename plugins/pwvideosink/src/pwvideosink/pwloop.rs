@@ -17,6 +17,7 @@ use pipewire as pw;
 use pw::spa;
 use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
 
+use super::dmabuf::{DmaBufPlane, DmaBufRegistry, Pool, PoolMode};
 use crate::format::{self, FrameLayout, VideoSpec};
 
 static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
@@ -32,8 +33,10 @@ pub(crate) enum Msg {
     /// A frame is waiting in the mailbox.
     Wake,
     /// Upstream caps (re)negotiated: publish this format first, then the same size and rate
-    /// in the other SPA formats upstream could deliver.
-    SetLayout(FrameLayout, Vec<u32>),
+    /// in the other SPA formats upstream could deliver. The flag: upstream gives DMA-BUFs.
+    SetLayout(FrameLayout, Vec<u32>, bool),
+    /// The set of upstream DMA-BUFs changed (a new one, or pass-through given up).
+    DmaBufsChanged,
     /// No caps yet, but upstream can only deliver this size and rate: publish the node with
     /// these formats (the first, then the alternatives) already.
     Preview(VideoSpec, Vec<u32>),
@@ -75,6 +78,8 @@ pub(crate) struct PendingFrame {
     /// Set when the buffer's planes are not in the default layout (a `VideoMeta` with other
     /// offsets/strides): the negotiated video info, to copy plane by plane.
     pub info: Option<gst_video::VideoInfo>,
+    /// The frame's planes when it lives in DMA-BUF memory (pass-through candidates).
+    pub dmabuf: Option<Vec<DmaBufPlane>>,
 }
 
 /// State shared between the element (streaming thread, property reads) and the loop thread.
@@ -93,6 +98,12 @@ pub(crate) struct Shared {
     pub negotiated: Mutex<Option<VideoSpec>>,
     /// Set when the connection is lost for good (reconnect=false): the message to error out with.
     pub failed: Mutex<Option<String>>,
+    /// The DMA-BUFs upstream cycles through (learnt from frames by the streaming thread).
+    pub dmabufs: Mutex<DmaBufRegistry>,
+    /// PipeWire buffers of an `ALLOC_BUFFERS` stream (upstream gives DMA-BUFs).
+    pool: Mutex<Pool>,
+    /// The consumer takes upstream's DMA-BUFs (no copy).
+    pub dmabuf_passthrough: AtomicBool,
 }
 
 impl Shared {
@@ -226,6 +237,12 @@ struct LoopCtx {
     /// Offered before the first caps (see [`Msg::Preview`]).
     preview: Cell<Option<VideoSpec>>,
     alternatives: RefCell<Vec<u32>>,
+    /// Upstream delivers DMA-BUFs.
+    upstream_dmabuf: Cell<bool>,
+    /// The current stream allocates its own buffers (created while upstream gave DMA-BUFs).
+    alloc: Cell<bool>,
+    /// (DMA-BUF variant offered, known DMA-BUFs) when the formats were last offered.
+    offered_dmabufs: Cell<(bool, usize)>,
     disconnected: Cell<bool>,
     reconnect_failures: Cell<u32>,
     node_id: Cell<u32>,
@@ -267,6 +284,9 @@ fn run(
         layout: Cell::new(None),
         preview: Cell::new(None),
         alternatives: RefCell::new(Vec::new()),
+        upstream_dmabuf: Cell::new(false),
+        alloc: Cell::new(false),
+        offered_dmabufs: Cell::new((false, 0)),
         disconnected: Cell::new(false),
         reconnect_failures: Cell::new(0),
         node_id: Cell::new(u32::MAX),
@@ -290,7 +310,8 @@ fn run(
             let Some(ctx) = ctx.upgrade() else { return };
             match msg {
                 Msg::Wake => ctx.on_wake(),
-                Msg::SetLayout(l, alts) => ctx.set_layout(l, alts),
+                Msg::SetLayout(l, alts, dmabuf) => ctx.set_layout(l, alts, dmabuf),
+                Msg::DmaBufsChanged => ctx.on_dmabufs_changed(),
                 Msg::Preview(spec, alts) => ctx.set_preview(spec, alts),
                 Msg::Quit => ctx.mainloop.quit(),
             }
@@ -410,6 +431,8 @@ fn create_stream(
     for (k, v) in &cfg.extra_props {
         props.insert(k.as_str(), v.as_str());
     }
+    ctx.alloc.set(ctx.upstream_dmabuf.get());
+    *lock(&ctx.shared.pool) = Pool::default();
     let stream = StreamRc::new(core.clone(), &cfg.node_name, props)
         .map_err(|e| format!("could not create the PipeWire stream: {e}"))?;
     let listener = stream
@@ -430,10 +453,34 @@ fn create_stream(
                 }
             }
         })
+        .add_buffer({
+            let shared = ctx.shared.clone();
+            let notify = ctx.notify.clone();
+            move |_, _, raw| {
+                let registry = lock(&shared.dmabufs);
+                // SAFETY: PipeWire just added `raw` to this stream.
+                if let Err(e) = unsafe { lock(&shared.pool).add(raw, &registry) } {
+                    notify(LoopEvent::Warning(format!(
+                        "could not set up a PipeWire buffer: {e}"
+                    )));
+                }
+            }
+        })
+        .remove_buffer({
+            let shared = ctx.shared.clone();
+            move |_, _, raw| lock(&shared.pool).remove(raw)
+        })
         .process({
             // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
             let shared = ctx.shared.clone();
-            move |stream, _| process_frame(&shared, stream)
+            let alloc = ctx.alloc.get();
+            move |stream, _| {
+                if alloc && lock(&shared.pool).mode == PoolMode::DmaBuf {
+                    process_dmabuf_frame(&shared, stream)
+                } else {
+                    process_frame(&shared, stream)
+                }
+            }
         })
         .register()
         .map_err(|e| format!("could not listen to the PipeWire stream: {e}"))?;
@@ -442,13 +489,15 @@ fn create_stream(
         .iter()
         .map(|p| spa::pod::Pod::from_bytes(p).ok_or("invalid EnumFormat pod"))
         .collect::<Result<Vec<_>, _>>()?;
+    // With DMA-BUF input the sink allocates PipeWire's buffers itself (upstream's DMA-BUFs,
+    // or memfds when the consumer refuses them); otherwise PipeWire allocates memfds.
+    let flags = if ctx.alloc.get() {
+        StreamFlags::DRIVER | StreamFlags::ALLOC_BUFFERS | StreamFlags::RT_PROCESS
+    } else {
+        StreamFlags::DRIVER | StreamFlags::MAP_BUFFERS | StreamFlags::RT_PROCESS
+    };
     stream
-        .connect(
-            spa::utils::Direction::Output,
-            None,
-            StreamFlags::DRIVER | StreamFlags::MAP_BUFFERS | StreamFlags::RT_PROCESS,
-            &mut params,
-        )
+        .connect(spa::utils::Direction::Output, None, flags, &mut params)
         .map_err(|e| format!("could not connect the PipeWire stream: {e}"))?;
     Ok((listener, stream))
 }
@@ -465,10 +514,86 @@ impl LoopCtx {
         self.layout.get().map(|l| l.spec).or(self.preview.get())
     }
 
-    /// The `EnumFormat` pods for the offered format and alternatives.
+    /// The `EnumFormat` pods for the offered format and alternatives (with a DMA-BUF variant
+    /// first once upstream DMA-BUFs are known and the stream can allocate).
     fn format_pods(&self) -> Result<Vec<Vec<u8>>, String> {
         let spec = self.offered_spec().ok_or("no format yet")?;
-        format::enum_format_pods(&spec, &self.alternatives.borrow()).map_err(|e| e.to_string())
+        let (dmabuf, known) = {
+            let r = lock(&self.shared.dmabufs);
+            (self.alloc.get() && r.usable(), r.known.len())
+        };
+        self.offered_dmabufs.set((dmabuf, known));
+        format::enum_format_pods(&spec, &self.alternatives.borrow(), dmabuf)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The `Buffers` and `Meta` pods for what the consumer fixed (`dmabuf`: a DMA-BUF variant).
+    fn buffer_pods(&self, layout: &FrameLayout, dmabuf: bool) -> Result<Vec<Vec<u8>>, String> {
+        let known = lock(&self.shared.dmabufs).known.len();
+        let dmabuf = dmabuf && self.alloc.get() && known > 0;
+        {
+            let mut pool = lock(&self.shared.pool);
+            pool.mode = if dmabuf {
+                PoolMode::DmaBuf
+            } else {
+                PoolMode::MemFd
+            };
+            pool.frame_size = layout.size;
+        }
+        self.shared
+            .dmabuf_passthrough
+            .store(dmabuf, Ordering::Relaxed);
+        let buffers = if dmabuf {
+            format::dmabuf_buffers_pod(layout, known as u32)
+        } else {
+            format::buffers_pod(layout)
+        };
+        Ok(vec![
+            buffers.map_err(|e| e.to_string())?,
+            format::header_meta_pod().map_err(|e| e.to_string())?,
+        ])
+    }
+
+    /// Offer the formats again (PipeWire renegotiates format and buffers with the consumer).
+    fn renegotiate(&self) {
+        let guard = self.session.borrow();
+        let Some((_, stream)) = guard.as_ref().and_then(|s| s.stream.as_ref()) else {
+            return;
+        };
+        let res = self.format_pods().and_then(|pods| {
+            let mut params = pods
+                .iter()
+                .filter_map(|p| spa::pod::Pod::from_bytes(p))
+                .collect::<Vec<_>>();
+            stream.update_params(&mut params).map_err(|e| e.to_string())
+        });
+        if let Err(e) = res {
+            (self.notify)(LoopEvent::Warning(format!(
+                "could not renegotiate the PipeWire format: {e}"
+            )));
+        }
+    }
+
+    /// A new upstream DMA-BUF, or pass-through given up: renegotiate when that changes what
+    /// is offered (the DMA-BUF variant appears or goes) or the buffers the consumer holds.
+    fn on_dmabufs_changed(&self) {
+        if !self.alloc.get() {
+            return;
+        }
+        let (usable, known) = {
+            let r = lock(&self.shared.dmabufs);
+            (r.usable(), r.known.len())
+        };
+        let (offered, offered_known) = self.offered_dmabufs.get();
+        let passthrough = lock(&self.shared.pool).mode == PoolMode::DmaBuf;
+        if usable != offered || (passthrough && known != offered_known) {
+            gst::debug!(
+                CAT,
+                "upstream DMA-BUFs: {known} known, pass-through {}; renegotiating",
+                if usable { "possible" } else { "off" }
+            );
+            self.renegotiate();
+        }
     }
 
     fn set_preview(self: &Rc<Self>, spec: VideoSpec, alternatives: Vec<u32>) {
@@ -491,11 +616,25 @@ impl LoopCtx {
         }
     }
 
-    fn set_layout(self: &Rc<Self>, layout: FrameLayout, alternatives: Vec<u32>) {
+    fn set_layout(self: &Rc<Self>, layout: FrameLayout, alternatives: Vec<u32>, dmabuf: bool) {
         let old = self.layout.replace(Some(layout));
         let old_alts = self.alternatives.replace(alternatives);
-        if old == Some(layout) && *self.alternatives.borrow() == old_alts {
+        let old_dmabuf = self.upstream_dmabuf.replace(dmabuf);
+        if old == Some(layout) && *self.alternatives.borrow() == old_alts && old_dmabuf == dmabuf {
             return;
+        }
+        if self.alloc.get() != dmabuf
+            && let Some(session) = self.session.borrow_mut().as_mut()
+        {
+            // Buffer allocation is fixed when a stream connects: switching between system
+            // memory and DMA-BUF input takes a new stream (same node name).
+            if session.stream.take().is_some() {
+                gst::info!(
+                    CAT,
+                    "upstream memory changed to {}: recreating the stream",
+                    if dmabuf { "DMA-BUF" } else { "system memory" }
+                );
+            }
         }
         let guard = self.session.borrow();
         let Some(session) = guard.as_ref() else {
@@ -508,8 +647,8 @@ impl LoopCtx {
                 // A consumer that already fixed this format (e.g. from the preview) needs
                 // its buffers now.
                 if self.shared.negotiated() == Some(layout.spec) {
-                    pods.push(format::buffers_pod(&layout).map_err(|e| e.to_string())?);
-                    pods.push(format::header_meta_pod().map_err(|e| e.to_string())?);
+                    let dmabuf = self.shared.dmabuf_passthrough.load(Ordering::Relaxed);
+                    pods.extend(self.buffer_pods(&layout, dmabuf)?);
                 }
                 let mut params = pods
                     .iter()
@@ -580,8 +719,12 @@ impl LoopCtx {
         let Some(param) = param else {
             gst::debug!(CAT, "format cleared");
             self.shared.set_negotiated(None);
+            self.shared
+                .dmabuf_passthrough
+                .store(false, Ordering::Relaxed);
             return;
         };
+        let modifier = format::format_modifier(param.as_bytes());
         let spec = match format::parse_video_format(param.as_bytes()) {
             Ok(s) => s,
             Err(e) => {
@@ -591,7 +734,15 @@ impl LoopCtx {
                 return;
             }
         };
-        gst::info!(CAT, "consumer fixed {}", spec.describe());
+        gst::info!(
+            CAT,
+            "consumer fixed {}{}",
+            spec.describe(),
+            match modifier {
+                Some(m) => format!(" as DMA-BUF (modifier {m:#x})"),
+                None => String::new(),
+            }
+        );
         self.shared.set_negotiated(Some(spec));
         let Some(layout) = self.layout.get() else {
             // Before the first caps: steer upstream to the consumer's choice.
@@ -622,17 +773,20 @@ impl LoopCtx {
             )));
             return;
         }
-        let (Ok(buffers), Ok(meta)) = (format::buffers_pod(&layout), format::header_meta_pod())
-        else {
-            return;
+        let pods = match self.buffer_pods(&layout, modifier.is_some()) {
+            Ok(p) => p,
+            Err(e) => {
+                (self.notify)(LoopEvent::Warning(format!(
+                    "could not build PipeWire buffer params: {e}"
+                )));
+                return;
+            }
         };
-        let (Some(buffers), Some(meta)) = (
-            spa::pod::Pod::from_bytes(&buffers),
-            spa::pod::Pod::from_bytes(&meta),
-        ) else {
-            return;
-        };
-        if let Err(e) = stream.update_params(&mut [buffers, meta]) {
+        let mut params = pods
+            .iter()
+            .filter_map(|p| spa::pod::Pod::from_bytes(p))
+            .collect::<Vec<_>>();
+        if let Err(e) = stream.update_params(&mut params) {
             (self.notify)(LoopEvent::Warning(format!(
                 "could not set PipeWire buffer params: {e}"
             )));
@@ -730,18 +884,7 @@ fn process_frame(shared: &Shared, stream: &Stream) {
                 0
             };
         }
-        let h = spa::sys::spa_buffer_find_meta_data(
-            buf,
-            spa::sys::SPA_META_Header,
-            std::mem::size_of::<spa::sys::spa_meta_header>(),
-        ) as *mut spa::sys::spa_meta_header;
-        if !h.is_null() {
-            (*h).flags = 0;
-            (*h).offset = 0;
-            (*h).pts = frame.pts;
-            (*h).dts_offset = 0;
-            (*h).seq = frame.seq;
-        }
+        write_header(buf, frame.pts, frame.seq);
         stream.queue_raw_buffer(raw);
     }
     shared.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -792,4 +935,83 @@ fn copy_frame(frame: &PendingFrame, dst: &mut [u8]) -> usize {
         }
     }
     default.size().min(dst.len())
+}
+
+/// Send the waiting frame in the `pw_buffer` that already carries its DMA-BUF (no copy); the
+/// upstream buffer stays referenced until the consumer gives that `pw_buffer` back.
+fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
+    let Some(frame) = shared.take() else {
+        return;
+    };
+    let mut pool = lock(&shared.pool);
+    // SAFETY: buffers dequeued from this stream are ours until queued again.
+    unsafe {
+        loop {
+            let raw = stream.dequeue_raw_buffer();
+            if raw.is_null() {
+                break;
+            }
+            pool.reclaim(raw);
+        }
+    }
+    let (Some(planes), true) = (
+        frame.dmabuf.as_ref(),
+        shared.negotiated() == Some(frame.layout.spec),
+    ) else {
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let key: Vec<_> = planes.iter().map(|p| p.key).collect();
+    let pts = frame.pts;
+    let seq = frame.seq;
+    let Some(raw) = pool.take_for(&key, frame.buffer) else {
+        // A DMA-BUF not in the negotiated set yet (the streaming thread asked for new
+        // buffers), or every buffer carrying it is still with the consumer.
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    // SAFETY: `raw` was dequeued from this stream above (or earlier) and is queued back here.
+    unsafe {
+        let buf = (*raw).buffer;
+        let datas = std::slice::from_raw_parts_mut((*buf).datas, (*buf).n_datas as usize);
+        for (d, p) in datas.iter_mut().zip(planes.iter()) {
+            if d.chunk.is_null() {
+                continue;
+            }
+            let c = &mut *d.chunk;
+            c.offset = p.offset;
+            c.size = p.size;
+            c.stride = p.stride;
+            c.flags = 0;
+        }
+        write_header(buf, pts, seq);
+        stream.queue_raw_buffer(raw);
+    }
+    shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Timestamp and sequence number in the buffer's `spa_meta_header`, if it has one.
+///
+/// # Safety
+/// `buf` must be a valid buffer of the stream.
+unsafe fn write_header(buf: *mut spa::sys::spa_buffer, pts: i64, seq: u64) {
+    // SAFETY: per the contract.
+    unsafe {
+        let h = spa::sys::spa_buffer_find_meta_data(
+            buf,
+            spa::sys::SPA_META_Header,
+            std::mem::size_of::<spa::sys::spa_meta_header>(),
+        ) as *mut spa::sys::spa_meta_header;
+        if !h.is_null() {
+            (*h).flags = 0;
+            (*h).offset = 0;
+            (*h).pts = pts;
+            (*h).dts_offset = 0;
+            (*h).seq = seq;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
