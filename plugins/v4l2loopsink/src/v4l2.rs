@@ -927,16 +927,33 @@ pub fn open_output(path: &Path) -> Result<(LoopbackDevice, Capability), DevicePr
     Ok((dev, caps))
 }
 
+/// How long a format change waits for the device to offer output again after the sink let go.
+pub const REOPEN_GRACE: Duration = Duration::from_secs(2);
+
 impl LoopbackDevice {
     /// Closes the device and opens it again as a new opener, checked like [`open_output`]:
     /// v4l2loopback releases a writer's format (and its claim on the output side) only when the
     /// writer's file is closed, so a format change needs a fresh open after the close.
+    ///
+    /// With exclusive_caps=1 the device offers output again only once every opener has let go;
+    /// a reader that has just stopped may still hold it for a moment, so "no output" is retried
+    /// for up to [`REOPEN_GRACE`].
     pub fn reopen_output(&mut self) -> Result<Capability, DeviceProblem> {
         let placeholder = File::open("/dev/null")?;
         drop(std::mem::replace(&mut self.file, placeholder));
-        let (dev, caps) = open_output(&self.path)?;
-        self.file = dev.file;
-        Ok(caps)
+        let deadline = std::time::Instant::now() + REOPEN_GRACE;
+        loop {
+            match open_output(&self.path) {
+                Ok((dev, caps)) => {
+                    self.file = dev.file;
+                    return Ok(caps);
+                }
+                Err(DeviceProblem::NoOutput { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

@@ -6,7 +6,8 @@
  * Publishes raw video as a PipeWire camera: a `Video/Source` node with `media.role=Camera`
  * (overridable) that the xdg-desktop-portal Camera interface, browsers and `pipewiresrc` can
  * use. Offers the upstream format with a fixed size and frame rate, shares frames through
- * memfd buffers, drives the graph at the stream's rate when nothing else does, drops frames
+ * memfd buffers (or passes upstream's DMA-BUFs through without a copy when the consumer takes
+ * DMA-BUFs), drives the graph at the stream's rate when nothing else does, drops frames
  * cheaply while nobody is watching, survives consumers coming and going and reconnects when
  * the PipeWire daemon restarts.
  *
