@@ -452,3 +452,111 @@ fn consumer_refusing_dmabuf_gets_copies_in_memfd() {
         assert!(frame[4..] == reference[4..], "frame {i}: pixels differ");
     }
 }
+
+/// Upstream switches from system memory to DMA-BUF mid-stream: the stream is recreated with
+/// the same node name, and a consumer that links afterwards gets upstream's DMA-BUFs.
+#[test]
+fn switch_from_system_memory_to_dmabuf_recreates_the_stream() {
+    init();
+    let session = PipeWireSession::start();
+    let node = "vcam-mem-switch";
+    let format = "RGBA";
+    let reference = reference_frame(format);
+    let sys_caps: gst::Caps = caps_str(format).parse().expect("caps");
+    let dma_caps: gst::Caps = caps_str(format)
+        .replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1)
+        .parse()
+        .expect("caps");
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true ! \
+         pwvideosink name=sink node-name={node} remote=\"{}\"",
+        session.socket_path().display()
+    );
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    let sink = pipeline.by_name("sink").expect("sink");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    appsrc.set_caps(Some(&sys_caps));
+    for _ in 0..5 {
+        appsrc
+            .push_buffer(gst::Buffer::from_slice(reference.clone()))
+            .expect("push");
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    session.wait_for_node(node, Duration::from_secs(10));
+    vcambridge_tests::wait_for(Duration::from_secs(10), "upstream-memory=system", || {
+        (sink
+            .property::<gst::Structure>("stats")
+            .get::<&str>("upstream-memory")
+            .ok()
+            == Some("system"))
+        .then_some(())
+    });
+    appsrc.set_caps(Some(&dma_caps));
+    let pool = DmaBufPool::new(4, reference.len());
+    let inodes = pool.inodes();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let stop = stop.clone();
+        let reference = reference.clone();
+        std::thread::spawn(move || {
+            let mut seq = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(33));
+                if let Some(buf) = pool.acquire(&marked(&reference, seq)) {
+                    seq += 1;
+                    if appsrc.push_buffer(buf).is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    vcambridge_tests::wait_for(Duration::from_secs(10), "upstream-memory=DMABuf", || {
+        (sink
+            .property::<gst::Structure>("stats")
+            .get::<&str>("upstream-memory")
+            .ok()
+            == Some("DMABuf"))
+        .then_some(())
+    });
+    session.wait_for_node(node, Duration::from_secs(10));
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let caps = dma_caps.to_string();
+    let mut cmd = session.command("/usr/bin/python3");
+    cmd.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/dmabuf_consumer.py"))
+        .arg(node)
+        .arg(&caps)
+        .arg("10")
+        .arg(out.path());
+    let res = ChildGuard::spawn("DMA-BUF consumer after the switch", &mut cmd)
+        .wait_output(Duration::from_secs(60));
+    let stats = sink.property::<gst::Structure>("stats");
+    stop.store(true, Ordering::Relaxed);
+    let _ = pusher.join();
+    let _ = pipeline.set_state(gst::State::Null);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "consumer failed: {}\n{stdout}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        session.logs()
+    );
+    for l in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+        assert_eq!(v["dmabuf"], true, "{l}");
+        for ino in v["inodes"].as_array().unwrap() {
+            assert!(inodes.contains(&ino.as_u64().unwrap()), "copied frame: {l}");
+        }
+    }
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
+    assert_eq!(
+        stats.get::<&str>("buffer-type").unwrap(),
+        "dmabuf",
+        "{stats}"
+    );
+}

@@ -628,7 +628,11 @@ impl LoopCtx {
         {
             // Buffer allocation is fixed when a stream connects: switching between system
             // memory and DMA-BUF input takes a new stream (same node name).
-            if session.stream.take().is_some() {
+            if let Some((listener, stream)) = session.stream.take() {
+                // Off the data thread first, so process can't run while its listener goes.
+                let _ = stream.disconnect();
+                drop(listener);
+                drop(stream);
                 gst::info!(
                     CAT,
                     "upstream memory changed to {}: recreating the stream",
