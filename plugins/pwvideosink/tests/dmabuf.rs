@@ -39,6 +39,29 @@ fn memfd_dmabuf(allocator: &gst_allocators::DmaBufAllocator, data: &[u8]) -> gst
     unsafe { allocator.alloc_dmabuf(file, data.len()) }.expect("dmabuf memory")
 }
 
+/// `appsrc ! pwvideosink` publishing `node` on `session` (appsrc caps `caps`, if given), PLAYING.
+fn appsrc_pipeline(
+    session: &PipeWireSession,
+    node: &str,
+    caps: Option<&str>,
+) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
+    let caps = caps.map(|c| format!("caps=\"{c}\"")).unwrap_or_default();
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true {caps} ! \
+         pwvideosink name=sink node-name={node} remote=\"{}\"",
+        session.socket_path().display()
+    );
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    let sink = pipeline.by_name("sink").expect("sink");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    (pipeline, appsrc, sink)
+}
+
 #[test]
 fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
     init();
@@ -47,18 +70,7 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
     for format in ["RGBA", "I420"] {
         let reference = reference_frame(format);
         let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
-        let desc = format!(
-            "appsrc name=src is-live=true format=time do-timestamp=true caps=\"{caps}\" ! \
-             pwvideosink name=sink node-name={node} remote=\"{}\"",
-            session.socket_path().display()
-        );
-        let pipeline = vcambridge_tests::launch_pipeline(&desc);
-        let appsrc = pipeline
-            .by_name("src")
-            .expect("appsrc")
-            .downcast::<gst_app::AppSrc>()
-            .expect("appsrc type");
-        let sink = pipeline.by_name("sink").expect("sink");
+        let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, Some(&caps));
         // Count buffers reaching the sink whose memory really is DMA-BUF.
         let dmabufs = Arc::new(AtomicU64::new(0));
         sink.static_pad("sink")
@@ -78,7 +90,6 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
                     gst::PadProbeReturn::Ok
                 }
             });
-        pipeline.set_state(gst::State::Playing).expect("play");
         let stop = Arc::new(AtomicBool::new(false));
         let pusher = {
             let stop = stop.clone();
@@ -224,40 +235,22 @@ fn marked(reference: &[u8], seq: u32) -> Vec<u8> {
     f
 }
 
-#[test]
-fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
-    init();
-    let session = PipeWireSession::start();
-    const FRAMES: usize = 40;
-    for format in ["RGBA", "I420"] {
-        let node = format!("vcam-passthrough-{}", format.to_lowercase());
-        let reference = reference_frame(format);
-        let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
-        let desc = format!(
-            "appsrc name=src is-live=true format=time do-timestamp=true caps=\"{caps}\" ! \
-             pwvideosink name=sink node-name={node} remote=\"{}\"",
-            session.socket_path().display()
-        );
-        let pipeline = vcambridge_tests::launch_pipeline(&desc);
-        let appsrc = pipeline
-            .by_name("src")
-            .expect("appsrc")
-            .downcast::<gst_app::AppSrc>()
-            .expect("appsrc type");
-        let sink = pipeline.by_name("sink").expect("sink");
-        let bus = pipeline.bus().expect("bus");
-        pipeline.set_state(gst::State::Playing).expect("play");
-        // A pool of 4, as small as real ones: frames flow only if the sink gives buffers back
-        // once the consumer has released them.
-        let pool = DmaBufPool::new(4, reference.len());
-        let inodes = pool.inodes();
+/// Pushes `reference` marked with a sequence number every 33 ms, each in a DMA-BUF from
+/// `pool`, until stopped; counts the times the pool had no free buffer.
+struct PoolPusher {
+    stop: Arc<AtomicBool>,
+    starved: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PoolPusher {
+    fn start(pool: DmaBufPool, appsrc: gst_app::AppSrc, reference: Vec<u8>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let starved = Arc::new(AtomicU64::new(0));
-        let pusher = {
+        let thread = std::thread::spawn({
             let stop = stop.clone();
             let starved = starved.clone();
-            let reference = reference.clone();
-            std::thread::spawn(move || {
+            move || {
                 let mut seq = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(33));
@@ -270,8 +263,39 @@ fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
                         break;
                     }
                 }
-            })
-        };
+            }
+        });
+        PoolPusher {
+            stop,
+            starved,
+            thread,
+        }
+    }
+
+    /// Stop pushing; returns how often the pool ran dry.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.starved.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
+    init();
+    let session = PipeWireSession::start();
+    const FRAMES: usize = 40;
+    for format in ["RGBA", "I420"] {
+        let node = format!("vcam-passthrough-{}", format.to_lowercase());
+        let reference = reference_frame(format);
+        let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
+        let (pipeline, appsrc, sink) = appsrc_pipeline(&session, &node, Some(&caps));
+        let bus = pipeline.bus().expect("bus");
+        // A pool of 4, as small as real ones: frames flow only if the sink gives buffers back
+        // once the consumer has released them.
+        let pool = DmaBufPool::new(4, reference.len());
+        let inodes = pool.inodes();
+        let pusher = PoolPusher::start(pool, appsrc, reference.clone());
         session.wait_for_node(&node, Duration::from_secs(10));
         let out = tempfile::NamedTempFile::new().expect("temp file");
         let mut cmd = session.command("/usr/bin/python3");
@@ -285,8 +309,7 @@ fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
         let res = ChildGuard::spawn("DMA-BUF consumer (python, pipewiresrc)", &mut cmd)
             .wait_output(Duration::from_secs(60));
         let stats = sink.property::<gst::Structure>("stats");
-        stop.store(true, Ordering::Relaxed);
-        let _ = pusher.join();
+        let starved = pusher.stop();
         let _ = pipeline.set_state(gst::State::Null);
         let stdout = String::from_utf8_lossy(&res.stdout);
         assert!(
@@ -366,9 +389,8 @@ fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
         );
         // Upstream kept going: the sink released buffers as the consumer returned them.
         assert!(
-            starved.load(Ordering::Relaxed) < 10,
-            "{format}: upstream's pool ran dry {} times: {stats}",
-            starved.load(Ordering::Relaxed)
+            starved < 10,
+            "{format}: upstream's pool ran dry {starved} times: {stats}"
         );
         while let Some(msg) = bus.pop() {
             if let gst::MessageView::Error(e) = msg.view() {
@@ -388,37 +410,9 @@ fn consumer_refusing_dmabuf_gets_copies_in_memfd() {
     let format = "RGBA";
     let reference = reference_frame(format);
     let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
-    let desc = format!(
-        "appsrc name=src is-live=true format=time do-timestamp=true caps=\"{caps}\" ! \
-         pwvideosink name=sink node-name={node} remote=\"{}\"",
-        session.socket_path().display()
-    );
-    let pipeline = vcambridge_tests::launch_pipeline(&desc);
-    let appsrc = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    let sink = pipeline.by_name("sink").expect("sink");
-    pipeline.set_state(gst::State::Playing).expect("play");
+    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, Some(&caps));
     let pool = DmaBufPool::new(4, reference.len());
-    let stop = Arc::new(AtomicBool::new(false));
-    let pusher = {
-        let stop = stop.clone();
-        let reference = reference.clone();
-        std::thread::spawn(move || {
-            let mut seq = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(33));
-                if let Some(buf) = pool.acquire(&marked(&reference, seq)) {
-                    seq += 1;
-                    if appsrc.push_buffer(buf).is_err() {
-                        break;
-                    }
-                }
-            }
-        })
-    };
+    let pusher = PoolPusher::start(pool, appsrc, reference.clone());
     session.wait_for_node(node, Duration::from_secs(10));
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let tail = format!(
@@ -432,8 +426,7 @@ fn consumer_refusing_dmabuf_gets_copies_in_memfd() {
     )
     .wait_output(Duration::from_secs(30));
     let stats = sink.property::<gst::Structure>("stats");
-    stop.store(true, Ordering::Relaxed);
-    let _ = pusher.join();
+    pusher.stop();
     let _ = pipeline.set_state(gst::State::Null);
     assert!(
         res.status.success(),
@@ -467,19 +460,7 @@ fn switch_from_system_memory_to_dmabuf_recreates_the_stream() {
         .replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1)
         .parse()
         .expect("caps");
-    let desc = format!(
-        "appsrc name=src is-live=true format=time do-timestamp=true ! \
-         pwvideosink name=sink node-name={node} remote=\"{}\"",
-        session.socket_path().display()
-    );
-    let pipeline = vcambridge_tests::launch_pipeline(&desc);
-    let appsrc = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    let sink = pipeline.by_name("sink").expect("sink");
-    pipeline.set_state(gst::State::Playing).expect("play");
+    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, None);
     appsrc.set_caps(Some(&sys_caps));
     for _ in 0..5 {
         appsrc
@@ -499,23 +480,7 @@ fn switch_from_system_memory_to_dmabuf_recreates_the_stream() {
     appsrc.set_caps(Some(&dma_caps));
     let pool = DmaBufPool::new(4, reference.len());
     let inodes = pool.inodes();
-    let stop = Arc::new(AtomicBool::new(false));
-    let pusher = {
-        let stop = stop.clone();
-        let reference = reference.clone();
-        std::thread::spawn(move || {
-            let mut seq = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(33));
-                if let Some(buf) = pool.acquire(&marked(&reference, seq)) {
-                    seq += 1;
-                    if appsrc.push_buffer(buf).is_err() {
-                        break;
-                    }
-                }
-            }
-        })
-    };
+    let pusher = PoolPusher::start(pool, appsrc, reference.clone());
     vcambridge_tests::wait_for(Duration::from_secs(10), "upstream-memory=DMABuf", || {
         (sink
             .property::<gst::Structure>("stats")
@@ -536,8 +501,7 @@ fn switch_from_system_memory_to_dmabuf_recreates_the_stream() {
     let res = ChildGuard::spawn("DMA-BUF consumer after the switch", &mut cmd)
         .wait_output(Duration::from_secs(60));
     let stats = sink.property::<gst::Structure>("stats");
-    stop.store(true, Ordering::Relaxed);
-    let _ = pusher.join();
+    pusher.stop();
     let _ = pipeline.set_state(gst::State::Null);
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(

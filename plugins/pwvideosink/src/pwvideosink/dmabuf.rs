@@ -181,17 +181,13 @@ impl Pool {
     ) -> Result<(), String> {
         let index = self.buffers.len();
         // SAFETY: per the contract, `raw` and its spa_buffer are valid.
-        let (buf, datas) = unsafe {
+        let datas = unsafe {
             let buf = (*raw).buffer;
             if buf.is_null() || (*buf).n_datas < 1 || (*buf).datas.is_null() {
                 return Err("PipeWire buffer without data".into());
             }
-            (
-                buf,
-                std::slice::from_raw_parts_mut((*buf).datas, (*buf).n_datas as usize),
-            )
+            std::slice::from_raw_parts_mut((*buf).datas, (*buf).n_datas as usize)
         };
-        let _ = buf;
         let mut entry = PoolBuffer {
             raw: RawBuffer(raw),
             key: Vec::new(),
