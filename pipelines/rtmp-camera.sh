@@ -153,37 +153,39 @@ if [ "$SINK" = auto ]; then
   fi
 fi
 
+# The pipeline is built as gst-launch-1.0 arguments (one word per array element, so values with
+# spaces need no quoting and no eval): gst-launch-1.0 then runs as our direct child.
 CAMERA_CAPS="video/x-raw,width=$WIDTH,height=$HEIGHT,framerate=$FPS/1,pixel-aspect-ratio=1/1"
-CONVERT="videoconvert ! videoscale add-borders=true ! videorate"
+CONVERT=(videoconvert ! videoscale add-borders=true ! videorate)
 VERBOSE=()
 FILTER=(cat)
 case "$SINK" in
   v4l2)
     if [ -n "$DEVICE" ]; then
-      OUT="$CONVERT ! $CAMERA_CAPS,format=$FORMAT ! v4l2loopsink device=$DEVICE"
+      OUT=("${CONVERT[@]}" ! "$CAMERA_CAPS,format=$FORMAT" ! v4l2loopsink "device=$DEVICE")
       say "webcam: $DEVICE — pick \"$(cat "/sys/class/video4linux/$(basename "$DEVICE")/name" 2>/dev/null || echo "$LABEL")\" in the browser's camera list"
     elif [ ! -e /dev/v4l2loopback ]; then
       say "no v4l2loopback device and no /dev/v4l2loopback control device; load the module: $MODPROBE_HINT"
       exit 1
     else
-      OUT="$CONVERT ! $CAMERA_CAPS,format=$FORMAT ! v4l2loopsink create=true card-label=\"$LABEL\""
+      OUT=("${CONVERT[@]}" ! "$CAMERA_CAPS,format=$FORMAT" ! v4l2loopsink create=true "card-label=$LABEL")
       say "webcam: creating a v4l2loopback device labelled \"$LABEL\" — pick it in the browser's camera list"
     fi
     ;;
   pipewire)
-    OUT="$CONVERT ! $CAMERA_CAPS ! pwvideosink node-name=$NODE_NAME node-description=\"vcambridge camera\""
+    OUT=("${CONVERT[@]}" ! "$CAMERA_CAPS" ! pwvideosink "node-name=$NODE_NAME" "node-description=vcambridge camera")
     say "PipeWire camera node: $NODE_NAME (shown as \"vcambridge camera\" in portal/browser camera lists)"
     ;;
   window)
-    OUT="videoconvert ! autovideosink"
+    OUT=(videoconvert ! autovideosink)
     ;;
   terminal)
     SNAPDIR="$ROOT/target/snapshots"
     mkdir -p "$SNAPDIR"
-    OUT="videoconvert ! tee name=t
+    OUT=(videoconvert ! tee name=t
          t. ! queue ! fpsdisplaysink name=stats video-sink=fakesink text-overlay=false sync=false fps-update-interval=2000
          t. ! queue leaky=downstream max-size-buffers=2 ! videorate drop-only=true ! video/x-raw,framerate=1/2
-            ! pngenc ! multifilesink location=$SNAPDIR/frame-%05d.png max-files=5"
+            ! pngenc ! multifilesink "location=$SNAPDIR/frame-%05d.png" max-files=5)
     VERBOSE=(-v)
     FILTER=(sed -un 's/.*stats.*last-message = rendered: \([0-9]*\), dropped: \([0-9]*\), current: \([0-9.]*\), average: \([0-9.]*\).*/[vcambridge] frames \1  dropped \2  fps \3 (avg \4)/p; /ERROR\|WARNING\|Setting pipeline/p')
     say "no camera sink or display: printing stats; snapshots (every 2 s) in $SNAPDIR"
@@ -195,46 +197,81 @@ URL="rtmp://$ADDRESS:$PORT/$APP${KEY:+/$KEY}"
 [ "$ADDRESS" = 0.0.0.0 ] && URL="rtmp://<this-host>:$PORT/$APP${KEY:+/$KEY}"
 say "publish to: $URL  (OBS: server rtmp://…/$APP, stream key ${KEY:-anything})"
 
-KEY_PROP=""
-[ -n "$KEY" ] && KEY_PROP="stream-key=\"$KEY\""
-PIPELINE="rtmpflvsrc name=src address=$ADDRESS port=$PORT app=$APP $KEY_PROP
-  src.video ! queue max-size-time=2000000000 ! decodebin ! $OUT
-  src.audio ! queue ! fakesink sync=false async=false"
+KEY_PROP=()
+[ -n "$KEY" ] && KEY_PROP=("stream-key=$KEY")
+PIPELINE=(rtmpflvsrc name=src "address=$ADDRESS" "port=$PORT" "app=$APP" "${KEY_PROP[@]}"
+  src.video ! queue max-size-time=2000000000 ! decodebin ! "${OUT[@]}"
+  src.audio ! queue ! fakesink sync=false async=false)
 
+# Stopping: EOS first (gst-launch-1.0 -e turns SIGINT into an EOS event; rtmpflvsrc ends its
+# pads with or without a publisher), so sinks finish cleanly; whatever is still running after
+# STOP_GRACE is killed. Every wait is bounded: the script is gone within ~2 s of a signal.
+STOP_GRACE_TENTHS=15
 PUBLISHER_PID=""
 GST_PID=""
-cleanup() {
-  [ -n "$PUBLISHER_PID" ] && kill "$PUBLISHER_PID" 2>/dev/null || true
-  [ -n "$GST_PID" ] && kill -INT "$GST_PID" 2>/dev/null || true
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+wait_gone() { # <tenths of a second> <pid>...
+  local n="$1"; shift
+  while [ "$n" -gt 0 ]; do
+    local any=0
+    for p in "$@"; do alive "$p" && any=1; done
+    [ "$any" = 0 ] && return 0
+    sleep 0.1; n=$((n - 1))
+  done
+  return 1
+}
+stop_all() {
+  alive "$PUBLISHER_PID" && kill -TERM "$PUBLISHER_PID" 2>/dev/null
+  alive "$GST_PID" && kill -INT "$GST_PID" 2>/dev/null
+  if ! wait_gone "$STOP_GRACE_TENTHS" "$GST_PID" "$PUBLISHER_PID"; then
+    alive "$GST_PID" && say "the pipeline did not stop after EOS; killing it"
+    for p in "$GST_PID" "$PUBLISHER_PID"; do alive "$p" && kill -KILL "$p" 2>/dev/null; done
+  fi
+  # The output filter (a child of gst-launch-1.0) ends when gst-launch-1.0's output closes.
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+on_signal() {
+  trap - INT TERM
+  say "stopping"
+  stop_all
+  exit 0
+}
+trap on_signal INT TERM
+trap stop_all EXIT
 
-# shellcheck disable=SC2086
-eval gst-launch-1.0 -e "${VERBOSE[@]}" $PIPELINE > >("${FILTER[@]}") 2>&1 &
+# setsid: a Ctrl-C on the terminal reaches only this script, which sends one SIGINT (a second
+# one would make gst-launch-1.0 quit before EOS reached the sinks).
+setsid gst-launch-1.0 -e "${VERBOSE[@]}" "${PIPELINE[@]}" > >("${FILTER[@]}") 2>&1 &
 GST_PID=$!
 
 if [ "$DEMO" = 1 ]; then
   # Publish once the server listens (checked with ss, so no probe connection is made).
   for _ in $(seq 1 100); do
     if ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q LISTEN; then break; fi
-    kill -0 "$GST_PID" 2>/dev/null || { say "the pipeline exited before listening"; exit 1; }
+    alive "$GST_PID" || { say "the pipeline exited before listening"; exit 1; }
     sleep 0.1
   done
   say "demo: publishing testsrc2 1280x720 H.264 + AAC with ffmpeg to rtmp://127.0.0.1:$PORT/$APP/${KEY:-demo}"
   DURATION=()
   [ "$DEMO_SECONDS" != 0 ] && DURATION=(-t "$DEMO_SECONDS")
-  ffmpeg -hide_banner -loglevel error -re \
+  setsid ffmpeg -hide_banner -loglevel error -nostdin -re \
     -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" \
     "${DURATION[@]}" -c:v libx264 -preset veryfast -tune zerolatency -g 60 -pix_fmt yuv420p \
     -c:a aac -b:a 128k -f flv "rtmp://127.0.0.1:$PORT/$APP/${KEY:-demo}" &
   PUBLISHER_PID=$!
   if [ "$DEMO_SECONDS" != 0 ]; then
+    # `wait` returns early when a trapped signal arrives, so the handler runs at once.
     wait "$PUBLISHER_PID" || true
     PUBLISHER_PID=""
-    sleep 1
-    kill -INT "$GST_PID" 2>/dev/null || true
+    say "demo: publisher finished after ${DEMO_SECONDS}s; stopping the pipeline"
+    stop_all
+    exit 0
   fi
 fi
 
+set +e
 wait "$GST_PID"
+rc=$?
+set -e
+GST_PID=""
+exit "$rc"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The real-module test harness: boots Debian's kernel under qemu (TCG) with v4l2loopback loaded,
 # the host root shared read-only over 9p, and runs the v4l2loopsink guest tests against the real
-# driver — once per v4l2loopback version (0.12.7 from bookworm's DKMS package, 0.13.2 built here
-# from bookworm-backports' source package).
+# driver — once per v4l2loopback source: Debian's DKMS package (0.12.x on bookworm) and the newest
+# one in bookworm-backports (0.13.x or later), built here. Nothing is pinned: the kernel is the
+# one the installed linux-image-amd64 depends on, the module versions are what the packages hold.
 #
-#   tests/guest/run.sh                  all guest tests, both module versions
-#   tests/guest/run.sh --bench          the 1280x720 benchmark instead of the tests (0.12.7)
-#   VCB_GUEST_VERSIONS=0.13.2 tests/guest/run.sh     one version only
+#   tests/guest/run.sh                  all guest tests, both module sources
+#   tests/guest/run.sh --bench          the 1280x720 benchmark instead of the tests (debian)
+#   VCB_GUEST_VERSIONS=backports tests/guest/run.sh  one source only (debian | backports)
+#   VCB_GUEST_KVER=6.1.0-57-amd64                    another installed kernel (default: derived)
 #   VCB_GUEST_FILTER=keepalive tests/guest/run.sh    only tests whose name contains the filter
 #   VCB_GUEST_CMD='v4l2-ctl --list-devices' tests/guest/run.sh   debugging: run a command instead
 #   VCB_GUEST_TIMEOUT=600                            seconds per boot before qemu is killed
@@ -16,15 +18,32 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
-KVER="${VCB_GUEST_KVER:-6.1.0-56-amd64}"
 G="$ROOT/target/guest"
-VERSIONS="${VCB_GUEST_VERSIONS:-0.12.7 0.13.2}"
+SOURCES="${VCB_GUEST_VERSIONS:-debian backports}"
 BOOT_TIMEOUT="${VCB_GUEST_TIMEOUT:-600}"
 MODE=test
-if [ "${1:-}" = "--bench" ]; then MODE=bench; VERSIONS="${VCB_GUEST_VERSIONS:-0.12.7}"; fi
+if [ "${1:-}" = "--bench" ]; then MODE=bench; SOURCES="${VCB_GUEST_VERSIONS:-debian}"; fi
 
 log() { printf 'guest: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# The kernel: the ABI that the installed metapackage linux-image-amd64 depends on (Debian moves
+# it with every kernel security update), else the newest /boot/vmlinuz-* that has headers.
+installed_kver() {
+  local dep kver
+  dep="$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null || true)"
+  kver="$(printf '%s\n' "$dep" | tr ',|' '\n\n' | sed -n 's/^ *linux-image-\([0-9][^ ]*\).*/\1/p' | head -n1)"
+  if [ -n "$kver" ] && [ -r "/boot/vmlinuz-$kver" ] && [ -d "/lib/modules/$kver/build" ]; then
+    echo "$kver"; return 0
+  fi
+  for k in $(ls /boot/vmlinuz-* 2>/dev/null | sed 's|^/boot/vmlinuz-||' | sort -rV); do
+    if [ -d "/lib/modules/$k/build" ]; then echo "$k"; return 0; fi
+  done
+  [ -n "$kver" ] && echo "$kver"
+}
+KVER="${VCB_GUEST_KVER:-$(installed_kver)}"
+[ -n "$KVER" ] || die "no kernel found: no linux-image-amd64 installed and no /boot/vmlinuz-* with headers; run scripts/install-deps.sh"
+log "kernel $KVER"
 
 KERNEL="/boot/vmlinuz-$KVER"
 KBUILD="/lib/modules/$KVER/build"
@@ -38,7 +57,7 @@ mkdir -p "$G"
 # --- v4l2loopback modules, one per version, built against the guest kernel -------------------
 build_module() { # <version> <source dir>
   local ver="$1" src="$2"
-  local dst="$G/modules/$ver"
+  local dst="$G/modules/$KVER/$ver"
   if [ -f "$dst/v4l2loopback.ko" ]; then return 0; fi
   log "building v4l2loopback $ver for $KVER"
   rm -rf "$dst.src" && mkdir -p "$dst" && cp -r "$src" "$dst.src"
@@ -48,38 +67,57 @@ build_module() { # <version> <source dir>
   cp "$dst.src/v4l2loopback.h" "$dst/" 2>/dev/null || true
 }
 
-module_0_12_7() {
-  local src=/usr/src/v4l2loopback-0.12.7
-  [ -d "$src" ] || die "$src missing: run scripts/install-deps.sh (v4l2loopback-dkms)"
-  build_module 0.12.7 "$src"
+# Debian's DKMS source (whatever version the installed v4l2loopback-dkms holds).
+module_debian() {
+  local ver
+  ver="$(dpkg-query -W -f='${Version}' v4l2loopback-dkms 2>/dev/null | sed 's/^[0-9]*://; s/-[^-]*$//')"
+  [ -n "$ver" ] || die "v4l2loopback-dkms is not installed: run scripts/install-deps.sh"
+  local src="/usr/src/v4l2loopback-$ver"
+  [ -d "$src" ] || die "$src missing although v4l2loopback-dkms $ver is installed: reinstall it (apt-get install --reinstall v4l2loopback-dkms)"
+  build_module "$ver" "$src"
+  MODULE_VERSION="$ver"
 }
 
-module_0_13_2() {
-  local ver=0.13.2 apt="$G/apt"
-  [ -f "$G/modules/$ver/v4l2loopback.ko" ] && return 0
-  # A private apt state (sources, lists, cache) under target/: the system's apt config is untouched.
+# The newest v4l2loopback-dkms in bookworm-backports, downloaded (not installed) with a private
+# apt state under target/ (the system's apt config is untouched); re-checked once a day.
+module_backports() {
+  local apt="$G/apt" deb ver
   mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/deb"
   echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$apt/sources.list"
   local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1
     -o APT::Sandbox::User=root)
-  if ! ls "$apt/deb"/v4l2loopback-dkms_${ver}-*.deb >/dev/null 2>&1; then
-    log "downloading v4l2loopback-dkms $ver from bookworm-backports"
-    apt-get -q "${opts[@]}" update >"$apt/update.log" 2>&1 || { cat "$apt/update.log" >&2; die "apt-get update (backports) failed"; }
-    (cd "$apt/deb" && apt-get -q "${opts[@]}" download "v4l2loopback-dkms=${ver}-1~bpo12+1") >"$apt/download.log" 2>&1 \
-      || { cat "$apt/download.log" >&2; die "downloading v4l2loopback-dkms $ver failed"; }
+  deb="$(ls -t "$apt/deb"/v4l2loopback-dkms_*.deb 2>/dev/null | head -n1 || true)"
+  if [ -z "$deb" ] || [ -n "$(find "$deb" -mtime +0 2>/dev/null)" ]; then
+    log "downloading the newest v4l2loopback-dkms from bookworm-backports"
+    if apt-get -q "${opts[@]}" update >"$apt/update.log" 2>&1 \
+        && (cd "$apt/deb" && apt-get -q "${opts[@]}" download v4l2loopback-dkms) >"$apt/download.log" 2>&1; then
+      deb="$(ls -t "$apt/deb"/v4l2loopback-dkms_*.deb | head -n1)"
+      touch "$deb"
+    elif [ -n "$deb" ]; then
+      log "could not refresh from bookworm-backports (see $apt/download.log); using $deb"
+    else
+      cat "$apt/update.log" "$apt/download.log" >&2 2>/dev/null || true
+      die "downloading v4l2loopback-dkms from bookworm-backports failed (no network to deb.debian.org?)"
+    fi
   fi
-  rm -rf "$apt/x" && dpkg-deb -x "$apt/deb"/v4l2loopback-dkms_${ver}-*.deb "$apt/x"
+  ver="$(dpkg-deb -f "$deb" Version | sed 's/^[0-9]*://; s/-[^-]*$//')"
+  rm -rf "$apt/x" && dpkg-deb -x "$deb" "$apt/x"
+  [ -d "$apt/x/usr/src/v4l2loopback-$ver" ] || die "$deb holds no /usr/src/v4l2loopback-$ver"
   build_module "$ver" "$apt/x/usr/src/v4l2loopback-$ver"
+  MODULE_VERSION="$ver"
 }
 
-for v in $VERSIONS; do
-  case "$v" in
-    0.12.7) module_0_12_7 ;;
-    0.13.2) module_0_13_2 ;;
-    *) die "unknown v4l2loopback version $v (known: 0.12.7 0.13.2)" ;;
+VERSIONS=""
+for source in $SOURCES; do
+  case "$source" in
+    debian|0.12.*) module_debian ;;
+    backports|0.1[3-9].*) module_backports ;;
+    *) die "unknown v4l2loopback source $source (known: debian backports)" ;;
   esac
+  case " $VERSIONS " in *" $MODULE_VERSION "*) ;; *) VERSIONS="${VERSIONS:+$VERSIONS }$MODULE_VERSION" ;; esac
 done
+log "v4l2loopback versions: $VERSIONS"
 
 # --- initramfs: busybox + virtio/9p modules + tests/guest/init -------------------------------
 BASE_MODS=(9p 9pnet_virtio virtio_pci mc videodev vivid)
@@ -137,7 +175,7 @@ failed=0
 for ver in $VERSIONS; do
   OUT="$G/out/$ver"
   rm -rf "$OUT" && mkdir -p "$OUT"
-  ko="$G/modules/$ver/v4l2loopback.ko"
+  ko="$G/modules/$KVER/$ver/v4l2loopback.ko"
   # Devices: 10 exclusive_caps=1 "vcam-excl", 11 exclusive_caps=0 "vcam-plain", 12 spare
   # exclusive_caps=1 "vcam-lock"; vivid gives a capture-only device (non-loopback) as /dev/video0.
   # max_buffers stays at its default (2): with more, GStreamer 1.22's v4l2src fails against any

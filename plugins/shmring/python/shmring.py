@@ -97,22 +97,28 @@ def align_up(v):
     return (v + ALIGN - 1) // ALIGN * ALIGN
 
 
+def canonical_name(name):
+    """``vcam0`` is ``/vcam0`` (as for ``multiprocessing.shared_memory`` and ``shm_open``)."""
+    return name if name.startswith("/") or not name else "/" + name
+
+
 def shm_path(name):
-    return "/dev/shm" + name
+    return "/dev/shm" + canonical_name(name)
 
 
 def validate_name(name):
-    if not name.startswith("/"):
-        raise RingError(f"shm name {name!r} must start with '/' (for example \"/vcam0\")")
-    rest = name[1:]
+    """Raise RingError unless ``name`` is a POSIX shm name; return its canonical form."""
+    rest = name[1:] if name.startswith("/") else name
     if rest in ("", ".", ".."):
-        raise RingError(f"shm name {name!r} needs a name after the '/' (for example \"/vcam0\")")
+        raise RingError(f"shm name {name!r} needs a name (for example \"vcam0\" or \"/vcam0\")")
     if "/" in rest:
-        raise RingError(f"shm name {name!r} may contain only one '/', at the start")
+        raise RingError(f"shm name {name!r} may contain a '/' only at the start "
+                        f"(for example \"/vcam0\")")
     if "\0" in rest:
         raise RingError(f"shm name {name!r} contains a NUL byte")
     if len(rest.encode()) > 254:
         raise RingError(f"shm name {name!r} is too long, at most 255 bytes are allowed")
+    return canonical_name(name)
 
 
 def pid_alive(pid):
@@ -267,7 +273,7 @@ class Reader(_Mapped):
     """
 
     def __init__(self, name, timeout=10.0, poll_interval=0.0005):
-        validate_name(name)
+        name = validate_name(name)
         self.name = name
         self.path = shm_path(name)
         self.poll_interval = poll_interval
@@ -458,7 +464,7 @@ class Writer(_Mapped):
     """Creates (or reclaims) ring ``name`` and publishes frames; never waits for readers."""
 
     def __init__(self, name, caps=None, slots=8, slot_size=1 << 20, mode=0o600):
-        validate_name(name)
+        name = validate_name(name)
         if slots < 2:
             raise RingError("slots must be at least 2")
         self.name = name

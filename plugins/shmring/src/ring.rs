@@ -639,23 +639,30 @@ pub fn catch_up(next: u64, write_seq: u64) -> (u64, u64) {
     }
 }
 
-/// Check a POSIX shm name: `/` followed by 1..=`NAME_MAX`-1 characters, no further `/`,
-/// not `.` or `..`, no NUL.
+/// The canonical form of a POSIX shm name: `vcam0` is taken as `/vcam0`, as Python's
+/// `multiprocessing.shared_memory` and glibc's `shm_open` do. Validate it with
+/// [`validate_shm_name`].
+pub fn canonical_shm_name(name: &str) -> String {
+    if name.starts_with('/') || name.is_empty() {
+        name.to_string()
+    } else {
+        format!("/{name}")
+    }
+}
+
+/// Check a POSIX shm name: an optional leading `/` then 1..=`NAME_MAX`-1 characters, no further
+/// `/` (nothing can escape `/dev/shm`), not `.` or `..`, no NUL.
 pub fn validate_shm_name(name: &str) -> Result<(), String> {
     const MAX: usize = 255;
-    let Some(rest) = name.strip_prefix('/') else {
-        return Err(format!(
-            "shm name {name:?} must start with '/' (for example \"/vcam0\")"
-        ));
-    };
+    let rest = name.strip_prefix('/').unwrap_or(name);
     if rest.is_empty() || rest == "." || rest == ".." {
         return Err(format!(
-            "shm name {name:?} needs a name after the '/' (for example \"/vcam0\")"
+            "shm name {name:?} needs a name (for example \"vcam0\" or \"/vcam0\")"
         ));
     }
     if rest.contains('/') {
         return Err(format!(
-            "shm name {name:?} may contain only one '/', at the start (for example \"/vcam0\")"
+            "shm name {name:?} may contain a '/' only at the start (for example \"/vcam0\")"
         ));
     }
     if rest.contains('\0') {
@@ -836,21 +843,30 @@ mod tests {
     #[test]
     fn shm_names() {
         assert!(validate_shm_name("/vcam0").is_ok());
-        assert!(
-            validate_shm_name("vcam0")
-                .unwrap_err()
-                .contains("start with '/'")
-        );
-        assert!(validate_shm_name("/").is_err());
+        assert!(validate_shm_name("vcam0").is_ok());
+        assert_eq!(canonical_shm_name("vcam0"), "/vcam0");
+        assert_eq!(canonical_shm_name("/vcam0"), "/vcam0");
+        assert!(validate_shm_name("").unwrap_err().contains("needs a name"));
+        assert!(validate_shm_name("/").unwrap_err().contains("needs a name"));
         assert!(validate_shm_name("/..").is_err());
-        assert!(
-            validate_shm_name("/a/b")
-                .unwrap_err()
-                .contains("only one '/'")
-        );
+        assert!(validate_shm_name("..").is_err());
+        for bad in ["/a/b", "a/b", "../x", "/../x"] {
+            assert!(
+                validate_shm_name(bad)
+                    .unwrap_err()
+                    .contains("only at the start"),
+                "{bad}"
+            );
+        }
         assert!(validate_shm_name(&format!("/{}", "a".repeat(254))).is_ok());
+        assert!(validate_shm_name(&"a".repeat(254)).is_ok());
         assert!(
             validate_shm_name(&format!("/{}", "a".repeat(255)))
+                .unwrap_err()
+                .contains("at most 255")
+        );
+        assert!(
+            validate_shm_name(&"a".repeat(255))
                 .unwrap_err()
                 .contains("at most 255")
         );

@@ -13,7 +13,7 @@ use crate::ring::{self, Geometry, LayoutError, RingMemory, WriterState};
 
 /// Where Linux keeps POSIX shm objects (for messages and inode checks).
 pub fn shm_path(name: &str) -> String {
-    format!("/dev/shm{name}")
+    format!("/dev/shm{}", ring::canonical_shm_name(name))
 }
 
 /// Why a segment could not be created or opened; the `Display` text names the path and says
@@ -622,8 +622,9 @@ mod tests {
         let e = Segment::check_writable(&name).unwrap_err();
         assert!(matches!(e, ShmError::Foreign(_)), "{e}");
         assert!(matches!(
-            Segment::open_reader("bad"),
+            Segment::open_reader("a/b"),
             Err(ShmError::BadName(_))
         ));
+        assert_eq!(shm_path("vcam0"), "/dev/shm/vcam0");
     }
 }

@@ -184,6 +184,67 @@ fn gst_writer_to_gst_reader_started_first() {
     assert!(!shm.exists());
 }
 
+/// `vcam0` is `/vcam0`, as in Python's `multiprocessing.shared_memory`: a writer given the name
+/// without the slash feeds a reader given it with the slash, and the Python module takes it too.
+#[test]
+fn names_without_slash_are_the_same_ring() {
+    check_built();
+    let shm = ShmName::new("noslash");
+    let bare = shm.name.trim_start_matches('/').to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.raw");
+    let py_out = dir.path().join("py.raw");
+    let reference = dir.path().join("ref.raw");
+    let log = dir.path().join("reader.log");
+    let py_log = dir.path().join("py.log");
+    let py_reader = spawn_logged(
+        "python reader",
+        &mut shmring_cli(&[
+            "read",
+            &bare,
+            "--out",
+            &py_out.display().to_string(),
+            "--timeout",
+            "20",
+        ]),
+        &py_log,
+    );
+    wait_for_log(&py_log, r#"{"waiting": true}"#, LONG);
+    let mut cmd = gst_launch(&format!(
+        "shmringsrc shm-name={} timeout=20000 ! filesink location={}",
+        shm.name,
+        out.display()
+    ));
+    cmd.env("GST_DEBUG", "shmringsrc:7");
+    let reader = spawn_logged("reader", &mut cmd, &log);
+    // The writer starts once both readers wait: neither may miss the first frame.
+    wait_for_log(&log, "waiting for the writer", LONG);
+    let mut writer = gst_launch(&format!(
+        "-q videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! tee name=t \
+         t. ! queue ! shmringsink shm-name={bare} \
+         t. ! queue ! filesink location={}",
+        reference.display()
+    ));
+    let writer = ChildGuard::spawn("writer", &mut writer);
+    let wout = writer.wait_output(LONG);
+    assert!(wout.status.success(), "writer: {wout:?}");
+    let rout = reader.wait_output(LONG);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(rout.status.success(), "reader failed:\n{text}");
+    let pout = py_reader.wait_output(LONG);
+    let ptext = std::fs::read_to_string(&py_log).unwrap_or_default();
+    assert!(pout.status.success(), "python reader:\n{ptext}");
+    let want = read_frames(&reference, FRAME);
+    assert_eq!(want.len(), 20);
+    assert_eq!(read_frames(&out, FRAME), want, "gst reader frames (/name)");
+    assert_eq!(
+        read_frames(&py_out, FRAME),
+        want,
+        "python reader frames (bare name)"
+    );
+    assert!(!shm.exists(), "clean stop removes {}", shm.path().display());
+}
+
 #[test]
 fn gst_writer_to_python_reader() {
     check_built();

@@ -221,6 +221,10 @@ pub struct RtmpFlvSrc {
     tasks: Mutex<Tasks>,
     playing: AtomicBool,
     flushing: AtomicBool,
+    /// An EOS event was sent to the element (`gst_element_send_event`, e.g. `gst-launch-1.0 -e`
+    /// on Ctrl-C): each streaming thread ends its pad, creating it first if no publisher ever
+    /// came, so that every sink downstream gets EOS.
+    eos_requested: AtomicBool,
     wake: [Arc<Notify>; 2],
     /// Latency configured on the pipeline (LATENCY event on our pads), in ns.
     pipeline_latency: AtomicU64,
@@ -244,6 +248,7 @@ impl ObjectSubclass for RtmpFlvSrc {
             tasks: Mutex::new(Tasks::default()),
             playing: AtomicBool::new(false),
             flushing: AtomicBool::new(true),
+            eos_requested: AtomicBool::new(false),
             wake: [Arc::new(Notify::new()), Arc::new(Notify::new())],
             pipeline_latency: AtomicU64::new(0),
         }
@@ -251,6 +256,21 @@ impl ObjectSubclass for RtmpFlvSrc {
 }
 
 const KINDS: [StreamKind; 2] = [StreamKind::Video, StreamKind::Audio];
+
+/// Caps for a pad that only carries EOS (no publisher came): H.264 / AAC, the codecs of
+/// nearly every RTMP publisher.
+fn placeholder_caps(kind: StreamKind) -> gst::Caps {
+    match kind {
+        StreamKind::Video => gst::Caps::builder("video/x-h264")
+            .field("stream-format", "avc")
+            .field("alignment", "au")
+            .build(),
+        StreamKind::Audio => gst::Caps::builder("audio/mpeg")
+            .field("mpegversion", 4i32)
+            .field("stream-format", "raw")
+            .build(),
+    }
+}
 
 fn kind_index(kind: StreamKind) -> usize {
     match kind {
@@ -572,6 +592,11 @@ impl RtmpFlvSrc {
             self.pause_task(task);
             return;
         }
+        if self.eos_requested.load(Ordering::SeqCst) {
+            self.end_stream_on_request(kind);
+            self.pause_task(task);
+            return;
+        }
         if !self.playing.load(Ordering::SeqCst) {
             let wake = self.wake[kind_index(kind)].clone();
             RUNTIME.block_on(async move {
@@ -850,6 +875,52 @@ impl RtmpFlvSrc {
             (times, group_id)
         };
 
+        let (pad, new_pad) = self.prepare_pad(stream, kind, caps, group_id);
+
+        let mut buffer = gst::Buffer::from_slice(data);
+        {
+            let b = buffer.get_mut().expect("new buffer is writable");
+            b.set_dts(gst::ClockTime::from_nseconds(times.dts));
+            b.set_pts(gst::ClockTime::from_nseconds(times.pts));
+            if delta_unit {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+            if stream.discont {
+                b.set_flags(gst::BufferFlags::DISCONT);
+                stream.discont = false;
+            }
+        }
+
+        if new_pad {
+            self.add_stream_pad(kind, &pad);
+        }
+
+        gst::trace!(CAT, obj = pad, "Pushing {buffer:?}");
+        let res = pad.push(buffer);
+        let mut common = lock(&self.common);
+        match common.combiner.update_pad_flow(&pad, res) {
+            Err(gst::FlowError::NotLinked) => {
+                if !common.not_linked_logged {
+                    common.not_linked_logged = true;
+                    gst::info!(CAT, imp = self, "No linked pads, dropping data");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The pad of `kind` with its sticky events (stream-start, `caps`, segment) sent; creates it
+    /// if needed (then `true`: add it with [`Self::add_stream_pad`] after the first buffer is
+    /// ready).
+    fn prepare_pad(
+        &self,
+        stream: &mut StreamState,
+        kind: StreamKind,
+        caps: gst::Caps,
+        group_id: gst::GroupId,
+    ) -> (gst::Pad, bool) {
         let new_pad = stream.pad.is_none();
         let ps = stream.pad.get_or_insert_with(|| PadState {
             pad: self.create_pad(kind),
@@ -876,55 +947,54 @@ impl RtmpFlvSrc {
             ps.pad.push_event(gst::event::Segment::new(&segment));
             ps.need_events = false;
         }
-        let pad = ps.pad.clone();
+        (ps.pad.clone(), new_pad)
+    }
 
-        let mut buffer = gst::Buffer::from_slice(data);
+    /// Adds a pad made by [`Self::prepare_pad`] to the element (audio after video, see
+    /// [`Self::wait_for_video_pad`]) and signals no-more-pads when all are there.
+    fn add_stream_pad(&self, kind: StreamKind, pad: &gst::Pad) {
+        if kind == StreamKind::Audio {
+            self.wait_for_video_pad();
+        }
+        gst::info!(CAT, imp = self, "Adding pad {}", pad.name());
         {
-            let b = buffer.get_mut().expect("new buffer is writable");
-            b.set_dts(gst::ClockTime::from_nseconds(times.dts));
-            b.set_pts(gst::ClockTime::from_nseconds(times.pts));
-            if delta_unit {
-                b.set_flags(gst::BufferFlags::DELTA_UNIT);
-            }
-            if stream.discont {
-                b.set_flags(gst::BufferFlags::DISCONT);
-                stream.discont = false;
-            }
+            let mut common = lock(&self.common);
+            common.combiner.add_pad(pad);
+            common.pads.push(pad.clone());
         }
+        let _ = self.obj().add_pad(pad);
+        // Only now: the audio pad waits for this, and `pad-added` handlers (which link the
+        // video branch into the pipeline) must have run before audio can reach EOS.
+        if kind == StreamKind::Video {
+            lock(&self.common).video_pad_added = true;
+        }
+        self.maybe_no_more_pads();
+    }
 
+    /// An EOS event was sent to the element: end this stream's pad with EOS. A stream that
+    /// never had a publisher gets its pad now, with placeholder caps of the most common codec
+    /// (decoders accept caps followed by EOS), so the branch behind it (a decoder, a sink) ends
+    /// too and the pipeline posts EOS instead of waiting for a publisher forever.
+    fn end_stream_on_request(&self, kind: StreamKind) {
+        let mut stream = lock(&self.streams[kind_index(kind)]);
+        if stream.eos {
+            return;
+        }
+        stream.eos = true;
+        let caps = stream
+            .pad
+            .as_ref()
+            .and_then(|ps| ps.caps.clone())
+            .unwrap_or_else(|| placeholder_caps(kind));
+        let group_id = *lock(&self.common)
+            .group_id
+            .get_or_insert_with(gst::GroupId::next);
+        let (pad, new_pad) = self.prepare_pad(&mut stream, kind, caps, group_id);
         if new_pad {
-            if kind == StreamKind::Audio {
-                self.wait_for_video_pad();
-            }
-            gst::info!(CAT, imp = self, "Adding pad {}", pad.name());
-            {
-                let mut common = lock(&self.common);
-                common.combiner.add_pad(&pad);
-                common.pads.push(pad.clone());
-            }
-            let _ = self.obj().add_pad(&pad);
-            // Only now: the audio pad waits for this, and `pad-added` handlers (which link the
-            // video branch into the pipeline) must have run before audio can reach EOS.
-            if kind == StreamKind::Video {
-                lock(&self.common).video_pad_added = true;
-            }
-            self.maybe_no_more_pads();
+            self.add_stream_pad(kind, &pad);
         }
-
-        gst::trace!(CAT, obj = pad, "Pushing {buffer:?}");
-        let res = pad.push(buffer);
-        let mut common = lock(&self.common);
-        match common.combiner.update_pad_flow(&pad, res) {
-            Err(gst::FlowError::NotLinked) => {
-                if !common.not_linked_logged {
-                    common.not_linked_logged = true;
-                    gst::info!(CAT, imp = self, "No linked pads, dropping data");
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
-            Ok(_) => Ok(()),
-        }
+        gst::info!(CAT, obj = pad, "EOS requested: ending the stream");
+        pad.push_event(gst::event::Eos::new());
     }
 
     /// Adds pads in a predictable order: when the publisher has sent video, the audio pad
@@ -1216,6 +1286,27 @@ impl ElementImpl for RtmpFlvSrc {
         PAD_TEMPLATES.as_ref()
     }
 
+    /// EOS sent to the element (what `gst-launch-1.0 -e` and applications do to stop cleanly):
+    /// the streaming threads end both pads, with or without a publisher.
+    fn send_event(&self, event: gst::Event) -> bool {
+        if event.type_() != gst::EventType::Eos {
+            return self.parent_send_event(event);
+        }
+        gst::debug!(CAT, imp = self, "EOS requested");
+        self.eos_requested.store(true, Ordering::SeqCst);
+        self.wake_tasks();
+        // A task that paused itself (its channel closed) must run once more to end its pad.
+        if self.playing.load(Ordering::SeqCst) {
+            let guard = lock(&self.tasks);
+            if !guard.stopping {
+                for t in &guard.list {
+                    let _ = t.task.start();
+                }
+            }
+        }
+        true
+    }
+
     fn change_state(
         &self,
         transition: gst::StateChange,
@@ -1229,6 +1320,7 @@ impl ElementImpl for RtmpFlvSrc {
                 }
             }
             gst::StateChange::ReadyToPaused => {
+                self.eos_requested.store(false, Ordering::SeqCst);
                 self.reset_streams_for_restart();
                 self.flushing.store(false, Ordering::SeqCst);
                 self.playing.store(false, Ordering::SeqCst);

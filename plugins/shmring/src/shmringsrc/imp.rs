@@ -474,7 +474,7 @@ impl ObjectImpl for ShmRingSrc {
             vec![
                 glib::ParamSpecString::builder("shm-name")
                     .nick("Shm name")
-                    .blurb("POSIX shm name of the ring to read ('/name', lives in /dev/shm)")
+                    .blurb("POSIX shm name of the ring to read ('vcam0' = '/vcam0', lives in /dev/shm)")
                     .default_value(Some(DEFAULT_SHM_NAME))
                     .mutable_ready()
                     .build(),
@@ -504,11 +504,16 @@ impl ObjectImpl for ShmRingSrc {
         let mut s = lock(&self.settings);
         match pspec.name() {
             "shm-name" => {
-                s.shm_name = value
+                let name = value
                     .get::<Option<String>>()
                     .ok()
                     .flatten()
-                    .unwrap_or_else(|| DEFAULT_SHM_NAME.into())
+                    .unwrap_or_else(|| DEFAULT_SHM_NAME.into());
+                // `vcam0` is `/vcam0`; a bad name is kept as given so the error quotes it.
+                s.shm_name = match ring::validate_shm_name(&name) {
+                    Ok(()) => ring::canonical_shm_name(&name),
+                    Err(_) => name,
+                };
             }
             "timeout" => s.timeout_ms = value.get().unwrap_or(DEFAULT_TIMEOUT_MS),
             "is-live" => {
