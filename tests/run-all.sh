@@ -37,7 +37,7 @@ meson compile -C "$MESON_DIR/build" >/dev/null
 meson install -C "$MESON_DIR/build" >/dev/null
 # Nothing outside the prefix: neither in meson's record of what it installed nor in the system
 # plugin directory.
-outside="$(grep -v '^#' "$MESON_DIR/build/meson-logs/install-log.txt" | grep -v "^$PREFIX/" || true)"
+outside="$(grep -v '^#' "$MESON_DIR/build/meson-logs/install-log.txt" | grep -v -x -e "$PREFIX" -e "$PREFIX/.*" || true)"
 if [ -n "$outside" ]; then echo "meson installed outside --prefix=$PREFIX:" >&2; echo "$outside" >&2; exit 1; fi
 if [ -n "$(find "$SYS_PLUGINDIR" -newer "$MESON_DIR/before-install" -name 'libgst*' 2>/dev/null)" ]; then
   echo "meson install wrote into the system plugin directory $SYS_PLUGINDIR" >&2; exit 1
