@@ -70,7 +70,11 @@ pub enum SessionEvent {
     /// The publisher ended its publish (deleteStream / closeStream / FCUnpublish).
     PublishFinished,
     /// A request was refused at the protocol level; the connection should now be closed.
-    Rejected { reason: String },
+    /// `wrong_credentials`: a wrong application or stream key (a guess the server throttles).
+    Rejected {
+        reason: String,
+        wrong_credentials: bool,
+    },
 }
 
 /// Why a connection has to be dropped.
@@ -237,6 +241,7 @@ impl Session {
         request_id: u32,
         code: &str,
         reason: String,
+        wrong_credentials: bool,
         out: &mut Output,
     ) -> Result<(), SessionError> {
         if let Phase::Rtmp(session) = &mut self.phase {
@@ -249,7 +254,10 @@ impl Session {
                 }
             }
         }
-        out.events.push(SessionEvent::Rejected { reason });
+        out.events.push(SessionEvent::Rejected {
+            reason,
+            wrong_credentials,
+        });
         self.phase = Phase::Closed;
         self.publishing = false;
         Ok(())
@@ -291,7 +299,13 @@ impl Session {
                         "wrong application '{}' (this server accepts '{}')",
                         app_name, self.config.app
                     );
-                    self.reject(request_id, "NetConnection.Connect.Rejected", reason, out)?;
+                    self.reject(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        reason,
+                        true,
+                        out,
+                    )?;
                 }
             }
             ServerSessionEvent::PublishStreamRequested {
@@ -302,11 +316,11 @@ impl Session {
             } => {
                 if self.publishing {
                     let reason = "a second publish on the same connection".to_string();
-                    self.reject(request_id, "NetStream.Publish.BadName", reason, out)?;
+                    self.reject(request_id, "NetStream.Publish.BadName", reason, false, out)?;
                 } else if !self.config.stream_key.is_empty() && stream_key != self.config.stream_key
                 {
                     let reason = format!("wrong stream key '{stream_key}' for app '{app_name}'");
-                    self.reject(request_id, "NetStream.Publish.BadName", reason, out)?;
+                    self.reject(request_id, "NetStream.Publish.BadName", reason, true, out)?;
                 } else {
                     match gate(&app_name, &stream_key) {
                         Ok(()) => {
@@ -320,14 +334,20 @@ impl Session {
                             });
                         }
                         Err(reason) => {
-                            self.reject(request_id, "NetStream.Publish.BadName", reason, out)?;
+                            self.reject(
+                                request_id,
+                                "NetStream.Publish.BadName",
+                                reason,
+                                false,
+                                out,
+                            )?;
                         }
                     }
                 }
             }
             ServerSessionEvent::PlayStreamRequested { request_id, .. } => {
                 let reason = "play requested, but this server only accepts publishers".to_string();
-                self.reject(request_id, "NetStream.Play.Failed", reason, out)?;
+                self.reject(request_id, "NetStream.Play.Failed", reason, false, out)?;
             }
             ServerSessionEvent::PublishStreamFinished { .. } if self.publishing => {
                 self.publishing = false;

@@ -67,6 +67,9 @@ struct Settings {
     handshake_timeout_ms: u32,
     idle_timeout_ms: u32,
     latency_ms: u32,
+    /// Why the last `location` set could not be used: NULL→READY fails with it (a property
+    /// setter cannot fail, and listening on the defaults instead would hide the mistake).
+    location_error: Option<String>,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             latency_ms: DEFAULT_LATENCY_MS,
+            location_error: None,
         }
     }
 }
@@ -391,6 +395,16 @@ enum Received {
 impl RtmpFlvSrc {
     fn start_server(&self) -> Result<(), gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
+        if let Some(e) = &settings.location_error {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                (
+                    "Invalid location: {}. Use rtmp://ADDRESS:PORT/APP[/KEY] (or set address, port, \
+                     app and stream-key).",
+                    e
+                )
+            ));
+        }
         let port = u16::try_from(settings.port).map_err(|_| {
             gst::error_msg!(
                 gst::ResourceError::Settings,
@@ -451,6 +465,9 @@ impl RtmpFlvSrc {
             audio_items: audio_tx,
             next_id: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
+            pending: Mutex::new(Default::default()),
+            warnings: Mutex::new(Default::default()),
+            guesses: Mutex::new(Default::default()),
         });
 
         let listener = {
@@ -469,6 +486,18 @@ impl RtmpFlvSrc {
             "Listening on {bound} for rtmp://{bound}/{}",
             settings.app
         );
+        if bound.ip().is_unspecified() && settings.stream_key.is_empty() {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Settings,
+                (
+                    "Listening on all interfaces ({}) without a stream-key: anyone who can reach \
+                     port {} can publish. Set stream-key (or listen on 127.0.0.1).",
+                    bound.ip(),
+                    bound.port()
+                )
+            );
+        }
 
         for (kind, rx) in [(StreamKind::Video, video_rx), (StreamKind::Audio, audio_rx)] {
             let mut stream = lock(&self.streams[kind_index(kind)]);
@@ -1102,14 +1131,14 @@ impl ObjectImpl for RtmpFlvSrc {
                     .build(),
                 glib::ParamSpecUInt::builder("handshake-timeout")
                     .nick("Handshake timeout")
-                    .blurb("Milliseconds a new connection may take to complete the RTMP handshake")
+                    .blurb("Milliseconds a new connection has, from connecting, to start publishing (handshake, connect, publish); trickled bytes do not extend it")
                     .minimum(1)
                     .default_value(DEFAULT_HANDSHAKE_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("idle-timeout")
                     .nick("Idle timeout")
-                    .blurb("Milliseconds without data after which a connection is dropped")
+                    .blurb("A publisher that delivers less than 1 KiB of audio/video within this many milliseconds is dropped")
                     .minimum(1)
                     .default_value(DEFAULT_IDLE_TIMEOUT_MS)
                     .mutable_ready()
@@ -1132,6 +1161,12 @@ impl ObjectImpl for RtmpFlvSrc {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = lock(&self.settings);
+        if matches!(
+            pspec.name(),
+            "address" | "port" | "app" | "stream-key" | "location"
+        ) {
+            settings.location_error = None;
+        }
         match pspec.name() {
             "address" => {
                 settings.address = value
@@ -1151,7 +1186,12 @@ impl ObjectImpl for RtmpFlvSrc {
                             settings.stream_key = l.stream_key;
                         }
                         Err(e) => {
-                            gst::error!(CAT, imp = self, "Invalid location: {e}");
+                            gst::warning!(
+                                CAT,
+                                imp = self,
+                                "Invalid location: {e}; going to READY will fail"
+                            );
+                            settings.location_error = Some(e);
                         }
                     }
                 }
@@ -1387,6 +1427,7 @@ impl URIHandlerImpl for RtmpFlvSrc {
         }
         let l = parse_location(uri).map_err(|e| glib::Error::new(gst::URIError::BadUri, &e))?;
         let mut settings = lock(&self.settings);
+        settings.location_error = None;
         settings.address = l.address;
         settings.port = l.port;
         settings.app = l.app;
@@ -1501,6 +1542,74 @@ mod tests {
         assert_eq!(stats.name(), "rtmpflvsrc-stats");
         assert_eq!(stats.get::<u64>("connections").unwrap(), 0);
         assert_eq!(stats.get::<String>("publisher").unwrap(), "");
+    }
+
+    /// The first error or warning `pipeline` posted (within 1 s), as text.
+    fn first_message(pipeline: &gst::Pipeline, kind: gst::MessageType) -> Option<String> {
+        let msg = pipeline
+            .bus()
+            .unwrap()
+            .timed_pop_filtered(gst::ClockTime::from_seconds(1), &[kind])?;
+        Some(match msg.view() {
+            gst::MessageView::Error(e) => e.error().to_string(),
+            gst::MessageView::Warning(w) => w.error().to_string(),
+            _ => unreachable!(),
+        })
+    }
+
+    #[test]
+    fn invalid_location_fails_at_ready_naming_the_problem() {
+        init();
+        for (location, needle) in [
+            ("garbage", "'garbage' is not an rtmp://"),
+            ("rtmp://127.0.0.1:99999/x", "invalid port '99999'"),
+            ("http://127.0.0.1:1935/live", "is not an rtmp://"),
+        ] {
+            let pipeline = gst::Pipeline::new();
+            let e = element(0);
+            pipeline.add(&e).unwrap();
+            e.set_property("location", location);
+            assert!(
+                pipeline.set_state(gst::State::Ready).is_err(),
+                "{location}: READY must fail instead of listening on the defaults"
+            );
+            let text = first_message(&pipeline, gst::MessageType::Error).expect("an error");
+            assert!(
+                text.contains("Invalid location") && text.contains(needle),
+                "{location}: {text}"
+            );
+            pipeline.set_state(gst::State::Null).unwrap();
+            // A good location (or address/port) afterwards clears the mistake.
+            e.set_property("location", "rtmp://127.0.0.1:0/live");
+            pipeline
+                .set_state(gst::State::Ready)
+                .expect("READY with a good location");
+            pipeline.set_state(gst::State::Null).unwrap();
+        }
+    }
+
+    #[test]
+    fn all_interfaces_without_stream_key_warns() {
+        init();
+        for (key, warns) in [("", true), ("secret", false)] {
+            let pipeline = gst::Pipeline::new();
+            let e = element(0);
+            pipeline.add(&e).unwrap();
+            e.set_property("address", "0.0.0.0");
+            e.set_property("stream-key", key);
+            pipeline.set_state(gst::State::Ready).expect("READY");
+            let warning = first_message(&pipeline, gst::MessageType::Warning);
+            pipeline.set_state(gst::State::Null).unwrap();
+            if warns {
+                let text = warning.expect("a warning for 0.0.0.0 without a stream key");
+                assert!(
+                    text.contains("without a stream-key") && text.contains("Set stream-key"),
+                    "{text}"
+                );
+            } else {
+                assert_eq!(warning, None);
+            }
+        }
     }
 
     #[test]

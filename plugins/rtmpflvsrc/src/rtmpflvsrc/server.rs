@@ -7,8 +7,8 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,15 +17,32 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use super::imp::CAT;
 use crate::flv::{self, AudioTag, VideoTag};
 use crate::session::{Session, SessionConfig, SessionEvent};
 use crate::timestamps::StreamKind;
 
-/// Connections handled at once (publisher plus handshaking / rejected ones).
-const MAX_CONNECTIONS: usize = 16;
+/// Connections not publishing (yet) served at once: handshaking, connecting, being rejected.
+/// The publisher does not count against it.
+pub(super) const MAX_PENDING: usize = 64;
+/// When every pending slot is taken, the oldest pending connection is dropped for a new one if
+/// it has had this long to publish; otherwise the new connection is refused. A real publisher
+/// needs a few round trips, an attacker holding slots is churned out.
+const PENDING_GRACE: Duration = Duration::from_secs(1);
+/// Audio/video payload bytes a publisher must deliver per `idle-timeout` to keep its slot
+/// (a trickle of one byte per second does not).
+pub(super) const MIN_MEDIA_BYTES_PER_WINDOW: u64 = 1024;
+/// At most one bus warning per kind (refused, dropped) per interval; the others are counted
+/// and summarized.
+const WARNING_INTERVAL: Duration = Duration::from_secs(5);
+/// Wrong application / stream-key guesses per peer address: this many at once, then one per
+/// [`GUESS_INTERVAL`] (the answer to a guess is delayed).
+const GUESS_BURST: u32 = 5;
+const GUESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Addresses remembered by the guess throttle, at most.
+const GUESS_TABLE: usize = 1024;
 /// Media bytes queued between the network and the streaming threads, at most; beyond that the
 /// publisher's connection is not read (TCP back-pressure).
 pub(super) const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
@@ -175,6 +192,10 @@ pub(super) struct Shared {
     pub(super) audio_items: mpsc::Sender<Item>,
     pub(super) next_id: AtomicU64,
     pub(super) next_session: AtomicU64,
+    /// Connections that do not publish (yet).
+    pub(super) pending: Mutex<PendingTable>,
+    pub(super) warnings: Mutex<WarningDigest>,
+    pub(super) guesses: Mutex<GuessThrottle>,
 }
 
 fn video_tag_len(tag: &VideoTag) -> usize {
@@ -197,6 +218,152 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Connections that do not publish (yet): when they fill [`MAX_PENDING`], the oldest one past
+/// [`PENDING_GRACE`] makes room for a newcomer.
+#[derive(Default)]
+pub(super) struct PendingTable {
+    conns: HashMap<u64, (Instant, Option<AbortHandle>)>,
+}
+
+impl PendingTable {
+    /// Admits connection `id`; returns the task to abort to make room (if any), or `Err` with
+    /// the reason to refuse the newcomer.
+    fn admit(&mut self, id: u64, now: Instant) -> Result<Option<AbortHandle>, String> {
+        let mut evict = None;
+        if self.conns.len() >= MAX_PENDING {
+            let oldest = self
+                .conns
+                .iter()
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(id, (since, _))| (*id, *since));
+            match oldest {
+                Some((old, since)) if now.duration_since(since) >= PENDING_GRACE => {
+                    evict = self.conns.remove(&old).and_then(|(_, h)| h);
+                }
+                _ => {
+                    return Err(format!(
+                        "{MAX_PENDING} connections are already connecting, none of them for \
+                         longer than {} ms",
+                        PENDING_GRACE.as_millis()
+                    ));
+                }
+            }
+        }
+        self.conns.insert(id, (now, None));
+        Ok(evict)
+    }
+
+    fn set_handle(&mut self, id: u64, handle: AbortHandle) {
+        if let Some(entry) = self.conns.get_mut(&id) {
+            entry.1 = Some(handle);
+        }
+    }
+
+    /// Removes `id`; false if it was not there (evicted).
+    fn remove(&mut self, id: u64) -> bool {
+        self.conns.remove(&id).is_some()
+    }
+}
+
+/// Bus warnings of one kind at most once per [`WARNING_INTERVAL`]; the rest are counted and
+/// reported in one summary.
+#[derive(Default)]
+pub(super) struct WarningDigest {
+    kinds: HashMap<&'static str, DigestEntry>,
+}
+
+struct DigestEntry {
+    posted: Instant,
+    suppressed: u64,
+    latest: String,
+}
+
+impl WarningDigest {
+    /// The text to post now, or `None` if this warning is only counted.
+    fn admit(&mut self, kind: &'static str, text: &str, now: Instant) -> Option<String> {
+        match self.kinds.get_mut(kind) {
+            Some(e) if now.duration_since(e.posted) < WARNING_INTERVAL => {
+                e.suppressed += 1;
+                e.latest = text.to_string();
+                None
+            }
+            Some(e) => {
+                let out = if e.suppressed > 0 {
+                    format!(
+                        "{text} (and {} more like this in the {} s before)",
+                        e.suppressed,
+                        now.duration_since(e.posted).as_secs()
+                    )
+                } else {
+                    text.to_string()
+                };
+                e.posted = now;
+                e.suppressed = 0;
+                Some(out)
+            }
+            None => {
+                self.kinds.insert(
+                    kind,
+                    DigestEntry {
+                        posted: now,
+                        suppressed: 0,
+                        latest: String::new(),
+                    },
+                );
+                Some(text.to_string())
+            }
+        }
+    }
+
+    /// Summaries of what was counted over a finished interval.
+    fn flush(&mut self, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in self.kinds.values_mut() {
+            if e.suppressed > 0 && now.duration_since(e.posted) >= WARNING_INTERVAL {
+                out.push(format!(
+                    "{} more like this in the last {} s, the latest: {}",
+                    e.suppressed,
+                    now.duration_since(e.posted).as_secs(),
+                    e.latest
+                ));
+                e.posted = now;
+                e.suppressed = 0;
+            }
+        }
+        out
+    }
+}
+
+/// Wrong application / stream-key guesses per address (GCRA): [`GUESS_BURST`] answered at
+/// once, then one per [`GUESS_INTERVAL`].
+#[derive(Default)]
+pub(super) struct GuessThrottle {
+    /// Per address: the time the next guess is "due" at the sustained rate.
+    due: HashMap<IpAddr, Instant>,
+}
+
+impl GuessThrottle {
+    /// Counts a wrong guess from `ip`; returns how long its answer must wait.
+    fn charge(&mut self, ip: IpAddr, now: Instant) -> Duration {
+        if self.due.len() >= GUESS_TABLE && !self.due.contains_key(&ip) {
+            // Forget addresses that are back at full allowance, else the one due soonest.
+            self.due.retain(|_, due| *due > now);
+            if self.due.len() >= GUESS_TABLE
+                && let Some(ip) = self.due.iter().min_by_key(|(_, d)| **d).map(|(ip, _)| *ip)
+            {
+                self.due.remove(&ip);
+            }
+        }
+        let due = self.due.entry(ip).or_insert(now);
+        let start = (*due).max(now);
+        *due = start + GUESS_INTERVAL;
+        let allowance = GUESS_INTERVAL * GUESS_BURST;
+        (start + GUESS_INTERVAL)
+            .saturating_duration_since(now)
+            .saturating_sub(allowance)
+    }
+}
+
 impl Shared {
     pub(super) fn post_element_message(&self, s: gst::Structure) {
         if let Some(element) = self.element.upgrade() {
@@ -208,6 +375,35 @@ impl Shared {
         if let Some(element) = self.element.upgrade() {
             gst::warning!(CAT, obj = element, "{text}");
             gst::element_warning!(element, error, ("{}", text));
+        }
+    }
+
+    /// A warning about a peer (refused, dropped): logged every time, posted on the bus at most
+    /// once per [`WARNING_INTERVAL`] per `kind`, the others summarized (a flood of hostile
+    /// connections must not flood the application).
+    fn post_peer_warning(
+        &self,
+        kind: &'static str,
+        error: impl gst::MessageErrorDomain,
+        text: &str,
+    ) {
+        let Some(element) = self.element.upgrade() else {
+            return;
+        };
+        gst::warning!(CAT, obj = element, "{text}");
+        let post = lock(&self.warnings).admit(kind, text, Instant::now());
+        if let Some(text) = post {
+            gst::element_warning!(element, error, ("{}", text));
+        }
+    }
+
+    /// Posts the summaries of counted peer warnings whose interval is over.
+    fn flush_peer_warnings(&self) {
+        let summaries = lock(&self.warnings).flush(Instant::now());
+        if let Some(element) = self.element.upgrade() {
+            for text in summaries {
+                gst::element_warning!(element, gst::ResourceError::Read, ("{}", text));
+            }
         }
     }
 
@@ -228,12 +424,18 @@ impl Shared {
         if self.ended.load(Ordering::SeqCst) {
             return Err("the stream has ended (eos-on-disconnect=true)".to_string());
         }
+        // Lock order: pending, then publisher. A connection leaves the pending table as it
+        // becomes the publisher, so eviction (which aborts the task) never hits a publisher.
+        let mut pending = lock(&self.pending);
         let mut publisher = lock(&self.publisher);
         match &*publisher {
             Some((other, other_peer)) if *other != id => Err(format!(
                 "another publisher ({other_peer}) is already active; one publisher at a time"
             )),
             _ => {
+                if !pending.remove(id) {
+                    return Err("the connection was dropped to make room for others".to_string());
+                }
                 *publisher = Some((id, peer.to_string()));
                 Ok(())
             }
@@ -277,6 +479,9 @@ struct Connection {
     session: Session,
     publishing: bool,
     warned: HashSet<String>,
+    /// Current `idle-timeout` window of a publisher and the media bytes received in it.
+    window_start: Instant,
+    window_media: u64,
 }
 
 impl Connection {
@@ -287,31 +492,49 @@ impl Connection {
     ) -> ConnectionEnd {
         let mut buf = vec![0u8; READ_SIZE];
         let start = Instant::now();
+        let idle = self.shared.idle_timeout;
+        let pre_publish = self.shared.handshake_timeout;
         loop {
-            let (limit, what) = if self.session.handshake_done() {
-                (self.shared.idle_timeout, "idle")
+            // Deadlines that trickled bytes do not extend: publish within handshake-timeout of
+            // connecting; once publishing, deliver MIN_MEDIA_BYTES_PER_WINDOW per idle-timeout.
+            let limit = if self.publishing {
+                if self.window_start.elapsed() >= idle {
+                    if self.window_media < MIN_MEDIA_BYTES_PER_WINDOW {
+                        return ConnectionEnd::warn(if self.window_media == 0 {
+                            format!("no audio/video for {} ms (idle-timeout)", idle.as_millis())
+                        } else {
+                            format!(
+                                "only {} bytes of audio/video in {} ms (idle-timeout; at least \
+                                 {MIN_MEDIA_BYTES_PER_WINDOW} needed)",
+                                self.window_media,
+                                idle.as_millis()
+                            )
+                        });
+                    }
+                    self.window_start = Instant::now();
+                    self.window_media = 0;
+                }
+                idle.saturating_sub(self.window_start.elapsed())
             } else {
-                (
-                    self.shared
-                        .handshake_timeout
-                        .saturating_sub(start.elapsed()),
-                    "handshake",
-                )
-            };
-            let n = match tokio::time::timeout(limit, rd.read(&mut buf)).await {
-                Err(_) => {
-                    return ConnectionEnd::warn(if what == "idle" {
+                if start.elapsed() >= pre_publish {
+                    return ConnectionEnd::warn(if self.session.handshake_done() {
                         format!(
-                            "no data for {} ms (idle-timeout)",
-                            self.shared.idle_timeout.as_millis()
+                            "did not start publishing within {} ms of connecting \
+                             (handshake-timeout)",
+                            pre_publish.as_millis()
                         )
                     } else {
                         format!(
                             "RTMP handshake not completed within {} ms (handshake-timeout)",
-                            self.shared.handshake_timeout.as_millis()
+                            pre_publish.as_millis()
                         )
                     });
                 }
+                pre_publish.saturating_sub(start.elapsed())
+            };
+            let n = match tokio::time::timeout(limit, rd.read(&mut buf)).await {
+                // The deadlines are checked at the top of the loop.
+                Err(_) => continue,
                 Ok(Err(e)) => return ConnectionEnd::normal(format!("read error: {e}")),
                 Ok(Ok(0)) => return ConnectionEnd::normal("connection closed by the publisher"),
                 Ok(Ok(n)) => n,
@@ -332,6 +555,25 @@ impl Connection {
                 Ok(Err(e)) => return ConnectionEnd::warn(e.to_string()),
                 Ok(Ok(output)) => output,
             };
+            let guesses = output
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        SessionEvent::Rejected {
+                            wrong_credentials: true,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            if guesses > 0 && !self.throttle_guess(start).await {
+                return ConnectionEnd::warn(
+                    "too many wrong application / stream-key attempts from this address; \
+                     try again later",
+                );
+            }
             if !output.send.is_empty() {
                 match out.try_send(output.send) {
                     Ok(()) => {}
@@ -354,6 +596,23 @@ impl Connection {
                 return ConnectionEnd::normal("rejected");
             }
         }
+    }
+
+    /// Delays the answer to a wrong application / stream key as the per-address throttle says;
+    /// false if the delay would outlast the connection's pre-publish deadline.
+    async fn throttle_guess(&self, start: Instant) -> bool {
+        let Ok(addr) = self.peer.parse::<SocketAddr>() else {
+            return true;
+        };
+        let delay = lock(&self.shared.guesses).charge(addr.ip(), Instant::now());
+        if delay.is_zero() {
+            return true;
+        }
+        if start.elapsed() + delay > self.shared.handshake_timeout {
+            return false;
+        }
+        tokio::time::sleep(delay).await;
+        true
     }
 
     /// Waits until `len` more bytes may be queued towards the streaming threads.
@@ -409,6 +668,8 @@ impl Connection {
         match event {
             SessionEvent::PublishStarted { app, stream_key } => {
                 self.publishing = true;
+                self.window_start = Instant::now();
+                self.window_media = 0;
                 {
                     let mut stats = lock(&self.shared.stats);
                     stats.publisher = self.peer.clone();
@@ -454,7 +715,9 @@ impl Connection {
                         _ => {}
                     }
                 }
-                let budget = self.reserve(video_tag_len(&tag)).await;
+                let len = video_tag_len(&tag);
+                self.window_media += len as u64;
+                let budget = self.reserve(len).await;
                 self.send_item(Item::Video {
                     dts_ms,
                     tag,
@@ -476,7 +739,9 @@ impl Connection {
                         _ => {}
                     }
                 }
-                let budget = self.reserve(audio_tag_len(&tag)).await;
+                let len = audio_tag_len(&tag);
+                self.window_media += len as u64;
+                let budget = self.reserve(len).await;
                 self.send_item(Item::Audio {
                     dts_ms,
                     tag,
@@ -514,7 +779,7 @@ impl Connection {
             SessionEvent::PublishFinished => {
                 self.end_publish("the publisher ended the stream").await
             }
-            SessionEvent::Rejected { reason } => {
+            SessionEvent::Rejected { reason, .. } => {
                 self.shared.reject(&self.peer, &reason);
                 None
             }
@@ -563,8 +828,7 @@ impl Connection {
     }
 }
 
-async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+async fn handle_connection(stream: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
@@ -595,6 +859,8 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
         shared: shared.clone(),
         publishing: false,
         warned: HashSet::new(),
+        window_start: Instant::now(),
+        window_media: 0,
     };
     if let Some(element) = shared.element.upgrade() {
         gst::debug!(CAT, obj = element, "New connection from {peer}");
@@ -621,7 +887,8 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     }
 
     if end.warn {
-        shared.post_warning(
+        shared.post_peer_warning(
+            "dropped",
             gst::ResourceError::Read,
             &format!("Dropped RTMP connection from {peer}: {}", end.reason),
         );
@@ -635,23 +902,47 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
     }
     conn.end_publish(&end.reason).await;
     shared.release(id);
+    lock(&shared.pending).remove(id);
 }
 
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
+    let mut summaries = tokio::time::interval(WARNING_INTERVAL);
+    summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if connections.len() >= MAX_CONNECTIONS {
-                        shared.post_warning(
-                            gst::ResourceError::Busy,
-                            &format!("Refusing connection from {peer}: {MAX_CONNECTIONS} connections already open"),
-                        );
-                        drop(stream);
-                        continue;
+                    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+                    let admitted = lock(&shared.pending).admit(id, Instant::now());
+                    match admitted {
+                        Err(reason) => {
+                            shared.post_peer_warning(
+                                "refused",
+                                gst::ResourceError::Busy,
+                                &format!("Refusing RTMP connection from {peer}: {reason}"),
+                            );
+                            drop(stream);
+                        }
+                        Ok(evict) => {
+                            if let Some(old) = evict {
+                                old.abort();
+                                shared.post_peer_warning(
+                                    "dropped",
+                                    gst::ResourceError::Read,
+                                    &format!(
+                                        "Dropped an RTMP connection that had not published after \
+                                         {} ms to make room for {peer} ({MAX_PENDING} were \
+                                         connecting)",
+                                        PENDING_GRACE.as_millis()
+                                    ),
+                                );
+                            }
+                            let handle =
+                                connections.spawn(handle_connection(stream, peer, id, shared.clone()));
+                            lock(&shared.pending).set_handle(id, handle);
+                        }
                     }
-                    connections.spawn(handle_connection(stream, peer, shared.clone()));
                 }
                 Err(e) => {
                     if let Some(element) = shared.element.upgrade() {
@@ -661,6 +952,7 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = summaries.tick() => shared.flush_peer_warnings(),
         }
     }
 }
@@ -682,5 +974,74 @@ impl Server {
             std::thread::sleep(Duration::from_millis(1));
         }
         drop(self.shared);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_table_evicts_only_past_the_grace() {
+        let t0 = Instant::now();
+        let mut t = PendingTable::default();
+        for id in 0..MAX_PENDING as u64 {
+            assert!(matches!(t.admit(id, t0), Ok(None)));
+        }
+        // Full of young connections: the newcomer is refused.
+        let e = t.admit(1000, t0 + PENDING_GRACE / 2).unwrap_err();
+        assert!(e.contains("already connecting"), "{e}");
+        // Past the grace the oldest makes room (no handle registered: nothing to abort).
+        assert!(matches!(t.admit(1001, t0 + PENDING_GRACE), Ok(None)));
+        assert_eq!(t.conns.len(), MAX_PENDING);
+        assert!(t.conns.contains_key(&1001));
+        // A connection that became the publisher left the table; an evicted one is gone.
+        assert!(t.remove(1001));
+        assert!(!t.remove(1001));
+    }
+
+    #[test]
+    fn warning_digest_posts_once_per_interval_and_summarizes() {
+        let t0 = Instant::now();
+        let mut d = WarningDigest::default();
+        assert_eq!(d.admit("refused", "a", t0).as_deref(), Some("a"));
+        for i in 0..1000 {
+            assert!(d.admit("refused", &format!("r{i}"), t0).is_none());
+        }
+        // Another kind is independent.
+        assert_eq!(d.admit("dropped", "b", t0).as_deref(), Some("b"));
+        assert!(d.flush(t0 + WARNING_INTERVAL / 2).is_empty());
+        let s = d.flush(t0 + WARNING_INTERVAL);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert!(
+            s[0].starts_with("1000 more like this") && s[0].ends_with("r999"),
+            "{s:?}"
+        );
+        assert!(d.flush(t0 + WARNING_INTERVAL * 3).is_empty());
+        let later = t0 + WARNING_INTERVAL * 3;
+        assert_eq!(d.admit("refused", "c", later).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn guess_throttle_allows_a_burst_then_one_per_interval() {
+        let t0 = Instant::now();
+        let mut g = GuessThrottle::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let delays: Vec<Duration> = (0..8).map(|_| g.charge(ip, t0)).collect();
+        assert!(
+            delays[..GUESS_BURST as usize].iter().all(|d| d.is_zero()),
+            "{delays:?}"
+        );
+        assert_eq!(delays[GUESS_BURST as usize], GUESS_INTERVAL);
+        assert_eq!(delays[GUESS_BURST as usize + 2], GUESS_INTERVAL * 3);
+        // Another address is not slowed down.
+        assert!(g.charge("192.0.2.2".parse().unwrap(), t0).is_zero());
+        // After a quiet period the burst is back.
+        assert!(g.charge(ip, t0 + GUESS_INTERVAL * 20).is_zero());
+        // The table stays bounded.
+        for i in 0..(GUESS_TABLE as u32 * 2) {
+            g.charge(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert!(g.due.len() <= GUESS_TABLE);
     }
 }

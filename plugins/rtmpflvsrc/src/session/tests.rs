@@ -128,7 +128,7 @@ fn wrong_key_is_rejected_without_media() {
     let stream = sample_publish_stream(5);
     let mut s = Session::new(config("live", "secret"));
     let events = feed_all(&mut s, &stream, 4096).unwrap();
-    assert!(events.iter().any(|e| matches!(e, SessionEvent::Rejected { reason } if reason.contains("wrong stream key 'key'"))), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, SessionEvent::Rejected { reason, .. } if reason.contains("wrong stream key 'key'"))), "{events:?}");
     assert!(!events.iter().any(|e| matches!(
         e,
         SessionEvent::Video { .. } | SessionEvent::PublishStarted { .. }
@@ -144,7 +144,7 @@ fn wrong_app_is_rejected() {
     let mut s = Session::new(config("other", ""));
     let events = feed_all(&mut s, &stream, 4096).unwrap();
     assert!(
-        matches!(&events[..], [SessionEvent::Rejected { reason }] if reason.contains("wrong application 'live'")),
+        matches!(&events[..], [SessionEvent::Rejected { reason, .. }] if reason.contains("wrong application 'live'")),
         "{events:?}"
     );
     assert!(s.is_closed());
@@ -165,7 +165,7 @@ fn second_publisher_is_rejected_by_gate() {
     let mut s = Session::new(config("live", ""));
     let out = s.feed(&stream, &mut gate).unwrap();
     assert!(
-        matches!(&out.events[..], [SessionEvent::Rejected { reason }] if reason.contains("another publisher"))
+        matches!(&out.events[..], [SessionEvent::Rejected { reason, .. }] if reason.contains("another publisher"))
     );
     // The rejection is sent to the peer (an onStatus error).
     assert!(
