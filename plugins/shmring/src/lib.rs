@@ -9,6 +9,7 @@ pub mod ring;
 pub mod shm;
 mod shmringsink;
 mod shmringsrc;
+pub mod sigbus;
 mod slotpool;
 pub mod writer;
 

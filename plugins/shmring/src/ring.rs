@@ -34,6 +34,11 @@ pub const ALIGN: usize = 64;
 pub const CAPS_OFFSET: usize = 256;
 /// Maximum length of the caps string in bytes.
 pub const CAPS_CAPACITY: usize = HEADER_SIZE - CAPS_OFFSET;
+/// Most slots a ring may have (the `slots` property's maximum). Readers refuse more.
+pub const MAX_SLOT_COUNT: u32 = 1024;
+/// Largest slot payload (the `slot-size` property's maximum, 4 GiB). Readers refuse bigger slots,
+/// so a hostile header can never make them map or allocate more than this per frame.
+pub const MAX_SLOT_SIZE: usize = 1 << 32;
 
 // Header field offsets.
 pub const OFF_MAGIC: usize = 0;
@@ -123,13 +128,24 @@ impl Geometry {
                 "slot count {slot_count} is too small (at least 2)"
             )));
         }
+        if slot_count > MAX_SLOT_COUNT {
+            return Err(LayoutError::Invalid(format!(
+                "slot count {slot_count} is too large (at most {MAX_SLOT_COUNT})"
+            )));
+        }
+        if payload > MAX_SLOT_SIZE {
+            return Err(LayoutError::Invalid(format!(
+                "slot size {payload} bytes is too large (at most {MAX_SLOT_SIZE})"
+            )));
+        }
         let slot_size = align_up(payload.max(1));
         let g = Geometry {
             slot_count,
             slot_size,
         };
-        g.slot_stride()
-            .checked_mul(slot_count as usize)
+        SLOT_HEADER_SIZE
+            .checked_add(slot_size)
+            .and_then(|s| s.checked_mul(slot_count as usize))
             .and_then(|s| s.checked_add(HEADER_SIZE))
             .filter(|s| *s <= isize::MAX as usize)
             .ok_or_else(|| {
@@ -221,6 +237,12 @@ pub struct FrameMeta {
     pub publish_time: u64,
 }
 
+/// The slot seq of frame `n` once published (`2n + 2`; wraps instead of overflowing for the
+/// absurd frame numbers a hostile `write_seq` can claim).
+fn seq_published(n: u64) -> u64 {
+    n.wrapping_mul(2).wrapping_add(2)
+}
+
 fn time_to_raw(t: Option<u64>) -> u64 {
     t.unwrap_or(NO_TIME)
 }
@@ -280,19 +302,19 @@ impl RingMemory {
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+        assert!(off.is_multiple_of(8) && off.checked_add(8).is_some_and(|e| e <= self.len));
         // SAFETY: in bounds and 8-byte aligned (checked), the region outlives self.
         unsafe { AtomicU64::from_ptr(self.ptr.add(off) as *mut u64) }
     }
 
     fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off.is_multiple_of(4) && off + 4 <= self.len);
+        assert!(off.is_multiple_of(4) && off.checked_add(4).is_some_and(|e| e <= self.len));
         // SAFETY: as above.
         unsafe { AtomicU32::from_ptr(self.ptr.add(off) as *mut u32) }
     }
 
     fn read_bytes(&self, off: usize, dst: &mut [u8]) {
-        assert!(off + dst.len() <= self.len);
+        assert!(off.checked_add(dst.len()).is_some_and(|e| e <= self.len));
         // SAFETY: bounds checked; concurrent writes are detected by the seqlock around the copy.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), dst.as_mut_ptr(), dst.len()) }
     }
@@ -342,9 +364,17 @@ impl RingMemory {
 
     /// Check that the region is a ready ring of this layout version; return its geometry.
     pub fn validate(&self) -> Result<Geometry, LayoutError> {
-        if self.len < HEADER_SIZE {
+        self.validate_within(self.len)
+    }
+
+    /// Check the header against an object of `object_size` bytes (what `fstat` says; this
+    /// region may hold just the header): every field is checked with overflow-free arithmetic,
+    /// within [`MAX_SLOT_COUNT`] / [`MAX_SLOT_SIZE`], and the whole ring must fit in
+    /// `object_size`. The caller maps `total_size()` bytes of the object afterwards.
+    pub fn validate_within(&self, object_size: usize) -> Result<Geometry, LayoutError> {
+        if self.len < HEADER_SIZE || object_size < HEADER_SIZE {
             return Err(LayoutError::TooSmall {
-                size: self.len,
+                size: self.len.min(object_size),
                 needed: HEADER_SIZE,
             });
         }
@@ -363,34 +393,48 @@ impl RingMemory {
         if self.state_raw() == WriterState::Init as u32 {
             return Err(LayoutError::NotReady);
         }
-        let header_size = self.u32_at(OFF_HEADER_SIZE).load(Ordering::Relaxed) as usize;
-        let slot_header = self.u32_at(OFF_SLOT_HEADER_SIZE).load(Ordering::Relaxed) as usize;
-        if header_size != HEADER_SIZE || slot_header != SLOT_HEADER_SIZE {
+        let header_size = self.u32_at(OFF_HEADER_SIZE).load(Ordering::Relaxed);
+        let slot_header = self.u32_at(OFF_SLOT_HEADER_SIZE).load(Ordering::Relaxed);
+        if header_size as usize != HEADER_SIZE || slot_header as usize != SLOT_HEADER_SIZE {
             return Err(LayoutError::Invalid(format!(
                 "header size {header_size} / slot header size {slot_header}, expected {HEADER_SIZE} / {SLOT_HEADER_SIZE}"
             )));
         }
         let slot_count = self.u32_at(OFF_SLOT_COUNT).load(Ordering::Relaxed);
-        let slot_size = self.u64_at(OFF_SLOT_SIZE).load(Ordering::Relaxed) as usize;
-        if slot_count < 2 || slot_size == 0 || !slot_size.is_multiple_of(ALIGN) {
+        let slot_size = self.u64_at(OFF_SLOT_SIZE).load(Ordering::Relaxed);
+        if !(2..=MAX_SLOT_COUNT).contains(&slot_count) {
             return Err(LayoutError::Invalid(format!(
-                "slot count {slot_count}, slot size {slot_size}"
+                "slot count {slot_count}, expected 2..={MAX_SLOT_COUNT}"
             )));
         }
-        let g = Geometry::new(slot_count, slot_size)?;
-        let stride = self.u64_at(OFF_SLOT_STRIDE).load(Ordering::Relaxed) as usize;
-        let total = self.u64_at(OFF_TOTAL_SIZE).load(Ordering::Relaxed) as usize;
-        if stride != g.slot_stride() || total != g.total_size() {
+        if slot_size == 0
+            || !slot_size.is_multiple_of(ALIGN as u64)
+            || slot_size > MAX_SLOT_SIZE as u64
+        {
             return Err(LayoutError::Invalid(format!(
-                "slot stride {stride} / total size {total}, expected {} / {}",
-                g.slot_stride(),
-                g.total_size()
+                "slot size {slot_size}, expected a multiple of {ALIGN} up to {MAX_SLOT_SIZE}"
             )));
         }
-        if self.len < total {
+        let stride = self.u64_at(OFF_SLOT_STRIDE).load(Ordering::Relaxed);
+        let total = self.u64_at(OFF_TOTAL_SIZE).load(Ordering::Relaxed);
+        let want_stride = (SLOT_HEADER_SIZE as u64).checked_add(slot_size);
+        let want_total = want_stride
+            .and_then(|s| s.checked_mul(slot_count as u64))
+            .and_then(|s| s.checked_add(HEADER_SIZE as u64));
+        let (Some(want_stride), Some(want_total)) = (want_stride, want_total) else {
+            return Err(LayoutError::Invalid(format!(
+                "{slot_count} slots of {slot_size} bytes overflow"
+            )));
+        };
+        if stride != want_stride || total != want_total {
+            return Err(LayoutError::Invalid(format!(
+                "slot stride {stride} / total size {total}, expected {want_stride} / {want_total}"
+            )));
+        }
+        if total > object_size as u64 {
             return Err(LayoutError::TooSmall {
-                size: self.len,
-                needed: total,
+                size: object_size,
+                needed: usize::try_from(total).unwrap_or(usize::MAX),
             });
         }
         let caps_cap = self.u32_at(OFF_CAPS_CAPACITY).load(Ordering::Relaxed) as usize;
@@ -399,6 +443,8 @@ impl RingMemory {
                 "caps capacity {caps_cap}, expected {CAPS_CAPACITY}"
             )));
         }
+        let g = Geometry::new(slot_count, slot_size as usize)?;
+        debug_assert_eq!(g.total_size() as u64, total);
         Ok(g)
     }
 
@@ -439,11 +485,12 @@ impl RingMemory {
         }
         let off = g.slot_offset(g.slot_of(n));
         let s1 = self.u64_at(off + SLOT_SEQ).load(Ordering::Acquire);
-        if s1 > 2 * n + 2 {
+        let published = seq_published(n);
+        if s1 > published {
             // A later frame took the slot.
             return ReadStart::Lost { write_seq: w };
         }
-        if s1 != 2 * n + 2 {
+        if s1 != published {
             // Older content or frame `n` still marked in progress although the writer is past
             // it: the writer skipped this number (slot lent out, frame dropped).
             return ReadStart::Skipped;
@@ -475,7 +522,7 @@ impl RingMemory {
     pub fn finish_read(&self, g: &Geometry, meta: &FrameMeta) -> bool {
         fence(Ordering::Acquire);
         let off = g.slot_offset(g.slot_of(meta.seq));
-        self.u64_at(off + SLOT_SEQ).load(Ordering::Relaxed) == 2 * meta.seq + 2
+        self.u64_at(off + SLOT_SEQ).load(Ordering::Relaxed) == seq_published(meta.seq)
     }
 
     /// Read frame `n` into a new vector (convenience for tests and tools).
@@ -564,12 +611,15 @@ impl RingMemory {
         let s = seq.load(Ordering::Relaxed);
         seq.store(s | 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        let id = self.u64_at(OFF_CAPS_ID).load(Ordering::Relaxed) + 1;
+        let id = self
+            .u64_at(OFF_CAPS_ID)
+            .load(Ordering::Relaxed)
+            .wrapping_add(1);
         self.write_bytes(CAPS_OFFSET, caps.as_bytes());
         self.u32_at(OFF_CAPS_LEN)
             .store(caps.len() as u32, Ordering::Relaxed);
         self.u64_at(OFF_CAPS_ID).store(id, Ordering::Relaxed);
-        seq.store((s | 1) + 1, Ordering::Release);
+        seq.store((s | 1).wrapping_add(1), Ordering::Release);
         Ok(id)
     }
 
@@ -577,7 +627,7 @@ impl RingMemory {
     pub fn begin_write(&self, g: &Geometry, n: u64) -> *mut u8 {
         let off = g.slot_offset(g.slot_of(n));
         self.u64_at(off + SLOT_SEQ)
-            .store(2 * n + 1, Ordering::Relaxed);
+            .store(n.wrapping_mul(2).wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         // SAFETY: payload_offset is within total_size <= len (checked at initialize/validate).
         unsafe { self.ptr.add(off + SLOT_HEADER_SIZE) }
@@ -610,8 +660,9 @@ impl RingMemory {
         self.u64_at(off + SLOT_PUBLISH_TIME)
             .store(meta.publish_time, Ordering::Relaxed);
         self.u64_at(off + SLOT_SEQ)
-            .store(2 * n + 2, Ordering::Release);
-        self.u64_at(OFF_WRITE_SEQ).store(n + 1, Ordering::SeqCst);
+            .store(seq_published(n), Ordering::Release);
+        self.u64_at(OFF_WRITE_SEQ)
+            .store(n.wrapping_add(1), Ordering::SeqCst);
     }
 
     /// Copy-path convenience: write and publish a whole frame.
@@ -635,7 +686,7 @@ pub fn catch_up(next: u64, write_seq: u64) -> (u64, u64) {
         (newest, newest - next)
     } else {
         // Frame `next` itself was lost (torn or never published) but is the newest: skip it.
-        (next + 1, 1)
+        (next.saturating_add(1), 1)
     }
 }
 
@@ -769,6 +820,63 @@ mod tests {
         let e = m.validate().unwrap_err();
         assert!(matches!(e, LayoutError::BadMagic { .. }));
         assert!(e.to_string().contains("GARBAGE!"), "{e}");
+    }
+
+    /// Hostile geometry (issue 15): fields that overflow, slots bigger than the object or than
+    /// any real frame, a ring bigger than the object. All refused, nothing panics.
+    #[test]
+    fn validate_refuses_geometry_it_cannot_map() {
+        let g = Geometry::new(2, 64).unwrap();
+        let mut r = Region::new(g.total_size());
+        let m = r.mem();
+        m.initialize(&g, 1, 1);
+        let set = |slots: u32, size: u64, stride: u64, total: u64| {
+            m.u32_at(OFF_SLOT_COUNT).store(slots, Ordering::Relaxed);
+            m.u64_at(OFF_SLOT_SIZE).store(size, Ordering::Relaxed);
+            m.u64_at(OFF_SLOT_STRIDE).store(stride, Ordering::Relaxed);
+            m.u64_at(OFF_TOTAL_SIZE).store(total, Ordering::Relaxed);
+        };
+        // slot size 2^64 - 64: the stride wraps to 0 and total to 4096 (a 4 KiB "ring").
+        set(2, u64::MAX - 63, 0, 4096);
+        let e = m.validate().unwrap_err();
+        assert!(
+            e.to_string().contains("slot size 18446744073709551552"),
+            "{e}"
+        );
+        // A consistent 2 TiB ring of two 1 TiB slots in a (sparse) 2 TiB object.
+        let tib = 1u64 << 40;
+        set(2, tib, tib + 64, 4096 + 2 * (tib + 64));
+        let e = m.validate_within(1 << 42).unwrap_err();
+        assert!(e.to_string().contains("up to 4294967296"), "{e}");
+        // Within the limits but bigger than the object.
+        let gib = 1u64 << 30;
+        set(4, gib, gib + 64, 4096 + 4 * (gib + 64));
+        assert!(matches!(
+            m.validate_within(1 << 20),
+            Err(LayoutError::TooSmall { size: 1048576, .. })
+        ));
+        let big = m.validate_within(8 << 30).unwrap();
+        assert_eq!(big.total_size() as u64, 4096 + 4 * (gib + 64));
+        set(
+            MAX_SLOT_COUNT + 1,
+            64,
+            128,
+            4096 + 128 * (MAX_SLOT_COUNT as u64 + 1),
+        );
+        assert!(
+            m.validate_within(usize::MAX)
+                .unwrap_err()
+                .to_string()
+                .contains("slot count")
+        );
+        set(2, 64, 128, 4096 + 256);
+        assert_eq!(m.validate(), Ok(g));
+        assert!(Geometry::new(2, MAX_SLOT_SIZE + 1).is_err());
+        assert!(Geometry::new(MAX_SLOT_COUNT + 1, 64).is_err());
+        // A hostile write_seq near u64::MAX: no overflow, just no frame.
+        m.u64_at(OFF_WRITE_SEQ).store(u64::MAX, Ordering::Relaxed);
+        assert!(m.read_frame(&g, u64::MAX - 1).is_err());
+        assert_eq!(catch_up(u64::MAX, u64::MAX), (u64::MAX, 1));
     }
 
     #[test]

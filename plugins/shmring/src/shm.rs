@@ -10,6 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use crate::ring::{self, Geometry, LayoutError, RingMemory, WriterState};
+use crate::sigbus::{self, MappingGuard};
 
 /// Where Linux keeps POSIX shm objects (for messages and inode checks).
 pub fn shm_path(name: &str) -> String {
@@ -36,6 +37,10 @@ pub enum ShmError {
     Corrupt(String),
     /// Another live writer owns the ring.
     Busy(String),
+    /// The object at the name belongs to another user (a writer never adopts it).
+    NotOurs(String),
+    /// The mapped object shrank under us (another process truncated it).
+    Broken(String),
     /// Any other OS error.
     Os(String),
 }
@@ -58,6 +63,8 @@ impl std::fmt::Display for ShmError {
             | ShmError::Version(s)
             | ShmError::Corrupt(s)
             | ShmError::Busy(s)
+            | ShmError::NotOurs(s)
+            | ShmError::Broken(s)
             | ShmError::Os(s) => f.write_str(s),
         }
     }
@@ -80,8 +87,15 @@ fn describe_owner(name: &str) -> String {
 
 fn shm_open(name: &str, oflag: i32, mode: u32) -> io::Result<File> {
     let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: valid NUL-terminated string; on success we own the returned fd.
-    let fd = unsafe { libc::shm_open(c.as_ptr(), oflag | libc::O_CLOEXEC, mode as libc::mode_t) };
+    // O_NONBLOCK: a FIFO planted at the name must not block us in open(); glibc adds
+    // O_NOFOLLOW. SAFETY: valid NUL-terminated string; on success we own the returned fd.
+    let fd = unsafe {
+        libc::shm_open(
+            c.as_ptr(),
+            oflag | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            mode as libc::mode_t,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -97,6 +111,39 @@ pub fn unlink(name: &str) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid never fails.
+    unsafe { libc::geteuid() }
+}
+
+/// May a writer reuse the existing object `file` at `path`? Checked with `fstat` on the open fd
+/// (not the name, which may change meanwhile): a regular file owned by our effective uid.
+/// Returns whether its mode is wider than `mode` (then it must be replaced, not reused: someone
+/// may hold an fd opened under the wider mode).
+fn check_reusable(file: &File, path: &str, mode: u32) -> Result<bool, ShmError> {
+    let md = file
+        .metadata()
+        .map_err(|e| ShmError::Os(format!("cannot stat {path}: {e}")))?;
+    if !md.file_type().is_file() {
+        return Err(ShmError::Foreign(format!(
+            "{path} exists and is not a regular file; pick another shm-name or remove it \
+             (rm {path})"
+        )));
+    }
+    let me = euid();
+    if md.uid() != me {
+        return Err(ShmError::NotOurs(format!(
+            "{path} already exists and is owned by uid {} (mode {:04o}), not by this writer's \
+             uid {me}; its owner could read the frames and truncate the ring, so it is not \
+             reused: pick another shm-name or remove it (rm {path})",
+            md.uid(),
+            md.mode() & 0o7777
+        )));
+    }
+    Ok(md.mode() & 0o7777 & !mode != 0)
 }
 
 /// Is process `pid` alive (as far as we can tell from this pid namespace)?
@@ -161,7 +208,7 @@ pub fn futex_wake(mem: &RingMemory) {
     }
 }
 
-/// A mapped segment. Unmapped on drop.
+/// A mapped segment, guarded against SIGBUS (see [`crate::sigbus`]). Unmapped on drop.
 #[derive(Debug)]
 pub struct Segment {
     name: String,
@@ -169,6 +216,7 @@ pub struct Segment {
     ptr: *mut u8,
     len: usize,
     ino: u64,
+    guard: Option<MappingGuard>,
 }
 
 // SAFETY: the mapping is process-wide memory; access goes through RingMemory's atomics.
@@ -177,6 +225,8 @@ unsafe impl Sync for Segment {}
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        // Unregister before unmapping: the address range may be reused right after.
+        drop(self.guard.take());
         // SAFETY: ptr/len come from a successful mmap that nothing else unmaps.
         unsafe {
             libc::munmap(self.ptr as *mut libc::c_void, self.len);
@@ -184,7 +234,20 @@ impl Drop for Segment {
     }
 }
 
-fn map(file: &File, len: usize, writable: bool) -> io::Result<*mut u8> {
+/// Map `len` bytes of `file` and register the mapping with the SIGBUS guard.
+fn map(file: &File, len: usize, writable: bool) -> io::Result<(*mut u8, MappingGuard)> {
+    let ptr = map_raw(file, len, writable)?;
+    match sigbus::register(ptr, len) {
+        Ok(guard) => Ok((ptr, guard)),
+        Err(e) => {
+            // SAFETY: just mapped above, nothing else uses it.
+            unsafe { libc::munmap(ptr as *mut libc::c_void, len) };
+            Err(io::Error::other(e))
+        }
+    }
+}
+
+fn map_raw(file: &File, len: usize, writable: bool) -> io::Result<*mut u8> {
     let prot = if writable {
         libc::PROT_READ | libc::PROT_WRITE
     } else {
@@ -229,6 +292,31 @@ impl Segment {
         self.len == 0
     }
 
+    /// Is the mapping still backed by the object? `Err(Broken)` once another process truncated
+    /// it below the mapped size (checked with `fstat` on our fd, a cheap system call) or an access
+    /// faulted (the SIGBUS guard then replaced the mapping by zero pages): nothing read from the
+    /// ring since can be trusted.
+    pub fn check_intact(&self) -> Result<(), ShmError> {
+        let path = self.path();
+        let shrank = |now: u64| {
+            ShmError::Broken(format!(
+                "{path} shrank to {now} bytes while mapped ({} bytes): another process \
+                 truncated the ring; stop that process, then restart the writer (it re-creates \
+                 the ring)",
+                self.len
+            ))
+        };
+        if self.guard.as_ref().is_some_and(|g| g.faulted()) {
+            let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            return Err(shrank(now));
+        }
+        match self.file.metadata() {
+            Ok(md) if md.len() < self.len as u64 => Err(shrank(md.len())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(ShmError::Os(format!("cannot stat {path}: {e}"))),
+        }
+    }
+
     /// Does the name still refer to the object we mapped?
     pub fn name_still_ours(&self) -> bool {
         std::fs::metadata(self.path())
@@ -260,6 +348,12 @@ impl Segment {
             .metadata()
             .map_err(|e| ShmError::Os(format!("cannot stat {path}: {e}")))?;
         let size = md.len() as usize;
+        if !md.file_type().is_file() {
+            return Err(ShmError::Foreign(format!(
+                "{path} is not a regular file; another program uses this name: pick another \
+                 shm-name or remove it (rm {path})"
+            )));
+        }
         if size == 0 {
             return Err(ShmError::NotReady(format!(
                 "{path} is empty (a writer is creating it)"
@@ -280,16 +374,35 @@ impl Segment {
                  program uses this name: pick another shm-name or remove the file (rm {path})"
             )));
         }
-        let ptr =
-            map(&file, size, false).map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
+        // Validate the header against the object's real size before mapping anything: a hostile
+        // header must not make us map (or later allocate) what the object does not hold.
+        let mut head = HeaderBuf([0; ring::HEADER_SIZE]);
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head.0, 0)
+            .map_err(|e| ShmError::Os(format!("cannot read {path}: {e}")))?;
+        // SAFETY: a 64-byte aligned local buffer of HEADER_SIZE bytes, alive for the call.
+        let header = unsafe { RingMemory::new(head.0.as_mut_ptr(), ring::HEADER_SIZE) };
+        let g = header
+            .validate_within(size)
+            .map_err(|e| layout_error(name, e))?;
+        let len = g.total_size();
+        let (ptr, guard) =
+            map(&file, len, false).map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
         let seg = Segment {
             name: name.to_string(),
             file,
             ptr,
-            len: size,
+            len,
             ino: md.ino(),
+            guard: Some(guard),
         };
-        let g = seg.memory().validate().map_err(|e| layout_error(name, e))?;
+        // The writer may have re-initialised it between the read and the map: check again on
+        // the mapping (the object cannot have shrunk below `len` unnoticed: see check_intact).
+        seg.check_intact()?;
+        if seg.memory().validate().map_err(|e| layout_error(name, e))? != g {
+            return Err(ShmError::NotReady(format!(
+                "{path} changed while being opened"
+            )));
+        }
         if seg.memory().state() == Some(WriterState::Closed) {
             // Left (or being replaced) by its writer: wait for the next one.
             return Err(ShmError::NotReady(format!(
@@ -339,14 +452,21 @@ impl Segment {
                 }
                 Err(e) => return Err(ShmError::Os(format!("cannot open {path}: {e}"))),
             };
+            // Ours (owner = our euid, regular file) or refused; a mode wider than asked for
+            // means the object is replaced below, never reused.
+            let wider = check_reusable(&file, &path, mode)?;
             let md = file
                 .metadata()
                 .map_err(|e| ShmError::Os(format!("cannot stat {path}: {e}")))?;
             let size = md.len() as usize;
             if size == 0 {
-                // An empty object: nothing to lose, take it.
-                let seg = Self::init_new(name, file, mode, geometry, pid, generation)?;
-                return Ok((seg, generation));
+                if !wider {
+                    // Our own empty object: nothing to lose, take it.
+                    let seg = Self::init_new(name, file, mode, geometry, pid, generation)?;
+                    return Ok((seg, generation));
+                }
+                let _ = unlink(name);
+                continue;
             }
             if size < ring::HEADER_SIZE {
                 return Err(ShmError::Foreign(format!(
@@ -354,7 +474,7 @@ impl Segment {
                      shm-name or remove the file (rm {path})"
                 )));
             }
-            let ptr = map(&file, size, true)
+            let (ptr, guard) = map(&file, size, true)
                 .map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
             let old = Segment {
                 name: name.to_string(),
@@ -362,6 +482,7 @@ impl Segment {
                 ptr,
                 len: size,
                 ino: md.ino(),
+                guard: Some(guard),
             };
             let mem = old.memory();
             if mem.magic() != ring::MAGIC {
@@ -390,7 +511,9 @@ impl Segment {
             generation = mem.generation().wrapping_add(1).max(1);
             // Re-initialise in place only with the identical geometry: attached readers keep
             // using theirs until they notice the new generation.
-            if size == geometry.total_size() && mem.validate().ok() == Some(*geometry) {
+            // A wider mode than asked for: replace the object (someone may hold an fd opened
+            // under that mode).
+            if !wider && size == geometry.total_size() && mem.validate().ok() == Some(*geometry) {
                 if md.mode() & 0o7777 != mode {
                     let _ = old
                         .file
@@ -416,7 +539,7 @@ impl Segment {
     /// What [`Self::create_writer`] would find at `name`, without changing anything: `None` if
     /// nothing is there, the geometry of a ring a writer may reclaim, or the error a writer would
     /// get (foreign file, version, another live writer, permissions).
-    pub fn check_writable(name: &str) -> Result<Option<Geometry>, ShmError> {
+    pub fn check_writable(name: &str, mode: u32) -> Result<Option<Geometry>, ShmError> {
         ring::validate_shm_name(name).map_err(ShmError::BadName)?;
         let path = shm_path(name);
         let file = match shm_open(name, libc::O_RDWR, 0) {
@@ -431,6 +554,8 @@ impl Segment {
             }
             Err(e) => return Err(ShmError::Os(format!("cannot open {path}: {e}"))),
         };
+        // The owner check of create_writer: another user's object is refused right away.
+        let wider = check_reusable(&file, &path, mode)?;
         let size = file
             .metadata()
             .map_err(|e| ShmError::Os(format!("cannot stat {path}: {e}")))?
@@ -454,7 +579,7 @@ impl Segment {
                 ring::LAYOUT_VERSION
             )));
         }
-        let ptr =
+        let (ptr, guard) =
             map(&file, size, false).map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
         let seg = Segment {
             name: name.to_string(),
@@ -462,6 +587,7 @@ impl Segment {
             ptr,
             len: size,
             ino: 0,
+            guard: Some(guard),
         };
         let mem = seg.memory();
         let pid = mem.writer_pid();
@@ -474,7 +600,8 @@ impl Segment {
                  stop it or pick another shm-name"
             )));
         }
-        Ok(mem.validate().ok())
+        // A ring with a wider mode is replaced by create_writer: nothing to reclaim.
+        Ok(mem.validate().ok().filter(|_| !wider))
     }
 
     fn init_new(
@@ -486,17 +613,17 @@ impl Segment {
         generation: u64,
     ) -> Result<Segment, ShmError> {
         let path = shm_path(name);
-        let fail = |what: &str, e: io::Error| {
+        let fail = |what: String, e: io::Error| {
             let _ = unlink(name);
-            ShmError::Os(format!("cannot {what} {path}: {e}"))
+            ShmError::Os(format!("{what}: {e}"))
         };
         // The umask may have narrowed the mode: set it exactly.
         file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| fail("chmod", e))?;
+            .map_err(|e| fail(format!("cannot chmod {path}"), e))?;
         let len = geometry.total_size();
         file.set_len(len as u64).map_err(|e| {
             fail(
-                &format!("size ({len} bytes; is /dev/shm full? `df /dev/shm`)"),
+                format!("cannot size {path} to {len} bytes (is /dev/shm full? `df /dev/shm`)"),
                 e,
             )
         })?;
@@ -512,23 +639,31 @@ impl Segment {
         };
         if r != 0 {
             return Err(fail(
-                &format!("reserve {len} bytes for (is /dev/shm full? `df /dev/shm`)"),
+                format!("cannot reserve {len} bytes for {path} (is /dev/shm full? `df /dev/shm`)"),
                 io::Error::from_raw_os_error(r),
             ));
         }
-        let md = file.metadata().map_err(|e| fail("stat", e))?;
-        let ptr = map(&file, len, true).map_err(|e| fail("map", e))?;
+        let md = file
+            .metadata()
+            .map_err(|e| fail(format!("cannot stat {path}"), e))?;
+        let (ptr, guard) =
+            map(&file, len, true).map_err(|e| fail(format!("cannot map {path}"), e))?;
         let seg = Segment {
             name: name.to_string(),
             file,
             ptr,
             len,
             ino: md.ino(),
+            guard: Some(guard),
         };
         seg.memory().initialize(geometry, pid, generation);
         Ok(seg)
     }
 }
+
+/// A 64-byte aligned copy of a ring header.
+#[repr(C, align(64))]
+struct HeaderBuf([u8; ring::HEADER_SIZE]);
 
 /// Turn a layout problem found by a reader into a message naming the path.
 pub fn layout_error(name: &str, e: LayoutError) -> ShmError {
@@ -571,11 +706,11 @@ mod tests {
         let name = unique("crr");
         let _cleanup = Unlink(name.clone());
         let g = Geometry::new(4, 256).unwrap();
-        assert_eq!(Segment::check_writable(&name).unwrap(), None);
+        assert_eq!(Segment::check_writable(&name, 0o600).unwrap(), None);
         let (w, gen1) = Segment::create_writer(&name, 0o600, &g).unwrap();
         assert_eq!(gen1, 1);
         // Our own ring: reclaimable, with its geometry.
-        assert_eq!(Segment::check_writable(&name).unwrap(), Some(g));
+        assert_eq!(Segment::check_writable(&name, 0o600).unwrap(), Some(g));
         let md = std::fs::metadata(shm_path(&name)).unwrap();
         assert_eq!(md.mode() & 0o777, 0o600);
         let wm = w.memory();
@@ -619,12 +754,112 @@ mod tests {
         assert!(e.to_string().contains(&shm_path(&name)));
         let e = Segment::create_writer(&name, 0o600, &Geometry::new(2, 64).unwrap()).unwrap_err();
         assert!(matches!(e, ShmError::Foreign(_)), "{e}");
-        let e = Segment::check_writable(&name).unwrap_err();
+        let e = Segment::check_writable(&name, 0o600).unwrap_err();
         assert!(matches!(e, ShmError::Foreign(_)), "{e}");
         assert!(matches!(
             Segment::open_reader("a/b"),
             Err(ShmError::BadName(_))
         ));
         assert_eq!(shm_path("vcam0"), "/dev/shm/vcam0");
+    }
+
+    /// A peer truncates the ring while a reader copies from it and while the writer writes:
+    /// the SIGBUS guard keeps this process alive, the copy finishes on zeros, and both sides
+    /// report the ring broken (the reader's fstat check catches it before a copy, too).
+    #[test]
+    fn shrink_under_reader_and_writer_is_survived() {
+        let name = unique("shrink");
+        let _cleanup = Unlink(name.clone());
+        let g = Geometry::new(4, 64 * 1024).unwrap();
+        let (w, _) = Segment::create_writer(&name, 0o600, &g).unwrap();
+        let payload = vec![7u8; 64 * 1024];
+        let meta = FrameMeta {
+            seq: 0,
+            size: payload.len(),
+            ..Default::default()
+        };
+        w.memory().write_frame(&g, &meta, &payload);
+        let (r, rg) = Segment::open_reader(&name).unwrap();
+        assert!(r.check_intact().is_ok());
+        let ring::ReadStart::Ready(fm) = r.memory().start_read(&rg, 0) else {
+            panic!("frame 0 ready");
+        };
+        // The peer shrinks the object to its header between our check and our copy.
+        let peer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(shm_path(&name))
+            .unwrap();
+        peer.set_len(ring::HEADER_SIZE as u64).unwrap();
+        let e = r.check_intact().unwrap_err();
+        assert!(matches!(e, ShmError::Broken(_)), "{e}");
+        assert!(e.to_string().contains("shrank to 4096 bytes"), "{e}");
+        // The copy itself (as if the shrink raced it): faults, survives, reads zeros.
+        let mut buf = vec![1u8; fm.size];
+        r.memory().copy_payload(&rg, &fm, &mut buf);
+        assert!(buf.iter().all(|b| *b == 0));
+        assert!(r.guard.as_ref().unwrap().faulted());
+        assert!(!r.memory().finish_read(&rg, &fm), "frame discarded");
+        // The writer writing into its truncated ring survives too and notices.
+        w.memory()
+            .write_frame(&g, &FrameMeta { seq: 1, ..meta }, &payload);
+        assert!(w.guard.as_ref().unwrap().faulted());
+        assert!(matches!(w.check_intact(), Err(ShmError::Broken(_))));
+        // A fault outside any ring still reaches the previous handler: not tested here (it
+        // would kill the test process); the table lookup is what decides.
+        drop((r, w));
+        // A good writer and reader work right after (new object at the name).
+        unlink(&name).unwrap();
+        let (w, _) = Segment::create_writer(&name, 0o600, &g).unwrap();
+        w.memory().write_frame(
+            &g,
+            &FrameMeta {
+                seq: 0,
+                size: 3,
+                ..Default::default()
+            },
+            b"ok!",
+        );
+        let (r, rg) = Segment::open_reader(&name).unwrap();
+        assert_eq!(r.memory().read_frame(&rg, 0).unwrap().1, b"ok!");
+        assert!(r.check_intact().is_ok() && w.check_intact().is_ok());
+    }
+
+    /// A writer never adopts another user's object at its name, and replaces its own object
+    /// when its mode is wider than asked for.
+    #[test]
+    fn writer_refuses_foreign_owner_and_replaces_wider_mode() {
+        let name = unique("owner");
+        let _cleanup = Unlink(name.clone());
+        let g = Geometry::new(2, 64).unwrap();
+        // Our own empty object, mode 0666: replaced by a fresh 0600 object.
+        let f = shm_open(&name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o666).unwrap();
+        f.set_permissions(std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+        let old_ino = f.metadata().unwrap().ino();
+        let (w, _) = Segment::create_writer(&name, 0o600, &g).unwrap();
+        let md = std::fs::metadata(shm_path(&name)).unwrap();
+        assert_ne!(md.ino(), old_ino, "replaced, not reused");
+        assert_eq!(md.mode() & 0o777, 0o600);
+        assert_eq!(f.metadata().unwrap().len(), 0, "the old fd sees nothing");
+        drop(w);
+        unlink(&name).unwrap();
+        if euid() != 0 {
+            eprintln!("skipped the foreign-owner part: needs root to chown");
+            return;
+        }
+        let f = shm_open(&name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o666).unwrap();
+        std::os::unix::fs::fchown(&f, Some(65534), Some(65534)).unwrap();
+        for e in [
+            Segment::create_writer(&name, 0o600, &g).unwrap_err(),
+            Segment::check_writable(&name, 0o600).unwrap_err(),
+        ] {
+            assert!(matches!(e, ShmError::NotOurs(_)), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("owned by uid 65534"), "{text}");
+            assert!(text.contains(&format!("rm {}", shm_path(&name))), "{text}");
+            assert!(text.contains("pick another shm-name"), "{text}");
+        }
+        let md = f.metadata().unwrap();
+        assert_eq!((md.len(), md.uid()), (0, 65534), "left untouched");
     }
 }

@@ -80,6 +80,12 @@ impl RingWriter {
         self.segment.path()
     }
 
+    /// `Err` once another process truncated the ring under us (see [`Segment::check_intact`]):
+    /// the frames written since went to zero pages, readers cannot see them.
+    pub fn check_intact(&self) -> Result<(), ShmError> {
+        self.segment.check_intact()
+    }
+
     /// Publish a caps string (new caps id, used by the following frames).
     pub fn set_caps(&self, caps: &str) -> Result<u64, String> {
         let mut inner = self.lock();
@@ -137,7 +143,7 @@ impl RingWriter {
     /// path always has room. The slot stays reserved until [`Self::release`].
     pub fn lend(&self) -> Option<Lent> {
         let mut inner = self.lock();
-        if inner.closed {
+        if inner.closed || self.segment.check_intact().is_err() {
             return None;
         }
         let lent = inner.lent.iter().filter(|l| l.is_some()).count();

@@ -416,7 +416,7 @@ impl BaseSinkImpl for ShmRingSink {
         // previous writer (crash, restart) left one of this slot count: that one is reclaimed in
         // place right away. Either way, problems at the name are reported now.
         let payload = match settings.slot_size {
-            0 => match Segment::check_writable(&settings.shm_name) {
+            0 => match Segment::check_writable(&settings.shm_name, settings.mode) {
                 Ok(existing) => existing
                     .filter(|g| g.slot_count == settings.slots)
                     .map(|g| g.slot_size),
@@ -637,6 +637,12 @@ impl BaseSinkImpl for ShmRingSink {
         else {
             return Err(gst::FlowError::Flushing);
         };
+        // Another process (same uid) truncated our ring: the SIGBUS guard kept us alive, but
+        // nothing written since reaches the readers.
+        if let Err(e) = writer.check_intact() {
+            gst::element_imp_error!(self, gst::ResourceError::Write, ("shmringsink: {e}"));
+            return Err(gst::FlowError::Error);
+        }
         let mut stats = lock(&self.stats);
         let in_place = if packed.is_some() {
             InPlace::NotLent

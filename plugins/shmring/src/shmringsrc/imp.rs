@@ -153,7 +153,16 @@ impl ShmRingSrc {
                     r.settings.shm_name
                 )
             ),
-            Some(_) if r.writer_pid != 0 && !shm::pid_alive(r.writer_pid) => gst::error_msg!(
+            // pid 0 is never a live writer (the ring names none); kill(0, 0) would test our
+            // own process group.
+            Some(_) if r.writer_pid == 0 => gst::error_msg!(
+                gst::ResourceError::Read,
+                (
+                    "shmringsrc: the ring at {path} names no writer process (pid 0) and no frame arrived for {} ms; restart the writer (it reclaims the ring)",
+                    waited.as_millis()
+                )
+            ),
+            Some(_) if !shm::pid_alive(r.writer_pid) => gst::error_msg!(
                 gst::ResourceError::Read,
                 (
                     "shmringsrc: the writer of {path} (pid {}) is no longer running (crashed?) and no new writer took over within {} ms; restart the writer (it reclaims the ring)",
@@ -187,6 +196,9 @@ impl ShmRingSrc {
         *lock(&self.waker) = None;
     }
 
+    /// A buffer for a frame of `size` bytes (at most the validated slot size): from the pool for
+    /// raw video, else allocated with `g_try_malloc`, so a failed allocation is an error, not an
+    /// abort of the process.
     fn alloc(&self, r: &mut Reader, size: usize) -> Result<gst::Buffer, gst::FlowError> {
         if let Some((pool, psize)) = &r.pool
             && *psize == size
@@ -194,7 +206,20 @@ impl ShmRingSrc {
         {
             return Ok(b);
         }
-        gst::Buffer::with_size(size).map_err(|_| gst::FlowError::Error)
+        if size == 0 {
+            return Ok(gst::Buffer::new());
+        }
+        // SAFETY: g_try_malloc returns NULL or `size` bytes that gst_buffer_new_wrapped takes
+        // ownership of (freed with g_free).
+        unsafe {
+            let p = glib::ffi::g_try_malloc(size);
+            if p.is_null() {
+                return Err(gst::FlowError::Error);
+            }
+            Ok(glib::translate::from_glib_full(
+                gst::ffi::gst_buffer_new_wrapped(p, size),
+            ))
+        }
     }
 
     fn set_pool_for(&self, r: &mut Reader, caps: &gst::Caps) {
@@ -204,6 +229,12 @@ impl ShmRingSrc {
         let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
             return;
         };
+        // The caps come from the peer: never size a pool beyond what the validated ring can
+        // hold (frames bigger than a slot cannot arrive anyway).
+        let slot_size = r.attached.as_ref().map_or(0, |a| a.geometry.slot_size);
+        if info.size() == 0 || info.size() > slot_size || info.size() > u32::MAX as usize {
+            return;
+        }
         let pool = gst::BufferPool::new();
         let mut config = pool.config();
         config.set_params(Some(caps), info.size() as u32, 2, 0);
@@ -268,6 +299,14 @@ impl ShmRingSrc {
                 )),
             };
         };
+        // The writer (or anyone with write access) may have truncated the object: never touch
+        // a mapping that is no longer backed (fstat on our fd, cheap).
+        if let Err(e) = att.seg.check_intact() {
+            return Step::Error(gst::error_msg!(
+                gst::ResourceError::Read,
+                ("shmringsrc shm-name={name}: {e}")
+            ));
+        }
         let mem = att.seg.memory();
         let g = att.geometry;
         let state = mem.state();
@@ -320,7 +359,7 @@ impl ShmRingSrc {
             ReadStart::Skipped => {
                 // Not a gap in the stream: the writer published that frame under another
                 // number (or dropped it itself).
-                att.next += 1;
+                att.next = att.next.wrapping_add(1);
                 Step::Again
             }
             ReadStart::Lost { write_seq } => {
@@ -360,7 +399,7 @@ impl ShmRingSrc {
                         }
                         _ => {
                             // Written with caps that were already replaced: drop the frame.
-                            att.next += 1;
+                            att.next = att.next.wrapping_add(1);
                             *lock(&self.dropped) += 1;
                             return Step::Again;
                         }
@@ -374,7 +413,10 @@ impl ShmRingSrc {
                     Err(_) => {
                         return Step::Error(gst::error_msg!(
                             gst::ResourceError::NoSpaceLeft,
-                            ("cannot allocate a {} byte buffer", meta.size)
+                            (
+                                "shmringsrc shm-name={name}: cannot allocate a {} byte buffer for the next frame (out of memory?)",
+                                meta.size
+                            )
                         ));
                     }
                 };
@@ -392,7 +434,17 @@ impl ShmRingSrc {
                     }
                     Err(_) => false,
                 };
+                // A truncation racing the copy: the SIGBUS guard let the copy finish on zero
+                // pages; the frame is discarded and the ring reported broken.
+                let intact = seg.check_intact();
                 drop(seg);
+                if let Err(e) = intact {
+                    *lock(&self.dropped) += 1;
+                    return Step::Error(gst::error_msg!(
+                        gst::ResourceError::Read,
+                        ("shmringsrc shm-name={name}: {e}")
+                    ));
+                }
                 let Some(att) = r.attached.as_mut() else {
                     return Step::Again;
                 };
@@ -401,11 +453,11 @@ impl ShmRingSrc {
                     *lock(&self.dropped) += 1;
                     r.discont = true;
                     let (next, skipped) = ring::catch_up(att_next, mem.write_seq());
-                    att.next = next.max(att_next + 1);
+                    att.next = next.max(att_next.wrapping_add(1));
                     *lock(&self.dropped) += skipped.saturating_sub(1);
                     return Step::Again;
                 }
-                att.next = att_next + 1;
+                att.next = att_next.wrapping_add(1);
                 r.last_progress = Instant::now();
                 // Timestamps: the writer's PTS shifted so that the first frame after attaching
                 // lands on our running time now; spacing between frames is preserved.
