@@ -32,6 +32,7 @@ import ctypes
 import errno
 import os
 import platform
+import stat
 import struct
 import time
 
@@ -42,6 +43,10 @@ SLOT_HEADER_SIZE = 64
 ALIGN = 64
 CAPS_OFFSET = 256
 CAPS_CAPACITY = HEADER_SIZE - CAPS_OFFSET
+# Limits shared with the Rust code (ring.rs): a header claiming more is refused, so a hostile
+# writer can never make a reader map or allocate more than a real ring holds.
+MAX_SLOT_COUNT = 1024
+MAX_SLOT_SIZE = 1 << 32
 
 OFF_MAGIC = 0
 OFF_VERSION = 8
@@ -249,17 +254,26 @@ def _check_header(mm, size, name):
     if version != LAYOUT_VERSION:
         raise RingError(f"{path}: ring layout version {version}, this module speaks version "
                         f"{LAYOUT_VERSION}; use a reader and writer of the same release")
-    if struct.unpack_from("<I", mm, OFF_STATE)[0] in (STATE_INIT, STATE_CLOSED):
-        return None  # being (re-)initialised, or left by its writer: wait for the next one
-    slot_count, = struct.unpack_from("<I", mm, OFF_SLOT_COUNT)
+    state = struct.unpack_from("<I", mm, OFF_STATE)[0]
+    if state == STATE_INIT:
+        return None  # being (re-)initialised: wait
+    header_size, slot_count, slot_header = struct.unpack_from("<III", mm, OFF_HEADER_SIZE)
     slot_size, slot_stride, total = struct.unpack_from("<QQQ", mm, OFF_SLOT_SIZE)
-    if (slot_count < 2 or slot_stride != SLOT_HEADER_SIZE + slot_size or
-            total != HEADER_SIZE + slot_stride * slot_count):
-        raise RingError(f"{path}: inconsistent ring header; remove it (rm {path}) and restart "
-                        f"the writer")
+    caps_capacity, = struct.unpack_from("<I", mm, OFF_CAPS_CAPACITY)
+    # Python integers do not wrap: the sums below are exact.
+    if (header_size != HEADER_SIZE or slot_header != SLOT_HEADER_SIZE or
+            not 2 <= slot_count <= MAX_SLOT_COUNT or
+            slot_size == 0 or slot_size % ALIGN or slot_size > MAX_SLOT_SIZE or
+            slot_stride != SLOT_HEADER_SIZE + slot_size or
+            total != HEADER_SIZE + slot_stride * slot_count or caps_capacity != CAPS_CAPACITY):
+        raise RingError(f"{path}: inconsistent ring header (slot count {slot_count}, slot size "
+                        f"{slot_size}, stride {slot_stride}, total {total}); remove it "
+                        f"(rm {path}) and restart the writer")
     if size < total:
         raise RingError(f"{path} is {size} bytes, the ring header says {total}; remove it "
                         f"(rm {path}) and restart the writer")
+    if state == STATE_CLOSED:
+        return None  # left by its writer: wait for the next one
     return slot_count, slot_size, slot_stride
 
 
@@ -285,12 +299,14 @@ class Reader(_Mapped):
 
     # -- attach --
     def _try_open(self):
+        # O_NONBLOCK: a FIFO planted at the name must not block the open.
+        flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR)
+            fd = os.open(self.path, os.O_RDWR | flags)
             writable = True
         except PermissionError:
             try:
-                fd = os.open(self.path, os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY | flags)
             except PermissionError as e:
                 st = os.stat(self.path)
                 raise RingError(f"permission denied opening {self.path} for reading: it is owned "
@@ -302,24 +318,41 @@ class Reader(_Mapped):
             return False
         import mmap
 
+        keep = False
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            if not stat.S_ISREG(st.st_mode):
+                raise RingError(f"{self.path} is not a regular file; another program uses this "
+                                f"name: pick another shm-name or remove it (rm {self.path})")
             if size == 0:
                 return False
             if size < HEADER_SIZE:
                 head = os.pread(fd, 8, 0)
                 raise RingError(f"{self.path} is not a vcambridge shm ring ({size} bytes, magic "
                                 f"{head!r}); pick another shm-name or remove it (rm {self.path})")
+            # Validate the header against the object's real size before mapping: map only the
+            # ring it describes, never what a hostile header claims.
+            geo = _check_header(os.pread(fd, HEADER_SIZE, 0), size, self.name)
+            if geo is None:
+                return False
+            total = HEADER_SIZE + geo[2] * geo[0]
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
-            self.ino = os.fstat(fd).st_ino
+            try:
+                mm = mmap.mmap(fd, total, mmap.MAP_SHARED, prot)
+            except (OSError, OverflowError, MemoryError) as e:
+                raise RingError(f"cannot map the {total} byte ring {self.path}: {e}") from e
+            if _check_header(mm, total, self.name) != geo:
+                mm.close()
+                return False  # re-initialised meanwhile: try again
+            self.ino = st.st_ino
+            keep = True
         finally:
-            os.close(fd)
-        geo = _check_header(mm, size, self.name)
-        if geo is None:
-            mm.close()
-            return False
+            if not keep:
+                os.close(fd)
         self._close_map()
+        self.fd = fd
+        self.total = total
         self.mm = mm
         self.slot_count, self.slot_size, self.slot_stride = geo
         self._futex_obj = None
@@ -354,6 +387,17 @@ class Reader(_Mapped):
             self._futex_obj = None
             self.mm.close()
             self.mm = None
+            os.close(self.fd)
+            self.fd = None
+
+    def _check_intact(self):
+        """Raise RingError if another process truncated the mapped ring (an access past the
+        new end would kill this process with SIGBUS; Python cannot survive that)."""
+        size = os.fstat(self.fd).st_size
+        if size < self.total:
+            raise RingError(f"{self.path} shrank to {size} bytes while mapped ({self.total} "
+                            f"bytes): another process truncated the ring; stop that process, "
+                            f"then restart the writer (it re-creates the ring)")
 
     def close(self):
         self._close_map()
@@ -423,6 +467,7 @@ class Reader(_Mapped):
                     return None
                 self._wait(w, deadline - now)
                 continue
+            self._check_intact()
             off = self._slot(n)
             s1 = self._u64(off + SLOT_SEQ)
             if w - n >= self.slot_count or s1 > 2 * n + 2:
@@ -443,7 +488,11 @@ class Reader(_Mapped):
                 self.next += 1
                 self.dropped += 1
                 continue
-            data = bytes(self.mm[off + SLOT_HEADER_SIZE:off + SLOT_HEADER_SIZE + size])
+            try:
+                data = bytes(self.mm[off + SLOT_HEADER_SIZE:off + SLOT_HEADER_SIZE + size])
+            except MemoryError as e:
+                raise RingError(f"cannot allocate {size} bytes for a frame of {self.path} "
+                                f"(out of memory)") from e
             if self._u64(off + SLOT_SEQ) != s1:
                 self.dropped += 1
                 continue
@@ -465,8 +514,10 @@ class Writer(_Mapped):
 
     def __init__(self, name, caps=None, slots=8, slot_size=1 << 20, mode=0o600):
         name = validate_name(name)
-        if slots < 2:
-            raise RingError("slots must be at least 2")
+        if not 2 <= slots <= MAX_SLOT_COUNT:
+            raise RingError(f"slots must be 2..{MAX_SLOT_COUNT}")
+        if slot_size > MAX_SLOT_SIZE:
+            raise RingError(f"slot_size {slot_size} is too large (at most {MAX_SLOT_SIZE})")
         self.name = name
         self.path = shm_path(name)
         self.slot_count = slots
@@ -498,7 +549,26 @@ class Writer(_Mapped):
                 except PermissionError as e:
                     raise RingError(f"permission denied opening the existing {self.path} for "
                                     f"writing; remove it (rm {self.path}) or run as its owner") from e
-                size = os.fstat(fd).st_size
+                # Reuse only our own regular file (fstat on the open fd); another user's object
+                # is refused, one with a wider mode than asked for is replaced.
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
+                    raise RingError(f"{self.path} exists and is not a regular file; pick another "
+                                    f"shm-name or remove it (rm {self.path})")
+                if st.st_uid != os.geteuid():
+                    os.close(fd)
+                    raise RingError(f"{self.path} already exists and is owned by uid {st.st_uid} "
+                                    f"(mode {st.st_mode & 0o7777:04o}), not by this writer's uid "
+                                    f"{os.geteuid()}; its owner could read the frames and "
+                                    f"truncate the ring, so it is not reused: pick another "
+                                    f"shm-name or remove it (rm {self.path})")
+                wider = st.st_mode & 0o7777 & ~mode != 0
+                size = st.st_size
+                if size == 0 and wider:
+                    os.unlink(self.path)
+                    os.close(fd)
+                    continue
                 if size > 0:
                     if size < HEADER_SIZE:
                         os.close(fd)
@@ -522,7 +592,8 @@ class Writer(_Mapped):
                         count, = struct.unpack_from("<I", old, OFF_SLOT_COUNT)
                         ssize, = struct.unpack_from("<Q", old, OFF_SLOT_SIZE)
                         # Re-initialise in place only with the identical geometry.
-                        if (size, count, ssize) != (self.total, self.slot_count, self.slot_size):
+                        if wider or (size, count, ssize) != (self.total, self.slot_count,
+                                                             self.slot_size):
                             os.unlink(self.path)
                             struct.pack_into("<I", old, OFF_STATE, STATE_CLOSED)
                             struct.pack_into("<Q", old, OFF_GENERATION, generation)
