@@ -127,7 +127,7 @@ def validate_name(name):
 
 
 def pid_alive(pid):
-    if pid <= 0:
+    if pid <= 0 or pid > 0x7FFFFFFF:  # 0 is never a writer; the field is a u32 from the peer
         return False
     try:
         os.kill(pid, 0)

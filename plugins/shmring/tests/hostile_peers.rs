@@ -203,6 +203,43 @@ fn geometry_that_cannot_be_mapped_is_refused() {
     good_peers_work(&shm);
 }
 
+/// A live ring that names writer pid 0 (no process; `kill(0, 0)` would probe our own process
+/// group) is never reported as "still running".
+#[test]
+fn writer_pid_zero_is_not_a_running_writer() {
+    check_built();
+    let shm = ShmName::new("hostile-pid0");
+    leave_ring(&shm);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm.path())
+        .expect("open ring");
+    f.write_all_at(&0u32.to_le_bytes(), 48).expect("pid 0");
+    f.write_all_at(&1u32.to_le_bytes(), 52).expect("state live");
+    drop(f);
+    let out = run_with_timeout("src", &mut src_cmd(&shm.name, 500, 5), LONG);
+    assert_gst_error("shmringsrc on a pid 0 ring", &out);
+    let t = text(&out);
+    assert!(t.contains("names no writer process (pid 0)"), "{t}");
+    assert!(!t.contains("still running"), "{t}");
+    let out = run_with_timeout(
+        "python read",
+        &mut shmring_cli(&["read", &shm.name, "--max", "5", "--timeout", "0.5"]),
+        LONG,
+    );
+    assert_exit("python reader on a pid 0 ring", &out, 0);
+    let summary = last_json(&out.stdout);
+    assert_eq!(
+        (
+            summary["frames"].as_u64(),
+            summary["writer_alive"].as_bool()
+        ),
+        (Some(1), Some(false)),
+        "{summary}"
+    );
+    good_peers_work(&shm);
+}
+
 /// Another process truncates a live ring: the reader (shmringsrc) and the writer (shmringsink,
 /// writing in place through its slot pool) both end with an error naming the shrink instead of
 /// dying of SIGBUS.
