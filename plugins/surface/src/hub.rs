@@ -324,7 +324,13 @@ impl<H> Hub<H> {
                     (ReaderState::AwaitHello, _)
                         if now.duration_since(r.connected_at) > timeout =>
                     {
-                        Some((r.id, "no hello within the release timeout".to_string()))
+                        Some((
+                            r.id,
+                            format!(
+                                "sent no hello within {} ms (the writer's release-timeout)",
+                                timeout.as_millis()
+                            ),
+                        ))
                     }
                     (_, Some(t)) if now.duration_since(t) > timeout => Some((
                         r.id,
@@ -778,6 +784,28 @@ mod tests {
             "holds reclaimed"
         );
         assert_eq!(hub.stats().evicted, 1);
+    }
+
+    #[test]
+    fn reader_without_hello_is_told_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Listener::bind(&dir.path().join("h.sock")).unwrap();
+        let mut hub: Hub<u32> = Hub::new(config());
+        let reader = Channel::connect(l.path()).unwrap();
+        wait_readable(&[l.raw_fd()], Duration::from_secs(5)).unwrap();
+        hub.add_reader(l.accept().unwrap().unwrap());
+        assert_eq!(hub.reclaim(Instant::now() + Duration::from_millis(300)), 1);
+        let got = drain(&reader);
+        match &got.last().unwrap().0 {
+            Message::Error { code, message } => {
+                assert_eq!(*code, error_code::RELEASE_TIMEOUT);
+                assert_eq!(
+                    message,
+                    "surfacesink disconnected this reader: it sent no hello within 200 ms (the writer's release-timeout)"
+                );
+            }
+            m => panic!("{m:?}"),
+        }
     }
 
     #[test]

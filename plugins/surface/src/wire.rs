@@ -350,6 +350,179 @@ impl Message {
     }
 }
 
+/// Caps ids a reader remembers at once; a writer that announces more evicts the oldest (an honest
+/// writer uses one caps id at a time, plus the few of a renegotiation).
+pub const MAX_CAPS_IDS: usize = 16;
+/// Surfaces a reader keeps mapped at once (the writer's pool holds at most 64 own and 64
+/// pass-through surfaces); a writer announcing more without retiring any is refused.
+pub const MAX_SURFACES: usize = 256;
+
+/// What one plane of a frame needs, from its caps: `rows` rows of at least `row_bytes` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlaneNeed {
+    pub rows: u64,
+    pub row_bytes: u64,
+}
+
+/// Why a frame record does not fit its surface or its caps. Every size the writer declares is a
+/// claim; these are checked against the surface's real size and the caps before the frame's
+/// bytes are exposed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutError {
+    /// `offset + size` lies beyond the surface (or overflows).
+    BeyondSurface {
+        offset: u64,
+        size: u64,
+        surface_len: u64,
+    },
+    /// A frame without plane layout is smaller than its caps' frame size.
+    SmallerThanCaps { size: u64, needed: u64 },
+    /// A plane's stride is negative or shorter than one row of the caps.
+    BadStride {
+        plane: usize,
+        stride: i32,
+        row_bytes: u64,
+    },
+    /// A plane (offset + stride × rows) ends beyond the frame.
+    PlaneBeyondFrame { plane: usize, end: u64, size: u64 },
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BeyondSurface {
+                offset,
+                size,
+                surface_len,
+            } => write!(
+                f,
+                "frame at offset {offset} of {size} bytes lies beyond its surface of {surface_len} bytes"
+            ),
+            Self::SmallerThanCaps { size, needed } => write!(
+                f,
+                "frame of {size} bytes is smaller than its caps need ({needed} bytes)"
+            ),
+            Self::BadStride {
+                plane,
+                stride,
+                row_bytes,
+            } => write!(
+                f,
+                "plane {plane} has stride {stride}, less than one row of its caps ({row_bytes} bytes)"
+            ),
+            Self::PlaneBeyondFrame { plane, end, size } => write!(
+                f,
+                "plane {plane} ends at byte {end}, beyond the frame of {size} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+impl FrameRecord {
+    /// The frame's bytes inside a surface of `surface_len` bytes (checked arithmetic).
+    pub fn range_in(&self, surface_len: u64) -> Result<std::ops::Range<usize>, LayoutError> {
+        let err = LayoutError::BeyondSurface {
+            offset: self.offset,
+            size: self.size,
+            surface_len,
+        };
+        match self.offset.checked_add(self.size) {
+            Some(end) if end <= surface_len => {
+                let start = usize::try_from(self.offset).map_err(|_| err.clone())?;
+                let end = usize::try_from(end).map_err(|_| err)?;
+                Ok(start..end)
+            }
+            _ => Err(err),
+        }
+    }
+
+    /// Check that the frame holds what its caps describe. With a plane layout matching the caps
+    /// (`n_planes == planes.len()`) every plane must fit: `plane_offset + stride × rows <= size`
+    /// with `stride >= row_bytes`; without one (the reader then assumes the caps' default
+    /// layout) the frame must be at least `default_size` bytes.
+    pub fn check_layout(&self, planes: &[PlaneNeed], default_size: u64) -> Result<(), LayoutError> {
+        let n = self.n_planes as usize;
+        if n == 0 || n != planes.len() || n > MAX_PLANES {
+            if self.size < default_size {
+                return Err(LayoutError::SmallerThanCaps {
+                    size: self.size,
+                    needed: default_size,
+                });
+            }
+            return Ok(());
+        }
+        for (i, need) in planes.iter().enumerate() {
+            let stride = self.strides[i];
+            if stride < 0 || (stride as u64) < need.row_bytes {
+                return Err(LayoutError::BadStride {
+                    plane: i,
+                    stride,
+                    row_bytes: need.row_bytes,
+                });
+            }
+            let end = (stride as u64)
+                .checked_mul(need.rows)
+                .and_then(|b| b.checked_add(self.plane_offsets[i]));
+            match end {
+                Some(end) if end <= self.size => {}
+                _ => {
+                    return Err(LayoutError::PlaneBeyondFrame {
+                        plane: i,
+                        end: end.unwrap_or(u64::MAX),
+                        size: self.size,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A small table of the most recent `capacity` ids (caps ids on the reader side): inserting a
+/// new id when full evicts the oldest, so a writer cannot make it grow.
+#[derive(Debug, Clone)]
+pub struct RecentIds<T> {
+    capacity: usize,
+    entries: std::collections::VecDeque<(u32, T)>,
+}
+
+impl<T> RecentIds<T> {
+    pub fn new(capacity: usize) -> Self {
+        RecentIds {
+            capacity: capacity.max(1),
+            entries: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Insert or replace `id` (it becomes the newest). Returns the evicted id, if any.
+    pub fn insert(&mut self, id: u32, value: T) -> Option<u32> {
+        if let Some(pos) = self.entries.iter().position(|(i, _)| *i == id) {
+            self.entries.remove(pos);
+        }
+        let evicted = if self.entries.len() >= self.capacity {
+            self.entries.pop_front().map(|(i, _)| i)
+        } else {
+            None
+        };
+        self.entries.push_back((id, value));
+        evicted
+    }
+
+    pub fn get(&self, id: u32) -> Option<&T> {
+        self.entries.iter().find(|(i, _)| *i == id).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 fn kind_name(kind: MessageKind) -> &'static str {
     match kind {
         MessageKind::Hello => "hello",
@@ -490,6 +663,79 @@ mod tests {
         .encode();
         e[4] = 9;
         assert!(matches!(Message::decode(&e), Ok(Message::Error { .. })));
+    }
+
+    #[test]
+    fn frame_range_and_layout_are_checked() {
+        let f = FrameRecord {
+            offset: 100,
+            size: 12288,
+            ..Default::default()
+        };
+        assert_eq!(f.range_in(12388), Ok(100..12388));
+        let e = f.range_in(12387).unwrap_err();
+        assert!(e.to_string().contains("12387 bytes"), "{e}");
+        let huge = FrameRecord {
+            offset: u64::MAX,
+            size: 2,
+            ..Default::default()
+        };
+        assert!(huge.range_in(u64::MAX).is_err(), "overflow is an error");
+
+        // Caps need 64x48 BGRx: 48 rows of 256 bytes.
+        let planes = [PlaneNeed {
+            rows: 48,
+            row_bytes: 256,
+        }];
+        let small = FrameRecord {
+            size: 100,
+            ..Default::default()
+        };
+        let e = small.check_layout(&planes, 12288).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame of 100 bytes is smaller than its caps need (12288 bytes)"
+        );
+        let mut good = FrameRecord {
+            size: 12288,
+            n_planes: 1,
+            ..Default::default()
+        };
+        good.strides[0] = 256;
+        assert_eq!(good.check_layout(&planes, 12288), Ok(()));
+        let mut shifted = good;
+        shifted.plane_offsets[0] = 8000;
+        assert!(matches!(
+            shifted.check_layout(&planes, 12288),
+            Err(LayoutError::PlaneBeyondFrame { plane: 0, .. })
+        ));
+        let mut thin = good;
+        thin.strides[0] = 1;
+        assert!(matches!(
+            thin.check_layout(&planes, 12288),
+            Err(LayoutError::BadStride { stride: 1, .. })
+        ));
+        let mut negative = good;
+        negative.strides[0] = -256;
+        assert!(negative.check_layout(&planes, 12288).is_err());
+        let mut overflow = good;
+        overflow.plane_offsets[0] = u64::MAX - 10;
+        assert!(overflow.check_layout(&planes, 12288).is_err());
+    }
+
+    #[test]
+    fn recent_ids_stay_bounded() {
+        let mut t = RecentIds::new(4);
+        for id in 0..20_000u32 {
+            t.insert(id, id);
+        }
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.get(19_999), Some(&19_999));
+        assert_eq!(t.get(19_995), None);
+        // Re-inserting an id refreshes it instead of growing the table.
+        assert_eq!(t.insert(19_996, 1), None);
+        assert_eq!(t.insert(7, 7), Some(19_997));
+        assert_eq!(t.get(19_996), Some(&1));
     }
 
     #[test]

@@ -44,6 +44,98 @@ pub fn surface_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(end as u64)
 }
 
+/// `statfs` magic of DMA-BUF fds (`DMA_BUF_MAGIC` in `linux/magic.h`).
+const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+
+/// What a surface fd is, once it passed [`inspect_surface`]: an object whose size cannot drop
+/// under a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SurfaceKind {
+    /// A memfd (shmem/hugetlbfs) sealed with `F_SEAL_SHRINK`.
+    SealedMemfd,
+    /// A DMA-BUF: its size is fixed when it is exported.
+    DmaBuf,
+}
+
+/// Why a surface fd cannot be mapped safely.
+#[derive(Debug)]
+pub enum SurfaceRefusal {
+    /// A memfd (or tmpfs file) without `F_SEAL_SHRINK`: its owner can truncate it under our
+    /// mapping (reads would then die of SIGBUS).
+    Unsealed {
+        seals: i32,
+    },
+    /// Neither a memfd nor a DMA-BUF (a regular file, a pipe, …): its size can change.
+    NotShareable,
+    /// The declared size is larger than what the fd holds.
+    LargerThanObject {
+        declared: u64,
+        actual: u64,
+    },
+    Io(io::Error),
+}
+
+impl std::fmt::Display for SurfaceRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unsealed { seals } => write!(
+                f,
+                "its memfd is not sealed against shrinking (seals {seals:#x}, F_SEAL_SHRINK missing), so the writer could truncate it under our mapping; writers must seal memfds with F_SEAL_SHRINK"
+            ),
+            Self::NotShareable => write!(
+                f,
+                "its fd is neither a sealed memfd nor a DMA-BUF, so its size could change under our mapping"
+            ),
+            Self::LargerThanObject { declared, actual } => write!(
+                f,
+                "it declares {declared} bytes but the memory behind its fd holds only {actual} bytes"
+            ),
+            Self::Io(e) => write!(f, "cannot inspect its fd: {e}"),
+        }
+    }
+}
+
+/// The size the object behind `fd` is guaranteed to keep, if it cannot shrink: a memfd sealed
+/// with `F_SEAL_SHRINK` (size from `fstat`) or a DMA-BUF (size from `lseek(SEEK_END)`).
+pub fn inspect_surface(fd: BorrowedFd<'_>) -> Result<(SurfaceKind, u64), SurfaceRefusal> {
+    match fcntl(fd, FcntlArg::F_GET_SEALS) {
+        Ok(seals) => {
+            if seals & libc::F_SEAL_SHRINK == 0 {
+                return Err(SurfaceRefusal::Unsealed { seals });
+            }
+            let st = nix::sys::stat::fstat(fd).map_err(|e| SurfaceRefusal::Io(e.into()))?;
+            Ok((SurfaceKind::SealedMemfd, st.st_size.max(0) as u64))
+        }
+        Err(Errno::EINVAL) => {
+            let mut sfs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+            // SAFETY: fstatfs fills the struct on success; we read it only then.
+            let r = unsafe { libc::fstatfs(fd.as_raw_fd(), sfs.as_mut_ptr()) };
+            if r != 0 {
+                return Err(SurfaceRefusal::Io(io::Error::last_os_error()));
+            }
+            // SAFETY: initialized by the successful fstatfs above.
+            let sfs = unsafe { sfs.assume_init() };
+            if sfs.f_type as i64 != DMA_BUF_MAGIC {
+                return Err(SurfaceRefusal::NotShareable);
+            }
+            let size = surface_size(fd).map_err(SurfaceRefusal::Io)?;
+            Ok((SurfaceKind::DmaBuf, size))
+        }
+        Err(e) => Err(SurfaceRefusal::Io(e.into())),
+    }
+}
+
+/// Check a surface a peer announced with `declared` bytes: the fd must be one that cannot
+/// shrink ([`inspect_surface`]) and hold at least `declared` bytes. The peer's size is a claim,
+/// the object's size is the truth.
+pub fn check_surface(fd: BorrowedFd<'_>, declared: u64) -> Result<SurfaceKind, SurfaceRefusal> {
+    let (kind, actual) = inspect_surface(fd)?;
+    if declared > actual {
+        return Err(SurfaceRefusal::LargerThanObject { declared, actual });
+    }
+    Ok(kind)
+}
+
 /// A process-local memory mapping of a surface; unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
@@ -133,7 +225,8 @@ impl SurfaceMemory {
     }
 }
 
-/// A sealed (fixed-size) memfd of `size` bytes.
+/// A sealed memfd of `size` bytes: `F_SEAL_SHRINK | F_SEAL_GROW` fix its size (readers require
+/// `F_SEAL_SHRINK`), `F_SEAL_SEAL` keeps a reader from adding write seals behind our back.
 pub fn create_memfd(name: &str, size: usize) -> io::Result<OwnedFd> {
     let cname = CString::new(name.replace('\0', "_")).map_err(io::Error::other)?;
     let fd = memfd_create(
@@ -144,7 +237,9 @@ pub fn create_memfd(name: &str, size: usize) -> io::Result<OwnedFd> {
     nix::unistd::ftruncate(&fd, size as libc::off_t).map_err(io::Error::from)?;
     fcntl(
         &fd,
-        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
     )
     .map_err(io::Error::from)?;
     Ok(fd)
@@ -280,6 +375,9 @@ pub enum BindError {
     Foreign(PathBuf, String),
     /// The path does not fit a Unix socket address.
     TooLong(PathBuf, usize),
+    /// Every temporary name next to the path is taken by something that is not ours:
+    /// (socket-path, first temporary name, what is there).
+    TemporaryTaken(PathBuf, PathBuf, String),
     Io(PathBuf, io::Error),
 }
 
@@ -302,14 +400,63 @@ impl std::fmt::Display for BindError {
                 p.display(),
                 p.as_os_str().len()
             ),
+            BindError::TemporaryTaken(p, tmp, what) => write!(
+                f,
+                "cannot create socket {}: its temporary name {} is {what}, and so are the other {} temporary names tried; they were left untouched (remove them or choose another path)",
+                p.display(),
+                tmp.display(),
+                TMP_ATTEMPTS - 1
+            ),
             BindError::Io(p, e) => write!(f, "cannot create socket {}: {e}", p.display()),
         }
     }
 }
 
-/// Suffix of the temporary name the socket is bound under before it is moved into place.
-const TMP_SUFFIX_MAX: usize = ".4294967295.tmp".len();
+/// Temporary names tried (`<path>.<pid>.tmp`, then `<path>.<pid>.<n>.tmp`) before giving up.
+const TMP_ATTEMPTS: usize = 8;
+/// Longest suffix of the temporary name the socket is bound under before it is moved into place.
+const TMP_SUFFIX_MAX: usize = ".4294967295.7.tmp".len();
 const SUN_PATH_MAX: usize = 107;
+
+/// What is at `path`, in words (for errors about files we refuse to touch).
+fn describe(path: &Path) -> String {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => "a directory".into(),
+        Ok(md) if md.file_type().is_symlink() => "a symbolic link".into(),
+        Ok(md) if md.file_type().is_socket() => "a socket of another process".into(),
+        Ok(_) => "a regular or special file".into(),
+        Err(e) => format!("unusable ({e})"),
+    }
+}
+
+/// Bind `fd` under a fresh temporary name next to `path`. `bind` creates the file or fails with
+/// `EADDRINUSE` if anything is already there (like `O_EXCL`), so nothing that is not ours is
+/// ever replaced or removed: a taken name is skipped for the next one.
+fn bind_temporary(fd: &OwnedFd, path: &Path) -> Result<PathBuf, BindError> {
+    let pid = std::process::id();
+    let mut first_taken = None;
+    for n in 0..TMP_ATTEMPTS {
+        let mut tmp = path.as_os_str().to_owned();
+        if n == 0 {
+            tmp.push(format!(".{pid}.tmp"));
+        } else {
+            tmp.push(format!(".{pid}.{n}.tmp"));
+        }
+        let tmp = PathBuf::from(tmp);
+        let addr = UnixAddr::new(&tmp).map_err(|e| BindError::Io(tmp.clone(), e.into()))?;
+        match bind(fd.as_raw_fd(), &addr) {
+            Ok(()) => return Ok(tmp),
+            Err(Errno::EADDRINUSE) => {
+                if first_taken.is_none() {
+                    first_taken = Some((tmp.clone(), describe(&tmp)));
+                }
+            }
+            Err(e) => return Err(BindError::Io(tmp, e.into())),
+        }
+    }
+    let (tmp, what) = first_taken.unwrap_or_default();
+    Err(BindError::TemporaryTaken(path.to_owned(), tmp, what))
+}
 
 /// The writer's listening socket at `socket-path`, mode 0600. Removed on drop if it is still ours.
 #[derive(Debug)]
@@ -366,11 +513,6 @@ impl Listener {
                 format!("directory {} does not exist", parent.display()),
             )));
         }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let _ = std::fs::remove_file(&tmp);
-
         let fd = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -378,8 +520,7 @@ impl Listener {
             None,
         )
         .map_err(|e| io_err(e.into()))?;
-        let addr = UnixAddr::new(&tmp).map_err(|e| io_err(e.into()))?;
-        bind(fd.as_raw_fd(), &addr).map_err(|e| io_err(e.into()))?;
+        let tmp = bind_temporary(&fd, path)?;
         let cleanup = |e: io::Error| {
             let _ = std::fs::remove_file(&tmp);
             io_err(e)
@@ -502,6 +643,43 @@ mod tests {
     }
 
     #[test]
+    fn only_surfaces_that_cannot_shrink_pass() {
+        let sealed = create_memfd("sealed", 4096).unwrap();
+        assert_eq!(
+            check_surface(sealed.as_fd(), 4096).unwrap(),
+            SurfaceKind::SealedMemfd
+        );
+        let e = check_surface(sealed.as_fd(), 8192).unwrap_err().to_string();
+        assert!(
+            e.contains("declares 8192 bytes") && e.contains("holds only 4096 bytes"),
+            "{e}"
+        );
+        // F_SEAL_SEAL: nobody can add seals (e.g. a reader sealing writes) afterwards.
+        assert!(fcntl(&sealed, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE)).is_err());
+
+        let unsealed = memfd_create(
+            c"unsealed",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        nix::unistd::ftruncate(&unsealed, 4096).unwrap();
+        let e = check_surface(unsealed.as_fd(), 4096)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not sealed against shrinking"), "{e}");
+
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(4096).unwrap();
+        let e = check_surface(file.as_fd(), 4096).unwrap_err().to_string();
+        // (on a tmpfs /tmp the file reports seals and is refused as unsealed)
+        assert!(
+            e.contains("neither a sealed memfd nor a DMA-BUF")
+                || e.contains("not sealed against shrinking"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn fds_travel_and_keep_identity() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
@@ -552,6 +730,25 @@ mod tests {
         let e = Listener::bind(&foreign).unwrap_err().to_string();
         assert!(e.contains("not a socket") && e.contains("file"), "{e}");
         assert_eq!(std::fs::read(&foreign).unwrap(), b"data");
+        // Whatever sits at the temporary name is never removed: another name is used, and when
+        // every name is taken the error names the path.
+        let sock = dir.path().join("t.sock");
+        let pid = std::process::id();
+        let tmp0 = dir.path().join(format!("t.sock.{pid}.tmp"));
+        std::fs::write(&tmp0, b"keep me").unwrap();
+        drop(Listener::bind(&sock).unwrap());
+        assert_eq!(std::fs::read(&tmp0).unwrap(), b"keep me");
+        std::fs::remove_file(&tmp0).unwrap();
+        std::fs::create_dir(&tmp0).unwrap();
+        for n in 1..TMP_ATTEMPTS {
+            std::fs::create_dir(dir.path().join(format!("t.sock.{pid}.{n}.tmp"))).unwrap();
+        }
+        let e = Listener::bind(&sock).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("t.sock.{pid}.tmp is a directory")) && e.contains("untouched"),
+            "{e}"
+        );
+        assert!(tmp0.is_dir());
         let long = dir.path().join("x".repeat(120));
         let e = Listener::bind(&long).unwrap_err().to_string();
         assert!(e.contains("too long"), "{e}");

@@ -448,9 +448,21 @@ impl BaseSinkImpl for SurfaceSink {
         } else {
             None
         };
-        let result = if let Some(mem) = fd_mem {
-            // SAFETY: the fd belongs to the memory, which `buffer` (held below) keeps alive.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(mem.fd()) };
+        // SAFETY: the fd belongs to the memory, which `buffer` (held below) keeps alive.
+        let shareable = fd_mem.map(|mem| unsafe { std::os::fd::BorrowedFd::borrow_raw(mem.fd()) });
+        // Readers map only fds that cannot shrink under them (sealed memfds, DMA-BUFs); other fd
+        // memory (an unsealed memfd, a tmpfs file) is copied into one of our sealed surfaces.
+        let shareable = match (fd_mem, shareable) {
+            (Some(mem), Some(fd)) => match platform::inspect_surface(fd) {
+                Ok(_) => Some((mem, fd)),
+                Err(e) => {
+                    gst::debug!(CAT, imp = self, "copying upstream fd memory: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let result = if let Some((mem, fd)) = shareable {
             hub.publish(
                 FrameSource::Fd {
                     fd,

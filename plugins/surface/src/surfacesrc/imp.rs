@@ -15,7 +15,9 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::platform::{self, Channel, Mapping, Received, Waker};
-use crate::wire::{self, DecodeError, FrameRecord, Message, NO_TIME, Role, error_code};
+use crate::wire::{
+    self, DecodeError, FrameRecord, Message, NO_TIME, PlaneNeed, RecentIds, Role, error_code,
+};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -48,8 +50,63 @@ impl Default for Settings {
 struct Conn {
     chan: Arc<Channel>,
     surfaces: HashMap<u32, Arc<Mapping>>,
-    caps: HashMap<u32, gst::Caps>,
+    /// The most recent caps ids (bounded: a writer cannot make this table grow).
+    caps: RecentIds<FrameCaps>,
     greeted: bool,
+}
+
+/// Caps announced by the writer, with what a frame of them needs (checked on every frame).
+struct FrameCaps {
+    caps: gst::Caps,
+    video: Option<VideoNeeds>,
+}
+
+/// Raw video caps: the default frame size and, where the format allows, what each plane needs.
+struct VideoNeeds {
+    info: gst_video::VideoInfo,
+    /// `None` for formats whose planes we cannot bound (tiled, palettes): then no writer plane
+    /// layout is trusted and the frame must hold the caps' default layout.
+    planes: Option<Vec<PlaneNeed>>,
+}
+
+impl FrameCaps {
+    fn new(caps: gst::Caps) -> Self {
+        let video = gst_video::VideoInfo::from_caps(&caps)
+            .ok()
+            .map(|info| VideoNeeds {
+                planes: plane_needs(&info),
+                info,
+            });
+        FrameCaps { caps, video }
+    }
+}
+
+/// Rows and minimum row length of each plane of `info` (see [`VideoNeeds::planes`]).
+fn plane_needs(info: &gst_video::VideoInfo) -> Option<Vec<PlaneNeed>> {
+    let finfo = info.format_info();
+    if finfo.is_tiled() || finfo.n_components() == 0 {
+        return None;
+    }
+    let mut needs = vec![PlaneNeed::default(); info.n_planes() as usize];
+    for c in 0..finfo.n_components() as usize {
+        let plane = *finfo.plane().get(c)? as usize;
+        let need = needs.get_mut(plane)?;
+        let rows = finfo.scale_height(c as u8, info.height()) as u64;
+        let pstride = *finfo.pixel_stride().get(c)?;
+        let row_bytes = if pstride > 0 {
+            pstride as u64 * finfo.scale_width(c as u8, info.width()) as u64
+        } else {
+            // Packed formats without a per-pixel stride (v210, UYVP, …): the default stride.
+            (*info.stride().get(plane)?).max(0) as u64
+        };
+        need.rows = need.rows.max(rows);
+        need.row_bytes = need.row_bytes.max(row_bytes);
+    }
+    // A plane no component lives in (a palette): not bounded here.
+    if needs.iter().any(|n| n.rows == 0) {
+        return None;
+    }
+    Some(needs)
 }
 
 #[derive(Default)]
@@ -61,6 +118,8 @@ struct State {
     last_session: Option<u64>,
     frames: u64,
     reconnects: u64,
+    /// Frames refused because they do not fit their surface's real size or their caps.
+    rejected: u64,
     /// The next buffer starts a new stream segment (first frame, or after a reconnect).
     discont: bool,
     buf: Vec<u8>,
@@ -173,7 +232,7 @@ impl SurfaceSrc {
                 Ok(Some(Conn {
                     chan: Arc::new(chan),
                     surfaces: HashMap::new(),
-                    caps: HashMap::new(),
+                    caps: RecentIds::new(wire::MAX_CAPS_IDS),
                     greeted: false,
                 }))
             }
@@ -252,7 +311,14 @@ impl SurfaceSrc {
             }
             Message::Caps { caps_id, caps } => match gst::Caps::from_str(&caps) {
                 Ok(c) => {
-                    conn.caps.insert(caps_id, c);
+                    if let Some(old) = conn.caps.insert(caps_id, FrameCaps::new(c)) {
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "forgot caps id {old} (more than {} announced)",
+                            wire::MAX_CAPS_IDS
+                        );
+                    }
                     Step::Continue
                 }
                 Err(_) => Step::Fatal(gst::error_msg!(
@@ -267,7 +333,33 @@ impl SurfaceSrc {
                         ("writer at {path} announced surface {surface} without an fd")
                     ));
                 };
-                match Mapping::map(std::os::fd::AsFd::as_fd(&fd), size as usize, false) {
+                let fd = std::os::fd::AsFd::as_fd(&fd);
+                // The declared size is a claim: the fd must be one that cannot shrink (a sealed
+                // memfd or a DMA-BUF) and hold at least that much.
+                if let Err(e) = platform::check_surface(fd, size) {
+                    return Step::Fatal(gst::error_msg!(
+                        gst::StreamError::Decode,
+                        ("writer at {path} sent surface {surface} of {size} bytes that cannot be mapped safely: {e}")
+                    ));
+                }
+                if !conn.surfaces.contains_key(&surface)
+                    && conn.surfaces.len() >= wire::MAX_SURFACES
+                {
+                    return Step::Fatal(gst::error_msg!(
+                        gst::StreamError::Decode,
+                        (
+                            "writer at {path} announced more than {} surfaces without retiring any",
+                            wire::MAX_SURFACES
+                        )
+                    ));
+                }
+                let Ok(len) = usize::try_from(size) else {
+                    return Step::Fatal(gst::error_msg!(
+                        gst::StreamError::Decode,
+                        ("writer at {path} sent surface {surface} of {size} bytes, more than this process can map")
+                    ));
+                };
+                match Mapping::map(fd, len, false) {
                     Ok(m) => {
                         conn.surfaces.insert(surface, Arc::new(m));
                         Step::Continue
@@ -310,6 +402,22 @@ impl SurfaceSrc {
         }
     }
 
+    /// Count a refused frame; the first of a connection and every 1000th become element
+    /// warnings (a hostile writer cannot flood the bus), the others debug lines.
+    fn reject(&self, st: &mut State, why: &str) -> Step {
+        st.rejected += 1;
+        if st.rejected % 1000 == 1 {
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Decode,
+                ("{why} ({} frames refused so far)", st.rejected)
+            );
+        } else {
+            gst::debug!(CAT, imp = self, "{why}");
+        }
+        Step::Continue
+    }
+
     fn frame(&self, st: &mut State, f: FrameRecord, path: &str) -> Step {
         let Some(conn) = st.conn.as_mut() else {
             return Step::Continue;
@@ -335,22 +443,50 @@ impl SurfaceSrc {
             release(conn);
             return Step::Continue;
         };
-        let (offset, len) = (f.offset as usize, f.size as usize);
-        if offset.checked_add(len).is_none_or(|end| end > map.len()) {
-            release(conn);
-            return Step::Fatal(gst::error_msg!(
-                gst::StreamError::Decode,
-                (
-                    "writer at {path} sent frame {} beyond surface {} ({}+{} > {})",
-                    f.seq,
-                    f.surface,
-                    offset,
-                    len,
-                    map.len()
-                )
-            ));
-        }
-        let caps = conn.caps.get(&f.caps_id).cloned();
+        let range = match f.range_in(map.len() as u64) {
+            Ok(r) => r,
+            Err(e) => {
+                release(conn);
+                return Step::Fatal(gst::error_msg!(
+                    gst::StreamError::Decode,
+                    (
+                        "writer at {path} sent frame {} in surface {}: {e}",
+                        f.seq,
+                        f.surface
+                    )
+                ));
+            }
+        };
+        let (offset, len) = (range.start, range.len());
+        // A frame smaller than its caps (or with planes outside it) would make downstream read
+        // beyond the frame: skipped with a warning.
+        let checked = match conn.caps.get(f.caps_id) {
+            None => Err(format!("unknown caps id {}", f.caps_id)),
+            Some(fc) => match &fc.video {
+                Some(v) => {
+                    let planes = v.planes.as_deref().unwrap_or(&[]);
+                    match f.check_layout(planes, v.info.size() as u64) {
+                        Ok(()) => {
+                            let trusted = v.planes.is_some()
+                                && f.n_planes as usize == v.info.n_planes() as usize;
+                            Ok((fc.caps.clone(), trusted.then(|| v.info.clone())))
+                        }
+                        Err(e) => Err(format!("{e} ({})", fc.caps)),
+                    }
+                }
+                None => Ok((fc.caps.clone(), None)),
+            },
+        };
+        let (caps, video_layout) = match checked {
+            Ok((caps, layout)) => (Some(caps), layout),
+            Err(why) => {
+                release(conn);
+                return self.reject(
+                    st,
+                    &format!("skipped frame {} from the writer at {path}: {why}", f.seq),
+                );
+            }
+        };
         let mut buffer = gst::Buffer::new();
         {
             let Some(b) = buffer.get_mut() else {
@@ -379,11 +515,7 @@ impl SurfaceSrc {
                 st.discont = false;
             }
             b.set_flags(flags);
-            if f.n_planes > 0
-                && let Some(info) = caps
-                    .as_ref()
-                    .and_then(|c| gst_video::VideoInfo::from_caps(c).ok())
-            {
+            if let Some(info) = video_layout {
                 let n = (f.n_planes as usize).min(wire::MAX_PLANES);
                 let offsets: Vec<usize> =
                     f.plane_offsets[..n].iter().map(|o| *o as usize).collect();
@@ -436,7 +568,7 @@ impl ObjectImpl for SurfaceSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("frames, reconnects, surfaces (mapped)")
+                    .blurb("frames, reconnects, rejected (frames that did not fit their surface or caps), caps (caps ids remembered), surfaces (mapped)")
                     .read_only()
                     .build(),
             ]
@@ -463,6 +595,11 @@ impl ObjectImpl for SurfaceSrc {
                 gst::Structure::builder("surfacesrc-stats")
                     .field("frames", st.frames)
                     .field("reconnects", st.reconnects)
+                    .field("rejected", st.rejected)
+                    .field(
+                        "caps",
+                        st.conn.as_ref().map(|c| c.caps.len() as u64).unwrap_or(0),
+                    )
                     .field(
                         "surfaces",
                         st.conn
