@@ -341,3 +341,49 @@ fn version_mismatch_surfacesrc() {
     );
     let _ = fake.join();
 }
+
+/// What sits at the writer's temporary socket name (`<socket-path>.<pid>.tmp`) is never removed:
+/// a regular file there stays as it was and another name is used; when every temporary name is
+/// taken (directories here) the error names the path instead of "Address already in use".
+/// In-process, so the test knows the writer's pid.
+#[test]
+fn temporary_socket_name_taken_by_foreign_files() {
+    let (dir, sock) = sock_dir();
+    let pid = std::process::id();
+    let tmp0 = dir.path().join(format!("s.sock.{pid}.tmp"));
+    std::fs::write(&tmp0, b"precious").unwrap();
+    let desc = format!(
+        "videotestsrc is-live=true ! {CAPS} ! surfacesink socket-path={}",
+        sock.display()
+    );
+    let p = Pipe::launch(&desc);
+    p.set(gst::State::Playing);
+    wait_for(Duration::from_secs(10), "writer socket", || {
+        sock.exists().then_some(())
+    });
+    assert!(
+        std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert_eq!(std::fs::read(&tmp0).unwrap(), b"precious", "file untouched");
+    drop(p);
+
+    std::fs::remove_file(&tmp0).unwrap();
+    std::fs::create_dir(&tmp0).unwrap();
+    for n in 1..8 {
+        std::fs::create_dir(dir.path().join(format!("s.sock.{pid}.{n}.tmp"))).unwrap();
+    }
+    let p = Pipe::launch(&desc);
+    p.set(gst::State::Playing);
+    let err = p.wait_error(Duration::from_secs(10));
+    assert!(
+        err.contains(&format!("cannot create socket {}", sock.display()))
+            && err.contains(&format!("s.sock.{pid}.tmp is a directory"))
+            && err.contains("left untouched"),
+        "{err}"
+    );
+    assert!(!err.contains("Address already in use"), "{err}");
+    assert!(tmp0.is_dir());
+}

@@ -115,7 +115,10 @@ pub fn inspect_surface(fd: BorrowedFd<'_>) -> Result<(SurfaceKind, u64), Surface
             }
             // SAFETY: initialized by the successful fstatfs above.
             let sfs = unsafe { sfs.assume_init() };
-            if sfs.f_type as i64 != DMA_BUF_MAGIC {
+            // f_type is i64 on x86_64 but narrower on some architectures.
+            #[allow(clippy::unnecessary_cast)]
+            let fs_type = sfs.f_type as i64;
+            if fs_type != DMA_BUF_MAGIC {
                 return Err(SurfaceRefusal::NotShareable);
             }
             let size = surface_size(fd).map_err(SurfaceRefusal::Io)?;
