@@ -20,6 +20,8 @@ Command line (used by the tests; one JSON object per line on stdout)::
 """
 
 import argparse
+import errno
+import fcntl
 import json
 import mmap
 import os
@@ -33,6 +35,7 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<4sHHI")  # magic, version, kind, payload length
 MAX_MESSAGE = 64 * 1024
 NO_TIME = (1 << 64) - 1
+MAX_CAPS_IDS = 16
 
 HELLO, CAPS, SURFACE, FRAME, RETIRE, EOS, RELEASE, ERROR = range(1, 9)
 ROLE_WRITER, ROLE_READER = 0, 1
@@ -42,6 +45,30 @@ FRAME_RECORD = struct.Struct("<QIIQQQIIQQ4Q4i")
 
 class ProtocolError(Exception):
     """The writer refused us or sent something we do not understand."""
+
+
+def safe_surface_size(fd, declared):
+    """The size of a surface we may map: a memfd sealed with F_SEAL_SHRINK or a DMA-BUF holding
+    at least ``declared`` bytes (the writer's size is a claim, the fd's size the truth).
+    Anything else could shrink under the mapping and kill us with SIGBUS."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise ProtocolError(f"cannot inspect a surface fd: {e}") from e
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if "dmabuf" not in target:
+            raise ProtocolError(f"surface fd is neither a sealed memfd nor a DMA-BUF ({target}); "
+                                "its size could change under our mapping") from e
+        actual = os.lseek(fd, 0, os.SEEK_END)
+    else:
+        if not seals & fcntl.F_SEAL_SHRINK:
+            raise ProtocolError("surface memfd is not sealed against shrinking "
+                                f"(seals {seals:#x}, F_SEAL_SHRINK missing)")
+        actual = os.fstat(fd).st_size
+    if declared > actual:
+        raise ProtocolError(f"surface declares {declared} bytes but its fd holds only {actual}")
+    return declared
 
 
 class Frame:
@@ -132,7 +159,10 @@ class SurfaceReader:
                 _role, self.writer_pid, _session = struct.unpack_from("<IIQ", payload)
             elif kind == CAPS:
                 caps_id = struct.unpack_from("<I", payload)[0]
+                self.caps.pop(caps_id, None)
                 self.caps[caps_id] = payload[4:].decode()
+                while len(self.caps) > MAX_CAPS_IDS:  # keep the newest, like surfacesrc
+                    del self.caps[next(iter(self.caps))]
             elif kind == SURFACE:
                 surface, _reserved, size = struct.unpack_from("<IIQ", payload)
                 if not fds:
@@ -141,8 +171,11 @@ class SurfaceReader:
                 for extra in fds[1:]:
                     os.close(extra)
                 inode = os.fstat(fd).st_ino
-                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-                os.close(fd)
+                try:
+                    size = safe_surface_size(fd, size)
+                    m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+                finally:
+                    os.close(fd)
                 old = self.surfaces.pop(surface, None)
                 self.surfaces[surface] = (m, inode)
                 if old:
@@ -166,7 +199,12 @@ class SurfaceReader:
                 f.plane_offsets = list(v[10:10 + n_planes])
                 f.strides = list(v[14:14 + n_planes])
                 f.caps = self.caps.get(caps_id)
+                if f.surface not in self.surfaces:
+                    raise ProtocolError(f"frame {f.seq} in unknown surface {f.surface}")
                 m, f.inode = self.surfaces[f.surface]
+                if f.offset + f.size > len(m):
+                    raise ProtocolError(f"frame {f.seq} ({f.offset}+{f.size}) lies beyond its "
+                                        f"surface of {len(m)} bytes")
                 f.data = memoryview(m)[f.offset:f.offset + f.size]
                 yield f
             elif kind == EOS:

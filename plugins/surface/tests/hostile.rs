@@ -281,3 +281,29 @@ fn caps_flood_keeps_memory_bounded() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Python reader applies the same rules: an oversized or unsealed surface is refused with
+/// an explanation (exit status 2), never mapped.
+#[test]
+fn python_reader_refuses_hostile_surfaces() {
+    for (attack, needle) in [
+        (
+            "oversize",
+            "surface declares 49152 bytes but its fd holds only 4096",
+        ),
+        ("unsealed", "not sealed against shrinking"),
+    ] {
+        let (_dir, sock) = sock_dir();
+        let w = writer(&sock, attack, 1);
+        let r = py_reader(&sock, &[]);
+        let (status, json, stderr) = r.finish(Duration::from_secs(15));
+        assert_eq!(status.code(), Some(2), "{attack}: {stderr}");
+        let err = json
+            .iter()
+            .find_map(|v| v.get("error").and_then(|e| e.as_str()))
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.contains(needle), "{attack}: {err}");
+        let _ = w.finish(Duration::from_secs(15));
+    }
+}

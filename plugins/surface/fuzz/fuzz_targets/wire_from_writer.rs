@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: MPL-2.0
+//! What `surfacesrc` parses from a writer: datagrams (each `u16` length-prefixed in the input,
+//! after a 24-byte header choosing a surface size and the caps' plane needs) through
+//! `wire::Message::decode`, then the checks `surfacesrc` applies before exposing any byte:
+//! caps ids into the bounded `RecentIds` table, frames through `FrameRecord::range_in` (against
+//! the surface size) and `FrameRecord::check_layout` (against the caps). Asserts that what the
+//! checks accept really lies inside the surface and the frame, and that the table stays bounded.
+#![no_main]
+
+use gstsurface::wire::{self, Message, PlaneNeed, RecentIds};
+use libfuzzer_sys::fuzz_target;
+
+fn datagrams(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if data.len() < 2 {
+            return None;
+        }
+        let len = (u16::from_le_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
+        let (d, rest) = data[2..].split_at(len);
+        data = rest;
+        Some(d)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 24 {
+        return;
+    }
+    let (head, rest) = data.split_at(24);
+    let surface_len = u64::from_le_bytes(head[0..8].try_into().unwrap_or_default()) >> (head[8] % 64);
+    let n_planes = (head[9] % 5) as usize;
+    let default_size = u32::from_le_bytes([head[10], head[11], head[12], head[13]]) as u64;
+    let planes: Vec<PlaneNeed> = (0..n_planes)
+        .map(|i| PlaneNeed {
+            rows: head[14 + 2 * i] as u64,
+            row_bytes: head[15 + 2 * i] as u64 * 8,
+        })
+        .collect();
+
+    let mut caps = RecentIds::new(wire::MAX_CAPS_IDS);
+    for d in datagrams(rest) {
+        let msg = match Message::decode(d) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = e.to_string();
+                break;
+            }
+        };
+        assert_eq!(Message::decode(&msg.encode()).as_ref(), Ok(&msg), "round trip");
+        match msg {
+            Message::Caps { caps_id, caps: s } => {
+                caps.insert(caps_id, s);
+                assert!(caps.len() <= wire::MAX_CAPS_IDS);
+                assert!(caps.get(caps_id).is_some());
+            }
+            Message::Frame(f) => {
+                let _ = caps.get(f.caps_id);
+                match f.range_in(surface_len) {
+                    Ok(r) => {
+                        assert!(r.start as u64 == f.offset && r.len() as u64 == f.size);
+                        assert!(r.end as u64 <= surface_len);
+                    }
+                    Err(e) => {
+                        let _ = e.to_string();
+                        continue;
+                    }
+                }
+                match f.check_layout(&planes, default_size) {
+                    Ok(()) if f.n_planes as usize == planes.len() && !planes.is_empty() => {
+                        for (i, p) in planes.iter().enumerate() {
+                            let stride = f.strides[i];
+                            assert!(stride >= 0 && stride as u64 >= p.row_bytes);
+                            let end = f.plane_offsets[i] as u128 + stride as u128 * p.rows as u128;
+                            assert!(end <= f.size as u128, "plane {i} beyond the frame");
+                        }
+                    }
+                    Ok(()) => assert!(f.size >= default_size),
+                    Err(e) => {
+                        let _ = e.to_string();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+});
