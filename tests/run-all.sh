@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: install what is missing, build, lint and run every test.
 #   tests/run-all.sh            everything (host tests, then the v4l2loopback guest harness)
-#   SKIP_GUEST=1 tests/run-all.sh   host tests only
+#   SKIP_GUEST=1 tests/run-all.sh   without the qemu guest part
+#   SKIP_FUZZ=1 tests/run-all.sh    without the fuzz smoke
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -76,6 +77,11 @@ if [ "$rc" != 0 ] || ! grep -Eq '^\[vcambridge\] frames [1-9][0-9]+ ' "$MAIN_LOG
   exit 1
 fi
 grep -E '^\[vcambridge\] frames' "$MAIN_LOG" | tail -1
+
+if [ "${SKIP_FUZZ:-0}" != "1" ]; then
+  step "fuzz smoke: every cargo-fuzz target for 20 s from its kept corpus (scripts/fuzz.sh)"
+  "$ROOT/scripts/fuzz.sh" --seconds 20
+fi
 
 if [ "${SKIP_GUEST:-0}" != "1" ]; then
   step "v4l2loopback guest harness (qemu, real kernel module)"

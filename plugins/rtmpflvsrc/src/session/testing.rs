@@ -166,3 +166,17 @@ pub fn sample_publish_stream(frames: usize) -> Vec<u8> {
     }
     p.sent
 }
+
+/// Bytes of the RTMP handshake a client sends (C0 + C1 + C2).
+pub const HANDSHAKE_LEN: usize = 1 + 1536 + 1536;
+
+/// A server session whose handshake is already done (no handshake cryptography): feed it what a
+/// client sends after the handshake. For fuzz targets that work on the chunk / message layers.
+pub fn session_after_handshake(config: SessionConfig) -> Session {
+    let mut session = Session::new(config);
+    let (server, _results) =
+        rml_rtmp::sessions::ServerSession::new(rml_rtmp::sessions::ServerSessionConfig::new())
+            .expect("server session");
+    session.phase = super::Phase::Rtmp(Box::new(server));
+    session
+}
