@@ -184,3 +184,88 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGBUS outside every registered ring is not swallowed: it goes to the previous handler
+    /// (here the Rust runtime's) and then the default action, so the process dies of SIGBUS as it
+    /// would without us. Runs in a forked child.
+    #[test]
+    fn faults_outside_rings_still_kill() {
+        // SAFETY: plain system calls on our own memfd and mappings; the child only touches
+        // memory and calls _exit.
+        unsafe {
+            let fd = libc::memfd_create(c"sigbus-test".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, 8192), 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            assert_eq!(libc::ftruncate(fd, 0), 0);
+            // Install our handler (a registered ring elsewhere), then unregister it.
+            let other = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(other, libc::MAP_FAILED);
+            let guard = register(other as *mut u8, 4096).expect("register");
+            drop(guard);
+            // A registered ring over the truncated mapping survives in this process...
+            let guard = register(p as *mut u8, 8192).expect("register");
+            let v = std::ptr::read_volatile(p as *const u8);
+            assert_eq!(v, 0);
+            assert!(guard.faulted());
+            drop(guard);
+            // ...an unregistered one kills (in a child).
+            let q = libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert_ne!(q, libc::MAP_FAILED);
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let _ = std::ptr::read_volatile(q as *const u8);
+                libc::_exit(0);
+            }
+            let mut status = 0;
+            let mut done = 0;
+            for _ in 0..1000 {
+                done = libc::waitpid(pid, &mut status, libc::WNOHANG);
+                if done != 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if done == 0 {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+                panic!("the child neither died nor exited within 10 s (fault loop?)");
+            }
+            assert!(
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS,
+                "child status {status:#x}: a fault outside any ring must kill with SIGBUS"
+            );
+            libc::munmap(p, 8192);
+            libc::munmap(q, 8192);
+            libc::munmap(other, 4096);
+            libc::close(fd);
+        }
+    }
+}
