@@ -162,6 +162,13 @@ fn geometry_that_cannot_be_mapped_is_refused() {
     let total = 4096 + 2 * (tib + 64);
     leave_ring(&shm);
     patch_geometry(&shm, 2, tib, tib + 64, total, total);
+    // Frame 0 (slot 0 at 4096) claims a 1 TiB payload: what made the old readers allocate it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm.path())
+        .expect("open ring")
+        .write_all_at(&tib.to_le_bytes(), 4096 + 40)
+        .expect("patch frame size");
     assert_eq!(std::fs::metadata(shm.path()).expect("stat").len(), total);
     let out = run_with_timeout("src", &mut src_cmd(&shm.name, 1000, 1), LONG);
     assert_gst_error("shmringsrc on a 2 TiB ring", &out);
