@@ -8,7 +8,8 @@
 #   scripts/fuzz.sh --runs 10000000 flv    until 10 M executions (no time limit)
 #   scripts/fuzz.sh --grow ...             merge new interesting inputs into the kept corpus
 #
-# Each target starts from its corpus kept in the repository (plugins/<p>/fuzz/corpus/<target>);
+# Each target starts from its corpus kept in the repository (plugins/<p>/fuzz/corpus/<target>),
+# with the libFuzzer flags in plugins/<p>/fuzz/options/<target> if that file exists;
 # inputs found during a run go to a scratch directory under target/fuzz/ and are merged
 # (minimized, `-merge=1`) into the kept corpus only with --grow. Debug assertions are on (-a):
 # integer overflows panic as in the debug-built plugins. FUZZ_SANITIZER=none runs without ASAN
@@ -75,6 +76,8 @@ for dir in "$ROOT"/plugins/*/fuzz; do
     args=(-print_final_stats=1 -timeout=10 -rss_limit_mb=2048)
     [ "$SECONDS_EACH" != 0 ] && args+=("-max_total_time=$SECONDS_EACH")
     [ -n "$RUNS" ] && args+=("-runs=$RUNS")
+    # Per-target libFuzzer flags (e.g. -max_len) in plugins/<p>/fuzz/options/<target>.
+    if [ -f "$dir/options/$t" ]; then read -r -a extra <"$dir/options/$t"; args+=("${extra[@]}"); fi
     runlog="$OUT/$plugin-$t.log"
     log "$plugin/$t: ${RUNS:+$RUNS runs}${RUNS:-$SECONDS_EACH s} from $(ls "$kept" | wc -l) kept inputs"
     start=$(date +%s)

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Writes seed rings for the `ring` fuzz target into seeds/ring/ (valid rings as a writer leaves
+//! Writes seed rings for the `ring` fuzz target into corpus/ring/ (valid rings as a writer leaves
 //! them: young, wrapped, with skipped numbers, caps changes, end of stream, closed).
 
 use gstshmring::ring::{FrameMeta, Geometry, RingMemory, WriterState, flags};
@@ -33,7 +33,7 @@ fn frame(mem: &RingMemory, g: &Geometry, seq: u64, caps_id: u64, payload: &[u8])
 }
 
 fn main() -> std::io::Result<()> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/ring");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/ring");
     std::fs::create_dir_all(&dir)?;
     let seeds = [
         ("empty", ring(2, 64, |_, _| {})),
