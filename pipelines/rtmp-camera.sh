@@ -11,6 +11,8 @@
 #   pipewire  a PipeWire Video/Source camera node (when a PipeWire session is running)
 #   window    a window (when a display exists)
 #   terminal  frame-rate statistics on the terminal plus a PNG snapshot every 2 s
+#
+# One Ctrl-C (SIGINT) or SIGTERM stops the job and everything it started within 2 s (exit 0).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -32,12 +34,12 @@ BUILD=1
 PROFILE=release
 
 usage() {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
 
 Options:
   --demo               also start an ffmpeg test publisher (testsrc2 + sine, H.264/AAC)
-  --demo-seconds N     stop the demo (and the pipeline) after N seconds (default: run until Ctrl-C)
+  --demo-seconds N     end the demo publisher after N seconds, then the whole job (default: run until Ctrl-C)
   --address A          listen address (default $ADDRESS; 0.0.0.0 for other machines)
   --port N             listen port (default $PORT; 0 = a free port)
   --app NAME           RTMP application (default $APP)
