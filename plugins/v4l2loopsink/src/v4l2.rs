@@ -834,6 +834,8 @@ pub fn modprobe_hint(video_nr: u32, label: &str) -> String {
 #[derive(Debug)]
 pub enum DeviceProblem {
     Missing,
+    /// The node exists but no device answers behind it (ENXIO / ENODEV).
+    NoDevice,
     PermissionDenied,
     NotCharDevice,
     NotV4l2,
@@ -858,6 +860,11 @@ impl DeviceProblem {
                 "{p} does not exist: the v4l2loopback module is not loaded or has no such device. \
                  Load it with `{load}` (then use device=/dev/video10), or with v4l2loopback >= 0.13 \
                  set create=true"
+            ),
+            DeviceProblem::NoDevice => format!(
+                "{p} exists but no device answers behind it (the driver was unloaded or it is not \
+                 a video device, e.g. a terminal); pick the v4l2loopback device \
+                 (v4l2-ctl --list-devices) or load the module with `{load}`"
             ),
             DeviceProblem::PermissionDenied => format!(
                 "permission denied opening {p}: add your user to the 'video' group \
@@ -897,7 +904,8 @@ impl DeviceProblem {
 impl From<io::Error> for DeviceProblem {
     fn from(e: io::Error) -> Self {
         match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => DeviceProblem::Missing,
+            Some(libc::ENOENT) => DeviceProblem::Missing,
+            Some(libc::ENODEV) | Some(libc::ENXIO) => DeviceProblem::NoDevice,
             Some(libc::EACCES) | Some(libc::EPERM) => DeviceProblem::PermissionDenied,
             _ => DeviceProblem::Other(e),
         }
@@ -1429,6 +1437,11 @@ mod tests {
     #[test]
     fn problem_messages_name_device_and_fix() {
         let p = Path::new("/dev/video10");
+        let m = DeviceProblem::NoDevice.message(p);
+        assert!(
+            m.starts_with("/dev/video10 exists but no device answers behind it"),
+            "{m}"
+        );
         let m = DeviceProblem::Missing.message(p);
         assert!(m.starts_with("/dev/video10 does not exist"), "{m}");
         assert!(

@@ -75,6 +75,15 @@ fn non_v4l2_paths_are_refused_precisely() {
     std::fs::write(&file, b"x").expect("write");
     let e = start_error(&format!("device={}", file.display()));
     assert!(e.contains("is not a device node"), "{e}");
+    // A node that exists but has no device behind it for us (no controlling terminal: ENXIO;
+    // with one, the open works and VIDIOC_QUERYCAP fails) is never said not to exist.
+    let e = start_error("device=/dev/tty");
+    assert!(
+        !e.contains("does not exist")
+            && (e.contains("/dev/tty exists but no device answers behind it")
+                || e.contains("/dev/tty is not a V4L2 video device")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -471,7 +471,9 @@ impl V4l2LoopSink {
     fn problem_error(path: &Path, problem: DeviceProblem) -> gst::ErrorMessage {
         let msg = problem.message(path);
         match problem {
-            DeviceProblem::Missing => gst::error_msg!(gst::ResourceError::NotFound, ["{}", msg]),
+            DeviceProblem::Missing | DeviceProblem::NoDevice => {
+                gst::error_msg!(gst::ResourceError::NotFound, ["{}", msg])
+            }
             DeviceProblem::PermissionDenied => {
                 gst::error_msg!(gst::ResourceError::NotAuthorized, ["{}", msg])
             }
