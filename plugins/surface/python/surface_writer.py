@@ -28,7 +28,8 @@ connection (if the reader is still there)::
     oversize       a surface that declares 4x the size of the memfd behind it
     unsealed       an unsealed memfd, truncated to 0 after it was sent, then a frame in it
     sealed-shrink  a sealed memfd; tries to truncate it after sending (the kernel refuses)
-    small-frame    frames of 100 bytes (in a 100-byte surface) whose caps need --frame-size
+    small-frame    frames of 100 bytes (in a 100-byte surface) whose caps need --frame-size,
+                   without and with a plane layout (stride 256)
     bad-planes     frames whose plane offset / stride lie outside the frame
     regular-file   a regular file instead of a memfd
     caps-flood     one good frame, 20000 caps messages with new ids (~3 KB each), good frames
@@ -259,9 +260,10 @@ def main():
                     out({"sent": seq})
             elif a == "small-frame":
                 s = r.new_surface(100)
-                for _ in range(3):
+                # Without a plane layout, then with one (as writers using GstVideoMeta send).
+                for planes in ([], [(0, 256)], [(0, 256)]):
                     seq += 1
-                    r.send_frame(seq, s, 100)
+                    r.send_frame(seq, s, 100, planes=planes)
                     r.wait_release(seq, args.timeout)
                 out({"attacked": a})
             elif a == "bad-planes":

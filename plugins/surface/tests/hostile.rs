@@ -57,15 +57,22 @@ fn warnings(p: &Pipe) -> Vec<String> {
     out
 }
 
-/// Frames of the good writer: 64x48 BGRx filled with `seq & 0xff`.
+/// Every reader pipeline reads each frame's pixels (videoconvert to RGBA), as a real consumer
+/// does: without the checks, that read is where a hostile surface killed the process.
+const CONVERT: &str = "videoconvert ! video/x-raw,format=RGBA !";
+
+/// Frames of the good writer: 64x48 BGRx filled with `seq & 0xff`, converted to RGBA.
 fn assert_good_frames(got: &[Got], first_seq: u64, n: usize) {
     assert_eq!(got.len(), n, "good frames after the attack");
     for (i, g) in got.iter().enumerate() {
         let seq = first_seq + i as u64;
+        let v = (seq & 0xff) as u8;
         assert_eq!(g.offset, seq, "writer sequence number");
         assert_eq!(g.data.len(), FRAME_BYTES);
         assert!(
-            g.data.iter().all(|b| *b == (seq & 0xff) as u8),
+            g.data
+                .chunks(4)
+                .all(|px| px[0] == v && px[1] == v && px[2] == v),
             "frame {seq} content"
         );
     }
@@ -88,7 +95,7 @@ fn good_writer_works_after(p: &Pipe, sock: &Path) {
 fn refused_surface(attack: &str, needles: &[&str]) {
     let (_dir, sock) = sock_dir();
     let w = writer(&sock, attack, 2);
-    let p = reader(&sock, "");
+    let p = reader(&sock, CONVERT);
     p.set(gst::State::Playing);
     let err = p.wait_error(Duration::from_secs(15));
     for n in needles {
@@ -141,7 +148,7 @@ fn regular_file_surface_is_refused() {
 fn sealed_memfd_cannot_be_shrunk_by_its_writer() {
     let (_dir, sock) = sock_dir();
     let mut w = writer(&sock, "sealed-shrink", 2);
-    let p = reader(&sock, "");
+    let p = reader(&sock, CONVERT);
     p.set(gst::State::Playing);
     let shrink = w.wait_line(Duration::from_secs(15), "shrink attempt", |l| {
         l.contains("shrink")
@@ -164,7 +171,7 @@ fn sealed_memfd_cannot_be_shrunk_by_its_writer() {
 fn frame_smaller_than_caps_is_skipped_with_a_warning() {
     let (_dir, sock) = sock_dir();
     let w = writer(&sock, "small-frame", 3);
-    let p = reader(&sock, "videoconvert ! video/x-raw,format=RGBA !");
+    let p = reader(&sock, CONVERT);
     p.set(gst::State::Playing);
     let got = pull(&p.appsink("sink"), 3, Duration::from_secs(15));
     assert_eq!(got.len(), 3, "good frames after the small ones");
@@ -188,6 +195,13 @@ fn frame_smaller_than_caps_is_skipped_with_a_warning() {
                 && w.contains("frame of 100 bytes is smaller than its caps need (12288 bytes)")),
         "{warns:?}"
     );
+    assert!(
+        warns
+            .iter()
+            .any(|w| w.contains("skipped frame 2 from the writer at")
+                && w.contains("plane 0 ends at byte 12288, beyond the frame of 100 bytes")),
+        "{warns:?}"
+    );
     assert_eq!(stat(&p.by_name("src"), "rejected"), 3);
     assert_eq!(p.error(), None);
     let (status, json, stderr) = w.finish(Duration::from_secs(15));
@@ -201,7 +215,7 @@ fn frame_smaller_than_caps_is_skipped_with_a_warning() {
 fn planes_outside_the_frame_are_skipped() {
     let (_dir, sock) = sock_dir();
     let w = writer(&sock, "bad-planes", 2);
-    let p = reader(&sock, "videoconvert ! video/x-raw,format=RGBA !");
+    let p = reader(&sock, CONVERT);
     p.set(gst::State::Playing);
     let got = pull(&p.appsink("sink"), 2, Duration::from_secs(15));
     assert_eq!(got.len(), 2);

@@ -402,11 +402,11 @@ impl SurfaceSrc {
         }
     }
 
-    /// Count a refused frame; the first of a connection and every 1000th become element
-    /// warnings (a hostile writer cannot flood the bus), the others debug lines.
+    /// Count a refused frame; the first 10 and then every 1000th become element warnings (a
+    /// hostile writer cannot flood the bus), the others debug lines.
     fn reject(&self, st: &mut State, why: &str) -> Step {
         st.rejected += 1;
-        if st.rejected % 1000 == 1 {
+        if st.rejected <= 10 || st.rejected.is_multiple_of(1000) {
             gst::element_imp_warning!(
                 self,
                 gst::StreamError::Decode,
