@@ -32,6 +32,7 @@ connection (if the reader is still there)::
                    without and with a plane layout (stride 256)
     bad-planes     frames whose plane offset / stride lie outside the frame
     regular-file   a regular file instead of a memfd
+    surface-flood  300 surfaces, none retired
     caps-flood     one good frame, 20000 caps messages with new ids (~3 KB each), good frames
 """
 
@@ -280,6 +281,10 @@ def main():
                     seq += 1
                     r.send_frame(seq, r.next_surface, size)
                     r.next_surface += 1
+            elif a == "surface-flood":
+                for _ in range(300):
+                    s = r.new_surface(4096)
+                    s.close()
             elif a == "caps-flood":
                 s = r.new_surface(size)
                 seq += 1

@@ -142,6 +142,15 @@ fn regular_file_surface_is_refused() {
     );
 }
 
+/// 300 surfaces announced and none retired (each a mapping and an fd): refused past 256.
+#[test]
+fn surface_flood_is_refused() {
+    refused_surface(
+        "surface-flood",
+        &["announced more than 256 surfaces without retiring any"],
+    );
+}
+
 /// (b) with seals, as surfacesink and the Python writer create them: the writer's own attempt
 /// to shrink the surface fails, and frames keep arriving intact.
 #[test]
