@@ -65,6 +65,7 @@ for _ in $(seq 1 100); do
 done
 
 fail_count="$OUT/failures"
+: >"$OUT/events"
 : >"$fail_count"
 # Publisher: 55 s of 640x360 H.264 + AAC, then a new connection, until the end.
 (
