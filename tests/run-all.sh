@@ -54,7 +54,7 @@ for so in "$PLUGDIR"/libgst*.so; do
 done
 grep -q "cargo profile *: release" "$MESON_DIR/build/meson-logs/meson-log.txt" \
   || { echo "meson's default build is not cargo's release profile" >&2; exit 1; }
-for element in rtmpflvsrc v4l2loopsink pwvideosink shmringsink shmringsrc surfacesink surfacesrc; do
+for element in rtmpflvsrc v4l2loopsink pwvideosink shmringsink shmringsrc surfacesink surfacesrc chunksink; do
   if ! GST_PLUGIN_PATH="$PLUGDIR" GST_PLUGIN_SYSTEM_PATH_1_0="" GST_REGISTRY="$MESON_DIR/registry.bin" \
       gst-inspect-1.0 "$element" >/dev/null 2>&1; then
     echo "meson-installed plugins in $PLUGDIR do not provide element '$element'" >&2
