@@ -506,10 +506,13 @@ impl ChunkSink {
         if frames == 0 {
             return Ok(());
         }
-        let pts = buffer.pts().map(|t| t.nseconds());
+        let buffer_pts = buffer.pts().map(|t| t.nseconds());
         let discont = buffer.flags().contains(gst::BufferFlags::DISCONT);
         let wall = now_unix();
-        let gap = stream.timeline.observe(pts, discont, w.next_sample);
+        let gap = stream.timeline.observe(buffer_pts, discont, w.next_sample);
+        // Buffers without a timestamp (pipewiresrc stamps only its first one) continue the
+        // last known one, so chunks still get a PTS.
+        let pts = buffer_pts.or_else(|| stream.timeline.expected_pts(w.next_sample));
         let mut result = Ok(());
         if let Some(end) = w.resumed_after.take() {
             let secs = (wall - end).max(0.0);
