@@ -250,9 +250,17 @@ def main():
         fail("pipewiresrc is missing: apt-get install gstreamer1.0-pipewire")
     mon = start_monitor()
     devs = devices(mon)
+    # The provider may still be adding nodes right after start: wait (at most 1 s) until two
+    # reads 100 ms apart agree.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = devices(mon)
+        if [d.name for d in again] == [d.name for d in devs]:
+            break
+        devs = again
     if a.list:
         print_list(devs)
-        mon.stop()
         return 0
     if not a.device:
         fail("say which device to capture: --device NAME (see --list)")
@@ -284,19 +292,19 @@ def main():
             c.start(dev)
 
     def on_monitor(bus, msg):
-        if msg.type == Gst.MessageType.DEVICE_ADDED:
-            dev = Device(msg.parse_device_added())
-            if not dev.name:
-                return True
-            for c in captures:
-                if c.pipeline is None and dev.matches(c.query):
+        # Re-read the device list instead of parsing the message: on GStreamer 1.22 PyGObject
+        # frees the device of parse_device_added/removed twice (a crash at exit).
+        if msg.type not in (Gst.MessageType.DEVICE_ADDED, Gst.MessageType.DEVICE_REMOVED):
+            return True
+        present = {d.name: d for d in devices(mon)}
+        for c in captures:
+            if c.pipeline is not None and c.device and c.device.name not in present:
+                c.stop("device gone")
+            elif c.pipeline is None:
+                dev = find(list(present.values()), c.query)
+                if dev is not None:
                     log(f"{dev.name} appeared")
                     c.start(dev)
-        elif msg.type == Gst.MessageType.DEVICE_REMOVED:
-            dev = Device(msg.parse_device_removed())
-            for c in captures:
-                if c.pipeline is not None and c.device and c.device.name == dev.name:
-                    c.stop("device gone")
         return True
 
     mbus = mon.get_bus()
@@ -315,11 +323,14 @@ def main():
     loop.run()
     for c in captures:
         c.stop("stopping")
-    mon.stop()
     return exit_code[0]
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
-    rc = main()
-    sys.exit(rc)
+    code = main()
+    # Every pipeline is in NULL (chunks sealed) by now. Skip the device monitor's teardown: with
+    # GStreamer 1.22's PipeWire device provider it intermittently aborts ("double free or
+    # corruption") at exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
