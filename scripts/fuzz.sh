@@ -48,6 +48,9 @@ SAN="${FUZZ_SANITIZER:-address}"
 OUT="$ROOT/target/fuzz"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.tsv"
+# One build directory for every fuzz crate: the dependencies they share (GStreamer bindings,
+# tokio, ...) are compiled once with the fuzzing flags.
+BUILD_DIR="$OUT/build"
 [ -f "$RESULTS" ] || printf 'date\ttarget\truns\tseconds\tcorpus\tresult\n' >"$RESULTS"
 
 failed=0
@@ -63,7 +66,7 @@ for dir in "$ROOT"/plugins/*/fuzz; do
   done
   [ "${#selected[@]}" -gt 0 ] || continue
   log "$plugin: building ${selected[*]} (sanitizer $SAN, debug assertions)"
-  if ! (cd "$dir" && cargo fuzz build -a -s "$SAN" >"$OUT/$plugin-build.log" 2>&1); then
+  if ! (cd "$dir" && cargo fuzz build -a -s "$SAN" --target-dir "$BUILD_DIR" >"$OUT/$plugin-build.log" 2>&1); then
     cat "$OUT/$plugin-build.log" >&2
     log "$plugin: build failed"
     failed=1
@@ -79,10 +82,11 @@ for dir in "$ROOT"/plugins/*/fuzz; do
     # Per-target libFuzzer flags (e.g. -max_len) in plugins/<p>/fuzz/options/<target>.
     if [ -f "$dir/options/$t" ]; then read -r -a extra <"$dir/options/$t"; args+=("${extra[@]}"); fi
     runlog="$OUT/$plugin-$t.log"
-    log "$plugin/$t: ${RUNS:+$RUNS runs}${RUNS:-$SECONDS_EACH s} from $(ls "$kept" | wc -l) kept inputs"
+    if [ -n "$RUNS" ]; then budget="$RUNS runs"; else budget="$SECONDS_EACH s"; fi
+    log "$plugin/$t: $budget from $(ls "$kept" | wc -l) kept inputs"
     start=$(date +%s)
     set +e
-    (cd "$dir" && cargo fuzz run -a -s "$SAN" "$t" "$scratch" "$kept" -- "${args[@]}") >"$runlog" 2>&1
+    (cd "$dir" && cargo fuzz run -a -s "$SAN" --target-dir "$BUILD_DIR" "$t" "$scratch" "$kept" -- "${args[@]}") >"$runlog" 2>&1
     rc=$?
     set -e
     took=$(( $(date +%s) - start ))
@@ -90,7 +94,7 @@ for dir in "$ROOT"/plugins/*/fuzz; do
     [ -n "$runs" ] || runs="$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\)/\1/p' "$runlog" | tail -n1)"
     runs="${runs:-0}"
     if [ "$GROW" = 1 ]; then
-      (cd "$dir" && cargo fuzz run -a -s "$SAN" "$t" "$kept" "$scratch" -- -merge=1) >"$runlog.merge" 2>&1 || true
+      (cd "$dir" && cargo fuzz run -a -s "$SAN" --target-dir "$BUILD_DIR" "$t" "$kept" "$scratch" -- -merge=1) >"$runlog.merge" 2>&1 || true
     fi
     corpus=$(( $(ls "$kept" | wc -l) + $(ls "$scratch" | wc -l) ))
     if [ "$rc" = 0 ]; then
