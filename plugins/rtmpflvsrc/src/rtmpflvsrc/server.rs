@@ -420,7 +420,14 @@ impl Shared {
         );
     }
 
-    pub(super) fn try_acquire(&self, id: u64, peer: &str) -> Result<(), String> {
+    /// Makes connection `id` the publisher. `published_before`: it already published (and ended
+    /// that publish) on this connection, so it left the pending table then.
+    pub(super) fn try_acquire(
+        &self,
+        id: u64,
+        peer: &str,
+        published_before: bool,
+    ) -> Result<(), String> {
         if self.ended.load(Ordering::SeqCst) {
             return Err("the stream has ended (eos-on-disconnect=true)".to_string());
         }
@@ -433,7 +440,7 @@ impl Shared {
                 "another publisher ({other_peer}) is already active; one publisher at a time"
             )),
             _ => {
-                if !pending.remove(id) {
+                if !pending.remove(id) && !published_before {
                     return Err("the connection was dropped to make room for others".to_string());
                 }
                 *publisher = Some((id, peer.to_string()));
@@ -479,6 +486,8 @@ struct Connection {
     session: Session,
     publishing: bool,
     warned: HashSet<String>,
+    /// A publish was accepted on this connection before (it then left the pending table).
+    published_before: bool,
     /// Current `idle-timeout` window of a publisher and the media bytes received in it.
     window_start: Instant,
     window_media: u64,
@@ -546,7 +555,8 @@ impl Connection {
             let shared = &self.shared;
             let peer = self.peer.as_str();
             let id = self.id;
-            let mut gate = |_app: &str, _key: &str| shared.try_acquire(id, peer);
+            let published_before = self.published_before;
+            let mut gate = |_app: &str, _key: &str| shared.try_acquire(id, peer, published_before);
             let session = &mut self.session;
             let result =
                 std::panic::catch_unwind(AssertUnwindSafe(|| session.feed(&buf[..n], &mut gate)));
@@ -668,6 +678,7 @@ impl Connection {
         match event {
             SessionEvent::PublishStarted { app, stream_key } => {
                 self.publishing = true;
+                self.published_before = true;
                 self.window_start = Instant::now();
                 self.window_media = 0;
                 {
@@ -859,6 +870,7 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, id: u64, shared:
         shared: shared.clone(),
         publishing: false,
         warned: HashSet::new(),
+        published_before: false,
         window_start: Instant::now(),
         window_media: 0,
     };
