@@ -22,6 +22,8 @@ RUNTIME_PKGS=(
   nginx-light libnginx-mod-rtmp
   python3 python3-venv python3-pip procps psmisc
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+  # Screencast bridge and its tests: a headless GNOME compositor as the source, weston as the target.
+  mutter weston
 )
 # The real-module harness: a qemu guest running Debian's kernel with v4l2loopback.
 GUEST_PKGS=(
