@@ -70,6 +70,8 @@ class Device:
         self.serial = serial
         self.description = gst_device.get_display_name()
         self.rate, self.channels = None, None
+        # A node that takes any rate (a null sink) runs at the graph's rate.
+        self.any_rate = False
         caps = gst_device.get_caps()
         if caps:
             for i in range(caps.get_size()):
@@ -77,6 +79,8 @@ class Device:
                 ok, rate = s.get_int("rate")
                 if ok and self.rate is None:
                     self.rate = rate
+                elif not ok and s.has_field("rate"):
+                    self.any_rate = True
                 ok, ch = s.get_int("channels")
                 if ok and self.channels is None:
                     self.channels = ch
@@ -123,7 +127,7 @@ def print_list(devs):
                 d.kind(),
                 d.name,
                 d.serial or "-",
-                str(d.rate or "-"),
+                str(d.rate or ("any" if d.any_rate else "-")),
                 str(d.channels or "-"),
                 d.description or "",
             )

@@ -280,6 +280,13 @@ fn script_lists_captures_two_devices_and_survives_a_device_leaving() {
     ] {
         assert!(text.contains(want), "--list lacks {want}:\n{text}");
     }
+    // Null sinks take any rate (they run at the graph's): said so, with their 2 channels.
+    let alpha = text
+        .lines()
+        .find(|l| l.contains("vcb_alpha"))
+        .expect("a vcb_alpha line");
+    let cols: Vec<&str> = alpha.split_whitespace().collect();
+    assert_eq!(cols.get(3..5), Some(&["any", "2"][..]), "{alpha}");
 
     let dir = work.path().join("rec");
     let log = work.path().join("capture.log");
