@@ -354,3 +354,61 @@ fn script_lists_captures_two_devices_and_survives_a_device_leaving() {
         assert_eq!(index.last().unwrap()["sealed"], "stopped");
     }
 }
+
+/// `--wait`: a device named before it exists is captured as soon as it appears; without
+/// `--wait` the same command fails at once, naming the query and the way out.
+#[test]
+fn script_waits_for_a_device_that_appears_later() {
+    let Some(s) = session() else { return };
+    let work = tempdir();
+    let dir = work.path().join("rec");
+
+    let mut now = script(&s);
+    now.args(["--device", "vcb_late"]).arg("--dir").arg(&dir);
+    let out = run_with_timeout(
+        "audio-capture.sh (no --wait)",
+        &mut now,
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail without --wait:\n{err}");
+    assert!(
+        err.contains("no capture device matches 'vcb_late'") && err.contains("--wait"),
+        "{err}"
+    );
+
+    let log = work.path().join("capture.log");
+    let mut cmd = script(&s);
+    cmd.args(["--device", "vcb_late", "--wait", "--chunk-seconds", "0.5"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(work.path().join("capture.err")).unwrap());
+    let cap = ChildGuard::spawn_inherit("audio-capture.sh --wait", &mut cmd);
+    wait_for(Duration::from_secs(10), "the script to wait", || {
+        let text = std::fs::read_to_string(work.path().join("capture.err")).unwrap_or_default()
+            + &std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("waiting for a device matching 'vcb_late'")
+            .then_some(())
+    });
+    let appeared = now_unix();
+    null_sink(&s, "vcb_late", "Late test sink");
+    // One device: its chunks go straight into --dir.
+    let late = dir.clone();
+    wait_for(
+        Duration::from_secs(10),
+        "two chunks from the late device",
+        || (read_index(&late).len() >= 2).then_some(()),
+    );
+    let first = &read_index(&late)[0];
+    let delay = first["unix_time"].as_f64().unwrap() - 0.5 - appeared;
+    eprintln!("capture started {delay:.3} s after the device appeared");
+    assert!(
+        delay < 1.0,
+        "capture started {delay:.3} s after the device appeared"
+    );
+    cap.signal(libc::SIGINT);
+    let out = cap.wait_output(Duration::from_secs(5));
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert_eq!(read_chunks(&late).len(), read_index(&late).len());
+}
