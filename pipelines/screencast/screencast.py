@@ -286,6 +286,7 @@ class Stats:
         self.branch = {}
         self.latencies = []
         self.buffer_kind = "-"
+        self.recheck = True  # read the buffer type and caps from the next buffer
         self.last = (time.monotonic(), 0, 0)
         self.lock = threading.Lock()
 
@@ -648,8 +649,6 @@ class Bridge:
         if self.args.virtual:
             w, h = self.args.virtual
             caps = f" ! video/x-raw,width={w},height={h}"
-        # fullscreen is set once waylandsink has its window (probe_out): set before, waylandsink
-        # 1.22 logs a CRITICAL (gst_wl_window_ensure_fullscreen on a NULL window).
         out = (f"videoconvert name=outconv ! waylandsink name=out display=\"{self.target}\" "
                "sync=false")
         if not self.args.also:
@@ -686,6 +685,14 @@ class Bridge:
         bus.connect("message", self.on_message)
         src = pipeline.get_by_name("src")
         out = pipeline.get_by_name("out")
+        if not self.args.no_fullscreen:
+            # waylandsink 1.22 applies fullscreen when it makes its window, but setting the
+            # property before that logs a CRITICAL (gst_wl_window_ensure_fullscreen on NULL);
+            # setting it later is not honoured by weston. Set it now, that message silenced.
+            hid = GLib.log_set_handler("GStreamer-Wayland", GLib.LogLevelFlags.LEVEL_CRITICAL,
+                                       lambda *_a: None, None)
+            out.set_property("fullscreen", True)
+            GLib.log_remove_handler("GStreamer-Wayland", hid)
         src.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self.probe_in)
         out.get_static_pad("sink").add_probe(Gst.PadProbeType.BUFFER, self.probe_out)
         for i, (kind, arg) in enumerate(self.args.also):
@@ -825,7 +832,8 @@ class Bridge:
 
     def probe_in(self, pad, info):
         self.stats.frames_in += 1
-        if self.stats.buffer_kind == "-":
+        if self.stats.recheck:
+            self.stats.recheck = False
             self.stats.buffer_kind = self.buffer_kind(info.get_buffer())
             caps = pad.get_current_caps()
             if caps:
@@ -848,9 +856,6 @@ class Bridge:
     def probe_out(self, pad, info):
         self.stats.frames_out += 1
         self.out_this_pipeline += 1
-        if self.out_this_pipeline == 2 and not self.args.no_fullscreen:
-            # The first buffer made the window; now fullscreen reaches it.
-            pad.get_parent_element().set_property("fullscreen", True)
         p = self.pipeline
         buf = info.get_buffer()
         if p is not None and buf.pts != Gst.CLOCK_TIME_NONE:
@@ -890,7 +895,7 @@ class Bridge:
             f"dropped={st.frames_in - st.frames_out} sink_dropped={sink_dropped} size={size} "
             f"format={fmt} buffers={st.buffer_kind} node={node} latency_ms={lat}{branches}")
         st.last = (now, st.frames_in, st.frames_out)
-        st.buffer_kind = "-"  # re-read from the next buffer
+        st.recheck = True  # re-read the buffer type from the next buffer
         return True
 
     # ----- helpers and shutdown -------------------------------------------------------------

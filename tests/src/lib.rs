@@ -233,4 +233,5 @@ pub fn have_program(program: &str) -> bool {
 pub mod ipc;
 pub mod pipewire;
 pub mod rtmp;
+pub mod screencast;
 pub mod v4l2;
