@@ -147,6 +147,9 @@ def parse_args(argv):
                    help="cursor mode of the screen cast (default embedded)")
     p.add_argument("--stats-interval", metavar="S", type=float, default=5.0,
                    help="seconds between statistics lines (default 5; 0 = none)")
+    p.add_argument("--node", metavar="ID", type=int,
+                   help="show this existing PipeWire node (a session another program holds, "
+                   "e.g. the benchmark); no screen-cast session is made")
     p.add_argument("--no-fullscreen", action="store_true",
                    help="a normal window instead of full screen")
     return p.parse_args(argv)
@@ -393,6 +396,9 @@ class Bridge:
         for sig in (signal.SIGINT, signal.SIGTERM):
             GLib.unix_signal_add(GLib.PRIORITY_HIGH, sig, self.on_signal, sig)
         self.target = self.target_path()
+        if self.args.node is not None:
+            self.conn = None
+            return self.run_loop_node()
         try:
             self.conn = self.connect_bus()
         except RuntimeError as e:
@@ -420,6 +426,16 @@ class Bridge:
             GLib.timeout_add(int(self.args.stats_interval * 1000), self.print_stats)
         if self.headless:
             GLib.timeout_add(500, self.check_headless)
+        self.loop.run()
+        return self.exit_code
+
+    def run_loop_node(self):
+        log(f"route: existing PipeWire node {self.args.node}; target: {self.target}")
+        self.route = "node"
+        self.node_id = self.args.node
+        if self.args.stats_interval > 0:
+            GLib.timeout_add(int(self.args.stats_interval * 1000), self.print_stats)
+        self.start_pipeline()
         self.loop.run()
         return self.exit_code
 
@@ -777,6 +793,9 @@ class Bridge:
 
     def restart_session(self):
         self.stop_pipeline()
+        if self.route == "node":
+            self.schedule(1000, lambda: self.start_pipeline() and False)
+            return
         self.close_session()
         self.schedule(1000, self.retry_session)
 
