@@ -155,6 +155,11 @@ else
   TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --message-format=json \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
   [ -x "$TEST_BIN" ] || die "could not build the guest test binary"
+  # The Python camera API (vcamera.py) against the real module: its own test binary, run after.
+  cargo build -q -p gst-plugin-shmring
+  VCAMERA_BIN="$(cargo test -q -p vcambridge-tests --test vcamera_guest --no-run --message-format=json \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+  [ -x "$VCAMERA_BIN" ] || die "could not build the vcamera guest test binary"
   BENCH_BIN=""
   if [ "$MODE" = bench ]; then
     cargo build -q --release -p gst-plugin-v4l2loopsink
@@ -188,7 +193,8 @@ SETUP
   elif [ "$MODE" = bench ]; then
     run_cmd="$BENCH_BIN"
   else
-    run_cmd="$TEST_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-}"
+    run_cmd="$TEST_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-}; s=\$?
+$VCAMERA_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-} || s=\$((s ? s : 1)); exit \$s"
   fi
   cat >"$OUT/cmd.sh" <<CMD
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -235,3 +235,4 @@ pub mod pipewire;
 pub mod rtmp;
 pub mod screencast;
 pub mod v4l2;
+pub mod vcamera;
