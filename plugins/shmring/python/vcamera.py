@@ -374,6 +374,14 @@ class _Helper:
     def output(self):
         return "\n".join(self.lines)
 
+    def wait(self, event, timeout):
+        """Wait for ``event`` or an error (gst-launch may linger after posting one)."""
+        deadline = time.monotonic() + timeout
+        while not event.wait(0.05):
+            if self.error or time.monotonic() >= deadline:
+                break
+        return event.is_set() or bool(self.error)
+
     def running(self):
         return self.proc.poll() is None
 
@@ -495,7 +503,7 @@ class Camera:
         launch += _sink_launch(self._backend, self._device, fmt.value)
         try:
             self._helper = _Helper(launch, ring_name=self._ring_name)
-            if not self._helper.started.wait(START_TIMEOUT):
+            if not self._helper.wait(self._helper.started, START_TIMEOUT):
                 raise CameraError(f"the helper pipeline did not start within {START_TIMEOUT:.0f} s",
                                   self._helper.output())
             self._check()
@@ -613,7 +621,7 @@ class Camera:
         self._fps_window.append(now)
         if self._frames_sent == 1:
             # The first frame: wait until the camera took the format (or said why not).
-            if not self._helper.accepted.wait(START_TIMEOUT):
+            if not self._helper.wait(self._helper.accepted, START_TIMEOUT):
                 self._fail(f"the camera did not accept {self._fmt.name} {lay.width}x{lay.height} "
                            f"within {START_TIMEOUT:.0f} s")
             self._check()
