@@ -217,10 +217,10 @@ fn stdin_script_turns_ffmpeg_rgb24_into_a_webcam() {
     let warm = dir.path().join("warm.rgb");
     let end = dir.path().join("end.rgb");
     let reference = dir.path().join("ref.rgb");
-    let lavfi = |c: &str| format!("color=c={c}:s={W}x{H}:r=30");
     let ffmpeg_frames = |c: &str, n: u32, out: &Path| {
+        let lavfi = format!("color=c={c}:s={W}x{H}:r=30");
         let st = Command::new("ffmpeg")
-            .args(["-v", "error", "-f", "lavfi", "-i", &lavfi(c)])
+            .args(["-v", "error", "-f", "lavfi", "-i", &lavfi])
             .args([
                 "-frames:v",
                 &n.to_string(),
@@ -244,17 +244,19 @@ fn stdin_script_turns_ffmpeg_rgb24_into_a_webcam() {
     };
     let colors = [rgb(&warm), rgb(&reference), rgb(&end)];
 
-    // Warm-up frames until the reader is attached, then 90 frames straight from ffmpeg
-    // (as fast as ffmpeg makes them: the script paces them at --fps), then the end colour.
+    // Warm-up frames until the reader is attached, then the 90 frames ffmpeg made, then the end
+    // colour. ffmpeg writes them to a file first: in the TCG guest a live ffmpeg stalls now and
+    // then, and what is measured here is the script's pacing, not ffmpeg's speed.
+    let target = dir.path().join("target.rgb");
+    ffmpeg_frames("0xC8285A", 90, &target);
     let script = workspace_root().join("pipelines/stdin-camera.sh");
     let producer = format!(
-        "{{ while [ ! -e {go} ]; do cat {warm}; done; \
-           ffmpeg -v error -f lavfi -i {lavfi} -frames:v 90 -pix_fmt rgb24 -f rawvideo -; \
-           cat {end}; }} | {script} --pixel-format rgb24 --size {W}x{H} --fps 30",
+        "{{ while [ ! -e {go} ]; do cat {warm}; done; cat {target} {end}; }} | \
+         {script} --pixel-format rgb24 --size {W}x{H} --fps 30",
         go = go.display(),
         warm = warm.display(),
+        target = target.display(),
         end = end.display(),
-        lavfi = lavfi("0xC8285A"),
         script = script.display()
     );
     let mut cmd = Command::new("sh");
