@@ -45,7 +45,8 @@ rm -f "$SOCK"
 
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The publisher and reader loops are subshells: their current child goes with them.
+  for p in "${PIDS[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -f "/dev/shm/$SHM" "$SOCK"
 }
