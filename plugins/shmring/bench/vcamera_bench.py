@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: MPL-2.0
 """Benchmark (not a test): rgb24 frames from a producer to a v4l2loopback device, three ways:
 
-  api     a Python app: vcamera.Camera(...).send(frame) N times, as fast as it can
+  api     a Python app: vcamera.Camera(...).send(frame) N times, each once the helper passed the
+          previous one on (lossless, as fast as the path goes)
   stdin   producer | pipelines/stdin-camera.sh --no-pace      (vcamera's stdin mode)
   ffmpeg  producer | ffmpeg -f rawvideo ... -i - -f v4l2 -pix_fmt yuv420p DEVICE
 
 The producer writes the same prebuilt frame N times to stdout. Every path converts rgb24 to I420
 for the device. Per run: wall time of the whole command (start-up included), frames that reached
 the device (ffmpeg: all, through the pipe's back-pressure; vcamera: counted by an identity in the
-helper, VCAMERA_COUNT=1 — the ring never makes the app wait, so a faster app skips frames), and the
+helper, VCAMERA_COUNT=1 — the ring never makes the app wait, so an unthrottled producer makes the
+camera skip frames: the stdin path shows that), and the
 CPU time (user + system) of every process involved (getrusage of the waited-for children).
 Rounds are interleaved; medians are printed. Run in the qemu guest by plugins/shmring/bench/vcamera.sh.
 """
@@ -32,7 +34,7 @@ PRODUCER = (f"{PY} -c 'import sys; f = bytes(range(256)) * ({{w}} * {{h}} * 3 //
             f"o = sys.stdout.buffer\nfor _ in range({{n}}): o.write(f)\no.flush()'")
 
 API_APP = r"""
-import json, sys
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from vcamera import Camera
 w, h, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -40,6 +42,10 @@ frame = bytes(range(256)) * (w * h * 3 // 256)
 cam = Camera(w, h, 30, device=sys.argv[5], backend="v4l2")
 for _ in range(n):
     cam.send(frame)
+    # Lossless for the benchmark: wait until the helper passed the frame on (the identity's
+    # line, VCAMERA_COUNT=1); a real app paces with sleep_until_next_frame() instead.
+    while cam.frames_delivered < cam.frames_sent and cam._helper.running():
+        time.sleep(0.0005)
 cam.close()
 print(json.dumps({"sent": cam.frames_sent, "delivered": cam.frames_delivered}))
 """
