@@ -46,7 +46,13 @@ rm -f "$SOCK"
 PIDS=()
 cleanup() {
   # The publisher and reader loops are subshells: their current child goes with them.
-  for p in "${PIDS[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
+  # (stopped first, so a loop cannot start its next child in between)
+  for p in "${PIDS[@]}"; do
+    kill -STOP "$p" 2>/dev/null || true
+    pkill -TERM -P "$p" 2>/dev/null || true
+    kill -TERM "$p" 2>/dev/null || true
+    kill -CONT "$p" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   rm -f "/dev/shm/$SHM" "$SOCK"
 }
@@ -122,7 +128,7 @@ for m in $(seq 1 "$MINUTES"); do
 done
 
 # Verdict: from minute 2 (warmed up) to the end.
-read -r rss0 fds0 < <(awk -F'\t' 'NR==3{print $2, $3}' "$TSV")
+read -r rss0 fds0 < <(awk -F'\t' 'NR==3{print $2, $3}' "$TSV") || true
 [ -n "${rss0:-}" ] || read -r rss0 fds0 < <(awk -F'\t' 'NR==2{print $2, $3}' "$TSV")
 read -r rss1 fds1 fails < <(awk -F'\t' 'END{print $2, $3, $7}' "$TSV")
 say "RSS $((rss0 / 1024)) -> $((rss1 / 1024)) MiB, fds $fds0 -> $fds1, failures $fails (samples: $TSV)"
