@@ -232,6 +232,10 @@ pub struct RtmpFlvSrc {
     wake: [Arc<Notify>; 2],
     /// Latency configured on the pipeline (LATENCY event on our pads), in ns.
     pipeline_latency: AtomicU64,
+    /// Serializes `add_pad` between the two streaming threads: `pad-added` handlers are not
+    /// safe against concurrent emission (gst-launch's delayed links then link and disconnect
+    /// the same handler twice). Held only across `add_pad`, never with another lock.
+    adding_pad: Mutex<()>,
 }
 
 #[glib::object_subclass]
@@ -255,6 +259,7 @@ impl ObjectSubclass for RtmpFlvSrc {
             eos_requested: AtomicBool::new(false),
             wake: [Arc::new(Notify::new()), Arc::new(Notify::new())],
             pipeline_latency: AtomicU64::new(0),
+            adding_pad: Mutex::new(()),
         }
     }
 }
@@ -991,7 +996,10 @@ impl RtmpFlvSrc {
             common.combiner.add_pad(pad);
             common.pads.push(pad.clone());
         }
-        let _ = self.obj().add_pad(pad);
+        {
+            let _serial = lock(&self.adding_pad);
+            let _ = self.obj().add_pad(pad);
+        }
         // Only now: the audio pad waits for this, and `pad-added` handlers (which link the
         // video branch into the pipeline) must have run before audio can reach EOS.
         if kind == StreamKind::Video {
@@ -1031,7 +1039,10 @@ impl RtmpFlvSrc {
     fn wait_for_video_pad(&self) {
         let deadline = Instant::now() + VIDEO_PAD_WAIT;
         while Instant::now() < deadline && !self.flushing.load(Ordering::SeqCst) {
+            // On an EOS request the video thread adds its pad too (placeholder caps if no
+            // publisher came).
             let video_expected = self.announced.video.load(Ordering::SeqCst)
+                || self.eos_requested.load(Ordering::SeqCst)
                 || lock(&self.announced.metadata).is_some_and(|(v, _)| v);
             if !video_expected || lock(&self.common).video_pad_added {
                 return;
