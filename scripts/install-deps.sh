@@ -11,6 +11,7 @@ BUILD_PKGS=(
   pkg-config clang libclang-dev meson ninja-build
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   libpipewire-0.3-dev libspa-0.2-dev
+  libgstreamer-plugins-bad1.0-dev
 )
 # Runtime peers used by the main job and the tests.
 RUNTIME_PKGS=(
@@ -24,6 +25,8 @@ RUNTIME_PKGS=(
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
   # Screencast bridge and its tests: a headless GNOME compositor as the source, weston as the target.
   mutter weston
+  # WebRTC agent (ICE needs libnice's plugin) and its tests: TURN, a browser, a second viewer.
+  gstreamer1.0-nice coturn chromium python3-aiohttp gir1.2-gst-plugins-bad-1.0
 )
 # The real-module harness: a qemu guest running Debian's kernel with v4l2loopback.
 GUEST_PKGS=(
@@ -55,4 +58,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if ! "$VENV/bin/python" -c 'import av, numpy' 2>/dev/null; then
   "$VENV/bin/pip" install -q 'av>=14' numpy
+fi
+
+# The browser tests drive Debian's chromium with playwright-core (npm, pinned in package-lock).
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: installing nodejs and npm" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends nodejs npm
+fi
+if [ ! -d "$ROOT/tests/webrtc/node_modules/playwright-core" ]; then
+  (cd "$ROOT/tests/webrtc" && npm ci --no-audit --no-fund --silent)
 fi
