@@ -266,21 +266,30 @@ struct ConnGuard {
     id: ConnId,
     role: Role,
     peer: SocketAddr,
-    reason: String,
+    left: bool,
 }
 
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
+impl ConnGuard {
+    /// Takes the connection out of the hub and the table, once: before the
+    /// close handshake, so nothing waits on the peer's close reply.
+    fn leave(&mut self, reason: &str) {
+        if self.left {
+            return;
+        }
+        self.left = true;
         self.app.conns().remove(&self.id);
         match self.role {
             Role::Device => {
-                let was_device = self.app.hub().device_of(self.id).is_some();
-                self.app.hub().device_closed(self.id, &self.reason);
-                if !was_device {
+                let mut hub = self.app.hub();
+                let was_current = hub.device_of(self.id).is_some();
+                hub.device_closed(self.id, reason);
+                drop(hub);
+                if !was_current {
                     log::info!(
-                        "device connection closed peer={} reason={}",
+                        "device connection closed peer={} conn={} reason={}",
                         self.peer,
-                        LogStr(&self.reason)
+                        self.id,
+                        LogStr(reason)
                     );
                 }
             }
@@ -291,10 +300,16 @@ impl Drop for ConnGuard {
                     "viewer disconnected peer={} conn={} reason={}",
                     self.peer,
                     self.id,
-                    LogStr(&self.reason)
+                    LogStr(reason)
                 );
             }
         }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.leave("connection task ended");
         self.app
             .open_conns
             .send_modify(|n| *n = n.saturating_sub(1));
@@ -339,7 +354,7 @@ impl Conn {
                 id,
                 role,
                 peer,
-                reason: String::new(),
+                left: false,
             },
             socket,
             rx,
@@ -366,8 +381,9 @@ impl Conn {
         }
     }
 
-    /// Sends a close frame and waits (bounded) for the peer's reply.
+    /// Leaves the hub, sends a close frame and waits (bounded) for the peer's reply.
     async fn close(&mut self, code: u16, reason: &str, drain: Duration) {
+        self.guard.leave(reason);
         let mut cut = reason.len().min(120);
         while !reason.is_char_boundary(cut) {
             cut -= 1;
@@ -443,18 +459,20 @@ impl Conn {
                         Some(Ok(Message::Binary(_))) => return Event::Binary,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Close(frame))) => {
+                            let why = frame.map(|f| f.reason.as_str().to_owned()).unwrap_or_default();
+                            let reason = if why.is_empty() {
+                                "closed by peer".to_owned()
+                            } else {
+                                format!("closed by peer: {why}")
+                            };
+                            self.guard.leave(&reason);
                             // Let tungstenite send its close reply, bounded.
                             let socket = &mut self.socket;
                             let _ = timeout(CLOSE_DRAIN, async {
                                 while let Some(Ok(_)) = socket.recv().await {}
                             })
                             .await;
-                            let why = frame.map(|f| f.reason.as_str().to_owned()).unwrap_or_default();
-                            return Event::End(if why.is_empty() {
-                                "closed by peer".into()
-                            } else {
-                                format!("closed by peer: {why}")
-                            });
+                            return Event::End(reason);
                         }
                     }
                 }
@@ -488,27 +506,27 @@ async fn device_connection(app: Arc<App>, socket: WebSocket, peer: SocketAddr) {
             Ok(DeviceMsg::Hello { device_id }) => device_id,
             Ok(_) => {
                 let reason = rejected("the first message must be hello".into(), None);
-                conn.guard.reason = conn.end(1008, reason).await.into_reason();
+                conn.end(1008, reason).await;
                 return;
             }
             Err(e) => {
                 let reason = rejected(format!("malformed hello: {e}"), None);
-                conn.guard.reason = conn.end(1008, reason).await.into_reason();
+                conn.end(1008, reason).await;
                 return;
             }
         },
         Event::TooLarge(n) => {
             let reason = rejected(format!("first message is {n} bytes, over 64 KiB"), None);
-            conn.guard.reason = conn.end(1009, reason).await.into_reason();
+            conn.end(1009, reason).await;
             return;
         }
         Event::Binary => {
             let reason = rejected("the first message must be a JSON text hello".into(), None);
-            conn.guard.reason = conn.end(1003, reason).await.into_reason();
+            conn.end(1003, reason).await;
             return;
         }
         Event::End(reason) => {
-            conn.guard.reason = reason;
+            conn.guard.leave(&reason);
             return;
         }
     };
@@ -527,7 +545,7 @@ async fn device_connection(app: Arc<App>, socket: WebSocket, peer: SocketAddr) {
         }
         Err(reason) => {
             let reason = rejected(reason, Some(&device_id));
-            conn.guard.reason = conn.end(1008, reason).await.into_reason();
+            conn.end(1008, reason).await;
             return;
         }
     }
@@ -553,7 +571,7 @@ async fn device_connection(app: Arc<App>, socket: WebSocket, peer: SocketAddr) {
                 LogStr(&device_id)
             ),
             Event::End(reason) => {
-                conn.guard.reason = reason;
+                conn.guard.leave(&reason);
                 return;
             }
         }
@@ -615,18 +633,9 @@ async fn viewer_connection(app: Arc<App>, socket: WebSocket, peer: SocketAddr) {
                 "binary messages are not understood: send JSON text",
             ),
             Event::End(reason) => {
-                conn.guard.reason = reason;
+                conn.guard.leave(&reason);
                 return;
             }
-        }
-    }
-}
-
-impl Event {
-    fn into_reason(self) -> String {
-        match self {
-            Event::End(r) => r,
-            _ => String::new(),
         }
     }
 }
