@@ -7,7 +7,7 @@ use std::path::PathBuf;
 const AFTER_HELP: &str = "\
 ENDPOINTS
   GET  /                        the viewer page; /?device=ID starts watching ID
-                                (also ?relay=1 for TURN only, ?codec=h264|vp8, ?autoplay=0)
+                                (also relay=1 for TURN only, codec=h264|vp8, autoplay=0, retry=0)
   GET  /health                  {\"status\":\"ok\"}
   GET  /api/devices             [{device_id, device_name, device_type, online, last_seen}]
   POST /api/devices/register    {device_id, device_name, device_type}; kept in --data FILE

@@ -294,8 +294,12 @@ impl ConnGuard {
                 }
             }
             Role::Viewer => {
-                let actions = self.app.hub().viewer_closed(self.id);
-                self.app.dispatch(actions);
+                // On shutdown the sessions stay with the devices: media is peer to peer and a
+                // restarted backend changes nothing for it.
+                if !*self.app.shutdown.borrow() {
+                    let actions = self.app.hub().viewer_closed(self.id);
+                    self.app.dispatch(actions);
+                }
                 log::info!(
                     "viewer disconnected peer={} conn={} reason={}",
                     self.peer,

@@ -91,12 +91,12 @@ impl Backend {
         }
     }
 
-    /// Sends SIGTERM and returns the exit status and how long the exit took.
-    fn terminate(&mut self) -> (ExitStatus, Duration) {
+    /// Sends `signal` and returns the exit status and how long the exit took.
+    fn stop_with(&mut self, signal: i32) -> (ExitStatus, Duration) {
         let pid = i32::try_from(self.child.id()).expect("pid fits");
         let start = Instant::now();
         // SAFETY: plain kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill failed");
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
         let status = wait_exit(&mut self.child, Duration::from_secs(5));
         (status, start.elapsed())
     }
@@ -329,8 +329,12 @@ async fn registrations_survive_a_restart_and_devices_show_online() {
     backend.wait_log("device disconnected device_id=cam1").await;
     assert_eq!(device_entry(addr, "cam1").await["online"], false);
 
-    let (status, _) = backend.terminate();
+    let (status, took) = backend.stop_with(libc::SIGINT);
     assert!(status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(1),
+        "exit on SIGINT took {took:?}"
+    );
 
     let backend = Backend::start(&data, &[]);
     let cam1 = device_entry(backend.addr, "cam1").await;
@@ -731,11 +735,12 @@ async fn sigterm_closes_connections_and_exits_zero_within_a_second() {
     recv_type(&mut viewer, "watch_accepted").await;
     recv_type(&mut dev, "watch_request").await;
 
-    // Read the close frames while the process shuts down.
+    // Read the close frames while the process shuts down; a shutdown is no watch_end
+    // (expect_close fails on any text message first).
     let dev_close = tokio::spawn(async move { expect_close(&mut dev).await });
     let viewer_close = tokio::spawn(async move { expect_close(&mut viewer).await });
     let (status, took) = tokio::task::spawn_blocking(move || {
-        let r = backend.terminate();
+        let r = backend.stop_with(libc::SIGTERM);
         drop(backend);
         r
     })
