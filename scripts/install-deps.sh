@@ -26,7 +26,7 @@ RUNTIME_PKGS=(
   # Screencast bridge and its tests: a headless GNOME compositor as the source, weston as the target.
   mutter weston
   # WebRTC agent (ICE needs libnice's plugin) and its tests: TURN, a browser, a second viewer.
-  gstreamer1.0-nice coturn chromium python3-aiohttp gir1.2-gst-plugins-bad-1.0
+  gstreamer1.0-nice coturn chromium
 )
 # The real-module harness: a qemu guest running Debian's kernel with v4l2loopback.
 GUEST_PKGS=(

@@ -96,7 +96,10 @@ mod tests {
         assert_eq!(seq, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         b.reset();
         let d = b.next_delay(0.999);
-        assert!(d >= Duration::from_secs(1) && d < Duration::from_millis(1100), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(1) && d < Duration::from_millis(1100),
+            "{d:?}"
+        );
         let u = random_unit();
         assert!((0.0..1.0).contains(&u));
     }

@@ -50,13 +50,15 @@ pub fn convert(servers: &[IceServer]) -> IceUrls {
                     if out.stun.is_none() {
                         out.stun = Some(format!("stun://{hostport}"));
                     } else {
-                        out.skipped.push(format!("{url}: webrtcbin takes one STUN server"));
+                        out.skipped
+                            .push(format!("{url}: webrtcbin takes one STUN server"));
                     }
                 }
                 "turn" | "turns" => {
                     let (Some(user), Some(cred)) = (&s.username, &s.credential) else {
-                        out.skipped
-                            .push(format!("{url}: a TURN server needs a username and credential"));
+                        out.skipped.push(format!(
+                            "{url}: a TURN server needs a username and credential"
+                        ));
                         continue;
                     };
                     if query.contains("transport=tcp") && scheme == "turn" {
@@ -71,7 +73,9 @@ pub fn convert(servers: &[IceServer]) -> IceUrls {
                         encode(cred)
                     ));
                 }
-                _ => out.skipped.push(format!("{url}: unknown scheme '{scheme}'")),
+                _ => out
+                    .skipped
+                    .push(format!("{url}: unknown scheme '{scheme}'")),
             }
         }
     }
@@ -94,10 +98,17 @@ mod tests {
     fn turn_rest_credentials_are_percent_encoded() {
         let u = convert(&[
             server(&["stun:127.0.0.1:3478", "stun:10.0.0.1:3478"], None, None),
-            server(&["turn:127.0.0.1:3478?transport=udp"], Some("1700000000:s1"), Some("ab+/c=")),
+            server(
+                &["turn:127.0.0.1:3478?transport=udp"],
+                Some("1700000000:s1"),
+                Some("ab+/c="),
+            ),
         ]);
         assert_eq!(u.stun.as_deref(), Some("stun://127.0.0.1:3478"));
-        assert_eq!(u.turn, ["turn://1700000000%3As1:ab%2B%2Fc%3D@127.0.0.1:3478"]);
+        assert_eq!(
+            u.turn,
+            ["turn://1700000000%3As1:ab%2B%2Fc%3D@127.0.0.1:3478"]
+        );
         assert_eq!(u.skipped.len(), 1);
     }
 

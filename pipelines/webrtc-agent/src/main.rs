@@ -41,7 +41,11 @@ enum IcePolicy {
 #[command(version, about)]
 struct Args {
     /// The backend's device WebSocket.
-    #[arg(long, env = "BACKEND_URL", default_value = "ws://localhost:8000/ws/device")]
+    #[arg(
+        long,
+        env = "BACKEND_URL",
+        default_value = "ws://localhost:8000/ws/device"
+    )]
     backend: String,
     /// This device's id (default: generated once and kept in
     /// $XDG_CONFIG_HOME/vcambridge/device-id).
@@ -104,7 +108,9 @@ fn seconds(name: &str, v: f64) -> Result<Duration, String> {
     if v.is_finite() && v > 0.0 && v < 1e6 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(format!("--{name} {v}: expected a positive number of seconds"))
+        Err(format!(
+            "--{name} {v}: expected a positive number of seconds"
+        ))
     }
 }
 

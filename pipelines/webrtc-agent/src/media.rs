@@ -65,7 +65,9 @@ pub enum Command {
         tell_backend: bool,
     },
     /// The viewer's connection is up: ask the encoder for a key frame.
-    Connected { session_id: String },
+    Connected {
+        session_id: String,
+    },
     StatsTick,
     Stats {
         session_id: String,
@@ -165,8 +167,14 @@ fn set_nick(e: &gst::Element, name: &str, nick: &str) {
 fn encoder_candidates(codec: Codec) -> &'static [&'static str] {
     match codec {
         Codec::H264 => &[
-            "vah264lpenc", "vah264enc", "nvh264enc", "v4l2h264enc", "vaapih264enc", "qsvh264enc",
-            "x264enc", "openh264enc",
+            "vah264lpenc",
+            "vah264enc",
+            "nvh264enc",
+            "v4l2h264enc",
+            "vaapih264enc",
+            "qsvh264enc",
+            "x264enc",
+            "openh264enc",
         ],
         Codec::Vp8 => &["vavp8enc", "v4l2vp8enc", "vaapivp8enc", "vp8enc"],
     }
@@ -386,9 +394,8 @@ impl Media {
                             );
                         }
                         gst::MessageView::Eos(_) => {
-                            let _ = commands.send(Command::Fatal(
-                                "the source ended (end of stream)".into(),
-                            ));
+                            let _ = commands
+                                .send(Command::Fatal("the source ended (end of stream)".into()));
                         }
                         gst::MessageView::Latency(_) => {
                             if let Some(p) = pipeline.upgrade() {
@@ -444,7 +451,10 @@ impl Media {
                 }
             }
             Command::Connected { session_id } => {
-                if let Some(b) = self.sessions.get(&session_id).and_then(|s| s.branch.as_ref())
+                if let Some(b) = self
+                    .sessions
+                    .get(&session_id)
+                    .and_then(|s| s.branch.as_ref())
                     && let Some(pad) = b.elements[0].static_pad("src")
                 {
                     force_key_unit(&pad);
@@ -541,7 +551,9 @@ impl Media {
                 match state {
                     gst_webrtc::WebRTCPeerConnectionState::Connected => {
                         info!("session {id}: connected");
-                        let _ = commands.send(Command::Connected { session_id: id.clone() });
+                        let _ = commands.send(Command::Connected {
+                            session_id: id.clone(),
+                        });
                     }
                     gst_webrtc::WebRTCPeerConnectionState::Failed => {
                         let hint = if relay || turn {
@@ -641,7 +653,9 @@ impl Media {
             .raw_tee
             .request_pad_simple("src_%u")
             .ok_or_else(|| "tee gave no pad".to_owned())?;
-        let sink = elements[0].static_pad("sink").expect("queue has a sink pad");
+        let sink = elements[0]
+            .static_pad("sink")
+            .expect("queue has a sink pad");
         if raw_pad.link(&sink).is_err() {
             self.raw_tee.release_request_pad(&raw_pad);
             return Err(fail("linking the encoder to the source failed".into()));
@@ -683,7 +697,10 @@ impl Media {
             }
         };
         if let Err(e) = self.attach(session_id, &video) {
-            warn!("session {session_id}: cannot send {}: {e}", video.codec.name());
+            warn!(
+                "session {session_id}: cannot send {}: {e}",
+                video.codec.name()
+            );
             self.end(session_id, "no encoder", true);
             return;
         }
@@ -699,7 +716,8 @@ impl Media {
         session.offer = Some(video);
         let webrtcbin = session.webrtcbin.clone();
         let early = std::mem::take(&mut session.early_candidates);
-        let desc = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Offer, message);
+        let desc =
+            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Offer, message);
         let out = self.out.clone();
         let commands = self.commands.clone();
         let id = session_id.to_owned();
@@ -722,9 +740,10 @@ impl Media {
                 let Some(webrtcbin) = weak.upgrade() else {
                     return;
                 };
-                let answer = reply.ok().flatten().and_then(|s| {
-                    s.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok()
-                });
+                let answer = reply
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok());
                 let Some(answer) = answer else {
                     warn!("session {id}: webrtcbin created no answer for the offer");
                     let _ = commands.send(Command::End {
@@ -734,10 +753,8 @@ impl Media {
                     });
                     return;
                 };
-                webrtcbin.emit_by_name::<()>(
-                    "set-local-description",
-                    &[&answer, &None::<gst::Promise>],
-                );
+                webrtcbin
+                    .emit_by_name::<()>("set-local-description", &[&answer, &None::<gst::Promise>]);
                 match answer.sdp().as_text() {
                     Ok(text) => {
                         let _ = out.send(protocol::answer(&id, &text));
@@ -745,7 +762,8 @@ impl Media {
                     Err(e) => warn!("session {id}: the answer does not serialize: {e}"),
                 }
             });
-            webrtcbin.emit_by_name::<()>("create-answer", &[&None::<gst::Structure>, &answer_promise]);
+            webrtcbin
+                .emit_by_name::<()>("create-answer", &[&None::<gst::Structure>, &answer_promise]);
         });
         webrtcbin.emit_by_name::<()>("set-remote-description", &[&desc, &promise]);
         for (c, mline, mid) in early {
@@ -806,9 +824,14 @@ impl Media {
         }
         let last = elements.last().expect("not empty").clone();
         let sinkpad = format!("sink_{}", video.mline);
-        if last.link_pads(Some("src"), &webrtcbin, Some(&sinkpad)).is_err() {
+        if last
+            .link_pads(Some("src"), &webrtcbin, Some(&sinkpad))
+            .is_err()
+        {
             cleanup(&elements);
-            return Err(format!("webrtcbin has no pad {sinkpad} for the offer's video m-line"));
+            return Err(format!(
+                "webrtcbin has no pad {sinkpad} for the offer's video m-line"
+            ));
         }
         if let Some(pad) = webrtcbin.static_pad(&sinkpad)
             && let Some(t) = pad.property::<Option<gst_webrtc::WebRTCRTPTransceiver>>("transceiver")
@@ -847,7 +870,13 @@ impl Media {
         Ok(())
     }
 
-    fn candidate(&mut self, session_id: &str, cand: String, mline: Option<u32>, mid: Option<String>) {
+    fn candidate(
+        &mut self,
+        session_id: &str,
+        cand: String,
+        mline: Option<u32>,
+        mid: Option<String>,
+    ) {
         let Some(s) = self.sessions.get_mut(session_id) else {
             warn!("ice_candidate for unknown session {session_id}: ignored");
             return;
@@ -870,6 +899,7 @@ impl Media {
             _ => offer.mline,
         };
         let cand = cand.strip_prefix("a=").unwrap_or(&cand).to_owned();
+        debug!("session {session_id}: remote candidate {cand} (m-line {index})");
         s.webrtcbin
             .emit_by_name::<()>("add-ice-candidate", &[&index, &cand]);
     }
@@ -905,7 +935,11 @@ impl Media {
                     let _ = e.set_state(gst::State::Null);
                     let _ = self.pipeline.remove(e);
                 }
-                info!("{} encoder {} stopped (no viewer)", codec.name(), enc.factory);
+                info!(
+                    "{} encoder {} stopped (no viewer)",
+                    codec.name(),
+                    enc.factory
+                );
             }
         }
         let _ = s.webrtcbin.set_state(gst::State::Null);
@@ -982,7 +1016,12 @@ impl Media {
             if let (Some(t), Some(enc)) = (target, self.encoders.get_mut(&codec))
                 && t.abs_diff(enc.kbps) * 20 > enc.kbps
             {
-                debug!("{} encoder bitrate {} → {} kbit/s", codec.name(), enc.kbps, t);
+                debug!(
+                    "{} encoder bitrate {} → {} kbit/s",
+                    codec.name(),
+                    enc.kbps,
+                    t
+                );
                 set_encoder_bitrate(&enc.encoder, &enc.factory, t);
                 enc.kbps = t;
             }

@@ -43,13 +43,20 @@ impl fmt::Display for OfferError {
         match self {
             OfferError::NoVideo => write!(f, "the offer has no video m-line"),
             OfferError::NotReceiving(d) => {
-                write!(f, "the offer's video m-line is '{d}': the viewer does not receive video")
+                write!(
+                    f,
+                    "the offer's video m-line is '{d}': the viewer does not receive video"
+                )
             }
             OfferError::NoCommonCodec(offered) => write!(
                 f,
                 "the offer has no codec this agent sends (H264 with packetization-mode=1 and a \
                  baseline profile, or VP8); offered: {}",
-                if offered.is_empty() { "none".to_owned() } else { offered.join(", ") }
+                if offered.is_empty() {
+                    "none".to_owned()
+                } else {
+                    offered.join(", ")
+                }
             ),
         }
     }
@@ -117,7 +124,11 @@ pub fn inspect(sdp: &str, allowed: &[Codec]) -> Result<VideoOffer, OfferError> {
                 let encoding = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
                 match formats.iter_mut().find(|f| f.pt == pt) {
                     Some(f) => f.encoding = encoding,
-                    None => formats.push(Format { pt, encoding, fmtp: Vec::new() }),
+                    None => formats.push(Format {
+                        pt,
+                        encoding,
+                        fmtp: Vec::new(),
+                    }),
                 }
             }
         } else if let Some(v) = attr.strip_prefix("fmtp:") {
@@ -132,7 +143,11 @@ pub fn inspect(sdp: &str, allowed: &[Codec]) -> Result<VideoOffer, OfferError> {
                     .collect();
                 match formats.iter_mut().find(|f| f.pt == pt) {
                     Some(f) => f.fmtp = fmtp,
-                    None => formats.push(Format { pt, encoding: String::new(), fmtp }),
+                    None => formats.push(Format {
+                        pt,
+                        encoding: String::new(),
+                        fmtp,
+                    }),
                 }
             }
         }
@@ -212,7 +227,10 @@ mod tests {
         let av1 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 45 107\r\na=rtpmap:45 AV1/90000\r\n\
             a=rtpmap:107 H264/90000\r\na=fmtp:107 packetization-mode=0;profile-level-id=42e01f\r\n";
         let e = inspect(av1, &[Codec::H264, Codec::Vp8]).unwrap_err();
-        assert_eq!(e, OfferError::NoCommonCodec(vec!["AV1/45".into(), "H264/107".into()]));
+        assert_eq!(
+            e,
+            OfferError::NoCommonCodec(vec!["AV1/45".into(), "H264/107".into()])
+        );
         assert!(e.to_string().contains("offered: AV1/45, H264/107"));
         let high = "v=0\r\nm=video 9 RTP/AVP 100\r\na=rtpmap:100 H264/90000\r\n\
             a=fmtp:100 packetization-mode=1;profile-level-id=640032\r\n";
@@ -229,8 +247,16 @@ mod tests {
 
     #[test]
     fn never_panics_on_garbage() {
-        for s in ["", "m=", "m=video", "m=video 9", "a=rtpmap:x", "m=video 9 P 1\na=rtpmap:1",
-                  "m=video 9 P 1\na=fmtp:1 ;;=;", "m=video 9 P 300\na=rtpmap:300 VP8/1"] {
+        for s in [
+            "",
+            "m=",
+            "m=video",
+            "m=video 9",
+            "a=rtpmap:x",
+            "m=video 9 P 1\na=rtpmap:1",
+            "m=video 9 P 1\na=fmtp:1 ;;=;",
+            "m=video 9 P 300\na=rtpmap:300 VP8/1",
+        ] {
             let _ = inspect(s, &[Codec::H264, Codec::Vp8]);
         }
     }

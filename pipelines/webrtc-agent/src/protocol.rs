@@ -162,14 +162,10 @@ pub fn parse(text: &str) -> Result<Incoming, ProtocolError> {
                 .ok_or(ProtocolError::Field("candidate", "is missing"))?;
             let index = match c.get("sdpMLineIndex") {
                 None | Some(Value::Null) => None,
-                Some(i) => Some(
-                    i.as_u64()
-                        .filter(|i| *i < 64)
-                        .ok_or(ProtocolError::Field(
-                            "sdpMLineIndex",
-                            "is not a small non-negative integer",
-                        ))? as u32,
-                ),
+                Some(i) => Some(i.as_u64().filter(|i| *i < 64).ok_or(ProtocolError::Field(
+                    "sdpMLineIndex",
+                    "is not a small non-negative integer",
+                ))? as u32),
             };
             Incoming::IceCandidate {
                 session_id: session_id(payload)?,
@@ -290,7 +286,10 @@ mod tests {
         );
         assert!(matches!(parse(&big), Err(ProtocolError::TooLarge(_))));
         assert!(matches!(parse("{nope"), Err(ProtocolError::Json(_))));
-        assert!(matches!(parse("[1,2]"), Err(ProtocolError::Field("type", _))));
+        assert!(matches!(
+            parse("[1,2]"),
+            Err(ProtocolError::Field("type", _))
+        ));
         assert_eq!(
             parse(r#"{"type":"watch_request","payload":{}}"#),
             Err(ProtocolError::Field("session_id", "is missing"))
@@ -323,7 +322,8 @@ mod tests {
         assert_eq!(v["payload"]["session_id"], "s");
         assert_eq!(v["payload"]["sdp"]["type"], "answer");
         assert_eq!(v["payload"]["sdp"]["sdp"], "v=0\r\n");
-        let v: Value = serde_json::from_str(&ice_candidate("s", "candidate:x", Some("0"), 0)).unwrap();
+        let v: Value =
+            serde_json::from_str(&ice_candidate("s", "candidate:x", Some("0"), 0)).unwrap();
         assert_eq!(v["payload"]["candidate"]["sdpMid"], "0");
         assert_eq!(v["payload"]["candidate"]["sdpMLineIndex"], 0);
         let v: Value = serde_json::from_str(&hello("cam")).unwrap();

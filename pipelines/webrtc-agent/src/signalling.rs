@@ -36,18 +36,26 @@ pub fn backend_address(url: &str) -> Result<(String, String), String> {
              use ws:// (e.g. through a TLS-terminating proxy on the backend's host)"
         ));
     } else {
-        return Err(format!("--backend {url}: expected a ws://HOST:PORT/PATH URL"));
+        return Err(format!(
+            "--backend {url}: expected a ws://HOST:PORT/PATH URL"
+        ));
     };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() {
         return Err(format!("--backend {url}: no host"));
     }
     let host = if authority.starts_with('[') {
-        authority.split(']').next().unwrap_or("").trim_start_matches('[')
+        authority
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('[')
     } else {
         authority.split(':').next().unwrap_or("")
     };
-    let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_owned()
@@ -128,9 +136,11 @@ pub async fn run(
         let ws_cfg = WebSocketConfig::default()
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
-        let connect = tokio_tungstenite::connect_async_with_config(&cfg.backend, Some(ws_cfg), false);
+        let connect =
+            tokio_tungstenite::connect_async_with_config(&cfg.backend, Some(ws_cfg), false);
         let reason = match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok((ws, _))) => match session(&cfg, ws, &mut outbox, &commands, &mut shutdown).await {
+            Ok(Ok((ws, _))) => match session(&cfg, ws, &mut outbox, &commands, &mut shutdown).await
+            {
                 Ended::Shutdown => return,
                 Ended::Lost { acked, reason } => {
                     if acked {
@@ -156,7 +166,8 @@ pub async fn run(
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn session(
     cfg: &SignallingConfig,
@@ -165,7 +176,10 @@ async fn session(
     commands: &Sender<Command>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
-    if let Err(e) = ws.send(Message::text(protocol::hello(&cfg.device_id))).await {
+    if let Err(e) = ws
+        .send(Message::text(protocol::hello(&cfg.device_id)))
+        .await
+    {
         return Ended::Lost {
             acked: false,
             reason: format!("sending hello failed: {e}"),
@@ -268,7 +282,11 @@ mod tests {
             ("example.org:80".into(), "example.org".into())
         );
         assert!(backend_address("wss://x/ws").unwrap_err().contains("TLS"));
-        assert!(backend_address("http://x/ws").unwrap_err().contains("ws://HOST:PORT/PATH"));
+        assert!(
+            backend_address("http://x/ws")
+                .unwrap_err()
+                .contains("ws://HOST:PORT/PATH")
+        );
         assert!(backend_address("ws:///x").is_err());
     }
 }

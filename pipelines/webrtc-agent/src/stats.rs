@@ -39,7 +39,9 @@ impl Report {
                     }
                 }
                 "local-candidate" => {
-                    if let (Ok(id), Ok(t)) = (s.get::<String>("id"), s.get::<String>("candidate-type")) {
+                    if let (Ok(id), Ok(t)) =
+                        (s.get::<String>("id"), s.get::<String>("candidate-type"))
+                    {
                         local_types.push((id, t));
                     }
                 }
