@@ -747,6 +747,7 @@ async fn sigterm_closes_connections_and_exits_zero_within_a_second() {
     .await
     .expect("terminate");
     assert!(status.success(), "exit status {status}");
+    println!("exit after SIGTERM with two open WebSockets took {took:?}");
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
     let reason = timeout(WAIT, dev_close)
         .await
