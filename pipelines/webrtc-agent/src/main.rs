@@ -147,10 +147,15 @@ fn main() {
         .format_timestamp_millis()
         .init();
     let args = Args::parse();
-    if let Err(e) = run(args) {
-        error!("{e}");
-        std::process::exit(1);
-    }
+    let code = match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e}");
+            1
+        }
+    };
+    log::debug!("exiting with {code}");
+    std::process::exit(code);
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -243,10 +248,12 @@ fn run(args: Args) -> Result<(), String> {
                 }
             }
         };
+        log::debug!("media stopped");
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_millis(400), signalling).await;
         result
     });
     rt.shutdown_timeout(Duration::from_millis(100));
+    log::debug!("stopped");
     result
 }

@@ -970,6 +970,7 @@ impl Media {
         let Some(s) = self.sessions.get_mut(session_id) else {
             return;
         };
+        log::trace!("session {session_id}: stats {stats}");
         let r = crate::stats::Report::from_webrtcbin(stats);
         let now = Instant::now();
         let frames = s.frames.load(Ordering::Relaxed);

@@ -15,8 +15,9 @@ pub struct Report {
 impl Report {
     pub fn from_webrtcbin(stats: &gst::StructureRef) -> Self {
         let mut r = Report::default();
-        let mut local_types: Vec<(String, String)> = Vec::new();
-        let mut selected_local: Option<String> = None;
+        // webrtcbin (1.22) reports the selected pair only: its local candidate's type is the
+        // pair's type (the ids inside are not reliable: the local entry carries the remote id).
+        let mut local_type: Option<String> = None;
         for (_, value) in stats.iter() {
             let Ok(s) = value.get::<gst::Structure>() else {
                 continue;
@@ -39,28 +40,14 @@ impl Report {
                     }
                 }
                 "local-candidate" => {
-                    if let (Ok(id), Ok(t)) =
-                        (s.get::<String>("id"), s.get::<String>("candidate-type"))
-                    {
-                        local_types.push((id, t));
-                    }
-                }
-                "candidate-pair" => {
-                    if let Ok(id) = s.get::<String>("local-candidate-id") {
-                        selected_local = Some(id);
+                    if let Ok(t) = s.get::<String>("candidate-type") {
+                        local_type.get_or_insert(t);
                     }
                 }
                 _ => {}
             }
         }
-        r.candidate_pair = match selected_local {
-            Some(id) => local_types
-                .iter()
-                .find(|(i, _)| *i == id)
-                .map(|(_, t)| t.clone()),
-            None if local_types.len() == 1 => Some(local_types[0].1.clone()),
-            None => None,
-        };
+        r.candidate_pair = local_type;
         r
     }
 }

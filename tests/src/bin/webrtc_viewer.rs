@@ -4,7 +4,12 @@
 //! `--timeout` seconds (and `--hold` seconds more passed).
 //!
 //! vcb-webrtc-viewer --backend ws://127.0.0.1:8000/ws/viewer --device cam1 [--frames 90]
-//!     [--timeout 30] [--hold 0] [--codec vp8|h264] [--relay]
+//!     [--timeout 30] [--hold 0] [--codec vp8|h264] [--relay] [--stamp] [--cycles 1]
+//!
+//! `--stamp` reads a capture time from each frame and reports glass-to-glass latency: the top
+//! 32 rows hold 48 bits (MSB first) of milliseconds since the Unix epoch, 2 rows of 24 blocks
+//! of 16×16 px from (0,0), white = 1. `--cycles N` watches, waits for `--frames`, hangs up, N
+//! times over one viewer WebSocket (`--timeout` applies to each cycle).
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +28,8 @@ struct Args {
     hold: f64,
     codec: String,
     relay: bool,
+    stamp: bool,
+    cycles: u32,
 }
 
 fn args() -> Result<Args, String> {
@@ -34,6 +41,8 @@ fn args() -> Result<Args, String> {
         hold: 0.0,
         codec: "vp8".into(),
         relay: false,
+        stamp: false,
+        cycles: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -46,6 +55,8 @@ fn args() -> Result<Args, String> {
             "--hold" => a.hold = v()?.parse().map_err(|e| format!("--hold: {e}"))?,
             "--codec" => a.codec = v()?,
             "--relay" => a.relay = true,
+            "--stamp" => a.stamp = true,
+            "--cycles" => a.cycles = v()?.parse().map_err(|e| format!("--cycles: {e}"))?,
             _ => {
                 return Err(format!(
                     "unknown argument {k} (see the source's doc comment)"
@@ -80,6 +91,27 @@ struct Viewer {
     webrtc: gst::Element,
     frames: Arc<AtomicU64>,
     color: Arc<Mutex<Option<[u8; 3]>>>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+}
+
+/// The capture time stamped into an RGB frame (see the module doc), in ms since the epoch.
+fn read_stamp(map: &[u8], stride: usize) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..48 {
+        let (row, col) = (i / 24, i % 24);
+        let off = (row * 16 + 8) * stride + (col * 16 + 8) * 3;
+        let px = map.get(off..off + 3)?;
+        let luma = (u32::from(px[0]) + u32::from(px[1]) + u32::from(px[2])) / 3;
+        v = (v << 1) | u64::from(luma > 128);
+    }
+    Some(v)
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 fn start(a: &Args, ice: &Value, session: &str, out: mpsc::Sender<String>) -> Viewer {
@@ -121,6 +153,7 @@ fn start(a: &Args, ice: &Value, session: &str, out: mpsc::Sender<String>) -> Vie
     pipeline.add(&webrtc).expect("add");
     let frames = Arc::new(AtomicU64::new(0));
     let color = Arc::new(Mutex::new(None));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
     {
         let out = out.clone();
         let session = session.to_owned();
@@ -138,6 +171,8 @@ fn start(a: &Args, ice: &Value, session: &str, out: mpsc::Sender<String>) -> Vie
         let pipeline = pipeline.downgrade();
         let frames = frames.clone();
         let color = color.clone();
+        let latencies = latencies.clone();
+        let stamp = a.stamp;
         let decoder = if a.codec == "h264" {
             "rtph264depay ! avdec_h264"
         } else {
@@ -160,6 +195,7 @@ fn start(a: &Args, ice: &Value, session: &str, out: mpsc::Sender<String>) -> Vie
                 .expect("appsink");
             let frames = frames.clone();
             let color = color.clone();
+            let latencies = latencies.clone();
             sink.set_callbacks(
                 gst_app::AppSinkCallbacks::builder()
                     .new_sample(move |s| {
@@ -175,6 +211,13 @@ fn start(a: &Args, ice: &Value, session: &str, out: mpsc::Sender<String>) -> Vie
                                 && let Ok(mut c) = color.lock()
                             {
                                 *c = Some([px[0], px[1], px[2]]);
+                            }
+                            if stamp
+                                && let Some(t) = read_stamp(&map, stride)
+                                && let Ok(mut l) = latencies.lock()
+                                && l.len() < 1_000_000
+                            {
+                                l.push(now_ms() - t as f64);
                             }
                         }
                         Ok(gst::FlowSuccess::Ok)
@@ -226,6 +269,7 @@ fn start(a: &Args, ice: &Value, session: &str, out: mpsc::Sender<String>) -> Vie
         webrtc,
         frames,
         color,
+        latencies,
     }
 }
 
@@ -252,6 +296,64 @@ fn main() {
     std::process::exit(if result["ok"] == true { 0 } else { 1 });
 }
 
+fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    Some((v[i] * 10.0).round() / 10.0)
+}
+
+/// One watch: from `watch_request` until `--frames` frames (+ `--hold`), an error or the timeout.
+struct Cycle {
+    viewer: Option<Viewer>,
+    session: String,
+    pending: Option<Vec<(u32, String)>>,
+    started: Instant,
+    first_frame: Option<f64>,
+    reached: Option<Instant>,
+    error: Option<String>,
+}
+
+impl Cycle {
+    fn new(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, a: &Args) -> Cycle {
+        let _ = ws.send(Message::text(msg("watch_request", json!({"device_id": a.device}))));
+        Cycle {
+            viewer: None,
+            session: String::new(),
+            pending: Some(Vec::new()),
+            started: Instant::now(),
+            first_frame: None,
+            reached: None,
+            error: None,
+        }
+    }
+
+    fn frames(&self) -> u64 {
+        self.viewer.as_ref().map_or(0, |v| v.frames.load(Ordering::Relaxed))
+    }
+
+    /// Hangs up; returns (frames, color, latencies).
+    fn finish(self, ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> (u64, Option<[u8; 3]>, Vec<f64>) {
+        let frames = self.frames();
+        let color = self.viewer.as_ref().and_then(|v| *v.color.lock().expect("lock"));
+        let lat = self
+            .viewer
+            .as_ref()
+            .map(|v| std::mem::take(&mut *v.latencies.lock().expect("lock")))
+            .unwrap_or_default();
+        if !self.session.is_empty() {
+            let _ = ws.send(Message::text(msg("watch_end", json!({"session_id": self.session}))));
+            let _ = ws.flush();
+        }
+        if let Some(v) = self.viewer {
+            let _ = v.pipeline.set_state(gst::State::Null);
+        }
+        (frames, color, lat)
+    }
+}
+
 fn run(a: &Args, t0: Instant) -> Value {
     let (mut ws, _) = match tungstenite::connect(&a.backend) {
         Ok(x) => x,
@@ -259,44 +361,47 @@ fn run(a: &Args, t0: Instant) -> Value {
     };
     set_nonblocking(&ws);
     let (tx, rx) = mpsc::channel::<String>();
-    let _ = ws.send(Message::text(msg(
-        "watch_request",
-        json!({"device_id": a.device}),
-    )));
-    let deadline = t0 + Duration::from_secs_f64(a.timeout);
-    let mut viewer: Option<Viewer> = None;
-    let mut session = String::new();
-    let mut pending: Option<Vec<(u32, String)>> = Some(Vec::new());
-    let mut first_frame: Option<f64> = None;
-    let mut reached: Option<Instant> = None;
+    let mut cycle = Cycle::new(&mut ws, a);
+    let mut done = 0u32;
     let mut last_print = Instant::now();
+    let mut first_frames = Vec::new();
+    let mut latencies = Vec::new();
     let mut error: Option<String> = None;
-    loop {
+    let (frames, color) = loop {
         let now = Instant::now();
-        let frames = viewer
-            .as_ref()
-            .map_or(0, |v| v.frames.load(Ordering::Relaxed));
-        if frames > 0 && first_frame.is_none() {
-            first_frame = Some(t0.elapsed().as_secs_f64());
+        let f = cycle.frames();
+        if f > 0 && cycle.first_frame.is_none() {
+            cycle.first_frame = Some(cycle.started.elapsed().as_secs_f64());
         }
-        if frames >= a.frames && reached.is_none() {
-            reached = Some(now);
+        if f >= a.frames && cycle.reached.is_none() {
+            cycle.reached = Some(now);
         }
-        if let Some(r) = reached
-            && now.duration_since(r).as_secs_f64() >= a.hold
-        {
-            break;
+        let finished = cycle
+            .reached
+            .is_some_and(|r| now.duration_since(r).as_secs_f64() >= a.hold);
+        if cycle.reached.is_none() && now.duration_since(cycle.started).as_secs_f64() > a.timeout {
+            cycle.error = Some(format!("only {f} frames within {} s (cycle {})", a.timeout, done + 1));
         }
-        if reached.is_none() && now > deadline {
-            error = Some(format!("only {frames} frames within {} s", a.timeout));
-            break;
+        if finished || cycle.error.is_some() {
+            let err = cycle.error.take();
+            first_frames.push(cycle.first_frame);
+            let (fr, c, mut l) = cycle.finish(&mut ws);
+            latencies.append(&mut l);
+            done += 1;
+            if err.is_some() {
+                error = err;
+                break (fr, c);
+            }
+            if done >= a.cycles {
+                break (fr, c);
+            }
+            println!("{}", json!({"t": t0.elapsed().as_secs_f64(), "cycle": done, "frames": fr}));
+            cycle = Cycle::new(&mut ws, a);
+            continue;
         }
         if now.duration_since(last_print) >= Duration::from_secs(1) {
             last_print = now;
-            println!(
-                "{}",
-                json!({"t": t0.elapsed().as_secs_f64(), "frames": frames})
-            );
+            println!("{}", json!({"t": t0.elapsed().as_secs_f64(), "frames": f}));
         }
         while let Ok(m) = rx.try_recv() {
             let _ = ws.send(Message::text(m));
@@ -305,100 +410,70 @@ fn run(a: &Args, t0: Instant) -> Value {
             Ok(Message::Text(t)) => t.to_string(),
             Ok(_) => continue,
             Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
             {
                 continue;
             }
             Err(e) => {
                 // The backend may go away (a restart); the media keeps flowing without it.
-                if reached.is_none() && viewer.is_none() {
-                    error = Some(format!("viewer WebSocket: {e}"));
-                    break;
+                if cycle.viewer.is_none() {
+                    cycle.error = Some(format!("viewer WebSocket: {e}"));
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
-        let Ok(v) = serde_json::from_str::<Value>(&m) else {
-            continue;
-        };
+        let Ok(v) = serde_json::from_str::<Value>(&m) else { continue };
         let p = &v["payload"];
         if std::env::var_os("VCB_VIEWER_TRACE").is_some() {
             eprintln!("viewer < {}", v["type"]);
         }
         match v["type"].as_str().unwrap_or("") {
             "watch_accepted" => {
-                session = p["session_id"].as_str().unwrap_or("").to_owned();
-                viewer = Some(start(a, &p["ice_servers"], &session, tx.clone()));
+                cycle.session = p["session_id"].as_str().unwrap_or("").to_owned();
+                cycle.viewer = Some(start(a, &p["ice_servers"], &cycle.session, tx.clone()));
             }
             "signal_answer" => {
-                let Some(vw) = &viewer else { continue };
+                let Some(vw) = &cycle.viewer else { continue };
                 let sdp = p["sdp"]["sdp"].as_str().unwrap_or("");
                 match gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()) {
                     Ok(m) => {
-                        let d = gst_webrtc::WebRTCSessionDescription::new(
-                            gst_webrtc::WebRTCSDPType::Answer,
-                            m,
-                        );
-                        vw.webrtc.emit_by_name::<()>(
-                            "set-remote-description",
-                            &[&d, &None::<gst::Promise>],
-                        );
-                        for (i, c) in pending.take().unwrap_or_default() {
+                        let d = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, m);
+                        vw.webrtc
+                            .emit_by_name::<()>("set-remote-description", &[&d, &None::<gst::Promise>]);
+                        for (i, c) in cycle.pending.take().unwrap_or_default() {
                             vw.webrtc.emit_by_name::<()>("add-ice-candidate", &[&i, &c]);
                         }
                     }
-                    Err(_) => {
-                        error = Some("the answer does not parse".into());
-                        break;
-                    }
+                    Err(_) => cycle.error = Some("the answer does not parse".into()),
                 }
             }
             "ice_candidate" => {
-                let c = p["candidate"]["candidate"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned();
+                let c = p["candidate"]["candidate"].as_str().unwrap_or("").to_owned();
                 let i = p["candidate"]["sdpMLineIndex"].as_u64().unwrap_or(0) as u32;
-                if c.is_empty() {
+                if c.is_empty() || p["session_id"].as_str() != Some(cycle.session.as_str()) {
                     continue;
                 }
-                match (&mut pending, &viewer) {
+                match (&mut cycle.pending, &cycle.viewer) {
                     (Some(list), _) => list.push((i, c)),
-                    (None, Some(vw)) => {
-                        vw.webrtc.emit_by_name::<()>("add-ice-candidate", &[&i, &c])
-                    }
+                    (None, Some(vw)) => vw.webrtc.emit_by_name::<()>("add-ice-candidate", &[&i, &c]),
                     _ => {}
                 }
             }
-            "error" => {
-                error = Some(format!("backend error: {p}"));
-                break;
-            }
-            "watch_end" => {
-                error = Some("the device ended the session".into());
-                break;
+            "error" => cycle.error = Some(format!("backend error: {p}")),
+            "watch_end" if p["session_id"].as_str() == Some(cycle.session.as_str()) => {
+                cycle.error = Some("the device ended the session".into())
             }
             _ => {}
         }
-    }
-    let frames = viewer
-        .as_ref()
-        .map_or(0, |v| v.frames.load(Ordering::Relaxed));
-    let color = viewer.as_ref().and_then(|v| *v.color.lock().expect("lock"));
-    if !session.is_empty() {
-        let _ = ws.send(Message::text(msg(
-            "watch_end",
-            json!({"session_id": session}),
-        )));
-        let _ = ws.flush();
-    }
-    if let Some(v) = viewer {
-        let _ = v.pipeline.set_state(gst::State::Null);
-    }
+    };
+    let first: Vec<f64> = first_frames.iter().flatten().copied().collect();
+    let samples = latencies.len();
     json!({"ok": error.is_none(), "error": error, "frames": frames, "color": color,
-           "first_frame_s": first_frame, "session_id": session})
+           "first_frame_s": first.first(), "cycles": done,
+           "first_frame_s_max": first.iter().copied().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+           "latency_ms_p50": percentile(&mut latencies, 0.5),
+           "latency_ms_p95": percentile(&mut latencies, 0.95),
+           "latency_samples": samples,
+           "session_id": ""})
 }
