@@ -236,3 +236,4 @@ pub mod rtmp;
 pub mod screencast;
 pub mod v4l2;
 pub mod vcamera;
+pub mod webrtc;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,9 @@ use crate::protocol::{self, IceServer};
 
 /// Remote candidates kept for a session whose offer has not arrived yet.
 const MAX_EARLY_CANDIDATES: usize = 64;
+
+/// A session whose connection is not up this long after its offer is ended (ICE failure).
+const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -107,6 +110,10 @@ struct Session {
     frames: Arc<AtomicU64>,
     rate: LossBasedRate,
     last: Option<(Instant, u64, u64)>,
+    offer_at: Option<Instant>,
+    connected: Arc<AtomicBool>,
+    /// How this session's ICE failure is explained (depends on TURN and the policy).
+    ice_hint: &'static str,
 }
 
 pub struct Media {
@@ -460,7 +467,10 @@ impl Media {
                     force_key_unit(&pad);
                 }
             }
-            Command::StatsTick => self.request_stats(),
+            Command::StatsTick => {
+                self.end_unconnected();
+                self.request_stats();
+            }
             Command::Stats { session_id, stats } => self.stats(&session_id, &stats),
             Command::Fatal(e) => return Some(Err(e)),
             Command::Shutdown => return Some(Ok(())),
@@ -527,14 +537,24 @@ impl Media {
                  this session cannot connect"
             );
         }
+        let ice_hint = if self.cfg.relay_only || !urls.turn.is_empty() {
+            "check the TURN server and its credentials (a wrong --turn-secret on the backend \
+             makes the relay refuse them)"
+        } else {
+            "the viewer is not reachable directly; give the backend a TURN server"
+        };
         let mid = Arc::new(Mutex::new(None::<String>));
+        let gathered = Arc::new(AtomicU32::new(0));
+        let connected = Arc::new(AtomicBool::new(false));
         {
             let out = self.out.clone();
             let id = session_id.to_owned();
             let mid = mid.clone();
+            let gathered = gathered.clone();
             webrtcbin.connect("on-ice-candidate", false, move |v| {
                 let mline = v[1].get::<u32>().ok()?;
                 let cand = v[2].get::<String>().ok()?;
+                gathered.fetch_add(1, Ordering::Relaxed);
                 let mid = mid.lock().map(|m| m.clone()).unwrap_or_default();
                 let _ = out.send(protocol::ice_candidate(&id, &cand, mid.as_deref(), mline));
                 None
@@ -544,26 +564,44 @@ impl Media {
             let commands = self.commands.clone();
             let id = session_id.to_owned();
             let relay = self.cfg.relay_only;
-            let turn = !urls.turn.is_empty();
+            webrtcbin.connect_notify(Some("ice-gathering-state"), move |w, _| {
+                let state =
+                    w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state");
+                if state == gst_webrtc::WebRTCICEGatheringState::Complete
+                    && gathered.load(Ordering::Relaxed) == 0
+                {
+                    let what = if relay {
+                        "no relay candidate: the TURN server refused the credentials or is \
+                         unreachable (check the backend's --turn-url and --turn-secret)"
+                    } else {
+                        "no local candidate (no usable network interface?)"
+                    };
+                    warn!("session {id}: ICE failed: {what}");
+                    let _ = commands.send(Command::End {
+                        session_id: id.clone(),
+                        reason: "ICE failed".into(),
+                        tell_backend: true,
+                    });
+                }
+            });
+        }
+        {
+            let commands = self.commands.clone();
+            let id = session_id.to_owned();
+            let connected = connected.clone();
             webrtcbin.connect_notify(Some("connection-state"), move |w, _| {
                 let state = w.property::<gst_webrtc::WebRTCPeerConnectionState>("connection-state");
                 debug!("session {id}: connection {state:?}");
                 match state {
                     gst_webrtc::WebRTCPeerConnectionState::Connected => {
                         info!("session {id}: connected");
+                        connected.store(true, Ordering::Relaxed);
                         let _ = commands.send(Command::Connected {
                             session_id: id.clone(),
                         });
                     }
                     gst_webrtc::WebRTCPeerConnectionState::Failed => {
-                        let hint = if relay || turn {
-                            "no candidate pair worked: check the TURN server and its credentials \
-                             (a wrong --turn-secret on the backend makes the relay refuse them)"
-                        } else {
-                            "no candidate pair worked: the viewer is not reachable directly; \
-                             give the backend a TURN server"
-                        };
-                        warn!("session {id}: ICE failed: {hint}");
+                        warn!("session {id}: ICE failed: no candidate pair worked: {ice_hint}");
                         let _ = commands.send(Command::End {
                             session_id: id.clone(),
                             reason: "ICE failed".into(),
@@ -591,6 +629,9 @@ impl Media {
             frames: Arc::new(AtomicU64::new(0)),
             rate: LossBasedRate::new(self.cfg.start_kbps, self.cfg.min_kbps, self.cfg.max_kbps),
             last: None,
+            offer_at: None,
+            connected,
+            ice_hint,
         })
     }
 
@@ -714,6 +755,7 @@ impl Media {
             video.payload_type
         );
         session.offer = Some(video);
+        session.offer_at = Some(Instant::now());
         let webrtcbin = session.webrtcbin.clone();
         let early = std::mem::take(&mut session.early_candidates);
         let desc =
@@ -944,6 +986,27 @@ impl Media {
         }
         let _ = s.webrtcbin.set_state(gst::State::Null);
         let _ = self.pipeline.remove(&s.webrtcbin);
+    }
+
+    /// Ends sessions whose connection did not come up in time.
+    fn end_unconnected(&mut self) {
+        let late: Vec<(String, &'static str)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                !s.connected.load(Ordering::Relaxed)
+                    && s.offer_at
+                        .is_some_and(|t| t.elapsed() > ICE_CONNECT_TIMEOUT)
+            })
+            .map(|(id, s)| (id.clone(), s.ice_hint))
+            .collect();
+        for (id, hint) in late {
+            warn!(
+                "session {id}: ICE failed: not connected {} s after the offer: {hint}",
+                ICE_CONNECT_TIMEOUT.as_secs()
+            );
+            self.end(&id, "ICE failed", true);
+        }
     }
 
     fn request_stats(&self) {
