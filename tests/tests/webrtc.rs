@@ -441,3 +441,198 @@ fn a_hundred_watch_and_hang_up_cycles_keep_fds_and_memory_flat() {
         "every session ended"
     );
 }
+
+/// Sits between the agent and the real backend, forwarding both ways, so a test can inject what
+/// a broken or hostile backend would send and see what the agent answers.
+struct SignallingTap {
+    port: u16,
+    inject: std::sync::mpsc::Sender<tungstenite::Message>,
+    from_agent: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SignallingTap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn tap(backend_device_url: String) -> SignallingTap {
+    use tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let (inject, injected) = std::sync::mpsc::channel::<Message>();
+    let from_agent = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, stopping) = (from_agent.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("the agent connects");
+        let mut agent = tungstenite::accept(stream).expect("WebSocket handshake with the agent");
+        let (mut backend, _) = tungstenite::connect(&backend_device_url).expect("tap → backend");
+        agent
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = backend.get_ref() {
+            s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        }
+        let quiet = |e: &tungstenite::Error| {
+            matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+        };
+        while !stopping.load(Ordering::SeqCst) {
+            match agent.read() {
+                Ok(m) => {
+                    if let Message::Text(t) = &m {
+                        seen.lock().unwrap().push(t.to_string());
+                    }
+                    if backend.send(m).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if quiet(&e) => {}
+                Err(_) => break,
+            }
+            match backend.read() {
+                Ok(m) => {
+                    if agent.send(m).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if quiet(&e) => {}
+                Err(_) => break,
+            }
+            while let Ok(m) = injected.try_recv() {
+                let _ = agent.send(m);
+            }
+        }
+    });
+    SignallingTap {
+        port,
+        inject,
+        from_agent,
+        stop,
+    }
+}
+
+fn message(kind: &str, payload: Value) -> tungstenite::Message {
+    tungstenite::Message::text(serde_json::json!({"type": kind, "payload": payload}).to_string())
+}
+
+#[test]
+fn hostile_signalling_is_refused_and_a_good_viewer_still_watches() {
+    use serde_json::json;
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(&data_file(&dir), 0, &["--register", "cam-hostile"]);
+    let tap = tap(backend.device_url());
+    let agent = start_agent(
+        &format!("ws://127.0.0.1:{}/ws/device", tap.port),
+        "cam-hostile",
+        SOLID_SOURCE,
+        &small(&["--no-register", "--max-sessions", "3"]),
+    );
+    let send = |m: tungstenite::Message| tap.inject.send(m).expect("tap running");
+    let audio_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n";
+    let av1_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 45\r\na=mid:0\r\na=recvonly\r\na=rtpmap:45 AV1/90000\r\n";
+    let cases: Vec<(tungstenite::Message, &str)> = vec![
+        (tungstenite::Message::text("{not json"), "malformed JSON"),
+        (
+            tungstenite::Message::text(format!(
+                r#"{{"type":"watch_request","payload":{{"pad":"{}"}}}}"#,
+                "a".repeat(100 * 1024)
+            )),
+            "larger than the limit",
+        ),
+        (
+            message("firmware_update", json!({})),
+            "message type 'firmware_update' ignored",
+        ),
+        (
+            message("watch_request", json!({"session_id": 42})),
+            "field 'session_id' is not a string",
+        ),
+        (
+            message(
+                "signal_offer",
+                json!({"session_id": "ghost", "sdp": {"type": "offer", "sdp": av1_only}}),
+            ),
+            "signal_offer for unknown session ghost",
+        ),
+        (
+            message(
+                "ice_candidate",
+                json!({"session_id": "ghost", "candidate": {"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMLineIndex": 0}}),
+            ),
+            "ice_candidate for unknown session ghost",
+        ),
+        (
+            tungstenite::Message::binary(vec![0u8; 32]),
+            "binary message of 32 bytes",
+        ),
+    ];
+    for (m, expect) in cases {
+        send(m);
+        agent.wait_line(Duration::from_secs(10), expect);
+    }
+    // Offers the agent cannot answer end only their own session, with watch_end.
+    for (id, sdp, expect) in [
+        (
+            "evil-audio",
+            audio_only,
+            "offer rejected: the offer has no video m-line",
+        ),
+        ("evil-av1", av1_only, "offered: AV1/45"),
+    ] {
+        send(message(
+            "watch_request",
+            json!({"session_id": id, "ice_servers": []}),
+        ));
+        send(message(
+            "signal_offer",
+            json!({"session_id": id, "sdp": {"type": "offer", "sdp": sdp}}),
+        ));
+        agent.wait_line(Duration::from_secs(10), expect);
+    }
+    // More watch requests than --max-sessions: the extra one is refused.
+    for i in 1..=4 {
+        send(message(
+            "watch_request",
+            json!({"session_id": format!("flood-{i}"), "ice_servers": []}),
+        ));
+    }
+    agent.wait_line(Duration::from_secs(10), "refused: 3 viewers already");
+    let ended = |id: &str| {
+        tap.from_agent
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("\"watch_end\"") && m.contains(&format!("\"{id}\"")))
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "watch_end for each refused session",
+        || (ended("evil-audio") && ended("evil-av1") && ended("flood-4")).then_some(()),
+    );
+    for i in 1..=3 {
+        send(message(
+            "watch_end",
+            json!({"session_id": format!("flood-{i}")}),
+        ));
+        agent.wait_line(
+            Duration::from_secs(10),
+            &format!("session flood-{i}: ended (watch_end from the backend)"),
+        );
+    }
+    // The agent is up and a real viewer, through the real backend, gets video.
+    let r = gst_viewer(
+        &backend.viewer_url(),
+        "cam-hostile",
+        &["--frames", "60", "--timeout", "30"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r["ok"], true, "{r}\nagent:\n{}", agent.text());
+    assert_colour(&r["color"], SOLID_RGB, 6, "after the hostile messages");
+}
