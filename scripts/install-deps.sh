@@ -56,8 +56,10 @@ VENV="${VCAMBRIDGE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/target/venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import av, numpy' 2>/dev/null; then
-  "$VENV/bin/pip" install -q 'av>=14' numpy
+# aiortc (+ websockets) runs the WebRTC agent benchmark's reference agent
+# (pipelines/webrtc-agent/bench); aiortc 1.16 accepts av >=14,<20.
+if ! "$VENV/bin/python" -c 'import av, numpy, aiortc, websockets' 2>/dev/null; then
+  "$VENV/bin/pip" install -q 'av>=14' numpy 'aiortc==1.16.0' 'websockets>=13,<18'
 fi
 
 # The browser tests drive Debian's chromium with playwright-core (npm, pinned in package-lock).
