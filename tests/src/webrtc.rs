@@ -182,7 +182,8 @@ pub fn start_agent(backend_ws: &str, device: &str, source: &str, extra: &[&str])
         source,
     ])
     .args(extra)
-    .env("RUST_LOG", "vcambridge_webrtc_agent=debug");
+    .env("RUST_LOG", "vcambridge_webrtc_agent=debug")
+    .env("GST_PLUGIN_PATH", crate::plugin_dir());
     let agent = Logged::spawn("agent", &mut cmd);
     agent.wait_line(Duration::from_secs(20), "backend accepted device");
     agent

@@ -636,3 +636,70 @@ fn hostile_signalling_is_refused_and_a_good_viewer_still_watches() {
     assert_eq!(r["ok"], true, "{r}\nagent:\n{}", agent.text());
     assert_colour(&r["color"], SOLID_RGB, 6, "after the hostile messages");
 }
+
+/// OBS → browser: an RTMP publisher (ffmpeg) into `rtmpflvsrc` as the agent's source.
+#[test]
+fn an_rtmp_publisher_reaches_a_webrtc_viewer() {
+    use vcambridge_tests::rtmp::{FfmpegPublisher, rtmp_url, wait_listening};
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(&data_file(&dir), 0, &["--register", "cam-rtmp"]);
+    let port = free_tcp_port();
+    let source = format!("rtmpflvsrc port={port} name=s s.video ! decodebin");
+    let agent = start_agent(&backend.device_url(), "cam-rtmp", &source, &small(&[]));
+    wait_listening(port, Duration::from_secs(10));
+    let mut publisher = FfmpegPublisher::new(&rtmp_url(port, "live", "k"), 100_000);
+    publisher.width = 320;
+    publisher.height = 240;
+    publisher.color = 0x3050d0;
+    let _live = publisher.spawn();
+    let r = gst_viewer(
+        &backend.viewer_url(),
+        "cam-rtmp",
+        &["--frames", "60", "--timeout", "40"],
+        Duration::from_secs(70),
+    );
+    println!("RTMP → WebRTC: {r}");
+    assert_eq!(r["ok"], true, "{r}\nagent:\n{}", agent.text());
+    assert_colour(
+        &r["color"],
+        SOLID_RGB,
+        10,
+        "RTMP publisher through the agent",
+    );
+}
+
+#[test]
+fn the_agent_refuses_unusable_arguments_naming_them() {
+    use vcambridge_tests::run_with_timeout;
+    use vcambridge_tests::webrtc::binary;
+    for (args, expect) in [
+        (vec!["--source", "nosuchsrc"], "no element \"nosuchsrc\""),
+        (
+            vec!["--source", "audiotestsrc"],
+            "the source must produce video",
+        ),
+        (
+            vec!["--backend", "wss://example.org/ws/device"],
+            "wss:// needs TLS",
+        ),
+        (
+            vec!["--backend", "http://example.org/"],
+            "expected a ws://HOST:PORT/PATH URL",
+        ),
+        (
+            vec!["--reconnect-base", "0"],
+            "--reconnect-base 0: expected a positive number",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(binary("vcambridge-webrtc-agent"));
+        cmd.args(["--device-id", "cam-args"]).args(&args);
+        let out = run_with_timeout("agent", &mut cmd, Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected '{expect}' in:\n{err}"
+        );
+    }
+}

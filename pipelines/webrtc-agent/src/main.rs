@@ -61,7 +61,7 @@ struct Args {
     #[arg(long)]
     no_register: bool,
     /// The video source, as a gst-launch description with one unlinked video pad
-    /// (e.g. 'v4l2src device=/dev/video0', 'rtmpflvsrc port=1935 ! decodebin',
+    /// (e.g. 'v4l2src device=/dev/video0', 'rtmpflvsrc port=1935 name=s s.video ! decodebin',
     /// 'shmringsrc shm-name=/vcam0', 'pipewiresrc path=42').
     #[arg(long, default_value = "videotestsrc is-live=true pattern=ball")]
     source: String,
@@ -71,17 +71,22 @@ struct Args {
     /// Encoder element to use instead of the best one found (hardware first, then x264enc/vp8enc).
     #[arg(long)]
     encoder: Option<String>,
+    /// Width sent to viewers (the source is scaled).
     #[arg(long, default_value_t = 1280)]
     width: u32,
+    /// Height sent to viewers.
     #[arg(long, default_value_t = 720)]
     height: u32,
+    /// Frame rate sent to viewers (frames are dropped or repeated to reach it).
     #[arg(long, default_value_t = 30)]
     fps: u32,
     /// Start bitrate, kbit/s; it follows the viewers' loss reports between the min and max.
     #[arg(long, default_value_t = 2000)]
     bitrate: u32,
+    /// Lowest bitrate, kbit/s.
     #[arg(long, default_value_t = 150)]
     min_bitrate: u32,
+    /// Highest bitrate, kbit/s.
     #[arg(long, default_value_t = 6000)]
     max_bitrate: u32,
     /// ICE candidates to use: all, or relay (TURN) only.

@@ -294,9 +294,32 @@ impl Media {
     /// Builds the source part of the pipeline and starts it.
     pub fn start(cfg: MediaConfig, out: Outbox, commands: Sender<Command>) -> Result<Self, String> {
         let pipeline = gst::Pipeline::with_name("webrtc-agent");
-        let source = gst::parse::bin_from_description(&cfg.source, true)
-            .map_err(|e| format!("--source '{}': {e}", cfg.source))?;
-        let convert = make("videoconvert")?;
+        // The converter inside the description gives sources with sometimes pads
+        // (`rtmpflvsrc ! decodebin`, `uridecodebin`) a static pad to ghost: gst-launch's
+        // delayed linking connects them when their pad appears.
+        // Only that converter's output is ghosted: unlinked pads elsewhere in the description
+        // (a delayed link's sink pad) must stay for gst-launch's linking.
+        let source = gst::parse::bin_from_description(
+            &format!("{} ! videoconvert name=vcb-source-out", cfg.source),
+            false,
+        )
+        .map_err(|e| {
+            let hint = if e.matches(gst::ParseError::Link) {
+                " (the source must produce video)"
+            } else {
+                ""
+            };
+            format!("--source '{}': {e}{hint}", cfg.source)
+        })?;
+        let source_out = source
+            .by_name("vcb-source-out")
+            .and_then(|c| c.static_pad("src"))
+            .ok_or_else(|| format!("--source '{}' has no video output", cfg.source))?;
+        let ghost = gst::GhostPad::builder_with_target(&source_out)
+            .map_err(|e| e.to_string())?
+            .name("src")
+            .build();
+        source.add_pad(&ghost).map_err(|e| e.to_string())?;
         let scale = make("videoscale")?;
         let rate = make("videorate")?;
         let caps = gst::ElementFactory::make("capsfilter")
@@ -315,15 +338,7 @@ impl Media {
         let sync = make("clocksync")?;
         let raw_tee = make("tee")?;
         raw_tee.set_property("allow-not-linked", true);
-        let elements = [
-            source.upcast_ref(),
-            &convert,
-            &scale,
-            &rate,
-            &caps,
-            &sync,
-            &raw_tee,
-        ];
+        let elements = [source.upcast_ref(), &scale, &rate, &caps, &sync, &raw_tee];
         pipeline.add_many(elements).map_err(|e| e.to_string())?;
         gst::Element::link_many(elements).map_err(|_| {
             format!(
