@@ -313,12 +313,16 @@ struct Cycle {
     started: Instant,
     first_frame: Option<f64>,
     reached: Option<Instant>,
+    frames_at_reached: u64,
     error: Option<String>,
 }
 
 impl Cycle {
     fn new(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, a: &Args) -> Cycle {
-        let _ = ws.send(Message::text(msg("watch_request", json!({"device_id": a.device}))));
+        let _ = ws.send(Message::text(msg(
+            "watch_request",
+            json!({"device_id": a.device}),
+        )));
         Cycle {
             viewer: None,
             session: String::new(),
@@ -326,25 +330,37 @@ impl Cycle {
             started: Instant::now(),
             first_frame: None,
             reached: None,
+            frames_at_reached: 0,
             error: None,
         }
     }
 
     fn frames(&self) -> u64 {
-        self.viewer.as_ref().map_or(0, |v| v.frames.load(Ordering::Relaxed))
+        self.viewer
+            .as_ref()
+            .map_or(0, |v| v.frames.load(Ordering::Relaxed))
     }
 
     /// Hangs up; returns (frames, color, latencies).
-    fn finish(self, ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> (u64, Option<[u8; 3]>, Vec<f64>) {
+    fn finish(
+        self,
+        ws: &mut WebSocket<MaybeTlsStream<TcpStream>>,
+    ) -> (u64, Option<[u8; 3]>, Vec<f64>) {
         let frames = self.frames();
-        let color = self.viewer.as_ref().and_then(|v| *v.color.lock().expect("lock"));
+        let color = self
+            .viewer
+            .as_ref()
+            .and_then(|v| *v.color.lock().expect("lock"));
         let lat = self
             .viewer
             .as_ref()
             .map(|v| std::mem::take(&mut *v.latencies.lock().expect("lock")))
             .unwrap_or_default();
         if !self.session.is_empty() {
-            let _ = ws.send(Message::text(msg("watch_end", json!({"session_id": self.session}))));
+            let _ = ws.send(Message::text(msg(
+                "watch_end",
+                json!({"session_id": self.session}),
+            )));
             let _ = ws.flush();
         }
         if let Some(v) = self.viewer {
@@ -366,6 +382,7 @@ fn run(a: &Args, t0: Instant) -> Value {
     let mut last_print = Instant::now();
     let mut first_frames = Vec::new();
     let mut latencies = Vec::new();
+    let mut hold_fps: Option<f64> = None;
     let mut error: Option<String> = None;
     let (frames, color) = loop {
         let now = Instant::now();
@@ -375,16 +392,28 @@ fn run(a: &Args, t0: Instant) -> Value {
         }
         if f >= a.frames && cycle.reached.is_none() {
             cycle.reached = Some(now);
+            cycle.frames_at_reached = f;
         }
         let finished = cycle
             .reached
             .is_some_and(|r| now.duration_since(r).as_secs_f64() >= a.hold);
         if cycle.reached.is_none() && now.duration_since(cycle.started).as_secs_f64() > a.timeout {
-            cycle.error = Some(format!("only {f} frames within {} s (cycle {})", a.timeout, done + 1));
+            cycle.error = Some(format!(
+                "only {f} frames within {} s (cycle {})",
+                a.timeout,
+                done + 1
+            ));
         }
         if finished || cycle.error.is_some() {
             let err = cycle.error.take();
             first_frames.push(cycle.first_frame);
+            if let Some(r) = cycle.reached {
+                let secs = now.duration_since(r).as_secs_f64();
+                if secs >= 1.0 {
+                    hold_fps =
+                        Some(((f - cycle.frames_at_reached) as f64 / secs * 10.0).round() / 10.0);
+                }
+            }
             let (fr, c, mut l) = cycle.finish(&mut ws);
             latencies.append(&mut l);
             done += 1;
@@ -395,7 +424,10 @@ fn run(a: &Args, t0: Instant) -> Value {
             if done >= a.cycles {
                 break (fr, c);
             }
-            println!("{}", json!({"t": t0.elapsed().as_secs_f64(), "cycle": done, "frames": fr}));
+            println!(
+                "{}",
+                json!({"t": t0.elapsed().as_secs_f64(), "cycle": done, "frames": fr})
+            );
             cycle = Cycle::new(&mut ws, a);
             continue;
         }
@@ -410,7 +442,10 @@ fn run(a: &Args, t0: Instant) -> Value {
             Ok(Message::Text(t)) => t.to_string(),
             Ok(_) => continue,
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 continue;
             }
@@ -423,7 +458,9 @@ fn run(a: &Args, t0: Instant) -> Value {
                 continue;
             }
         };
-        let Ok(v) = serde_json::from_str::<Value>(&m) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&m) else {
+            continue;
+        };
         let p = &v["payload"];
         if std::env::var_os("VCB_VIEWER_TRACE").is_some() {
             eprintln!("viewer < {}", v["type"]);
@@ -438,9 +475,14 @@ fn run(a: &Args, t0: Instant) -> Value {
                 let sdp = p["sdp"]["sdp"].as_str().unwrap_or("");
                 match gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()) {
                     Ok(m) => {
-                        let d = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, m);
-                        vw.webrtc
-                            .emit_by_name::<()>("set-remote-description", &[&d, &None::<gst::Promise>]);
+                        let d = gst_webrtc::WebRTCSessionDescription::new(
+                            gst_webrtc::WebRTCSDPType::Answer,
+                            m,
+                        );
+                        vw.webrtc.emit_by_name::<()>(
+                            "set-remote-description",
+                            &[&d, &None::<gst::Promise>],
+                        );
                         for (i, c) in cycle.pending.take().unwrap_or_default() {
                             vw.webrtc.emit_by_name::<()>("add-ice-candidate", &[&i, &c]);
                         }
@@ -449,14 +491,19 @@ fn run(a: &Args, t0: Instant) -> Value {
                 }
             }
             "ice_candidate" => {
-                let c = p["candidate"]["candidate"].as_str().unwrap_or("").to_owned();
+                let c = p["candidate"]["candidate"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
                 let i = p["candidate"]["sdpMLineIndex"].as_u64().unwrap_or(0) as u32;
                 if c.is_empty() || p["session_id"].as_str() != Some(cycle.session.as_str()) {
                     continue;
                 }
                 match (&mut cycle.pending, &cycle.viewer) {
                     (Some(list), _) => list.push((i, c)),
-                    (None, Some(vw)) => vw.webrtc.emit_by_name::<()>("add-ice-candidate", &[&i, &c]),
+                    (None, Some(vw)) => {
+                        vw.webrtc.emit_by_name::<()>("add-ice-candidate", &[&i, &c])
+                    }
                     _ => {}
                 }
             }
@@ -475,5 +522,6 @@ fn run(a: &Args, t0: Instant) -> Value {
            "latency_ms_p50": percentile(&mut latencies, 0.5),
            "latency_ms_p95": percentile(&mut latencies, 0.95),
            "latency_samples": samples,
+           "hold_fps": hold_fps,
            "session_id": ""})
 }
