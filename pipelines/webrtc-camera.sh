@@ -215,34 +215,34 @@ log_to() {
 }
 
 # --- stopping ------------------------------------------------------------------------------
-# SIGINT to both children at once (each stops within ~0.5 s); whatever is still running after
-# STOP_GRACE is killed. Every wait is bounded: the script is gone within 2 s of a signal.
-STOP_GRACE_TENTHS=16
+# The agent first (it ends its sessions through the backend, so viewers are told), then the
+# backend; each gets SIGINT and is killed if it is still running after its grace time. Every
+# wait is bounded: the script is gone within 2 s of a signal.
+AGENT_GRACE_TENTHS=10
+BACKEND_GRACE_TENTHS=7
 BACKEND_PID=""
 AGENT_PID=""
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
-wait_gone() { # <tenths of a second> <pid>...
-  local n="$1"; shift
+wait_gone() { # <tenths of a second> <pid>
+  local n="$1"
   while [ "$n" -gt 0 ]; do
-    local any=0
-    for p in "$@"; do alive "$p" && any=1; done
-    [ "$any" = 0 ] && return 0
+    alive "$2" || return 0
     sleep 0.1; n=$((n - 1))
   done
   return 1
 }
-stop_all() {
-  alive "$AGENT_PID" && kill -INT "$AGENT_PID" 2>/dev/null
-  alive "$BACKEND_PID" && kill -INT "$BACKEND_PID" 2>/dev/null
-  if ! wait_gone "$STOP_GRACE_TENTHS" "$AGENT_PID" "$BACKEND_PID"; then
-    for p in "$AGENT_PID" "$BACKEND_PID"; do
-      if alive "$p"; then
-        say "pid $p did not stop within $((STOP_GRACE_TENTHS / 10)).$((STOP_GRACE_TENTHS % 10)) s; killing it"
-        kill -KILL "$p" 2>/dev/null
-      fi
-    done
+stop_child() { # <name> <pid> <tenths of a second>
+  alive "$2" || return 0
+  kill -INT "$2" 2>/dev/null
+  if ! wait_gone "$3" "$2"; then
+    say "the $1 did not stop within $(($3 / 10)).$(($3 % 10)) s; killing it"
+    kill -KILL "$2" 2>/dev/null
   fi
+}
+stop_all() {
+  stop_child agent "$AGENT_PID" "$AGENT_GRACE_TENTHS"
   AGENT_PID=""
+  stop_child backend "$BACKEND_PID" "$BACKEND_GRACE_TENTHS"
   BACKEND_PID=""
 }
 cleanup() {
