@@ -244,6 +244,24 @@ pub fn browser(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Value {
     result_of("viewer.mjs", &out.stdout, &out.stderr)
 }
 
+/// Opens the viewer page in headless Chromium in the background (JSON state lines on stdout).
+pub fn spawn_browser(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Logged {
+    let dir = workspace_root().join("tests/webrtc");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir).args([
+        "viewer.mjs",
+        "--url",
+        url,
+        "--frames",
+        &frames.to_string(),
+        "--timeout",
+        &timeout_s.to_string(),
+        "--hold",
+        &hold_s.to_string(),
+    ]);
+    Logged::spawn("chromium viewer", &mut cmd)
+}
+
 /// Asserts an RGB triple is within `tol` of `want`.
 pub fn assert_colour(got: &Value, want: [i64; 3], tol: i64, what: &str) {
     let c: Vec<i64> = got

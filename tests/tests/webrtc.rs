@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vcambridge_tests::webrtc::{
     Backend, SOLID_RGB, SOLID_SOURCE, assert_colour, browser, cpu_seconds, gst_viewer, open_fds,
-    rss_kib, spawn_gst_viewer, start_agent, start_coturn,
+    rss_kib, spawn_browser, spawn_gst_viewer, start_agent, start_coturn,
 };
 use vcambridge_tests::{free_tcp_port, wait_for};
 
@@ -221,13 +221,21 @@ fn media_flows_through_a_backend_restart_and_the_agent_reconnects_with_backoff()
     let viewer = spawn_gst_viewer(
         &backend.viewer_url(),
         "cam-restart",
-        &["--frames", "30", "--hold", "20", "--timeout", "30"],
+        &["--frames", "30", "--hold", "25", "--timeout", "30"],
     );
+    // The browser page too: its video must keep playing and its WebSocket come back.
+    let page = spawn_browser(&backend.page("cam-restart", "&codec=vp8"), 30, 40, 30);
+    let page_frames = || {
+        page.last_json_with("framesDecoded")
+            .and_then(|v| v["framesDecoded"].as_u64())
+            .unwrap_or(0)
+    };
     wait_for(
-        Duration::from_secs(30),
+        Duration::from_secs(40),
         "30 frames before the outage",
-        || (frames_now(&viewer) >= 30).then_some(()),
+        || (frames_now(&viewer) >= 30 && page_frames() >= 30).then_some(()),
     );
+    let page_at_kill = page_frames();
     // Kill the backend; while it is down, its port refuses WebSocket upgrades.
     backend.proc.guard.signal(libc::SIGKILL);
     let killed = Instant::now();
@@ -271,6 +279,19 @@ fn media_flows_through_a_backend_restart_and_the_agent_reconnects_with_backoff()
     assert!(
         (frames_after - frames_at_kill) as f64 >= 25.0 * (outage - 2.0),
         "video stalled during the outage: {frames_at_kill} → {frames_after} in {outage:.1} s"
+    );
+    let page_state = wait_for(Duration::from_secs(20), "the page's WebSocket back", || {
+        page.last_json_with("wsReconnects")
+            .filter(|v| v["wsReconnects"].as_u64().unwrap_or(0) >= 1 && v["wsConnected"] == true)
+    });
+    println!(
+        "page: {} frames during the outage, state {page_state}",
+        page_frames() - page_at_kill
+    );
+    assert!(
+        (page_frames() - page_at_kill) as f64 >= 20.0 * (outage - 2.0),
+        "the page's video stalled: {page_at_kill} → {}",
+        page_frames()
     );
     // A new viewer can watch through the restarted backend.
     let r = gst_viewer(
