@@ -22,6 +22,7 @@
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -124,20 +125,24 @@ def run(a):
     if a.source_pid:
         roots["source"] = a.source_pid
     samples = {k: [] for k in roots}
-    viewers = [ViewerProc(cmd) for _ in range(a.viewers)]
-    limit = time.monotonic() + a.timeout + a.hold + 15
-    while any(v.proc.poll() is None for v in viewers) and time.monotonic() < limit:
-        now = time.monotonic()
-        for k, pid in roots.items():
-            c = cpu_seconds(pid)
-            if c is not None:
-                samples[k].append((now, c))
-        time.sleep(0.2)
-    for v in viewers:
-        if v.proc.poll() is None:
-            v.proc.kill()
-        v.proc.wait(timeout=5)
-        v.thread.join(timeout=5)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    viewers = []
+    try:
+        viewers.extend(ViewerProc(cmd) for _ in range(a.viewers))
+        limit = time.monotonic() + a.timeout + a.hold + 15
+        while any(v.proc.poll() is None for v in viewers) and time.monotonic() < limit:
+            now = time.monotonic()
+            for k, pid in roots.items():
+                c = cpu_seconds(pid)
+                if c is not None:
+                    samples[k].append((now, c))
+            time.sleep(0.2)
+    finally:
+        for v in viewers:
+            if v.proc.poll() is None:
+                v.proc.kill()
+            v.proc.wait(timeout=5)
+            v.thread.join(timeout=5)
 
     rec = {"label": a.label, "round": a.round, "viewers": a.viewers, "codec": a.codec,
            "ok": all(v.result and v.result.get("ok") for v in viewers)}

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MPL-2.0
 # Benchmark: vcambridge-webrtc-agent against an aiortc agent, side by side in one run.
 #
-#   pipelines/webrtc-agent/bench/run.sh [--rounds 3] [--frames 60] [--hold 10] [--viewers 3]
+#   pipelines/webrtc-agent/bench/run.sh [--rounds 3] [--frames 60] [--hold 12] [--viewers 3]
 #                                       [--codec vp8|h264] [--size 640x480] [--fps 30]
 #                                       [--out DIR]
 #
@@ -20,7 +20,7 @@ ROOT="$(cd "$HERE/../../.." && pwd)"
 BIN="$ROOT/target/debug"
 PY="${VCAMBRIDGE_VENV:-$ROOT/target/venv}/bin/python"
 
-ROUNDS=3 FRAMES=60 HOLD=10 VIEWERS=3 CODEC=vp8 SIZE=640x480 FPS=30 OUT=""
+ROUNDS=3 FRAMES=60 HOLD=12 VIEWERS=3 CODEC=vp8 SIZE=640x480 FPS=30 OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
@@ -82,6 +82,14 @@ stop_pid() {  # SIGTERM, then SIGKILL after 5 s
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
+in_background() {  # runs a command as a child we can stop: bash runs traps only between commands
+  "$@" &
+  local pid=$! rc=0
+  PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  forget "$pid"
+  return "$rc"
+}
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -109,11 +117,13 @@ measure() {  # label round device agent_pid source_pid viewers
     --viewer-bin "$BIN/vcb-webrtc-viewer" --backend "ws://$ADDR/ws/viewer" --frames "$FRAMES"
     --hold "$HOLD" --codec "$CODEC" --timeout 20 --out "$OUT/results.jsonl")
   [ -n "$5" ] && args+=(--source-pid "$5")
-  "$PY" "$HERE/measure.py" "${args[@]}" >&2 || echo "run.sh: $1 round $2 with $6 viewers failed" >&2
+  in_background "$PY" "$HERE/measure.py" "${args[@]}" >&2 ||
+    echo "run.sh: $1 round $2 with $6 viewers failed" >&2
 }
 
 agent_up() {  # device
-  "$PY" "$HERE/measure.py" wait-online --backend "http://$ADDR" --device "$1" --timeout 15
+  in_background "$PY" "$HERE/measure.py" wait-online --backend "http://$ADDR" --device "$1" \
+    --timeout 15
 }
 
 for round in $(seq "$ROUNDS"); do
