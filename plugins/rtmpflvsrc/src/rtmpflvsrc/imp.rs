@@ -1,22 +1,32 @@
 // SPDX-License-Identifier: MPL-2.0
 
+//! The element: settings, state, the two streaming threads (one per output stream) and their
+//! pads. The network side is in [`super::server`], codec → caps in [`super::caps`], the
+//! `location` / URI parsing in [`super::location`].
+//!
+//! No lock guard is held while a thread waits, pushes, posts a message or adds a pad: a
+//! streaming thread takes its queue out of its [`StreamState`] to wait on it, decides under the
+//! stream lock what to send (a [`Step`]) and sends it after dropping the guard.
+
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 
-use super::server::{
-    Announced, Item, MAX_QUEUED_BYTES, PostAfterAll, Server, Shared, Stats, lock, serve,
+use super::caps::{
+    audio_caps, audio_template_caps, placeholder_caps, video_caps, video_template_caps,
 };
-use crate::flv::{self, AudioCodec, AudioTag, LegacyAudioParams, VideoCodec, VideoTag};
-use crate::session::{Limits, SessionConfig};
+use super::location::{DEFAULT_APP, DEFAULT_PORT, Location};
+use super::lock;
+use super::server::{Announced, Item, PostAfterAll, RUNTIME, Server, ServerConfig};
+use super::stats::Stats;
+use crate::flv::{AudioCodec, AudioTag, VideoCodec, VideoTag};
 use crate::timestamps::{OutputTimeline, StreamKind};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -27,35 +37,20 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-/// One small runtime shared by every rtmpflvsrc instance.
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("rtmpflvsrc-net")
-        .thread_stack_size(4 * 1024 * 1024)
-        .enable_all()
-        .build()
-        .expect("failed to create the rtmpflvsrc tokio runtime")
-});
-
 const DEFAULT_ADDRESS: &str = "127.0.0.1";
-const DEFAULT_PORT: u32 = 1935;
-const DEFAULT_APP: &str = "live";
 const DEFAULT_STREAM_KEY: &str = "";
 const DEFAULT_EOS_ON_DISCONNECT: bool = false;
 const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 5000;
 const DEFAULT_IDLE_TIMEOUT_MS: u32 = 10000;
 const DEFAULT_LATENCY_MS: u32 = 100;
 
-/// Video items queued between the network and the video streaming thread.
-const VIDEO_QUEUE: usize = 64;
-/// Audio items queued between the network and the audio streaming thread (audio frames are
-/// smaller and more frequent).
-const AUDIO_QUEUE: usize = 256;
 /// How long the audio pad waits for the video pad of a publisher that sends video.
 const VIDEO_PAD_WAIT: Duration = Duration::from_secs(3);
 /// Lateness beyond the pipeline latency after which timestamps are re-anchored to now.
 const REANCHOR_MARGIN: Duration = Duration::from_secs(1);
+/// How long a streaming thread waits on its queue (or, when not PLAYING, for a wake-up) before
+/// it looks at the element's state again.
+const RECEIVE_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -89,73 +84,22 @@ impl Default for Settings {
 }
 
 impl Settings {
-    fn location(&self) -> String {
-        let host = if self.address.contains(':') {
-            format!("[{}]", self.address)
-        } else {
-            self.address.clone()
-        };
-        if self.stream_key.is_empty() {
-            format!("rtmp://{host}:{}/{}", self.port, self.app)
-        } else {
-            format!(
-                "rtmp://{host}:{}/{}/{}",
-                self.port, self.app, self.stream_key
-            )
+    fn location(&self) -> Location {
+        Location {
+            address: self.address.clone(),
+            port: self.port,
+            app: self.app.clone(),
+            stream_key: self.stream_key.clone(),
         }
     }
-}
 
-/// `rtmp://ADDR[:PORT]/APP[/KEY]` (or `rtmpserver://`) split into its parts.
-#[derive(Debug, PartialEq, Eq)]
-struct Location {
-    address: String,
-    port: u32,
-    app: String,
-    stream_key: String,
-}
-
-fn parse_location(location: &str) -> Result<Location, String> {
-    let rest = location
-        .strip_prefix("rtmpserver://")
-        .or_else(|| location.strip_prefix("rtmp://"))
-        .ok_or_else(|| {
-            format!("'{location}' is not an rtmp://ADDR:PORT/APP/KEY or rtmpserver:// URI")
-        })?;
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (address, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("unterminated IPv6 address in '{location}'"))?;
-        (host.to_string(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if address.is_empty() {
-        return Err(format!("no address in '{location}'"));
+    fn set_location(&mut self, l: Location) {
+        self.location_error = None;
+        self.address = l.address;
+        self.port = l.port;
+        self.app = l.app;
+        self.stream_key = l.stream_key;
     }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p
-            .parse::<u16>()
-            .map(u32::from)
-            .map_err(|_| format!("invalid port '{p}' in '{location}'"))?,
-    };
-    let path = path.trim_end_matches('/');
-    let (app, key) = path.split_once('/').unwrap_or((path, ""));
-    Ok(Location {
-        address,
-        port,
-        app: if app.is_empty() {
-            DEFAULT_APP.to_string()
-        } else {
-            app.to_string()
-        },
-        stream_key: key.to_string(),
-    })
 }
 
 #[derive(Default)]
@@ -173,10 +117,15 @@ struct PadState {
     need_events: bool,
 }
 
-/// State of one output stream (video or audio), owned by its streaming thread.
+/// State of one output stream (video or audio). Its streaming thread locks it to decide what
+/// to do with an item; state changes lock it while the streaming threads are stopped.
 #[derive(Default)]
 struct StreamState {
+    /// The queue from the network side; taken out while the streaming thread waits on it.
     rx: Option<mpsc::Receiver<Item>>,
+    /// Counts servers started and stopped: a queue taken out under an earlier server is not
+    /// put back.
+    server_generation: u64,
     pad: Option<PadState>,
     /// Current publish session.
     session: u64,
@@ -188,17 +137,26 @@ struct StreamState {
     audio_config: Option<(AudioCodec, Bytes)>,
 }
 
-/// State shared by the two streaming threads.
+/// Timestamps and flow of both streams, locked briefly by either streaming thread (after its
+/// stream lock when it holds that one).
 #[derive(Default)]
 struct Common {
     timeline: OutputTimeline,
     combiner: gst_base::UniqueFlowCombiner,
     group_id: Option<gst::GroupId>,
-    /// Every pad added so far.
-    pads: Vec<gst::Pad>,
-    video_pad_added: bool,
-    no_more_pads: bool,
     not_linked_logged: bool,
+}
+
+/// The element's pads and whose turn it is to add one.
+#[derive(Default)]
+struct Pads {
+    /// Pads added to the element (`add_pad` returned), video then audio.
+    added: [Option<gst::Pad>; 2],
+    /// A streaming thread is inside `add_pad`. `pad-added` handlers are not safe against
+    /// concurrent emission (gst-launch's delayed links then link and disconnect the same handler
+    /// twice), so the other thread waits on [`RtmpFlvSrc::pads_changed`] for its turn.
+    adding: bool,
+    no_more_pads: bool,
 }
 
 /// The streaming tasks and whether they are being stopped.
@@ -215,11 +173,44 @@ struct StreamTask {
     _lock: gst::TaskLock,
 }
 
+/// What a streaming thread does with an item: decided under its stream lock, done without it.
+enum Step {
+    /// Nothing to send (session bookkeeping, a frame before its codec configuration).
+    Nothing,
+    /// Count this thread in on a message posted once both streaming threads got to it.
+    Post(Arc<PostAfterAll>),
+    /// Send the pad's pending sticky events, then the buffer.
+    Push(PadOutput, gst::Buffer),
+    /// End the stream: EOS on the pad (if the stream has one), then count in on the message.
+    Eos(Option<PadOutput>, Option<Arc<PostAfterAll>>),
+}
+
+/// A pad and what it needs before the next buffer or EOS.
+struct PadOutput {
+    pad: gst::Pad,
+    /// Sticky events to send first (stream-start, caps, segment).
+    events: Vec<gst::Event>,
+    /// Made for this step: activate it, send `events`, then add it to the element.
+    new: bool,
+}
+
+/// A media frame from the publisher, about to become a buffer.
+struct Frame {
+    dts_ms: i64,
+    composition_ms: i32,
+    delta_unit: bool,
+    data: Bytes,
+}
+
 pub struct RtmpFlvSrc {
     settings: Mutex<Settings>,
     state: Mutex<State>,
     streams: [Mutex<StreamState>; 2],
     common: Mutex<Common>,
+    pads: Mutex<Pads>,
+    /// Notified when `pads` changes (a pad added, a turn given back) and when the streaming
+    /// threads are woken (stopping, EOS requested), for a thread waiting to add its pad.
+    pads_changed: Condvar,
     stats: Arc<Mutex<Stats>>,
     announced: Arc<Announced>,
     tasks: Mutex<Tasks>,
@@ -232,10 +223,6 @@ pub struct RtmpFlvSrc {
     wake: [Arc<Notify>; 2],
     /// Latency configured on the pipeline (LATENCY event on our pads), in ns.
     pipeline_latency: AtomicU64,
-    /// Serializes `add_pad` between the two streaming threads: `pad-added` handlers are not
-    /// safe against concurrent emission (gst-launch's delayed links then link and disconnect
-    /// the same handler twice). Held only across `add_pad`, never with another lock.
-    adding_pad: Mutex<()>,
 }
 
 #[glib::object_subclass]
@@ -251,6 +238,8 @@ impl ObjectSubclass for RtmpFlvSrc {
             state: Mutex::new(State::default()),
             streams: Default::default(),
             common: Mutex::new(Common::default()),
+            pads: Mutex::new(Pads::default()),
+            pads_changed: Condvar::new(),
             stats: Arc::new(Mutex::new(Stats::default())),
             announced: Arc::new(Announced::default()),
             tasks: Mutex::new(Tasks::default()),
@@ -259,27 +248,11 @@ impl ObjectSubclass for RtmpFlvSrc {
             eos_requested: AtomicBool::new(false),
             wake: [Arc::new(Notify::new()), Arc::new(Notify::new())],
             pipeline_latency: AtomicU64::new(0),
-            adding_pad: Mutex::new(()),
         }
     }
 }
 
 const KINDS: [StreamKind; 2] = [StreamKind::Video, StreamKind::Audio];
-
-/// Caps for a pad that only carries EOS (no publisher came): H.264 / AAC, the codecs of
-/// nearly every RTMP publisher.
-fn placeholder_caps(kind: StreamKind) -> gst::Caps {
-    match kind {
-        StreamKind::Video => gst::Caps::builder("video/x-h264")
-            .field("stream-format", "avc")
-            .field("alignment", "au")
-            .build(),
-        StreamKind::Audio => gst::Caps::builder("audio/mpeg")
-            .field("mpegversion", 4i32)
-            .field("stream-format", "raw")
-            .build(),
-    }
-}
 
 fn kind_index(kind: StreamKind) -> usize {
     match kind {
@@ -293,102 +266,6 @@ fn kind_name(kind: StreamKind) -> &'static str {
         StreamKind::Video => "video",
         StreamKind::Audio => "audio",
     }
-}
-
-fn video_caps(codec: VideoCodec, config: Option<&Bytes>) -> Option<gst::Caps> {
-    let codec_data = config
-        .filter(|c| !c.is_empty())
-        .map(|c| gst::Buffer::from_slice(c.clone()));
-    Some(match codec {
-        VideoCodec::H264 => gst::Caps::builder("video/x-h264")
-            .field("stream-format", "avc")
-            .field("alignment", "au")
-            .field("codec_data", codec_data?)
-            .build(),
-        VideoCodec::H265 => gst::Caps::builder("video/x-h265")
-            .field("stream-format", "hvc1")
-            .field("alignment", "au")
-            .field("codec_data", codec_data?)
-            .build(),
-        VideoCodec::Av1 => gst::Caps::builder("video/x-av1")
-            .field("stream-format", "obu-stream")
-            .field("alignment", "tu")
-            .field_if_some("codec_data", codec_data)
-            .build(),
-        VideoCodec::Vp9 => gst::Caps::builder("video/x-vp9").build(),
-    })
-}
-
-fn audio_caps(
-    codec: AudioCodec,
-    config: Option<&Bytes>,
-    params: Option<LegacyAudioParams>,
-) -> Option<gst::Caps> {
-    Some(match codec {
-        AudioCodec::Aac => {
-            let config = config.filter(|c| !c.is_empty())?;
-            let mut b = gst::Caps::builder("audio/mpeg")
-                .field("mpegversion", 4i32)
-                .field("stream-format", "raw")
-                .field("framed", true)
-                .field("codec_data", gst::Buffer::from_slice(config.clone()));
-            if let Some(aac) = flv::parse_aac_config(config) {
-                b = b
-                    .field("rate", aac.rate as i32)
-                    .field("channels", aac.channels as i32);
-            }
-            b.build()
-        }
-        AudioCodec::Mp3 => {
-            let mut b = gst::Caps::builder("audio/mpeg")
-                .field("mpegversion", 1i32)
-                .field("layer", 3i32)
-                .field("parsed", false);
-            if let Some(p) = params {
-                b = b
-                    .field("rate", p.rate as i32)
-                    .field("channels", p.channels as i32);
-            }
-            b.build()
-        }
-        AudioCodec::Opus => {
-            let head = config.and_then(|c| flv::parse_opus_head(c));
-            match head {
-                Some(head) => {
-                    let rate = if head.input_rate == 0 {
-                        48000
-                    } else {
-                        head.input_rate as i32
-                    };
-                    let mut b = gst::Caps::builder("audio/x-opus")
-                        .field("rate", rate)
-                        .field("channels", i32::from(head.channels))
-                        .field("channel-mapping-family", i32::from(head.mapping_family));
-                    if let Some((streams, coupled, map)) = &head.mapping {
-                        b = b
-                            .field("stream-count", i32::from(*streams))
-                            .field("coupled-count", i32::from(*coupled))
-                            .field(
-                                "channel-mapping",
-                                gst::Array::new(map.iter().map(|&v| i32::from(v))),
-                            );
-                    }
-                    if let Some(c) = config {
-                        b = b.field(
-                            "streamheader",
-                            gst::Array::new([gst::Buffer::from_slice(c.clone()).to_send_value()]),
-                        );
-                    }
-                    b.build()
-                }
-                None => gst::Caps::builder("audio/x-opus")
-                    .field("rate", 48000i32)
-                    .field("channels", 2i32)
-                    .field("channel-mapping-family", 0i32)
-                    .build(),
-            }
-        }
-    })
 }
 
 enum Received {
@@ -410,81 +287,26 @@ impl RtmpFlvSrc {
                 )
             ));
         }
-        let port = u16::try_from(settings.port).map_err(|_| {
-            gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("Invalid port {}: must be 0..=65535", settings.port)
-            )
-        })?;
-        let host = settings
-            .address
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let listener = std::net::TcpListener::bind((host, port)).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                (
-                    "Could not listen on {}:{}: {}. Is another server using the port? Choose another \
-                     address/port (port=0 picks a free one).",
-                    settings.address,
-                    settings.port,
-                    e
-                )
-            )
-        })?;
-        let bound = listener.local_addr().map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                ("Could not query the listening address: {}", e)
-            )
-        })?;
-        listener.set_nonblocking(true).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                ("Could not make the socket non-blocking: {}", e)
-            )
-        })?;
-
         self.announced.video.store(false, Ordering::SeqCst);
         *lock(&self.announced.metadata) = None;
-        let (video_tx, video_rx) = mpsc::channel(VIDEO_QUEUE);
-        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE);
-        let shared = Arc::new(Shared {
-            announced: self.announced.clone(),
-            element: self.obj().downgrade(),
-            session_config: SessionConfig {
-                app: settings.app.clone(),
-                stream_key: settings.stream_key.clone(),
-                limits: Limits::default(),
-            },
+        let config = ServerConfig {
+            address: settings.address.clone(),
+            port: settings.port,
+            app: settings.app.clone(),
+            stream_key: settings.stream_key.clone(),
             handshake_timeout: Duration::from_millis(u64::from(
                 settings.handshake_timeout_ms.max(1),
             )),
             idle_timeout: Duration::from_millis(u64::from(settings.idle_timeout_ms.max(1))),
             eos_on_disconnect: settings.eos_on_disconnect,
-            publisher: Mutex::new(None),
-            ended: AtomicBool::new(false),
-            stats: self.stats.clone(),
-            queued_bytes: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
-            video_items: video_tx,
-            audio_items: audio_tx,
-            next_id: AtomicU64::new(1),
-            next_session: AtomicU64::new(1),
-            pending: Mutex::new(Default::default()),
-            warnings: Mutex::new(Default::default()),
-            guesses: Mutex::new(Default::default()),
-        });
-
-        let listener = {
-            let _guard = RUNTIME.enter();
-            TcpListener::from_std(listener).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    ("Could not register the socket: {}", e)
-                )
-            })?
         };
-        let task = RUNTIME.spawn(serve(listener, shared.clone()));
+        let (server, queues) = Server::start(
+            config,
+            self.obj().downgrade(),
+            self.announced.clone(),
+            self.stats.clone(),
+        )?;
+        let bound = server.bound;
         gst::info!(
             CAT,
             imp = self,
@@ -504,29 +326,35 @@ impl RtmpFlvSrc {
             );
         }
 
-        for (kind, rx) in [(StreamKind::Video, video_rx), (StreamKind::Audio, audio_rx)] {
-            let mut stream = lock(&self.streams[kind_index(kind)]);
+        for (stream, rx) in self.streams.iter().zip(queues) {
+            let mut stream = lock(stream);
             stream.rx = Some(rx);
+            stream.server_generation += 1;
             stream.session = 0;
             stream.video_config = None;
             stream.audio_config = None;
         }
-        *lock(&self.state) = State::Started(Server {
-            task,
-            shared,
-            bound,
-        });
+        *lock(&self.state) = State::Started(server);
         Ok(())
     }
 
     fn stop_server(&self) {
         let state = std::mem::take(&mut *lock(&self.state));
         if let State::Started(server) = state {
-            server.stop();
-            gst::info!(CAT, imp = self, "Stopped listening");
+            if server.stop() {
+                gst::info!(CAT, imp = self, "Stopped listening");
+            } else {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "Stopped listening; the listener task was still running when NULL was reached"
+                );
+            }
         }
         for stream in &self.streams {
-            lock(stream).rx = None;
+            let mut stream = lock(stream);
+            stream.rx = None;
+            stream.server_generation += 1;
         }
     }
 
@@ -570,9 +398,7 @@ impl RtmpFlvSrc {
             }
             std::mem::take(&mut guard.list)
         };
-        for wake in &self.wake {
-            wake.notify_one();
-        }
+        self.wake_tasks();
         for t in tasks {
             let _ = t.task.join();
         }
@@ -599,10 +425,14 @@ impl RtmpFlvSrc {
         }
     }
 
+    /// Wakes both streaming threads: from their queue wait, and from waiting to add a pad.
     fn wake_tasks(&self) {
         for wake in &self.wake {
             wake.notify_one();
         }
+        // Taking the lock orders this after a waiter's check of `flushing` / `eos_requested`.
+        drop(lock(&self.pads));
+        self.pads_changed.notify_all();
     }
 
     fn receive(&self, kind: StreamKind, rx: &mut mpsc::Receiver<Item>) -> Received {
@@ -615,7 +445,7 @@ impl RtmpFlvSrc {
                     Some(item) => Received::Item(item),
                     None => Received::Closed,
                 },
-                _ = tokio::time::sleep(Duration::from_millis(200)) => Received::Woken,
+                _ = tokio::time::sleep(RECEIVE_WAIT) => Received::Woken,
             }
         })
     }
@@ -627,37 +457,48 @@ impl RtmpFlvSrc {
             return;
         }
         if self.eos_requested.load(Ordering::SeqCst) {
-            self.end_stream_on_request(kind);
+            let step = self.decide_eos_request(kind);
+            let _ = self.act(kind, step);
             self.pause_task(task);
             return;
         }
         if !self.playing.load(Ordering::SeqCst) {
             let wake = self.wake[kind_index(kind)].clone();
             RUNTIME.block_on(async move {
-                let _ = tokio::time::timeout(Duration::from_millis(200), wake.notified()).await;
+                let _ = tokio::time::timeout(RECEIVE_WAIT, wake.notified()).await;
             });
             return;
         }
-        let mut stream = lock(&self.streams[kind_index(kind)]);
-        let Some(mut rx) = stream.rx.take() else {
-            drop(stream);
+
+        let stream = &self.streams[kind_index(kind)];
+        // Take the queue out under the lock, wait on it without.
+        let (rx, generation) = {
+            let mut s = lock(stream);
+            (s.rx.take(), s.server_generation)
+        };
+        let Some(mut rx) = rx else {
             self.pause_task(task);
             return;
         };
         let received = self.receive(kind, &mut rx);
-        stream.rx = Some(rx);
-        match received {
-            Received::Woken => {}
-            Received::Closed => {
-                drop(stream);
-                self.pause_task(task);
+        // Put it back and decide under the lock, act without it.
+        let step = {
+            let mut s = lock(stream);
+            if s.server_generation == generation {
+                s.rx = Some(rx);
             }
-            Received::Item(item) => {
-                if let Err(err) = self.handle_item(&mut stream, kind, item) {
-                    drop(stream);
-                    self.handle_flow_error(task, kind, err);
-                }
+            match received {
+                Received::Woken => return,
+                Received::Closed => None,
+                Received::Item(item) => Some(self.decide(&mut s, kind, item)),
             }
+        };
+        let Some(step) = step else {
+            self.pause_task(task);
+            return;
+        };
+        if let Err(err) = self.act(kind, step) {
+            self.handle_flow_error(task, kind, err);
         }
     }
 
@@ -681,8 +522,8 @@ impl RtmpFlvSrc {
                     ("Internal data flow error."),
                     ["streaming task paused, reason {:?}", err]
                 );
-                // Not the stream locks: the other thread may hold its lock while pushing.
-                let pads = lock(&self.common).pads.clone();
+                let pads: Vec<gst::Pad> =
+                    lock(&self.pads).added.iter().flatten().cloned().collect();
                 for pad in pads {
                     pad.push_event(gst::event::Eos::new());
                 }
@@ -729,20 +570,16 @@ impl RtmpFlvSrc {
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
     }
 
-    fn handle_item(
-        &self,
-        stream: &mut StreamState,
-        kind: StreamKind,
-        item: Item,
-    ) -> Result<(), gst::FlowError> {
+    /// What to do with `item`; called with the stream's lock held, so it only updates the
+    /// stream's state and prepares what [`Self::act`] sends.
+    fn decide(&self, stream: &mut StreamState, kind: StreamKind, item: Item) -> Step {
         if stream.eos {
-            if let Item::SessionEnd {
-                message: Some(m), ..
-            } = &item
-            {
-                self.arrive_and_post(m);
-            }
-            return Ok(());
+            return match item {
+                Item::SessionEnd {
+                    message: Some(m), ..
+                } => Step::Post(m),
+                _ => Step::Nothing,
+            };
         }
         match item {
             Item::SessionStart { session, publisher } => {
@@ -756,7 +593,7 @@ impl RtmpFlvSrc {
                 stream.discont = true;
                 stream.video_config = None;
                 stream.audio_config = None;
-                Ok(())
+                Step::Nothing
             }
             Item::SessionEnd { reason, message } => {
                 gst::debug!(
@@ -765,25 +602,16 @@ impl RtmpFlvSrc {
                     "{}: session ended: {reason}",
                     kind_name(kind)
                 );
-                let eos = lock(&self.settings).eos_on_disconnect;
-                if eos {
-                    stream.eos = true;
-                    if let Some(ps) = &stream.pad {
-                        ps.pad.push_event(gst::event::Eos::new());
-                    }
+                if !lock(&self.settings).eos_on_disconnect {
+                    return message.map_or(Step::Nothing, Step::Post);
                 }
-                if let Some(m) = &message {
-                    self.arrive_and_post(m);
-                }
-                if eos {
-                    return Err(gst::FlowError::Eos);
-                }
-                Ok(())
+                stream.eos = true;
+                Step::Eos(self.eos_output(stream, kind, false), message)
             }
             Item::Video { dts_ms, tag, .. } => match tag {
                 VideoTag::SequenceStart { codec, config } => {
                     stream.video_config = Some((codec, config));
-                    Ok(())
+                    Step::Nothing
                 }
                 VideoTag::Frame {
                     codec,
@@ -797,23 +625,20 @@ impl RtmpFlvSrc {
                         .filter(|(c, _)| *c == codec)
                         .map(|(_, b)| b.clone());
                     let caps = video_caps(codec, config.as_ref());
-                    self.push_frame(
-                        stream,
-                        kind,
-                        codec.name(),
-                        caps,
+                    let frame = Frame {
                         dts_ms,
-                        composition_time,
-                        !keyframe,
+                        composition_ms: composition_time,
+                        delta_unit: !keyframe,
                         data,
-                    )
+                    };
+                    self.frame_step(stream, kind, codec.name(), caps, frame)
                 }
-                _ => Ok(()),
+                _ => Step::Nothing,
             },
             Item::Audio { dts_ms, tag, .. } => match tag {
                 AudioTag::SequenceStart { codec, config } => {
                     stream.audio_config = Some((codec, config));
-                    Ok(())
+                    Step::Nothing
                 }
                 AudioTag::Frame {
                     codec,
@@ -826,20 +651,172 @@ impl RtmpFlvSrc {
                         .filter(|(c, _)| *c == codec)
                         .map(|(_, b)| b.clone());
                     let caps = audio_caps(codec, config.as_ref(), params);
-                    self.push_frame(stream, kind, codec.name(), caps, dts_ms, 0, false, data)
+                    let frame = Frame {
+                        dts_ms,
+                        composition_ms: 0,
+                        delta_unit: false,
+                        data,
+                    };
+                    self.frame_step(stream, kind, codec.name(), caps, frame)
                 }
-                _ => Ok(()),
+                _ => Step::Nothing,
             },
         }
     }
 
+    /// An EOS event was sent to the element: end this stream's pad with EOS. A stream that
+    /// never had a publisher gets its pad now, with placeholder caps of the most common codec
+    /// (decoders accept caps followed by EOS), so the branch behind it (a decoder, a sink) ends
+    /// too and the pipeline posts EOS instead of waiting for a publisher forever.
+    fn decide_eos_request(&self, kind: StreamKind) -> Step {
+        let mut stream = lock(&self.streams[kind_index(kind)]);
+        if stream.eos {
+            return Step::Nothing;
+        }
+        stream.eos = true;
+        gst::info!(CAT, imp = self, "{}: EOS requested", kind_name(kind));
+        Step::Eos(self.eos_output(&mut stream, kind, true), None)
+    }
+
+    /// The stream's pad, ready for EOS: with its last caps (placeholder caps if it never had
+    /// any) in case its sticky events must be sent again. `None` if the stream has no pad and
+    /// `create` is false.
+    fn eos_output(
+        &self,
+        stream: &mut StreamState,
+        kind: StreamKind,
+        create: bool,
+    ) -> Option<PadOutput> {
+        if stream.pad.is_none() && !create {
+            return None;
+        }
+        let caps = stream
+            .pad
+            .as_ref()
+            .and_then(|ps| ps.caps.clone())
+            .unwrap_or_else(|| placeholder_caps(kind));
+        let group_id = *lock(&self.common)
+            .group_id
+            .get_or_insert_with(gst::GroupId::next);
+        Some(self.pad_output(stream, kind, caps, group_id))
+    }
+
+    /// A buffer for `frame` with its output timestamps, and the pad to push it on.
+    fn frame_step(
+        &self,
+        stream: &mut StreamState,
+        kind: StreamKind,
+        codec: &'static str,
+        caps: Option<gst::Caps>,
+        frame: Frame,
+    ) -> Step {
+        let Some(caps) = caps else {
+            if !stream.warned_no_config {
+                stream.warned_no_config = true;
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "Dropping {codec} frame: no sequence header (codec configuration) yet"
+                );
+            }
+            return Step::Nothing;
+        };
+        stream.warned_no_config = false;
+
+        let (times, group_id) = {
+            let mut common = lock(&self.common);
+            let group_id = *common.group_id.get_or_insert_with(gst::GroupId::next);
+            let max_lateness = self.max_lateness();
+            common.timeline.set_max_lateness(Some(max_lateness));
+            let reanchors = common.timeline.reanchors();
+            let times = common.timeline.map(
+                stream.session,
+                kind,
+                frame.dts_ms,
+                frame.composition_ms,
+                || self.now_running_time(),
+            );
+            if common.timeline.reanchors() != reanchors {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{} buffer arrived more than {} late: timestamps moved forward to {}",
+                    kind_name(kind),
+                    gst::ClockTime::from_nseconds(max_lateness),
+                    gst::ClockTime::from_nseconds(times.dts)
+                );
+            }
+            (times, group_id)
+        };
+
+        let out = self.pad_output(stream, kind, caps, group_id);
+
+        let mut buffer = gst::Buffer::from_slice(frame.data);
+        {
+            let b = buffer.get_mut().expect("new buffer is writable");
+            b.set_dts(gst::ClockTime::from_nseconds(times.dts));
+            b.set_pts(gst::ClockTime::from_nseconds(times.pts));
+            if frame.delta_unit {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+            if stream.discont {
+                b.set_flags(gst::BufferFlags::DISCONT);
+                stream.discont = false;
+            }
+        }
+        Step::Push(out, buffer)
+    }
+
+    /// The stream's pad (made now if it has none) and the sticky events it needs before data
+    /// with `caps`.
+    fn pad_output(
+        &self,
+        stream: &mut StreamState,
+        kind: StreamKind,
+        caps: gst::Caps,
+        group_id: gst::GroupId,
+    ) -> PadOutput {
+        let new = stream.pad.is_none();
+        let ps = stream.pad.get_or_insert_with(|| PadState {
+            pad: self.create_pad(kind),
+            caps: None,
+            need_events: true,
+        });
+        let mut events = Vec::new();
+        if ps.need_events {
+            let stream_id = format!("{}/{}", self.obj().name(), kind_name(kind));
+            events.push(
+                gst::event::StreamStart::builder(&stream_id)
+                    .group_id(group_id)
+                    .build(),
+            );
+            ps.caps = None;
+        }
+        if ps.caps.as_ref() != Some(&caps) {
+            gst::info!(CAT, obj = ps.pad, "Caps {caps}");
+            events.push(gst::event::Caps::new(&caps));
+            ps.caps = Some(caps);
+        }
+        if ps.need_events {
+            let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+            events.push(gst::event::Segment::new(&segment));
+            ps.need_events = false;
+        }
+        PadOutput {
+            pad: ps.pad.clone(),
+            events,
+            new,
+        }
+    }
+
+    /// A new (inactive) source pad of `kind`.
     fn create_pad(&self, kind: StreamKind) -> gst::Pad {
         let name = kind_name(kind);
         let templ = self
             .obj()
             .pad_template(name)
             .expect("pad templates are registered");
-        let pad = gst::Pad::builder_from_template(&templ)
+        gst::Pad::builder_from_template(&templ)
             .name(name)
             .query_function(|pad, parent, query| {
                 RtmpFlvSrc::catch_panic_pad_function(
@@ -855,84 +832,58 @@ impl RtmpFlvSrc {
                     |imp| imp.pad_event(pad, event),
                 )
             })
-            .build();
-        let _ = pad.set_active(true);
-        pad
+            .build()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push_frame(
+    /// Does what [`Self::decide`] prepared; no lock is held while pushing or adding a pad.
+    fn act(&self, kind: StreamKind, step: Step) -> Result<(), gst::FlowError> {
+        match step {
+            Step::Nothing => Ok(()),
+            Step::Post(message) => {
+                self.arrive_and_post(&message);
+                Ok(())
+            }
+            Step::Push(out, buffer) => {
+                let pad = self.send_pad_output(kind, out);
+                gst::trace!(CAT, obj = pad, "Pushing {buffer:?}");
+                let res = pad.push(buffer);
+                self.combine_flow(&pad, res)
+            }
+            Step::Eos(out, message) => {
+                if let Some(out) = out {
+                    let pad = self.send_pad_output(kind, out);
+                    gst::info!(CAT, obj = pad, "Ending the stream with EOS");
+                    pad.push_event(gst::event::Eos::new());
+                }
+                if let Some(message) = message {
+                    self.arrive_and_post(&message);
+                }
+                Err(gst::FlowError::Eos)
+            }
+        }
+    }
+
+    /// Activates a new pad, sends the pending sticky events and adds a new pad to the element.
+    fn send_pad_output(&self, kind: StreamKind, out: PadOutput) -> gst::Pad {
+        if out.new {
+            let _ = out.pad.set_active(true);
+        }
+        for event in out.events {
+            out.pad.push_event(event);
+        }
+        if out.new {
+            self.add_stream_pad(kind, &out.pad);
+        }
+        out.pad
+    }
+
+    fn combine_flow(
         &self,
-        stream: &mut StreamState,
-        kind: StreamKind,
-        codec: &'static str,
-        caps: Option<gst::Caps>,
-        dts_ms: i64,
-        composition_ms: i32,
-        delta_unit: bool,
-        data: Bytes,
+        pad: &gst::Pad,
+        res: Result<gst::FlowSuccess, gst::FlowError>,
     ) -> Result<(), gst::FlowError> {
-        let Some(caps) = caps else {
-            if !stream.warned_no_config {
-                stream.warned_no_config = true;
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "Dropping {codec} frame: no sequence header (codec configuration) yet"
-                );
-            }
-            return Ok(());
-        };
-        stream.warned_no_config = false;
-
-        let (times, group_id) = {
-            let mut common = lock(&self.common);
-            let group_id = *common.group_id.get_or_insert_with(gst::GroupId::next);
-            let max_lateness = self.max_lateness();
-            common.timeline.set_max_lateness(Some(max_lateness));
-            let reanchors = common.timeline.reanchors();
-            let times = common
-                .timeline
-                .map(stream.session, kind, dts_ms, composition_ms, || {
-                    self.now_running_time()
-                });
-            if common.timeline.reanchors() != reanchors {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "{} buffer arrived more than {} late: timestamps moved forward to {}",
-                    kind_name(kind),
-                    gst::ClockTime::from_nseconds(max_lateness),
-                    gst::ClockTime::from_nseconds(times.dts)
-                );
-            }
-            (times, group_id)
-        };
-
-        let (pad, new_pad) = self.prepare_pad(stream, kind, caps, group_id);
-
-        let mut buffer = gst::Buffer::from_slice(data);
-        {
-            let b = buffer.get_mut().expect("new buffer is writable");
-            b.set_dts(gst::ClockTime::from_nseconds(times.dts));
-            b.set_pts(gst::ClockTime::from_nseconds(times.pts));
-            if delta_unit {
-                b.set_flags(gst::BufferFlags::DELTA_UNIT);
-            }
-            if stream.discont {
-                b.set_flags(gst::BufferFlags::DISCONT);
-                stream.discont = false;
-            }
-        }
-
-        if new_pad {
-            self.add_stream_pad(kind, &pad);
-        }
-
-        gst::trace!(CAT, obj = pad, "Pushing {buffer:?}");
-        let res = pad.push(buffer);
         let mut common = lock(&self.common);
-        match common.combiner.update_pad_flow(&pad, res) {
+        match common.combiner.update_pad_flow(pad, res) {
             Err(gst::FlowError::NotLinked) => {
                 if !common.not_linked_logged {
                     common.not_linked_logged = true;
@@ -945,127 +896,90 @@ impl RtmpFlvSrc {
         }
     }
 
-    /// The pad of `kind` with its sticky events (stream-start, `caps`, segment) sent; creates it
-    /// if needed (then `true`: add it with [`Self::add_stream_pad`] after the first buffer is
-    /// ready).
-    fn prepare_pad(
-        &self,
-        stream: &mut StreamState,
-        kind: StreamKind,
-        caps: gst::Caps,
-        group_id: gst::GroupId,
-    ) -> (gst::Pad, bool) {
-        let new_pad = stream.pad.is_none();
-        let ps = stream.pad.get_or_insert_with(|| PadState {
-            pad: self.create_pad(kind),
-            caps: None,
-            need_events: true,
-        });
-
-        if ps.need_events {
-            let stream_id = format!("{}/{}", self.obj().name(), kind_name(kind));
-            ps.pad.push_event(
-                gst::event::StreamStart::builder(&stream_id)
-                    .group_id(group_id)
-                    .build(),
-            );
-            ps.caps = None;
-        }
-        if ps.caps.as_ref() != Some(&caps) {
-            gst::info!(CAT, obj = ps.pad, "Caps {caps}");
-            ps.pad.push_event(gst::event::Caps::new(&caps));
-            ps.caps = Some(caps);
-        }
-        if ps.need_events {
-            let segment = gst::FormattedSegment::<gst::ClockTime>::new();
-            ps.pad.push_event(gst::event::Segment::new(&segment));
-            ps.need_events = false;
-        }
-        (ps.pad.clone(), new_pad)
-    }
-
-    /// Adds a pad made by [`Self::prepare_pad`] to the element (audio after video, see
-    /// [`Self::wait_for_video_pad`]) and signals no-more-pads when all are there.
+    /// Adds a pad to the element, one at a time and audio after video (see
+    /// [`Self::wait_for_video_pad`]), and signals no-more-pads when all are there. `add_pad`
+    /// runs the application's `pad-added` handlers; no lock is held meanwhile, the other
+    /// streaming thread waits for its turn on `pads_changed`.
     fn add_stream_pad(&self, kind: StreamKind, pad: &gst::Pad) {
-        if kind == StreamKind::Audio {
-            self.wait_for_video_pad();
+        lock(&self.common).combiner.add_pad(pad);
+        {
+            let mut pads = lock(&self.pads);
+            if kind == StreamKind::Audio {
+                pads = self.wait_for_video_pad(pads);
+            }
+            // As long as the other thread's handlers run (like the mutex this replaces): two
+            // concurrent `pad-added` emissions are what must not happen.
+            while pads.adding {
+                pads = self
+                    .pads_changed
+                    .wait(pads)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            pads.adding = true;
         }
         gst::info!(CAT, imp = self, "Adding pad {}", pad.name());
+        let _ = self.obj().add_pad(pad);
         {
-            let mut common = lock(&self.common);
-            common.combiner.add_pad(pad);
-            common.pads.push(pad.clone());
+            let mut pads = lock(&self.pads);
+            pads.adding = false;
+            // Only now: the audio pad waits for this, and `pad-added` handlers (which link the
+            // video branch into the pipeline) must have run before audio can reach EOS.
+            pads.added[kind_index(kind)] = Some(pad.clone());
         }
-        {
-            let _serial = lock(&self.adding_pad);
-            let _ = self.obj().add_pad(pad);
-        }
-        // Only now: the audio pad waits for this, and `pad-added` handlers (which link the
-        // video branch into the pipeline) must have run before audio can reach EOS.
-        if kind == StreamKind::Video {
-            lock(&self.common).video_pad_added = true;
-        }
+        self.pads_changed.notify_all();
         self.maybe_no_more_pads();
     }
 
-    /// An EOS event was sent to the element: end this stream's pad with EOS. A stream that
-    /// never had a publisher gets its pad now, with placeholder caps of the most common codec
-    /// (decoders accept caps followed by EOS), so the branch behind it (a decoder, a sink) ends
-    /// too and the pipeline posts EOS instead of waiting for a publisher forever.
-    fn end_stream_on_request(&self, kind: StreamKind) {
-        let mut stream = lock(&self.streams[kind_index(kind)]);
-        if stream.eos {
-            return;
+    /// Adds pads in a predictable order: when the publisher sends video, the audio pad waits
+    /// for the video pad (woken when it is added or when the element stops streaming, at most
+    /// [`VIDEO_PAD_WAIT`]), so that `rtmpflvsrc ! decodebin` links video.
+    fn wait_for_video_pad<'a>(&self, mut pads: MutexGuard<'a, Pads>) -> MutexGuard<'a, Pads> {
+        let deadline = Instant::now() + VIDEO_PAD_WAIT;
+        loop {
+            if pads.added[kind_index(StreamKind::Video)].is_some()
+                || self.flushing.load(Ordering::SeqCst)
+                || !self.video_expected()
+            {
+                return pads;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "No video pad after {VIDEO_PAD_WAIT:?}: adding the audio pad"
+                );
+                return pads;
+            }
+            pads = match self.pads_changed.wait_timeout(pads, left) {
+                Ok((pads, _)) => pads,
+                Err(e) => e.into_inner().0,
+            };
         }
-        stream.eos = true;
-        let caps = stream
-            .pad
-            .as_ref()
-            .and_then(|ps| ps.caps.clone())
-            .unwrap_or_else(|| placeholder_caps(kind));
-        let group_id = *lock(&self.common)
-            .group_id
-            .get_or_insert_with(gst::GroupId::next);
-        let (pad, new_pad) = self.prepare_pad(&mut stream, kind, caps, group_id);
-        if new_pad {
-            self.add_stream_pad(kind, &pad);
-        }
-        gst::info!(CAT, obj = pad, "EOS requested: ending the stream");
-        pad.push_event(gst::event::Eos::new());
     }
 
-    /// Adds pads in a predictable order: when the publisher has sent video, the audio pad
-    /// waits (bounded) for the video pad, so that `rtmpflvsrc ! decodebin` links video.
-    fn wait_for_video_pad(&self) {
-        let deadline = Instant::now() + VIDEO_PAD_WAIT;
-        while Instant::now() < deadline && !self.flushing.load(Ordering::SeqCst) {
-            // On an EOS request the video thread adds its pad too (placeholder caps if no
-            // publisher came).
-            let video_expected = self.announced.video.load(Ordering::SeqCst)
-                || self.eos_requested.load(Ordering::SeqCst)
-                || lock(&self.announced.metadata).is_some_and(|(v, _)| v);
-            if !video_expected || lock(&self.common).video_pad_added {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    /// Whether a video pad is coming: the publisher sent or announced video, or EOS was
+    /// requested (the video thread then adds its pad, with placeholder caps if no publisher
+    /// came).
+    fn video_expected(&self) -> bool {
+        self.announced.video.load(Ordering::SeqCst)
+            || self.eos_requested.load(Ordering::SeqCst)
+            || lock(&self.announced.metadata).is_some_and(|(v, _)| v)
     }
 
     /// Signals no-more-pads once every stream the publisher announced has its pad.
     fn maybe_no_more_pads(&self) {
         let expected = *lock(&self.announced.metadata);
         let done = {
-            let mut common = lock(&self.common);
-            let all = match expected {
-                _ if common.pads.len() == KINDS.len() => true,
-                Some((has_video, has_audio)) => {
-                    let audio_added = common.pads.len() > usize::from(common.video_pad_added);
-                    (!has_video || common.video_pad_added) && (!has_audio || audio_added)
-                }
-                None => false,
-            };
-            if all && !common.no_more_pads {
-                common.no_more_pads = true;
+            let mut pads = lock(&self.pads);
+            let video = pads.added[kind_index(StreamKind::Video)].is_some();
+            let audio = pads.added[kind_index(StreamKind::Audio)].is_some();
+            let all = (video && audio)
+                || expected.is_some_and(|(has_video, has_audio)| {
+                    (!has_video || video) && (!has_audio || audio)
+                });
+            if all && !pads.no_more_pads {
+                pads.no_more_pads = true;
                 true
             } else {
                 false
@@ -1189,13 +1103,8 @@ impl ObjectImpl for RtmpFlvSrc {
             "location" => {
                 let location: Option<String> = value.get().expect("type checked upstream");
                 if let Some(location) = location {
-                    match parse_location(&location) {
-                        Ok(l) => {
-                            settings.address = l.address;
-                            settings.port = l.port;
-                            settings.app = l.app;
-                            settings.stream_key = l.stream_key;
-                        }
+                    match Location::parse(&location) {
+                        Ok(l) => settings.set_location(l),
                         Err(e) => {
                             gst::warning!(
                                 CAT,
@@ -1245,7 +1154,7 @@ impl ObjectImpl for RtmpFlvSrc {
                 match name {
                     "address" => settings.address.to_value(),
                     "port" => settings.port.to_value(),
-                    "location" => settings.location().to_value(),
+                    "location" => settings.location().url().to_value(),
                     "app" => settings.app.to_value(),
                     "stream-key" => settings.stream_key.to_value(),
                     "eos-on-disconnect" => settings.eos_on_disconnect.to_value(),
@@ -1281,42 +1190,8 @@ impl ElementImpl for RtmpFlvSrc {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let video = gst::Caps::builder_full()
-                .structure(
-                    gst::Structure::builder("video/x-h264")
-                        .field("stream-format", "avc")
-                        .field("alignment", "au")
-                        .build(),
-                )
-                .structure(
-                    gst::Structure::builder("video/x-h265")
-                        .field("stream-format", "hvc1")
-                        .field("alignment", "au")
-                        .build(),
-                )
-                .structure(
-                    gst::Structure::builder("video/x-av1")
-                        .field("stream-format", "obu-stream")
-                        .field("alignment", "tu")
-                        .build(),
-                )
-                .structure(gst::Structure::new_empty("video/x-vp9"))
-                .build();
-            let audio = gst::Caps::builder_full()
-                .structure(
-                    gst::Structure::builder("audio/mpeg")
-                        .field("mpegversion", 4i32)
-                        .field("stream-format", "raw")
-                        .build(),
-                )
-                .structure(
-                    gst::Structure::builder("audio/mpeg")
-                        .field("mpegversion", 1i32)
-                        .field("layer", 3i32)
-                        .build(),
-                )
-                .structure(gst::Structure::new_empty("audio/x-opus"))
-                .build();
+            let video = video_template_caps();
+            let audio = audio_template_caps();
             vec![
                 gst::PadTemplate::new(
                     "video",
@@ -1419,8 +1294,7 @@ impl URIHandlerImpl for RtmpFlvSrc {
     }
 
     fn uri(&self) -> Option<String> {
-        let settings = lock(&self.settings);
-        Some(settings.location().replacen("rtmp://", "rtmpserver://", 1))
+        Some(lock(&self.settings).location().uri())
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
@@ -1430,19 +1304,8 @@ impl URIHandlerImpl for RtmpFlvSrc {
                 "Changing the URI is only possible in the NULL state",
             ));
         }
-        if !uri.starts_with("rtmpserver://") {
-            return Err(glib::Error::new(
-                gst::URIError::UnsupportedProtocol,
-                &format!("Unsupported URI '{uri}': expected rtmpserver://ADDR:PORT/APP/KEY"),
-            ));
-        }
-        let l = parse_location(uri).map_err(|e| glib::Error::new(gst::URIError::BadUri, &e))?;
-        let mut settings = lock(&self.settings);
-        settings.location_error = None;
-        settings.address = l.address;
-        settings.port = l.port;
-        settings.app = l.app;
-        settings.stream_key = l.stream_key;
+        let location = Location::from_uri(uri)?;
+        lock(&self.settings).set_location(location);
         Ok(())
     }
 }
@@ -1452,11 +1315,7 @@ mod tests {
     use super::*;
 
     fn init() {
-        static INIT: std::sync::Once = std::sync::Once::new();
-        INIT.call_once(|| {
-            gst::init().expect("gst init");
-            crate::plugin_register_static().expect("register rtmpflvsrc");
-        });
+        super::super::init_for_tests();
     }
 
     fn element(port: u32) -> gst::Element {
@@ -1525,36 +1384,6 @@ mod tests {
             .expect("100 PLAYING -> READY/NULL cycles within 30 s (a stuck task join?)");
     }
 
-    #[test]
-    fn location_and_uri() {
-        init();
-        let e = element(1935);
-        e.set_property("location", "rtmp://0.0.0.0:1940/show/secret");
-        assert_eq!(e.property::<String>("address"), "0.0.0.0");
-        assert_eq!(e.property::<u32>("port"), 1940);
-        assert_eq!(e.property::<String>("app"), "show");
-        assert_eq!(e.property::<String>("stream-key"), "secret");
-        let handler = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
-        assert_eq!(
-            handler.uri().as_deref(),
-            Some("rtmpserver://0.0.0.0:1940/show/secret")
-        );
-        handler.set_uri("rtmpserver://127.0.0.1:1941/live").unwrap();
-        assert_eq!(e.property::<u32>("port"), 1941);
-        assert_eq!(e.property::<String>("stream-key"), "");
-        assert!(handler.set_uri("rtmp://127.0.0.1/live").is_err());
-        // Never registered for rtmp://, so the client elements are not shadowed.
-        assert_eq!(gst::URIHandler::protocols(handler), vec!["rtmpserver"]);
-        let made =
-            gst::Element::make_from_uri(gst::URIType::Src, "rtmpserver://127.0.0.1:0/live/k", None)
-                .expect("made from rtmpserver:// URI");
-        assert_eq!(made.factory().unwrap().name(), "rtmpflvsrc");
-        let stats = e.property::<gst::Structure>("stats");
-        assert_eq!(stats.name(), "rtmpflvsrc-stats");
-        assert_eq!(stats.get::<u64>("connections").unwrap(), 0);
-        assert_eq!(stats.get::<String>("publisher").unwrap(), "");
-    }
-
     /// The first error or warning `pipeline` posted (within 1 s), as text.
     fn first_message(pipeline: &gst::Pipeline, kind: gst::MessageType) -> Option<String> {
         let msg = pipeline
@@ -1621,33 +1450,5 @@ mod tests {
                 assert_eq!(warning, None);
             }
         }
-    }
-
-    #[test]
-    fn locations() {
-        assert_eq!(
-            parse_location("rtmp://0.0.0.0:1936/live/key").unwrap(),
-            Location {
-                address: "0.0.0.0".into(),
-                port: 1936,
-                app: "live".into(),
-                stream_key: "key".into()
-            }
-        );
-        assert_eq!(
-            parse_location("rtmpserver://[::1]/app").unwrap(),
-            Location {
-                address: "::1".into(),
-                port: 1935,
-                app: "app".into(),
-                stream_key: "".into()
-            }
-        );
-        assert_eq!(
-            parse_location("rtmp://host:1/a/b/c").unwrap().stream_key,
-            "b/c"
-        );
-        assert!(parse_location("http://x/live").is_err());
-        assert!(parse_location("rtmp://x:99999/live").is_err());
     }
 }

@@ -30,8 +30,14 @@
 use gst::glib;
 use gst::prelude::*;
 
+use std::sync::{Mutex, MutexGuard};
+
+mod caps;
 mod imp;
+mod location;
+mod peer_limits;
 mod server;
+mod stats;
 
 glib::wrapper! {
     pub struct RtmpFlvSrc(ObjectSubclass<imp::RtmpFlvSrc>) @extends gst::Element, gst::Object, @implements gst::URIHandler;
@@ -44,4 +50,20 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
         gst::Rank::NONE,
         RtmpFlvSrc::static_type(),
     )
+}
+
+/// Locks `m`, ignoring poison: a panic on one thread (caught at a pad function) must not turn
+/// every later lock into a second panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// GStreamer initialised and this plugin registered, once per test binary.
+#[cfg(test)]
+fn init_for_tests() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("gst init");
+        crate::plugin_register_static().expect("register rtmpflvsrc");
+    });
 }
