@@ -11,7 +11,7 @@ use crate::flv::{self, AudioCodec, LegacyAudioParams, VideoCodec};
 use crate::timestamps::StreamKind;
 
 /// Everything the `video` pad can output.
-pub(super) fn video_template_caps() -> gst::Caps {
+fn video_template_caps() -> gst::Caps {
     gst::Caps::builder_full()
         .structure(
             gst::Structure::builder("video/x-h264")
@@ -36,7 +36,7 @@ pub(super) fn video_template_caps() -> gst::Caps {
 }
 
 /// Everything the `audio` pad can output.
-pub(super) fn audio_template_caps() -> gst::Caps {
+fn audio_template_caps() -> gst::Caps {
     gst::Caps::builder_full()
         .structure(
             gst::Structure::builder("audio/mpeg")
@@ -52,6 +52,25 @@ pub(super) fn audio_template_caps() -> gst::Caps {
         )
         .structure(gst::Structure::new_empty("audio/x-opus"))
         .build()
+}
+
+/// The `video` and `audio` sometimes pads.
+pub(super) fn pad_templates() -> Vec<gst::PadTemplate> {
+    [
+        ("video", video_template_caps()),
+        ("audio", audio_template_caps()),
+    ]
+    .into_iter()
+    .map(|(name, caps)| {
+        gst::PadTemplate::new(
+            name,
+            gst::PadDirection::Src,
+            gst::PadPresence::Sometimes,
+            &caps,
+        )
+        .expect("valid pad template")
+    })
+    .collect()
 }
 
 /// Caps for a pad that only carries EOS (no publisher came): H.264 / AAC, the codecs of

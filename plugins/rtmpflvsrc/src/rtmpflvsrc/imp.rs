@@ -16,18 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
-use super::caps::{
-    audio_caps, audio_template_caps, placeholder_caps, video_caps, video_template_caps,
-};
-use super::location::{DEFAULT_APP, DEFAULT_PORT, Location};
+use super::caps::pad_templates;
+use super::handoff::{Announced, Item, PostAfterAll};
+use super::location::Location;
 use super::lock;
-use super::server::{Announced, Item, PostAfterAll, RUNTIME, Server, ServerConfig};
+use super::server::{RUNTIME, Server, ServerConfig};
+use super::settings::{Settings, property_specs};
 use super::stats::Stats;
-use crate::flv::{AudioCodec, AudioTag, VideoCodec, VideoTag};
-use crate::timestamps::{OutputTimeline, StreamKind};
+use super::stream::{PadOutput, Step, StreamState, kind_index, kind_name};
+use crate::timestamps::{OutputTimeline, OutputTimes, StreamKind};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -37,13 +36,6 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_ADDRESS: &str = "127.0.0.1";
-const DEFAULT_STREAM_KEY: &str = "";
-const DEFAULT_EOS_ON_DISCONNECT: bool = false;
-const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 5000;
-const DEFAULT_IDLE_TIMEOUT_MS: u32 = 10000;
-const DEFAULT_LATENCY_MS: u32 = 100;
-
 /// How long the audio pad waits for the video pad of a publisher that sends video.
 const VIDEO_PAD_WAIT: Duration = Duration::from_secs(3);
 /// Lateness beyond the pipeline latency after which timestamps are re-anchored to now.
@@ -52,89 +44,11 @@ const REANCHOR_MARGIN: Duration = Duration::from_secs(1);
 /// it looks at the element's state again.
 const RECEIVE_WAIT: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Clone)]
-struct Settings {
-    address: String,
-    port: u32,
-    app: String,
-    stream_key: String,
-    eos_on_disconnect: bool,
-    handshake_timeout_ms: u32,
-    idle_timeout_ms: u32,
-    latency_ms: u32,
-    /// Why the last `location` set could not be used: NULL→READY fails with it (a property
-    /// setter cannot fail, and listening on the defaults instead would hide the mistake).
-    location_error: Option<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            address: DEFAULT_ADDRESS.to_string(),
-            port: DEFAULT_PORT,
-            app: DEFAULT_APP.to_string(),
-            stream_key: DEFAULT_STREAM_KEY.to_string(),
-            eos_on_disconnect: DEFAULT_EOS_ON_DISCONNECT,
-            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
-            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
-            latency_ms: DEFAULT_LATENCY_MS,
-            location_error: None,
-        }
-    }
-}
-
-impl Settings {
-    fn location(&self) -> Location {
-        Location {
-            address: self.address.clone(),
-            port: self.port,
-            app: self.app.clone(),
-            stream_key: self.stream_key.clone(),
-        }
-    }
-
-    fn set_location(&mut self, l: Location) {
-        self.location_error = None;
-        self.address = l.address;
-        self.port = l.port;
-        self.app = l.app;
-        self.stream_key = l.stream_key;
-    }
-}
-
 #[derive(Default)]
 enum State {
     #[default]
     Stopped,
     Started(Server),
-}
-
-/// Output pad of one stream kind.
-struct PadState {
-    pad: gst::Pad,
-    caps: Option<gst::Caps>,
-    /// Events (stream-start, segment) need to be (re)sent.
-    need_events: bool,
-}
-
-/// State of one output stream (video or audio). Its streaming thread locks it to decide what
-/// to do with an item; state changes lock it while the streaming threads are stopped.
-#[derive(Default)]
-struct StreamState {
-    /// The queue from the network side; taken out while the streaming thread waits on it.
-    rx: Option<mpsc::Receiver<Item>>,
-    /// Counts servers started and stopped: a queue taken out under an earlier server is not
-    /// put back.
-    server_generation: u64,
-    pad: Option<PadState>,
-    /// Current publish session.
-    session: u64,
-    discont: bool,
-    eos: bool,
-    warned_no_config: bool,
-    /// Codec configuration (sequence header) of the current session.
-    video_config: Option<(VideoCodec, Bytes)>,
-    audio_config: Option<(AudioCodec, Bytes)>,
 }
 
 /// Timestamps and flow of both streams, locked briefly by either streaming thread (after its
@@ -173,35 +87,6 @@ struct StreamTask {
     _lock: gst::TaskLock,
 }
 
-/// What a streaming thread does with an item: decided under its stream lock, done without it.
-enum Step {
-    /// Nothing to send (session bookkeeping, a frame before its codec configuration).
-    Nothing,
-    /// Count this thread in on a message posted once both streaming threads got to it.
-    Post(Arc<PostAfterAll>),
-    /// Send the pad's pending sticky events, then the buffer.
-    Push(PadOutput, gst::Buffer),
-    /// End the stream: EOS on the pad (if the stream has one), then count in on the message.
-    Eos(Option<PadOutput>, Option<Arc<PostAfterAll>>),
-}
-
-/// A pad and what it needs before the next buffer or EOS.
-struct PadOutput {
-    pad: gst::Pad,
-    /// Sticky events to send first (stream-start, caps, segment).
-    events: Vec<gst::Event>,
-    /// Made for this step: activate it, send `events`, then add it to the element.
-    new: bool,
-}
-
-/// A media frame from the publisher, about to become a buffer.
-struct Frame {
-    dts_ms: i64,
-    composition_ms: i32,
-    delta_unit: bool,
-    data: Bytes,
-}
-
 pub struct RtmpFlvSrc {
     settings: Mutex<Settings>,
     state: Mutex<State>,
@@ -236,7 +121,7 @@ impl ObjectSubclass for RtmpFlvSrc {
         RtmpFlvSrc {
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(State::default()),
-            streams: Default::default(),
+            streams: KINDS.map(|kind| Mutex::new(StreamState::new(kind))),
             common: Mutex::new(Common::default()),
             pads: Mutex::new(Pads::default()),
             pads_changed: Condvar::new(),
@@ -253,20 +138,6 @@ impl ObjectSubclass for RtmpFlvSrc {
 }
 
 const KINDS: [StreamKind; 2] = [StreamKind::Video, StreamKind::Audio];
-
-fn kind_index(kind: StreamKind) -> usize {
-    match kind {
-        StreamKind::Video => 0,
-        StreamKind::Audio => 1,
-    }
-}
-
-fn kind_name(kind: StreamKind) -> &'static str {
-    match kind {
-        StreamKind::Video => "video",
-        StreamKind::Audio => "audio",
-    }
-}
 
 enum Received {
     Item(Item),
@@ -327,12 +198,7 @@ impl RtmpFlvSrc {
         }
 
         for (stream, rx) in self.streams.iter().zip(queues) {
-            let mut stream = lock(stream);
-            stream.rx = Some(rx);
-            stream.server_generation += 1;
-            stream.session = 0;
-            stream.video_config = None;
-            stream.audio_config = None;
+            lock(stream).attach(rx);
         }
         *lock(&self.state) = State::Started(server);
         Ok(())
@@ -352,9 +218,7 @@ impl RtmpFlvSrc {
             }
         }
         for stream in &self.streams {
-            let mut stream = lock(stream);
-            stream.rx = None;
-            stream.server_generation += 1;
+            lock(stream).detach();
         }
     }
 
@@ -457,7 +321,7 @@ impl RtmpFlvSrc {
             return;
         }
         if self.eos_requested.load(Ordering::SeqCst) {
-            let step = self.decide_eos_request(kind);
+            let step = lock(&self.streams[kind_index(kind)]).decide_eos_request(self);
             let _ = self.act(kind, step);
             self.pause_task(task);
             return;
@@ -472,11 +336,8 @@ impl RtmpFlvSrc {
 
         let stream = &self.streams[kind_index(kind)];
         // Take the queue out under the lock, wait on it without.
-        let (rx, generation) = {
-            let mut s = lock(stream);
-            (s.rx.take(), s.server_generation)
-        };
-        let Some(mut rx) = rx else {
+        let queue = lock(stream).take_queue();
+        let Some((mut rx, generation)) = queue else {
             self.pause_task(task);
             return;
         };
@@ -484,13 +345,11 @@ impl RtmpFlvSrc {
         // Put it back and decide under the lock, act without it.
         let step = {
             let mut s = lock(stream);
-            if s.server_generation == generation {
-                s.rx = Some(rx);
-            }
+            s.put_back(rx, generation);
             match received {
                 Received::Woken => return,
                 Received::Closed => None,
-                Received::Item(item) => Some(self.decide(&mut s, kind, item)),
+                Received::Item(item) => Some(s.decide(item, self)),
             }
         };
         let Some(step) = step else {
@@ -570,247 +429,55 @@ impl RtmpFlvSrc {
         gst::Pad::query_default(pad, Some(&*self.obj()), query)
     }
 
-    /// What to do with `item`; called with the stream's lock held, so it only updates the
-    /// stream's state and prepares what [`Self::act`] sends.
-    fn decide(&self, stream: &mut StreamState, kind: StreamKind, item: Item) -> Step {
-        if stream.eos {
-            return match item {
-                Item::SessionEnd {
-                    message: Some(m), ..
-                } => Step::Post(m),
-                _ => Step::Nothing,
-            };
-        }
-        match item {
-            Item::SessionStart { session, publisher } => {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "{}: session {session} from {publisher} starts",
-                    kind_name(kind)
-                );
-                stream.session = session;
-                stream.discont = true;
-                stream.video_config = None;
-                stream.audio_config = None;
-                Step::Nothing
-            }
-            Item::SessionEnd { reason, message } => {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "{}: session ended: {reason}",
-                    kind_name(kind)
-                );
-                if !lock(&self.settings).eos_on_disconnect {
-                    return message.map_or(Step::Nothing, Step::Post);
-                }
-                stream.eos = true;
-                Step::Eos(self.eos_output(stream, kind, false), message)
-            }
-            Item::Video { dts_ms, tag, .. } => match tag {
-                VideoTag::SequenceStart { codec, config } => {
-                    stream.video_config = Some((codec, config));
-                    Step::Nothing
-                }
-                VideoTag::Frame {
-                    codec,
-                    keyframe,
-                    composition_time,
-                    data,
-                } => {
-                    let config = stream
-                        .video_config
-                        .as_ref()
-                        .filter(|(c, _)| *c == codec)
-                        .map(|(_, b)| b.clone());
-                    let caps = video_caps(codec, config.as_ref());
-                    let frame = Frame {
-                        dts_ms,
-                        composition_ms: composition_time,
-                        delta_unit: !keyframe,
-                        data,
-                    };
-                    self.frame_step(stream, kind, codec.name(), caps, frame)
-                }
-                _ => Step::Nothing,
-            },
-            Item::Audio { dts_ms, tag, .. } => match tag {
-                AudioTag::SequenceStart { codec, config } => {
-                    stream.audio_config = Some((codec, config));
-                    Step::Nothing
-                }
-                AudioTag::Frame {
-                    codec,
-                    params,
-                    data,
-                } => {
-                    let config = stream
-                        .audio_config
-                        .as_ref()
-                        .filter(|(c, _)| *c == codec)
-                        .map(|(_, b)| b.clone());
-                    let caps = audio_caps(codec, config.as_ref(), params);
-                    let frame = Frame {
-                        dts_ms,
-                        composition_ms: 0,
-                        delta_unit: false,
-                        data,
-                    };
-                    self.frame_step(stream, kind, codec.name(), caps, frame)
-                }
-                _ => Step::Nothing,
-            },
-        }
+    pub(super) fn eos_on_disconnect(&self) -> bool {
+        lock(&self.settings).eos_on_disconnect
     }
 
-    /// An EOS event was sent to the element: end this stream's pad with EOS. A stream that
-    /// never had a publisher gets its pad now, with placeholder caps of the most common codec
-    /// (decoders accept caps followed by EOS), so the branch behind it (a decoder, a sink) ends
-    /// too and the pipeline posts EOS instead of waiting for a publisher forever.
-    fn decide_eos_request(&self, kind: StreamKind) -> Step {
-        let mut stream = lock(&self.streams[kind_index(kind)]);
-        if stream.eos {
-            return Step::Nothing;
-        }
-        stream.eos = true;
-        gst::info!(CAT, imp = self, "{}: EOS requested", kind_name(kind));
-        Step::Eos(self.eos_output(&mut stream, kind, true), None)
-    }
-
-    /// The stream's pad, ready for EOS: with its last caps (placeholder caps if it never had
-    /// any) in case its sticky events must be sent again. `None` if the stream has no pad and
-    /// `create` is false.
-    fn eos_output(
-        &self,
-        stream: &mut StreamState,
-        kind: StreamKind,
-        create: bool,
-    ) -> Option<PadOutput> {
-        if stream.pad.is_none() && !create {
-            return None;
-        }
-        let caps = stream
-            .pad
-            .as_ref()
-            .and_then(|ps| ps.caps.clone())
-            .unwrap_or_else(|| placeholder_caps(kind));
-        let group_id = *lock(&self.common)
+    /// The group id of both streams' stream-start events.
+    pub(super) fn group_id(&self) -> gst::GroupId {
+        *lock(&self.common)
             .group_id
-            .get_or_insert_with(gst::GroupId::next);
-        Some(self.pad_output(stream, kind, caps, group_id))
+            .get_or_insert_with(gst::GroupId::next)
     }
 
-    /// A buffer for `frame` with its output timestamps, and the pad to push it on.
-    fn frame_step(
-        &self,
-        stream: &mut StreamState,
-        kind: StreamKind,
-        codec: &'static str,
-        caps: Option<gst::Caps>,
-        frame: Frame,
-    ) -> Step {
-        let Some(caps) = caps else {
-            if !stream.warned_no_config {
-                stream.warned_no_config = true;
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "Dropping {codec} frame: no sequence header (codec configuration) yet"
-                );
-            }
-            return Step::Nothing;
-        };
-        stream.warned_no_config = false;
-
-        let (times, group_id) = {
-            let mut common = lock(&self.common);
-            let group_id = *common.group_id.get_or_insert_with(gst::GroupId::next);
-            let max_lateness = self.max_lateness();
-            common.timeline.set_max_lateness(Some(max_lateness));
-            let reanchors = common.timeline.reanchors();
-            let times = common.timeline.map(
-                stream.session,
-                kind,
-                frame.dts_ms,
-                frame.composition_ms,
-                || self.now_running_time(),
-            );
-            if common.timeline.reanchors() != reanchors {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "{} buffer arrived more than {} late: timestamps moved forward to {}",
-                    kind_name(kind),
-                    gst::ClockTime::from_nseconds(max_lateness),
-                    gst::ClockTime::from_nseconds(times.dts)
-                );
-            }
-            (times, group_id)
-        };
-
-        let out = self.pad_output(stream, kind, caps, group_id);
-
-        let mut buffer = gst::Buffer::from_slice(frame.data);
-        {
-            let b = buffer.get_mut().expect("new buffer is writable");
-            b.set_dts(gst::ClockTime::from_nseconds(times.dts));
-            b.set_pts(gst::ClockTime::from_nseconds(times.pts));
-            if frame.delta_unit {
-                b.set_flags(gst::BufferFlags::DELTA_UNIT);
-            }
-            if stream.discont {
-                b.set_flags(gst::BufferFlags::DISCONT);
-                stream.discont = false;
-            }
-        }
-        Step::Push(out, buffer)
+    pub(super) fn stream_id(&self, kind: StreamKind) -> String {
+        format!("{}/{}", self.obj().name(), kind_name(kind))
     }
 
-    /// The stream's pad (made now if it has none) and the sticky events it needs before data
-    /// with `caps`.
-    fn pad_output(
+    /// Output DTS / PTS of a frame of publish `session` on the timeline both streams share,
+    /// and the group id.
+    pub(super) fn output_times(
         &self,
-        stream: &mut StreamState,
+        session: u64,
         kind: StreamKind,
-        caps: gst::Caps,
-        group_id: gst::GroupId,
-    ) -> PadOutput {
-        let new = stream.pad.is_none();
-        let ps = stream.pad.get_or_insert_with(|| PadState {
-            pad: self.create_pad(kind),
-            caps: None,
-            need_events: true,
-        });
-        let mut events = Vec::new();
-        if ps.need_events {
-            let stream_id = format!("{}/{}", self.obj().name(), kind_name(kind));
-            events.push(
-                gst::event::StreamStart::builder(&stream_id)
-                    .group_id(group_id)
-                    .build(),
+        dts_ms: i64,
+        composition_ms: i32,
+    ) -> (OutputTimes, gst::GroupId) {
+        let mut common = lock(&self.common);
+        let group_id = *common.group_id.get_or_insert_with(gst::GroupId::next);
+        let max_lateness = self.max_lateness();
+        common.timeline.set_max_lateness(Some(max_lateness));
+        let reanchors = common.timeline.reanchors();
+        let times = common
+            .timeline
+            .map(session, kind, dts_ms, composition_ms, || {
+                self.now_running_time()
+            });
+        if common.timeline.reanchors() != reanchors {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "{} buffer arrived more than {} late: timestamps moved forward to {}",
+                kind_name(kind),
+                gst::ClockTime::from_nseconds(max_lateness),
+                gst::ClockTime::from_nseconds(times.dts)
             );
-            ps.caps = None;
         }
-        if ps.caps.as_ref() != Some(&caps) {
-            gst::info!(CAT, obj = ps.pad, "Caps {caps}");
-            events.push(gst::event::Caps::new(&caps));
-            ps.caps = Some(caps);
-        }
-        if ps.need_events {
-            let segment = gst::FormattedSegment::<gst::ClockTime>::new();
-            events.push(gst::event::Segment::new(&segment));
-            ps.need_events = false;
-        }
-        PadOutput {
-            pad: ps.pad.clone(),
-            events,
-            new,
-        }
+        (times, group_id)
     }
 
     /// A new (inactive) source pad of `kind`.
-    fn create_pad(&self, kind: StreamKind) -> gst::Pad {
+    pub(super) fn create_pad(&self, kind: StreamKind) -> gst::Pad {
         let name = kind_name(kind);
         let templ = self
             .obj()
@@ -998,147 +665,20 @@ impl RtmpFlvSrc {
             common.combiner.reset();
         }
         for stream in &self.streams {
-            let mut stream = lock(stream);
-            stream.eos = false;
-            stream.discont = true;
-            if let Some(ps) = &mut stream.pad {
-                ps.need_events = true;
-            }
+            lock(stream).reset_for_restart();
         }
     }
 }
 
 impl ObjectImpl for RtmpFlvSrc {
     fn properties() -> &'static [glib::ParamSpec] {
-        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("address")
-                    .nick("Address")
-                    .blurb("Address to listen on (0.0.0.0 / :: for all interfaces)")
-                    .default_value(Some(DEFAULT_ADDRESS))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("port")
-                    .nick("Port")
-                    .blurb("TCP port to listen on (0 = pick a free port, see bound-port)")
-                    .maximum(65535)
-                    .default_value(DEFAULT_PORT)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("bound-port")
-                    .nick("Bound port")
-                    .blurb("The port actually listened on (valid from READY on, else 0)")
-                    .maximum(65535)
-                    .read_only()
-                    .build(),
-                glib::ParamSpecString::builder("location")
-                    .nick("Location")
-                    .blurb("rtmp://ADDR:PORT/APP[/KEY]: sets address, port, app and stream-key")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("app")
-                    .nick("Application")
-                    .blurb("RTMP application name publishers must connect to")
-                    .default_value(Some(DEFAULT_APP))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("stream-key")
-                    .nick("Stream key")
-                    .blurb("Stream key publishers must use (empty = any key)")
-                    .default_value(Some(DEFAULT_STREAM_KEY))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("eos-on-disconnect")
-                    .nick("EOS on disconnect")
-                    .blurb("Send EOS when the publisher leaves instead of waiting for the next one")
-                    .default_value(DEFAULT_EOS_ON_DISCONNECT)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("handshake-timeout")
-                    .nick("Handshake timeout")
-                    .blurb("Milliseconds a new connection has, from connecting, to start publishing (handshake, connect, publish); trickled bytes do not extend it")
-                    .minimum(1)
-                    .default_value(DEFAULT_HANDSHAKE_TIMEOUT_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("idle-timeout")
-                    .nick("Idle timeout")
-                    .blurb("A publisher that delivers less than 1 KiB of audio/video within this many milliseconds is dropped")
-                    .minimum(1)
-                    .default_value(DEFAULT_IDLE_TIMEOUT_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("latency")
-                    .nick("Latency")
-                    .blurb("Minimum latency reported to the pipeline, in milliseconds")
-                    .default_value(DEFAULT_LATENCY_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("rtmpflvsrc-stats: publisher, app, stream-key, video-codec, audio-codec, bytes, video-frames, audio-frames, bitrate, connections, rejected")
-                    .read_only()
-                    .build(),
-            ]
-        });
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(property_specs);
         PROPERTIES.as_ref()
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        let mut settings = lock(&self.settings);
-        if matches!(
-            pspec.name(),
-            "address" | "port" | "app" | "stream-key" | "location"
-        ) {
-            settings.location_error = None;
-        }
-        match pspec.name() {
-            "address" => {
-                settings.address = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_ADDRESS.to_string());
-            }
-            "port" => settings.port = value.get().expect("type checked upstream"),
-            "location" => {
-                let location: Option<String> = value.get().expect("type checked upstream");
-                if let Some(location) = location {
-                    match Location::parse(&location) {
-                        Ok(l) => settings.set_location(l),
-                        Err(e) => {
-                            gst::warning!(
-                                CAT,
-                                imp = self,
-                                "Invalid location: {e}; going to READY will fail"
-                            );
-                            settings.location_error = Some(e);
-                        }
-                    }
-                }
-            }
-            "app" => {
-                settings.app = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default();
-            }
-            "stream-key" => {
-                settings.stream_key = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_default();
-            }
-            "eos-on-disconnect" => {
-                settings.eos_on_disconnect = value.get().expect("type checked upstream")
-            }
-            "handshake-timeout" => {
-                settings.handshake_timeout_ms = value.get().expect("type checked upstream")
-            }
-            "idle-timeout" => {
-                settings.idle_timeout_ms = value.get().expect("type checked upstream")
-            }
-            "latency" => settings.latency_ms = value.get().expect("type checked upstream"),
-            other => unimplemented!("property {other}"),
+        if let Err(e) = lock(&self.settings).set(pspec.name(), value) {
+            gst::warning!(CAT, imp = self, "{e}; going to READY will fail");
         }
     }
 
@@ -1149,21 +689,7 @@ impl ObjectImpl for RtmpFlvSrc {
                 State::Stopped => 0u32.to_value(),
             },
             "stats" => lock(&self.stats).snapshot().to_value(),
-            name => {
-                let settings = lock(&self.settings);
-                match name {
-                    "address" => settings.address.to_value(),
-                    "port" => settings.port.to_value(),
-                    "location" => settings.location().url().to_value(),
-                    "app" => settings.app.to_value(),
-                    "stream-key" => settings.stream_key.to_value(),
-                    "eos-on-disconnect" => settings.eos_on_disconnect.to_value(),
-                    "handshake-timeout" => settings.handshake_timeout_ms.to_value(),
-                    "idle-timeout" => settings.idle_timeout_ms.to_value(),
-                    "latency" => settings.latency_ms.to_value(),
-                    other => unimplemented!("property {other}"),
-                }
-            }
+            name => lock(&self.settings).get(name),
         }
     }
 
@@ -1189,26 +715,7 @@ impl ElementImpl for RtmpFlvSrc {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let video = video_template_caps();
-            let audio = audio_template_caps();
-            vec![
-                gst::PadTemplate::new(
-                    "video",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Sometimes,
-                    &video,
-                )
-                .expect("valid video template"),
-                gst::PadTemplate::new(
-                    "audio",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Sometimes,
-                    &audio,
-                )
-                .expect("valid audio template"),
-            ]
-        });
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(pad_templates);
         PAD_TEMPLATES.as_ref()
     }
 
@@ -1311,144 +818,4 @@ impl URIHandlerImpl for RtmpFlvSrc {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn init() {
-        super::super::init_for_tests();
-    }
-
-    fn element(port: u32) -> gst::Element {
-        gst::ElementFactory::make("rtmpflvsrc")
-            .property("port", port)
-            .build()
-            .expect("rtmpflvsrc")
-    }
-
-    #[test]
-    fn bound_port_bind_failure_and_null_frees_the_port() {
-        init();
-        let a = element(0);
-        assert_eq!(a.property::<u32>("bound-port"), 0);
-        a.set_state(gst::State::Ready).expect("READY");
-        let port = a.property::<u32>("bound-port");
-        assert_ne!(port, 0);
-
-        // A second element on the same port fails with an error naming address:port.
-        let pipeline = gst::Pipeline::new();
-        let b = element(port);
-        pipeline.add(&b).unwrap();
-        assert!(pipeline.set_state(gst::State::Ready).is_err());
-        let bus = pipeline.bus().unwrap();
-        let msg = bus
-            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-            .expect("error message");
-        let gst::MessageView::Error(err) = msg.view() else {
-            unreachable!()
-        };
-        let text = err.error().to_string();
-        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
-        assert!(text.contains("port=0"), "{text}");
-        pipeline.set_state(gst::State::Null).unwrap();
-
-        // NULL frees the port at once.
-        a.set_state(gst::State::Null).unwrap();
-        assert_eq!(a.property::<u32>("bound-port"), 0);
-        std::net::TcpListener::bind(("127.0.0.1", port as u16)).expect("port free after NULL");
-    }
-
-    #[test]
-    fn state_cycles_never_hang() {
-        init();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let pipeline = gst::Pipeline::new();
-            let src = element(0);
-            pipeline.add(&src).unwrap();
-            for i in 0..100 {
-                pipeline.set_state(gst::State::Playing).unwrap();
-                if i % 3 == 0 {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let target = if i % 2 == 0 {
-                    gst::State::Null
-                } else {
-                    gst::State::Ready
-                };
-                pipeline.set_state(target).unwrap();
-            }
-            pipeline.set_state(gst::State::Null).unwrap();
-            let _ = tx.send(());
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("100 PLAYING -> READY/NULL cycles within 30 s (a stuck task join?)");
-    }
-
-    /// The first error or warning `pipeline` posted (within 1 s), as text.
-    fn first_message(pipeline: &gst::Pipeline, kind: gst::MessageType) -> Option<String> {
-        let msg = pipeline
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(gst::ClockTime::from_seconds(1), &[kind])?;
-        Some(match msg.view() {
-            gst::MessageView::Error(e) => e.error().to_string(),
-            gst::MessageView::Warning(w) => w.error().to_string(),
-            _ => unreachable!(),
-        })
-    }
-
-    #[test]
-    fn invalid_location_fails_at_ready_naming_the_problem() {
-        init();
-        for (location, needle) in [
-            ("garbage", "'garbage' is not an rtmp://"),
-            ("rtmp://127.0.0.1:99999/x", "invalid port '99999'"),
-            ("http://127.0.0.1:1935/live", "is not an rtmp://"),
-        ] {
-            let pipeline = gst::Pipeline::new();
-            let e = element(0);
-            pipeline.add(&e).unwrap();
-            e.set_property("location", location);
-            assert!(
-                pipeline.set_state(gst::State::Ready).is_err(),
-                "{location}: READY must fail instead of listening on the defaults"
-            );
-            let text = first_message(&pipeline, gst::MessageType::Error).expect("an error");
-            assert!(
-                text.contains("Invalid location") && text.contains(needle),
-                "{location}: {text}"
-            );
-            pipeline.set_state(gst::State::Null).unwrap();
-            // A good location (or address/port) afterwards clears the mistake.
-            e.set_property("location", "rtmp://127.0.0.1:0/live");
-            pipeline
-                .set_state(gst::State::Ready)
-                .expect("READY with a good location");
-            pipeline.set_state(gst::State::Null).unwrap();
-        }
-    }
-
-    #[test]
-    fn all_interfaces_without_stream_key_warns() {
-        init();
-        for (key, warns) in [("", true), ("secret", false)] {
-            let pipeline = gst::Pipeline::new();
-            let e = element(0);
-            pipeline.add(&e).unwrap();
-            e.set_property("address", "0.0.0.0");
-            e.set_property("stream-key", key);
-            pipeline.set_state(gst::State::Ready).expect("READY");
-            let warning = first_message(&pipeline, gst::MessageType::Warning);
-            pipeline.set_state(gst::State::Null).unwrap();
-            if warns {
-                let text = warning.expect("a warning for 0.0.0.0 without a stream key");
-                assert!(
-                    text.contains("without a stream-key") && text.contains("Set stream-key"),
-                    "{text}"
-                );
-            } else {
-                assert_eq!(warning, None);
-            }
-        }
-    }
-}
+mod tests;

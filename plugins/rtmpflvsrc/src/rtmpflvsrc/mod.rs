@@ -33,11 +33,14 @@ use gst::prelude::*;
 use std::sync::{Mutex, MutexGuard};
 
 mod caps;
+mod handoff;
 mod imp;
 mod location;
 mod peer_limits;
 mod server;
+mod settings;
 mod stats;
+mod stream;
 
 glib::wrapper! {
     pub struct RtmpFlvSrc(ObjectSubclass<imp::RtmpFlvSrc>) @extends gst::Element, gst::Object, @implements gst::URIHandler;

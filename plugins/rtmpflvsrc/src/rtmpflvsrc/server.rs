@@ -12,7 +12,7 @@ use gst::subclass::prelude::*;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::handoff::{Announced, Item, PostAfterAll};
 use super::imp::CAT;
 use super::lock;
 use super::peer_limits::{
@@ -60,67 +61,6 @@ pub(super) const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 const OUT_QUEUE: usize = 32;
 /// Read buffer per connection.
 const READ_SIZE: usize = 64 * 1024;
-
-/// What the network side hands to the streaming thread.
-#[derive(Debug)]
-pub(super) enum Item {
-    SessionStart {
-        session: u64,
-        publisher: String,
-    },
-    /// `budget` holds the item's share of [`MAX_QUEUED_BYTES`] until the item is dropped.
-    Video {
-        dts_ms: i64,
-        tag: VideoTag,
-        _budget: Option<OwnedSemaphorePermit>,
-    },
-    Audio {
-        dts_ms: i64,
-        tag: AudioTag,
-        _budget: Option<OwnedSemaphorePermit>,
-    },
-    SessionEnd {
-        reason: String,
-        /// The "rtmpflvsrc-disconnected" message, posted by the second streaming thread to
-        /// handle this item, i.e. once every buffer of the session has been pushed.
-        message: Option<Arc<PostAfterAll>>,
-    },
-}
-
-/// An element message to post once all streaming threads got to it.
-#[derive(Debug)]
-pub(super) struct PostAfterAll {
-    remaining: AtomicUsize,
-    structure: Mutex<Option<gst::Structure>>,
-}
-
-impl PostAfterAll {
-    fn new(count: usize, structure: gst::Structure) -> Arc<Self> {
-        Arc::new(PostAfterAll {
-            remaining: AtomicUsize::new(count),
-            structure: Mutex::new(Some(structure)),
-        })
-    }
-
-    /// Counts one thread in; returns the structure to post for the last one.
-    pub(super) fn arrive(&self) -> Option<gst::Structure> {
-        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-            lock(&self.structure).take()
-        } else {
-            None
-        }
-    }
-}
-
-/// What the current publisher announced, written by the network side and read by the
-/// streaming threads to add pads in a predictable order and signal no-more-pads.
-#[derive(Default)]
-pub(super) struct Announced {
-    /// A video message was received.
-    pub(super) video: AtomicBool,
-    /// onMetaData: (has video, has audio).
-    pub(super) metadata: Mutex<Option<(bool, bool)>>,
-}
 
 /// State shared between the element and its network tasks.
 pub(super) struct Shared {
