@@ -7,6 +7,8 @@
 //! handshake and `ServerSession`, checks the app / stream key, and guards `rml_rtmp` against
 //! hostile input with a [`ChunkScanner`] that validates the chunk stream before `rml_rtmp`
 //! sees it (size limits, chunk-size limits, interleaving, extended timestamps, AMF nesting).
+//! The session and its guard are one state machine over the same bytes, hence one file of a
+//! little under 900 lines (the tests are in `session/tests.rs`).
 
 use crate::flv::{self, AudioTag, FlvError, VideoTag};
 use crate::timestamps::{StreamKind, TimestampUnwrapper};

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The element: settings, state, the two streaming threads (one per output stream) and their
-//! pads. The network side is in [`super::server`], codec → caps in [`super::caps`], the
-//! `location` / URI parsing in [`super::location`].
+//! The element: state changes, the two streaming threads (one per output stream) and their
+//! pads. What a streaming thread does with an item is decided in [`super::stream`]; the network
+//! side is in [`super::server`], properties in [`super::settings`], codec → caps in
+//! [`super::caps`], `location` / URI parsing in [`super::location`].
 //!
 //! No lock guard is held while a thread waits, pushes, posts a message or adds a pad: a
 //! streaming thread takes its queue out of its [`StreamState`] to wait on it, decides under the
-//! stream lock what to send (a [`Step`]) and sends it after dropping the guard.
+//! stream lock what to send (a [`Step`]) and sends it after dropping the guard. The file is kept
+//! whole (a little over 800 lines) because the state changes, the tasks and the pad turn share
+//! one set of locks and flags (`flushing`, `playing`, `stopping`, `pads_changed`) whose rules
+//! are easiest to check in one place.
 
 use gst::glib;
 use gst::prelude::*;

@@ -3,7 +3,9 @@
 //! The network side of `rtmpflvsrc`: the shared runtime, the listening socket, the listener
 //! task, one task per connection driving a [`Session`], the publisher slot and the element /
 //! bus messages. It hands media to the streaming threads through two bounded queues
-//! ([`Item`]s) and never touches pads.
+//! ([`Item`]s) and never touches pads. The pure tables it applies (pending slots, warning
+//! digest, guess throttle) are in [`super::peer_limits`]; what remains (a little over 800 lines)
+//! is the one connection loop and the listener around it.
 
 use gst::glib;
 use gst::prelude::*;

@@ -1,6 +1,7 @@
-//! Publisher sessions: stream-key checks, one publisher at a time, disconnect + reconnect at a new
-//! resolution (from ffmpeg, then from rtmp2sink which ends its publish with a bare TCP close).
-
+//! Publisher sessions end to end, over real TCP: stream-key and app checks, one publisher at a
+//! time, disconnect + reconnect at a new resolution (from ffmpeg, then from rtmp2sink which ends
+//! its publish with a bare TCP close), a killed publisher, NULL while streaming, restart after
+//! NULL, `location=`, bind failures, eos-on-disconnect and the order in which pads are added.
 mod common;
 
 use std::time::Duration;
