@@ -211,14 +211,9 @@ impl RtmpFlvSrc {
     fn stop_server(&self) {
         let state = std::mem::take(&mut *lock(&self.state));
         if let State::Started(server) = state {
-            if server.stop() {
-                gst::info!(CAT, imp = self, "Stopped listening");
-            } else {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "Stopped listening; the listener task was still running when NULL was reached"
-                );
+            match server.stop() {
+                Ok(()) => gst::info!(CAT, imp = self, "Stopped listening"),
+                Err(e) => gst::warning!(CAT, imp = self, "Stopped listening: {e}"),
             }
         }
         for stream in &self.streams {
@@ -572,7 +567,6 @@ impl RtmpFlvSrc {
     /// runs the application's `pad-added` handlers; no lock is held meanwhile, the other
     /// streaming thread waits for its turn on `pads_changed`.
     fn add_stream_pad(&self, kind: StreamKind, pad: &gst::Pad) {
-        lock(&self.common).combiner.add_pad(pad);
         {
             let mut pads = lock(&self.pads);
             if kind == StreamKind::Audio {
@@ -588,6 +582,7 @@ impl RtmpFlvSrc {
             }
             pads.adding = true;
         }
+        lock(&self.common).combiner.add_pad(pad);
         gst::info!(CAT, imp = self, "Adding pad {}", pad.name());
         let _ = self.obj().add_pad(pad);
         {

@@ -809,17 +809,19 @@ impl Server {
     }
 
     /// Aborts the listener task (and with it every connection) and waits on its join handle,
-    /// at most [`STOP_WAIT`], until the task is gone and its listening socket closed. False if
-    /// it did not go in time, or if this is a runtime thread (e.g. a bus sync handler run by a
-    /// network task), which must not block on the runtime; the socket then closes a moment later.
-    pub(super) fn stop(self) -> bool {
+    /// at most [`STOP_WAIT`], until the task is gone and its listening socket closed. On a
+    /// runtime thread (e.g. a bus sync handler run by a network task) it does not wait: that
+    /// thread may be the one that must drop the task. `Err` says why the socket may still be
+    /// open for a moment.
+    pub(super) fn stop(self) -> Result<(), String> {
         self.task.abort();
         if tokio::runtime::Handle::try_current().is_ok() {
-            return false;
+            return Err("stopped from a network thread, not waiting for the listener".into());
         }
         let task = self.task;
         RUNTIME
             .block_on(async move { tokio::time::timeout(STOP_WAIT, task).await })
-            .is_ok()
+            .map(|_| ())
+            .map_err(|_| format!("the listener task did not end within {STOP_WAIT:?}"))
     }
 }
