@@ -383,6 +383,7 @@ fn run(a: &Args, t0: Instant) -> Value {
     let mut first_frames = Vec::new();
     let mut latencies = Vec::new();
     let mut hold_fps: Option<f64> = None;
+    let mut last_session = String::new();
     let mut error: Option<String> = None;
     let (frames, color) = loop {
         let now = Instant::now();
@@ -407,6 +408,7 @@ fn run(a: &Args, t0: Instant) -> Value {
         if finished || cycle.error.is_some() {
             let err = cycle.error.take();
             first_frames.push(cycle.first_frame);
+            last_session = cycle.session.clone();
             if let Some(r) = cycle.reached {
                 let secs = now.duration_since(r).as_secs_f64();
                 if secs >= 1.0 {
@@ -523,5 +525,5 @@ fn run(a: &Args, t0: Instant) -> Value {
            "latency_ms_p95": percentile(&mut latencies, 0.95),
            "latency_samples": samples,
            "hold_fps": hold_fps,
-           "session_id": ""})
+           "session_id": last_session})
 }
