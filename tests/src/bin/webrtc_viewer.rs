@@ -383,9 +383,8 @@ fn run(a: &Args, t0: Instant) -> Value {
     let mut first_frames = Vec::new();
     let mut latencies = Vec::new();
     let mut hold_fps: Option<f64> = None;
-    let mut last_session = String::new();
     let mut error: Option<String> = None;
-    let (frames, color) = loop {
+    let (frames, color, last_session) = loop {
         let now = Instant::now();
         let f = cycle.frames();
         if f > 0 && cycle.first_frame.is_none() {
@@ -408,7 +407,7 @@ fn run(a: &Args, t0: Instant) -> Value {
         if finished || cycle.error.is_some() {
             let err = cycle.error.take();
             first_frames.push(cycle.first_frame);
-            last_session = cycle.session.clone();
+            let session = cycle.session.clone();
             if let Some(r) = cycle.reached {
                 let secs = now.duration_since(r).as_secs_f64();
                 if secs >= 1.0 {
@@ -421,10 +420,10 @@ fn run(a: &Args, t0: Instant) -> Value {
             done += 1;
             if err.is_some() {
                 error = err;
-                break (fr, c);
+                break (fr, c, session);
             }
             if done >= a.cycles {
-                break (fr, c);
+                break (fr, c, session);
             }
             println!(
                 "{}",
