@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::client::{RtmpClient, aac_flv_audio_tags, h264_flv_video_tags};
+use common::client::{FlvTag, RtmpClient, aac_flv_audio_tags, h264_flv_video_tags};
 use gst::prelude::*;
 use vcambridge_tests::ChildGuard;
 use vcambridge_tests::rtmp::{FfmpegPublisher, rtmp_url, wait_listening};
@@ -204,15 +204,22 @@ const FLOWING: &str = "rtmpflvsrc name=src port=0 \
     src.video ! queue ! fakesink sync=false async=false \
     src.audio ! queue ! fakesink sync=false async=false";
 
+/// What [`publish_video_announced_then_audio`] sends: one H.264 frame and AAC (encoded before the
+/// clock starts).
+fn video_frame_and_aac() -> (FlvTag, Vec<FlvTag>) {
+    let video = h264_flv_video_tags(2, 160, 120).swap_remove(1);
+    (video, aac_flv_audio_tags())
+}
+
 /// A publisher that announces video (one H.264 frame without its sequence header, so no video pad
 /// can be made) and then sends AAC: the audio pad waits (bounded, 3 s) for a video pad that never
 /// comes.
-fn publish_video_announced_then_audio(port: u16) -> RtmpClient {
-    let video = h264_flv_video_tags(2, 160, 120);
-    let audio = aac_flv_audio_tags();
+fn publish_video_announced_then_audio(
+    port: u16,
+    (video, audio): &(FlvTag, Vec<FlvTag>),
+) -> RtmpClient {
     let mut c = RtmpClient::publisher(port, "live", "key").expect("publish");
-    c.send_video(&video[1].data, 0, false)
-        .expect("a video frame");
+    c.send_video(&video.data, 0, false).expect("a video frame");
     for (i, t) in audio.iter().take(20).enumerate() {
         let p = c.audio_packet(&t.data, i as u32 * 23, false);
         c.send_raw(&p).expect("audio");
@@ -231,19 +238,24 @@ fn pad_names(src: &gst::Element) -> Vec<String> {
 fn audio_pad_waits_at_most_3s_for_a_video_pad_that_never_comes() {
     let b = start(FLOWING);
     let src = b.pipeline.by_name("src").unwrap();
+    let tags = video_frame_and_aac();
+    let _client = publish_video_announced_then_audio(b.port, &tags);
     let t0 = Instant::now();
-    let _client = publish_video_announced_then_audio(b.port);
     let deadline = Instant::now() + Duration::from_secs(20);
     while pad_names(&src).is_empty() {
         assert!(Instant::now() < deadline, "no audio pad within 20 s");
         std::thread::sleep(Duration::from_millis(10));
     }
     let after = t0.elapsed();
-    println!("audio pad added {after:?} after the publisher started");
+    println!("audio pad added {after:?} after the audio was sent");
     assert_eq!(pad_names(&src), ["audio"]);
     assert!(
         after >= Duration::from_millis(2500),
         "the audio pad must wait for the announced video pad ({after:?})"
+    );
+    assert!(
+        after < Duration::from_secs(8),
+        "the audio pad waits 3 s at most, not until a video pad comes ({after:?})"
     );
     b.assert_no_error();
     null_within(&b.pipeline, PROMPT);
@@ -253,7 +265,7 @@ fn audio_pad_waits_at_most_3s_for_a_video_pad_that_never_comes() {
 fn null_within_1s_while_audio_waits_for_the_video_pad() {
     let b = start(FLOWING);
     let src = b.pipeline.by_name("src").unwrap();
-    let _client = publish_video_announced_then_audio(b.port);
+    let _client = publish_video_announced_then_audio(b.port, &video_frame_and_aac());
     // Give the audio thread time to get its first buffer and start waiting.
     let stats_deadline = Instant::now() + Duration::from_secs(10);
     while src
