@@ -348,7 +348,7 @@ impl Media {
             .map_err(|e| e.to_string())?;
         // Paces buffers that arrive ahead of their time: files and non-live test sources, and
         // live sources that burst (an RTMP publisher sending faster than real time). For live
-        // sources its offset is minus their latency, so on-time frames pass without waiting.
+        // sources it is offset (below) so that frames on time never wait.
         let sync = make("clocksync")?;
         let raw_tee = make("tee")?;
         raw_tee.set_property("allow-not-linked", true);
@@ -384,7 +384,11 @@ impl Media {
             } else {
                 gst::ClockTime::ZERO
             };
-            sync.set_property("ts-offset", -(min.nseconds().min(i64::MAX as u64) as i64));
+            // Frames up to 100 ms ahead of the source's declared latency pass at once (some
+            // live sources stamp a frame interval ahead of what they declare); only a burst
+            // further ahead is held back to real time.
+            let early = min.nseconds().min(i64::MAX as u64 / 2) as i64 + 100_000_000;
+            sync.set_property("ts-offset", -early);
             debug!("the source is live, latency {min}");
         } else {
             debug!("the source is not live: paced by the clock");
@@ -590,6 +594,16 @@ impl Media {
         } else {
             "the viewer is not reachable directly; give the backend a TURN server"
         };
+        // webrtcbin (1.22) holds each outgoing packet in a clocksync until its time plus the
+        // pipeline latency (one source frame and more): tens of ms of glass-to-glass delay a
+        // camera does not need. Its packets leave as soon as they are made instead.
+        if let Some(bin) = webrtcbin.downcast_ref::<gst::Bin>() {
+            bin.connect_deep_element_added(|_, _, e| {
+                if e.factory().is_some_and(|f| f.name() == "clocksync") {
+                    e.set_property("sync", false);
+                }
+            });
+        }
         let mid = Arc::new(Mutex::new(None::<String>));
         let gathered = Arc::new(AtomicU32::new(0));
         let connected = Arc::new(AtomicBool::new(false));
