@@ -168,11 +168,25 @@ pub fn inspect(sdp: &str, allowed: &[Codec]) -> Result<VideoOffer, OfferError> {
         };
         match codec {
             Some(c) if allowed.contains(&c) => {
+                // Among the H.264 formats, constrained baseline (42e0xx) first: what our
+                // encoder makes, and what Firefox and Safari decode.
+                let f = if c == Codec::H264 {
+                    formats
+                        .iter()
+                        .filter(|g| g.encoding == "H264" && h264_acceptable(g))
+                        .find(|g| {
+                            g.param("profile-level-id")
+                                .is_some_and(|p| p.len() == 6 && p[2..4].eq_ignore_ascii_case("e0"))
+                        })
+                        .unwrap_or(f)
+                } else {
+                    f
+                };
                 return Ok(VideoOffer {
                     mline,
                     mid,
                     codec: c,
-                    payload_type: pt,
+                    payload_type: f.pt,
                     profile_level_id: f.param("profile-level-id").map(str::to_owned),
                 });
             }
@@ -210,9 +224,16 @@ mod tests {
         let o = inspect(CHROMIUM, &[Codec::H264, Codec::Vp8]).unwrap();
         assert_eq!((o.codec, o.payload_type, o.mline), (Codec::Vp8, 96, 0));
         assert_eq!(o.mid.as_deref(), Some("0"));
+        // Constrained baseline preferred over plain baseline; packetization-mode 0 never.
         let o = inspect(CHROMIUM, &[Codec::H264]).unwrap();
-        assert_eq!((o.codec, o.payload_type), (Codec::H264, 102));
-        assert_eq!(o.profile_level_id.as_deref(), Some("42001f"));
+        assert_eq!((o.codec, o.payload_type), (Codec::H264, 106));
+        assert_eq!(o.profile_level_id.as_deref(), Some("42e01f"));
+        let baseline_only = CHROMIUM.replace("profile-level-id=42e01f", "profile-level-id=640c1f");
+        let o = inspect(&baseline_only, &[Codec::H264]).unwrap();
+        assert_eq!(
+            (o.payload_type, o.profile_level_id.as_deref()),
+            (102, Some("42001f"))
+        );
     }
 
     #[test]
