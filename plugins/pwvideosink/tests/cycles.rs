@@ -8,36 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
-use vcambridge_tests::ChildGuard;
 use vcambridge_tests::pipewire::PipeWireSession;
 
 const FORMAT: &str = "I420";
-
-fn run_consumer(
-    session: &PipeWireSession,
-    node: &str,
-    frames: usize,
-    reference: &[u8],
-    what: &str,
-) {
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let tail = format!(
-        "{} ! filesink location={}",
-        caps_str(FORMAT),
-        out.path().display()
-    );
-    let res = ChildGuard::spawn(
-        what,
-        &mut session.consumer(node, Some(frames as u32), &tail),
-    )
-    .wait_output(Duration::from_secs(30));
-    assert!(
-        res.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    check_frames(out.path(), reference, frames, what);
-}
 
 /// NULL → PLAYING → NULL cycles: each time the node comes back and serves a consumer, and the
 /// loop threads are joined (no thread or fd growth).
@@ -59,6 +32,7 @@ fn state_cycles_serve_consumers_and_leak_nothing() {
         run_consumer(
             &session,
             node,
+            FORMAT,
             10,
             &reference,
             &format!("consumer in cycle {cycle}"),

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Must-show 5: the PipeWire daemon restarted under a running pipeline — frames resume for a
+//! The PipeWire daemon restarted under a running pipeline — frames resume for a
 //! new consumer (reconnect=true), or a clear error (reconnect=false). And no daemon at start:
 //! an error naming the socket it tried.
 
@@ -14,27 +14,6 @@ use vcambridge_tests::{ChildGuard, gst_command};
 
 const FORMAT: &str = "YUY2";
 
-fn consume(session: &PipeWireSession, node: &str, frames: usize, reference: &[u8], what: &str) {
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let tail = format!(
-        "{} ! filesink location={}",
-        caps_str(FORMAT),
-        out.path().display()
-    );
-    let res = ChildGuard::spawn(
-        what,
-        &mut session.consumer(node, Some(frames as u32), &tail),
-    )
-    .wait_output(Duration::from_secs(30));
-    assert!(
-        res.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&res.stderr),
-        session.logs()
-    );
-    check_frames(out.path(), reference, frames, what);
-}
-
 #[test]
 fn frames_resume_after_daemon_restart() {
     init();
@@ -43,7 +22,14 @@ fn frames_resume_after_daemon_restart() {
     let producer = Producer::start(&session, node, FORMAT, "");
     session.wait_for_node(node, Duration::from_secs(10));
     let reference = reference_frame(FORMAT);
-    consume(&session, node, 10, &reference, "consumer before restart");
+    run_consumer(
+        &session,
+        node,
+        FORMAT,
+        10,
+        &reference,
+        "consumer before restart",
+    );
 
     session.restart_pipewire();
     let warning = producer
@@ -58,7 +44,14 @@ fn frames_resume_after_daemon_restart() {
     // The element reconnects by itself and publishes the node again.
     session.wait_for_node(node, Duration::from_secs(15));
     let before = producer.count.load(std::sync::atomic::Ordering::Relaxed);
-    consume(&session, node, 10, &reference, "consumer after restart");
+    run_consumer(
+        &session,
+        node,
+        FORMAT,
+        10,
+        &reference,
+        "consumer after restart",
+    );
     assert!(producer.count.load(std::sync::atomic::Ordering::Relaxed) > before);
     assert_eq!(producer.first_error(), None, "no error with reconnect=true");
     assert_eq!(producer.pipeline.current_state(), gst::State::Playing);
@@ -95,6 +88,14 @@ fn no_daemon_at_start_names_the_socket_it_tried() {
         .wait_message(gst::MessageType::Error, Duration::from_secs(5), |_| true)
         .expect("an error message");
     assert!(err.contains(&socket.display().to_string()), "{err}");
+    // It says what to do, naming knobs that exist: the element's property and the variable.
+    assert!(
+        producer.sink.find_property("remote").is_some(),
+        "the message names a `remote` property"
+    );
+    for fix in ["start PipeWire", "`remote` property", "PIPEWIRE_REMOTE"] {
+        assert!(err.contains(fix), "error does not mention {fix:?}: {err}");
+    }
     drop(producer);
 
     // As a user would hit it: gst-launch-1.0 with XDG_RUNTIME_DIR pointing at no daemon.
@@ -112,4 +113,5 @@ fn no_daemon_at_start_names_the_socket_it_tried() {
         String::from_utf8_lossy(&res.stderr)
     );
     assert!(text.contains(&socket.display().to_string()), "{text}");
+    assert!(text.contains("PIPEWIRE_REMOTE"), "{text}");
 }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Must-show 4: with no consumer for 5 s, upstream is not blocked (its frame count keeps
+//! With no consumer for 5 s, upstream is not blocked (its frame count keeps
 //! rising at the stream's rate), frames are counted as dropped and memory stays flat.
 
 mod common;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Must-show 1: videotestsrc → pwvideosink → pipewiresrc in another process, for several
+//! Frames end to end: videotestsrc → pwvideosink → pipewiresrc in another process, for several
 //! formats: frame count and pixel content checked; pw-dump shows class, role, description and
 //! a fixed-size format.
 

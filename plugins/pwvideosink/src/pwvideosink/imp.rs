@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
 use gst::prelude::*;
@@ -10,7 +10,8 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::dmabuf::{DmaBufPlane, MAX_DMABUFS, Registered, fd_identity};
-use super::pwloop::{LoopEvent, LoopHandle, Msg, NodeConfig, Notify, PendingFrame, Shared};
+use super::loop_thread::{LoopEvent, LoopHandle, Msg, NodeConfig, Notify};
+use super::mailbox::{PendingFrame, Shared, lock};
 use crate::format::{self, FrameLayout, VideoSpec};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -60,7 +61,8 @@ enum State {
         handle: LoopHandle,
         shared: Arc<Shared>,
         layout: Option<FrameLayout>,
-        info: Option<Box<gst_video::VideoInfo>>,
+        /// Shared with `render()`, which uses it after releasing the state lock.
+        info: Option<Arc<gst_video::VideoInfo>>,
         /// The negotiated caps carry the `memory:DMABuf` feature.
         dmabuf: bool,
         seq: u64,
@@ -124,10 +126,6 @@ fn dmabuf_planes(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) -> Option
         });
     }
     Some(planes)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PwVideoSink {
@@ -504,20 +502,27 @@ impl BaseSinkImpl for PwVideoSink {
             );
             handle.send(Msg::Preview(spec, alternatives));
         }
-        *lock(&self.state) = State::Started {
-            handle,
-            shared,
-            layout: None,
-            info: None,
-            dmabuf: false,
-            seq: 0,
-        };
+        let old = std::mem::replace(
+            &mut *lock(&self.state),
+            State::Started {
+                handle,
+                shared,
+                layout: None,
+                info: None,
+                dmabuf: false,
+                seq: 0,
+            },
+        );
+        // Not expected (BaseSink stops before it starts again), but a loop thread left over
+        // would be joined here, without the state lock.
+        drop(old);
         Ok(())
     }
 
     fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
         let mut caps = self.obj().static_pad("sink")?.pad_template_caps();
-        if let Some(f) = *lock(&self.preferred_format) {
+        let preferred = *lock(&self.preferred_format);
+        if let Some(f) = preferred {
             let caps = caps.make_mut();
             for s in caps.iter_mut() {
                 s.set("format", f);
@@ -584,7 +589,7 @@ impl BaseSinkImpl for PwVideoSink {
             return Err(gst::loggable_error!(CAT, "caps set while not started"));
         };
         *current = Some(layout);
-        *current_info = Some(Box::new(info));
+        *current_info = Some(Arc::new(info));
         *current_dmabuf = dmabuf;
         // New caps, new upstream pool: forget (and close) the DMA-BUFs of the old one.
         lock(&shared.dmabufs).reset();
@@ -614,29 +619,43 @@ impl BaseSinkImpl for PwVideoSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut state = lock(&self.state);
-        let State::Started {
-            handle,
-            shared,
-            layout,
-            info,
-            dmabuf,
-            seq,
-        } = &mut *state
-        else {
-            return Err(gst::FlowError::Flushing);
+        // Decide under the state lock, act without it: everything below (DMA-BUF identity,
+        // bus messages, clock, mailbox, loop channel) runs with the guard dropped.
+        let (sender, shared, layout, info, dmabuf, seq) = {
+            let mut state = lock(&self.state);
+            let State::Started {
+                handle,
+                shared,
+                layout,
+                info,
+                dmabuf,
+                seq,
+            } = &mut *state
+            else {
+                return Err(gst::FlowError::Flushing);
+            };
+            let failed = lock(&shared.failed).clone();
+            if let Some(msg) = failed {
+                drop(state);
+                gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", msg));
+                return Err(gst::FlowError::Error);
+            }
+            let Some(layout) = *layout else {
+                return Err(gst::FlowError::NotNegotiated);
+            };
+            *seq += 1;
+            (
+                handle.sender(),
+                shared.clone(),
+                layout,
+                info.clone(),
+                *dmabuf,
+                *seq,
+            )
         };
-        if let Some(msg) = lock(&shared.failed).clone() {
-            gst::element_imp_error!(self, gst::ResourceError::Write, ("{}", msg));
-            return Err(gst::FlowError::Error);
-        }
-        let Some(layout) = *layout else {
-            return Err(gst::FlowError::NotNegotiated);
-        };
-        *seq += 1;
         // Learn upstream's DMA-BUFs even while nobody watches: the DMA-BUF format variant is
         // offered once one is known, before a consumer links.
-        let planes = match (*dmabuf, info.as_ref()) {
+        let planes = match (dmabuf, info.as_deref()) {
             (true, Some(info)) => dmabuf_planes(buffer, info),
             _ => None,
         };
@@ -644,7 +663,7 @@ impl BaseSinkImpl for PwVideoSink {
             let registered = lock(&shared.dmabufs).register(planes);
             match registered {
                 Registered::Known | Registered::Off => {}
-                Registered::Added => handle.send(Msg::DmaBufsChanged),
+                Registered::Added => sender.send(Msg::DmaBufsChanged),
                 Registered::GaveUp => {
                     gst::element_imp_warning!(
                         self,
@@ -656,7 +675,7 @@ impl BaseSinkImpl for PwVideoSink {
                             MAX_DMABUFS
                         )
                     );
-                    handle.send(Msg::DmaBufsChanged);
+                    sender.send(Msg::DmaBufsChanged);
                 }
             }
         }
@@ -667,21 +686,21 @@ impl BaseSinkImpl for PwVideoSink {
         }
         let pts = self.presentation_time_monotonic(buffer);
         // Planes elsewhere than in the default layout (we accept VideoMeta): copy per plane.
-        let info = info.as_ref().and_then(|info| {
+        let info = info.as_deref().and_then(|info| {
             let meta = buffer.meta::<gst_video::VideoMeta>()?;
             let same = meta.offset() == info.offset() && meta.stride() == info.stride();
-            (!same).then(|| (**info).clone())
+            (!same).then(|| info.clone())
         });
         let frame = PendingFrame {
             buffer: buffer.clone(),
             layout,
-            seq: *seq,
+            seq,
             pts,
             info,
             dmabuf: planes,
         };
         if shared.offer(frame) {
-            handle.send(Msg::Wake);
+            sender.send(Msg::Wake);
         }
         Ok(gst::FlowSuccess::Ok)
     }

@@ -1,23 +1,28 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The PipeWire side of `pwvideosink`: one thread owning every PipeWire object (main loop,
-//! context, core, registry, stream). The element talks to it through a `pipewire::channel`
-//! and a one-slot frame mailbox ([`Shared`]); nothing here ever blocks the streaming thread.
+//! The loop thread of `pwvideosink`: one thread owning every PipeWire object (main loop,
+//! context, core, registry, stream) — the connection to the daemon and its loss and return,
+//! registry link counting for `consumers`, the stream's lifecycle (create, offer formats,
+//! renegotiate, recreate) and its self-allocated buffers. The element talks to it through a
+//! `pipewire::channel` ([`Msg`]) and the one-slot frame mailbox ([`Shared`], in `mailbox.rs`);
+//! nothing here ever blocks the streaming thread. The frames themselves are written into
+//! PipeWire buffers on PipeWire's data thread (`data_thread.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use gst_video::prelude::*;
 use pipewire as pw;
 use pw::spa;
 use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
 
-use super::dmabuf::{DmaBufPlane, DmaBufRegistry, Pool, PoolMode};
+use super::data_thread;
+use super::dmabuf::{Pool, PoolMode};
+use super::mailbox::{Shared, lock};
 use crate::format::{self, FrameLayout, VideoSpec};
 
 static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
@@ -68,90 +73,6 @@ pub(crate) struct NodeConfig {
     pub reconnect: bool,
 }
 
-/// A frame handed over by the streaming thread.
-pub(crate) struct PendingFrame {
-    pub buffer: gst::Buffer,
-    pub layout: FrameLayout,
-    pub seq: u64,
-    /// Presentation time in ns (-1 when unknown).
-    pub pts: i64,
-    /// Set when the buffer's planes are not in the default layout (a `VideoMeta` with other
-    /// offsets/strides): the negotiated video info, to copy plane by plane.
-    pub info: Option<gst_video::VideoInfo>,
-    /// The frame's planes when it lives in DMA-BUF memory (pass-through candidates).
-    pub dmabuf: Option<Vec<DmaBufPlane>>,
-}
-
-/// State shared between the element (streaming thread, property reads) and the loop thread.
-#[derive(Default)]
-pub(crate) struct Shared {
-    mailbox: Mutex<Option<PendingFrame>>,
-    wake_pending: AtomicBool,
-    /// A consumer is linked and the stream is streaming.
-    pub streaming: AtomicBool,
-    pub frames_sent: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub consumers: AtomicU32,
-    /// The node drives its graph (last seen when a frame was handed over).
-    pub driving: AtomicBool,
-    /// Format fixed with the consumer, if any.
-    pub negotiated: Mutex<Option<VideoSpec>>,
-    /// Set when the connection is lost for good (reconnect=false): the message to error out with.
-    pub failed: Mutex<Option<String>>,
-    /// The DMA-BUFs upstream cycles through (learnt from frames by the streaming thread).
-    pub dmabufs: Mutex<DmaBufRegistry>,
-    /// PipeWire buffers of an `ALLOC_BUFFERS` stream (upstream gives DMA-BUFs).
-    pool: Mutex<Pool>,
-    /// The consumer takes upstream's DMA-BUFs (no copy).
-    pub dmabuf_passthrough: AtomicBool,
-}
-
-impl Shared {
-    /// Put `frame` in the mailbox (replacing, and counting as dropped, a frame not sent yet).
-    /// Returns true if the loop thread must be woken up.
-    pub fn offer(&self, frame: PendingFrame) -> bool {
-        let replaced = match self.mailbox.lock() {
-            Ok(mut m) => m.replace(frame).is_some(),
-            Err(_) => true,
-        };
-        if replaced {
-            self.frames_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        !self.wake_pending.swap(true, Ordering::AcqRel)
-    }
-
-    fn take(&self) -> Option<PendingFrame> {
-        self.mailbox.lock().ok().and_then(|mut m| m.take())
-    }
-
-    /// Return a frame that could not be sent yet, unless a newer one arrived meanwhile.
-    fn put_back(&self, frame: PendingFrame) {
-        if let Ok(mut m) = self.mailbox.lock()
-            && m.is_none()
-        {
-            *m = Some(frame);
-            return;
-        }
-        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn drop_pending(&self) {
-        if self.take().is_some() {
-            self.frames_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn negotiated(&self) -> Option<VideoSpec> {
-        self.negotiated.lock().ok().and_then(|n| *n)
-    }
-
-    fn set_negotiated(&self, spec: Option<VideoSpec>) {
-        if let Ok(mut n) = self.negotiated.lock() {
-            *n = spec;
-        }
-    }
-}
-
 /// The element's handle on a running loop thread.
 pub(crate) struct LoopHandle {
     tx: pw::channel::Sender<Msg>,
@@ -188,11 +109,26 @@ impl LoopHandle {
         let _ = self.tx.send(msg);
     }
 
+    /// A sender to use without holding the element's state lock.
+    pub fn sender(&self) -> LoopSender {
+        LoopSender(self.tx.clone())
+    }
+
     pub fn stop(mut self) {
         let _ = self.tx.send(Msg::Quit);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Sends [`Msg`]s to the loop thread (never blocks; dropped silently once the loop is gone).
+#[derive(Clone)]
+pub(crate) struct LoopSender(pw::channel::Sender<Msg>);
+
+impl LoopSender {
+    pub fn send(&self, msg: Msg) {
+        let _ = self.0.send(msg);
     }
 }
 
@@ -354,8 +290,10 @@ fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
             e.to_string()
         };
         format!(
-            "could not connect to the PipeWire daemon at {} ({e}); is PipeWire running? \
-             (set XDG_RUNTIME_DIR or PIPEWIRE_REMOTE, or the element's 'remote' property)",
+            "could not connect to the PipeWire daemon at {} ({e}): start PipeWire for this \
+             user (e.g. `systemctl --user start pipewire wireplumber`), or point the sink at a \
+             running daemon with its `remote` property (a socket name in the runtime dir or an \
+             absolute path) or the PIPEWIRE_REMOTE / XDG_RUNTIME_DIR environment variables",
             ctx.config.socket_path
         )
     })?;
@@ -457,9 +395,14 @@ fn create_stream(
             let shared = ctx.shared.clone();
             let notify = ctx.notify.clone();
             move |_, _, raw| {
-                let registry = lock(&shared.dmabufs);
-                // SAFETY: PipeWire just added `raw` to this stream.
-                if let Err(e) = unsafe { lock(&shared.pool).add(raw, &registry) } {
+                let added = {
+                    let registry = lock(&shared.dmabufs);
+                    // SAFETY: PipeWire just added `raw` to this stream (it stays valid until
+                    // `remove_buffer`).
+                    unsafe { lock(&shared.pool).add(raw, &registry) }
+                };
+                // Reported once both locks are released.
+                if let Err(e) = added {
                     notify(LoopEvent::Warning(format!(
                         "could not set up a PipeWire buffer: {e}"
                     )));
@@ -474,13 +417,7 @@ fn create_stream(
             // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
             let shared = ctx.shared.clone();
             let alloc = ctx.alloc.get();
-            move |stream, _| {
-                if alloc && lock(&shared.pool).mode == PoolMode::DmaBuf {
-                    process_dmabuf_frame(&shared, stream)
-                } else {
-                    process_frame(&shared, stream)
-                }
-            }
+            move |stream, _| data_thread::process(&shared, stream, alloc)
         })
         .register()
         .map_err(|e| format!("could not listen to the PipeWire stream: {e}"))?;
@@ -844,178 +781,4 @@ impl LoopCtx {
             }
         }
     }
-}
-
-/// Fill one PipeWire buffer with the waiting frame (called on the data thread, from the
-/// graph cycle that our trigger or another driver started).
-fn process_frame(shared: &Shared, stream: &Stream) {
-    let Some(frame) = shared.take() else {
-        return;
-    };
-    if shared.negotiated() != Some(frame.layout.spec) {
-        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    // SAFETY: the buffer comes from this stream and goes back to it below; with
-    // MAP_BUFFERS its data pointer maps `maxsize` bytes.
-    unsafe {
-        let raw = stream.dequeue_raw_buffer();
-        if raw.is_null() {
-            // Every buffer is with the consumer: keep the frame for the next cycle.
-            shared.put_back(frame);
-            return;
-        }
-        let buf = (*raw).buffer;
-        if buf.is_null() || (*buf).n_datas < 1 || (*buf).datas.is_null() {
-            stream.queue_raw_buffer(raw);
-            shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let d = &mut *(*buf).datas;
-        let mut written = 0usize;
-        if !d.data.is_null() {
-            let dst = std::slice::from_raw_parts_mut(d.data as *mut u8, d.maxsize as usize);
-            written = copy_frame(&frame, dst);
-        }
-        if !d.chunk.is_null() {
-            let c = &mut *d.chunk;
-            c.offset = 0;
-            c.size = written as u32;
-            c.stride = frame.layout.stride as i32;
-            c.flags = if written == 0 {
-                spa::sys::SPA_CHUNK_FLAG_CORRUPTED as i32
-            } else {
-                0
-            };
-        }
-        write_header(buf, frame.pts, frame.seq);
-        stream.queue_raw_buffer(raw);
-    }
-    shared.frames_sent.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Copy `frame` into `dst` in GStreamer's default layout; returns the bytes written.
-fn copy_frame(frame: &PendingFrame, dst: &mut [u8]) -> usize {
-    let Some(info) = &frame.info else {
-        let Ok(map) = frame.buffer.map_readable() else {
-            return 0;
-        };
-        let n = map.len().min(dst.len());
-        dst[..n].copy_from_slice(&map[..n]);
-        return n;
-    };
-    let Ok(src) = gst_video::VideoFrameRef::from_buffer_ref_readable(frame.buffer.as_ref(), info)
-    else {
-        return 0;
-    };
-    let finfo = info.format_info();
-    let default =
-        match gst_video::VideoInfo::builder(info.format(), info.width(), info.height()).build() {
-            Ok(d) => d,
-            Err(_) => return 0,
-        };
-    for p in 0..info.n_planes() {
-        let Some(comp) = (0..finfo.n_components()).find(|&c| finfo.plane()[c as usize] == p) else {
-            continue;
-        };
-        let comp = comp as u8;
-        let rows = finfo.scale_height(comp, info.height()) as usize;
-        let row_bytes = finfo.scale_width(comp, info.width()) as usize
-            * finfo.pixel_stride()[comp as usize].max(0) as usize;
-        let (Ok(data), Some(&sstride)) = (src.plane_data(p), src.plane_stride().get(p as usize))
-        else {
-            continue;
-        };
-        let sstride = sstride.max(0) as usize;
-        let dstride = default.stride()[p as usize].max(0) as usize;
-        let doff = default.offset()[p as usize];
-        let n = row_bytes.min(sstride).min(dstride);
-        for r in 0..rows {
-            let (s0, d0) = (r * sstride, doff + r * dstride);
-            if s0 + n > data.len() || d0 + n > dst.len() {
-                break;
-            }
-            dst[d0..d0 + n].copy_from_slice(&data[s0..s0 + n]);
-        }
-    }
-    default.size().min(dst.len())
-}
-
-/// Send the waiting frame in the `pw_buffer` that already carries its DMA-BUF (no copy); the
-/// upstream buffer stays referenced until the consumer gives that `pw_buffer` back.
-fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
-    let Some(frame) = shared.take() else {
-        return;
-    };
-    let mut pool = lock(&shared.pool);
-    // SAFETY: buffers dequeued from this stream are ours until queued again.
-    unsafe {
-        loop {
-            let raw = stream.dequeue_raw_buffer();
-            if raw.is_null() {
-                break;
-            }
-            pool.reclaim(raw);
-        }
-    }
-    let (Some(planes), true) = (
-        frame.dmabuf.as_ref(),
-        shared.negotiated() == Some(frame.layout.spec),
-    ) else {
-        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    let key: Vec<_> = planes.iter().map(|p| p.key).collect();
-    let pts = frame.pts;
-    let seq = frame.seq;
-    let Some(raw) = pool.take_for(&key, frame.buffer) else {
-        // A DMA-BUF not in the negotiated set yet (the streaming thread asked for new
-        // buffers), or every buffer carrying it is still with the consumer.
-        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    // SAFETY: `raw` was dequeued from this stream above (or earlier) and is queued back here.
-    unsafe {
-        let buf = (*raw).buffer;
-        let datas = std::slice::from_raw_parts_mut((*buf).datas, (*buf).n_datas as usize);
-        for (d, p) in datas.iter_mut().zip(planes.iter()) {
-            if d.chunk.is_null() {
-                continue;
-            }
-            let c = &mut *d.chunk;
-            c.offset = p.offset;
-            c.size = p.size;
-            c.stride = p.stride;
-            c.flags = 0;
-        }
-        write_header(buf, pts, seq);
-        stream.queue_raw_buffer(raw);
-    }
-    shared.frames_sent.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Timestamp and sequence number in the buffer's `spa_meta_header`, if it has one.
-///
-/// # Safety
-/// `buf` must be a valid buffer of the stream.
-unsafe fn write_header(buf: *mut spa::sys::spa_buffer, pts: i64, seq: u64) {
-    // SAFETY: per the contract.
-    unsafe {
-        let h = spa::sys::spa_buffer_find_meta_data(
-            buf,
-            spa::sys::SPA_META_Header,
-            std::mem::size_of::<spa::sys::spa_meta_header>(),
-        ) as *mut spa::sys::spa_meta_header;
-        if !h.is_null() {
-            (*h).flags = 0;
-            (*h).offset = 0;
-            (*h).pts = pts;
-            (*h).dts_offset = 0;
-            (*h).seq = seq;
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

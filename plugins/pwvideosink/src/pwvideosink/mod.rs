@@ -23,9 +23,11 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod data_thread;
 mod dmabuf;
 mod imp;
-mod pwloop;
+mod loop_thread;
+mod mailbox;
 
 glib::wrapper! {
     pub struct PwVideoSink(ObjectSubclass<imp::PwVideoSink>)

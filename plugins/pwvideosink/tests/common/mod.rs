@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use vcambridge_tests::ChildGuard;
 use vcambridge_tests::pipewire::PipeWireSession;
 
 pub const WIDTH: u32 = 320;
@@ -107,6 +108,37 @@ pub fn check_frames(path: &Path, reference: &[u8], count: usize, what: &str) {
             );
         }
     }
+}
+
+/// A `pipewiresrc` consumer process on `node` that takes `frames` frames in `format` (bounded by
+/// 30 s) and must exit cleanly with each of them equal to `reference`. `what` names it in
+/// failure messages, which carry the consumer's stderr and the PipeWire session's logs.
+pub fn run_consumer(
+    session: &PipeWireSession,
+    node: &str,
+    format: &str,
+    frames: usize,
+    reference: &[u8],
+    what: &str,
+) {
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let tail = format!(
+        "{} ! filesink location={}",
+        caps_str(format),
+        out.path().display()
+    );
+    let res = ChildGuard::spawn(
+        what,
+        &mut session.consumer(node, Some(frames as u32), &tail),
+    )
+    .wait_output(Duration::from_secs(30));
+    assert!(
+        res.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        session.logs()
+    );
+    check_frames(out.path(), reference, frames, what);
 }
 
 /// `videotestsrc is-live=true pattern=colors ! caps ! pwvideosink` in this process.

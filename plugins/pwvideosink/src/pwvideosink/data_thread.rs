@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! PipeWire's data thread: the stream's `process` callback (the stream runs with
+//! `RT_PROCESS`). It takes the waiting frame out of the mailbox and writes it into a PipeWire
+//! buffer — copied into shared memory, or sent in the `pw_buffer` that already carries its
+//! DMA-BUF — and stamps the buffer's `spa_meta_header`. This is the only place where frame data
+//! meets raw `pw_buffer`/`spa_buffer` pointers; it touches nothing but [`Shared`] (no
+//! loop-thread object, no element) and takes no lock but the mailbox's and the pool's.
+//!
+//! The pointer rule throughout: a `pw_buffer` returned by `pw_stream_dequeue_buffer` of our
+//! stream is ours — with its `spa_buffer`, datas, chunks and metas — until we hand it back
+//! with `pw_stream_queue_buffer`; each one is queued back exactly once.
+
+use std::sync::atomic::Ordering;
+
+use gst_video::prelude::*;
+use pipewire as pw;
+use pw::spa;
+use pw::stream::Stream;
+
+use super::dmabuf::{DmaBufPlane, PoolMode};
+use super::mailbox::{PendingFrame, Shared, lock};
+
+/// The `process` callback: send the waiting frame, if any. `alloc`: the stream allocates its
+/// own buffers (it was created while upstream gave DMA-BUFs).
+pub(super) fn process(shared: &Shared, stream: &Stream, alloc: bool) {
+    if alloc && lock(&shared.pool).mode == PoolMode::DmaBuf {
+        process_dmabuf_frame(shared, stream)
+    } else {
+        process_frame(shared, stream)
+    }
+}
+
+/// Copy the waiting frame into a PipeWire buffer (called from the graph cycle that our trigger
+/// or another driver started).
+fn process_frame(shared: &Shared, stream: &Stream) {
+    let Some(frame) = shared.take() else {
+        return;
+    };
+    if shared.negotiated() != Some(frame.layout.spec) {
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // SAFETY: a plain call on the stream this callback runs for.
+    let raw = unsafe { stream.dequeue_raw_buffer() };
+    if raw.is_null() {
+        // Every buffer is with the consumer: keep the frame for the next cycle.
+        shared.put_back(frame);
+        return;
+    }
+    // SAFETY: `raw` was just dequeued from this stream, so it and its spa_buffer are ours
+    // until queued back below; with MAP_BUFFERS (or our own mapping of a memfd in an
+    // ALLOC_BUFFERS stream, see `Pool::add`) the first data's pointer maps `maxsize` bytes.
+    let filled = unsafe { fill_with_copy((*raw).buffer, &frame) };
+    // SAFETY: dequeued above, queued back once.
+    unsafe { stream.queue_raw_buffer(raw) };
+    if filled {
+        shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Copy `frame` into the first data block of `buf`, set its chunk and header. False if the
+/// buffer has no data block (nothing written).
+///
+/// # Safety
+/// `buf` is null or the `spa_buffer` of a `pw_buffer` dequeued from our stream and not queued
+/// back yet; its first data's `data`, when not null, points to `maxsize` writable bytes.
+unsafe fn fill_with_copy(buf: *mut spa::sys::spa_buffer, frame: &PendingFrame) -> bool {
+    // SAFETY: per the contract; every pointer is checked for null before use.
+    unsafe {
+        if buf.is_null() || (*buf).n_datas < 1 || (*buf).datas.is_null() {
+            return false;
+        }
+        let d = &mut *(*buf).datas;
+        let mut written = 0usize;
+        if !d.data.is_null() {
+            let dst = std::slice::from_raw_parts_mut(d.data as *mut u8, d.maxsize as usize);
+            written = copy_frame(frame, dst);
+        }
+        if !d.chunk.is_null() {
+            let c = &mut *d.chunk;
+            c.offset = 0;
+            c.size = written as u32;
+            c.stride = frame.layout.stride as i32;
+            c.flags = if written == 0 {
+                spa::sys::SPA_CHUNK_FLAG_CORRUPTED as i32
+            } else {
+                0
+            };
+        }
+        write_header(buf, frame.pts, frame.seq);
+    }
+    true
+}
+
+/// Send the waiting frame in the `pw_buffer` that already carries its DMA-BUF (no copy); the
+/// upstream buffer stays referenced until the consumer gives that `pw_buffer` back.
+fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
+    let Some(frame) = shared.take() else {
+        return;
+    };
+    // Held across dequeue/queue so the loop thread can't remove a buffer we are filling.
+    let mut pool = lock(&shared.pool);
+    // Buffers the consumer gave back: free again, their upstream frames released.
+    loop {
+        // SAFETY: a plain call on the stream this callback runs for.
+        let raw = unsafe { stream.dequeue_raw_buffer() };
+        if raw.is_null() {
+            break;
+        }
+        // SAFETY: `raw` was just dequeued from this stream; it stays ours (marked free in the
+        // pool) until `take_for` hands it out and it is queued back below.
+        unsafe { pool.reclaim(raw) };
+    }
+    let (Some(planes), true) = (
+        frame.dmabuf.as_ref(),
+        shared.negotiated() == Some(frame.layout.spec),
+    ) else {
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let key: Vec<_> = planes.iter().map(|p| p.key).collect();
+    let pts = frame.pts;
+    let seq = frame.seq;
+    let Some(raw) = pool.take_for(&key, frame.buffer) else {
+        // A DMA-BUF not in the negotiated set yet (the streaming thread asked for new
+        // buffers), or every buffer carrying it is still with the consumer.
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    // SAFETY: `raw` was dequeued from this stream (above or in an earlier cycle) and has not
+    // been queued back since (the pool hands out only free buffers, once each).
+    unsafe {
+        set_dmabuf_chunks((*raw).buffer, planes);
+        write_header((*raw).buffer, pts, seq);
+        stream.queue_raw_buffer(raw);
+    }
+    shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Where each plane of the frame lies in the DMA-BUF the buffer carries (one data per plane).
+///
+/// # Safety
+/// `buf` is the `spa_buffer` of a `pw_buffer` dequeued from our stream and not queued back
+/// yet; its `datas` array holds `n_datas` entries.
+unsafe fn set_dmabuf_chunks(buf: *mut spa::sys::spa_buffer, planes: &[DmaBufPlane]) {
+    // SAFETY: per the contract; chunk pointers are checked for null.
+    unsafe {
+        if buf.is_null() || (*buf).datas.is_null() {
+            return;
+        }
+        let datas = std::slice::from_raw_parts_mut((*buf).datas, (*buf).n_datas as usize);
+        for (d, p) in datas.iter_mut().zip(planes.iter()) {
+            if d.chunk.is_null() {
+                continue;
+            }
+            let c = &mut *d.chunk;
+            c.offset = p.offset;
+            c.size = p.size;
+            c.stride = p.stride;
+            c.flags = 0;
+        }
+    }
+}
+
+/// Copy `frame` into `dst` in GStreamer's default layout; returns the bytes written.
+fn copy_frame(frame: &PendingFrame, dst: &mut [u8]) -> usize {
+    let Some(info) = &frame.info else {
+        let Ok(map) = frame.buffer.map_readable() else {
+            return 0;
+        };
+        let n = map.len().min(dst.len());
+        dst[..n].copy_from_slice(&map[..n]);
+        return n;
+    };
+    let Ok(src) = gst_video::VideoFrameRef::from_buffer_ref_readable(frame.buffer.as_ref(), info)
+    else {
+        return 0;
+    };
+    let finfo = info.format_info();
+    let default =
+        match gst_video::VideoInfo::builder(info.format(), info.width(), info.height()).build() {
+            Ok(d) => d,
+            Err(_) => return 0,
+        };
+    for p in 0..info.n_planes() {
+        let Some(comp) = (0..finfo.n_components()).find(|&c| finfo.plane()[c as usize] == p) else {
+            continue;
+        };
+        let comp = comp as u8;
+        let rows = finfo.scale_height(comp, info.height()) as usize;
+        let row_bytes = finfo.scale_width(comp, info.width()) as usize
+            * finfo.pixel_stride()[comp as usize].max(0) as usize;
+        let (Ok(data), Some(&sstride)) = (src.plane_data(p), src.plane_stride().get(p as usize))
+        else {
+            continue;
+        };
+        let sstride = sstride.max(0) as usize;
+        let dstride = default.stride()[p as usize].max(0) as usize;
+        let doff = default.offset()[p as usize];
+        let n = row_bytes.min(sstride).min(dstride);
+        for r in 0..rows {
+            let (s0, d0) = (r * sstride, doff + r * dstride);
+            if s0 + n > data.len() || d0 + n > dst.len() {
+                break;
+            }
+            dst[d0..d0 + n].copy_from_slice(&data[s0..s0 + n]);
+        }
+    }
+    default.size().min(dst.len())
+}
+
+/// Timestamp and sequence number in the buffer's `spa_meta_header`, if it has one.
+///
+/// # Safety
+/// `buf` is null or the `spa_buffer` of a `pw_buffer` dequeued from our stream and not queued
+/// back yet.
+unsafe fn write_header(buf: *mut spa::sys::spa_buffer, pts: i64, seq: u64) {
+    if buf.is_null() {
+        return;
+    }
+    // SAFETY: per the contract; the meta is looked up with its size and checked for null.
+    unsafe {
+        let h = spa::sys::spa_buffer_find_meta_data(
+            buf,
+            spa::sys::SPA_META_Header,
+            std::mem::size_of::<spa::sys::spa_meta_header>(),
+        ) as *mut spa::sys::spa_meta_header;
+        if !h.is_null() {
+            (*h).flags = 0;
+            (*h).offset = 0;
+            (*h).pts = pts;
+            (*h).dts_offset = 0;
+            (*h).seq = seq;
+        }
+    }
+}

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! What the three threads of `pwvideosink` share: the one-slot frame mailbox the streaming
+//! thread fills and PipeWire's data thread empties, the counters behind the `stats` property,
+//! the format the consumer fixed and the pool of self-allocated PipeWire buffers.
+//!
+//! Every lock here is held only for a few field reads or writes: nobody waits, sleeps,
+//! posts a message or calls into PipeWire or another element while holding one.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::dmabuf::{DmaBufPlane, DmaBufRegistry, Pool};
+use crate::format::{FrameLayout, VideoSpec};
+
+/// A frame handed over by the streaming thread.
+pub(crate) struct PendingFrame {
+    pub buffer: gst::Buffer,
+    pub layout: FrameLayout,
+    pub seq: u64,
+    /// Presentation time in ns (-1 when unknown).
+    pub pts: i64,
+    /// Set when the buffer's planes are not in the default layout (a `VideoMeta` with other
+    /// offsets/strides): the negotiated video info, to copy plane by plane.
+    pub info: Option<gst_video::VideoInfo>,
+    /// The frame's planes when it lives in DMA-BUF memory (pass-through candidates).
+    pub dmabuf: Option<Vec<DmaBufPlane>>,
+}
+
+/// State shared between the element (streaming thread, property reads), the loop thread and
+/// PipeWire's data thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    mailbox: Mutex<Option<PendingFrame>>,
+    /// A `Msg::Wake` is on its way to the loop thread (cleared when it arrives).
+    pub wake_pending: AtomicBool,
+    /// A consumer is linked and the stream is streaming.
+    pub streaming: AtomicBool,
+    pub frames_sent: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub consumers: AtomicU32,
+    /// The node drives its graph (last seen when a frame was handed over).
+    pub driving: AtomicBool,
+    /// Format fixed with the consumer, if any.
+    pub negotiated: Mutex<Option<VideoSpec>>,
+    /// Set when the connection is lost for good (reconnect=false): the message to error out with.
+    pub failed: Mutex<Option<String>>,
+    /// The DMA-BUFs upstream cycles through (learnt from frames by the streaming thread).
+    pub dmabufs: Mutex<DmaBufRegistry>,
+    /// PipeWire buffers of an `ALLOC_BUFFERS` stream (upstream gives DMA-BUFs): filled by the
+    /// loop thread (`add_buffer`/`remove_buffer`), used by the data thread.
+    pub pool: Mutex<Pool>,
+    /// The consumer takes upstream's DMA-BUFs (no copy).
+    pub dmabuf_passthrough: AtomicBool,
+}
+
+impl Shared {
+    /// Put `frame` in the mailbox (replacing, and counting as dropped, a frame not sent yet).
+    /// Returns true if the loop thread must be woken up.
+    pub fn offer(&self, frame: PendingFrame) -> bool {
+        let (replaced, old) = match self.mailbox.lock() {
+            Ok(mut m) => {
+                let old = m.replace(frame);
+                (old.is_some(), old)
+            }
+            Err(_) => (true, None),
+        };
+        // The replaced frame's buffer goes back to upstream here, after the lock.
+        drop(old);
+        if replaced {
+            self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn take(&self) -> Option<PendingFrame> {
+        self.mailbox.lock().ok().and_then(|mut m| m.take())
+    }
+
+    /// Return a frame that could not be sent yet, unless a newer one arrived meanwhile.
+    pub fn put_back(&self, frame: PendingFrame) {
+        if let Ok(mut m) = self.mailbox.lock()
+            && m.is_none()
+        {
+            *m = Some(frame);
+            return;
+        }
+        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn drop_pending(&self) {
+        if self.take().is_some() {
+            self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn negotiated(&self) -> Option<VideoSpec> {
+        self.negotiated.lock().ok().and_then(|n| *n)
+    }
+
+    pub fn set_negotiated(&self, spec: Option<VideoSpec>) {
+        if let Ok(mut n) = self.negotiated.lock() {
+            *n = spec;
+        }
+    }
+}
+
+/// Lock `m`, also when another thread panicked while holding it (the data stays usable).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
