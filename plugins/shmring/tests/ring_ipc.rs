@@ -1136,3 +1136,17 @@ time.sleep(5)
     assert!(gen2 > gen1, "generation {gen1} -> {gen2}");
     drop(w2);
 }
+
+/// shmringsrc stamps frames on this pipeline's running time and answers the latency query
+/// (live, one frame) — the same check, by the same helper, as surfacesrc's.
+#[test]
+fn timestamps_on_running_time_and_latency_answered() {
+    check_built();
+    init_gst();
+    let shm = ShmName::new("rtime");
+    vcambridge_common::testing::check_live_source_timing(
+        &format!("shmringsrc shm-name={shm} timeout=20000"),
+        &format!("shmringsink shm-name={shm}"),
+        |_| (),
+    );
+}

@@ -61,8 +61,11 @@ fn gst_writer_to_surfacesrc_frames_caps_pixels_reader_first() {
             g.data == reference[i],
             "frame {i} pixels differ from videotestsrc smpte"
         );
+        // The writer's timestamps (videotestsrc: i/30 s), moved onto our running time: the
+        // spacing is the writer's exactly.
         let expect = gst::ClockTime::from_nseconds(i as u64 * 1_000_000_000 / 30);
-        assert_eq!(g.pts, Some(expect), "pts of frame {i}");
+        let first = got[0].pts.expect("pts of frame 0");
+        assert_eq!(g.pts.map(|p| p - first), Some(expect), "pts of frame {i}");
         assert_eq!(
             g.offset,
             i as u64 + 1,
@@ -642,4 +645,17 @@ fn zero_copy_through_videoconvert() {
     assert_eq!(frames_of(&json).len(), 10);
     assert_eq!(stat(&sink, "copies"), 0);
     assert_eq!(stat(&sink, "zero-copy"), 10);
+}
+
+/// surfacesrc stamps frames on this pipeline's running time and answers the latency query
+/// (live, one frame) — the same check, by the same helper, as shmringsrc's.
+#[test]
+fn timestamps_on_running_time_and_latency_answered() {
+    init();
+    let (_dir, sock) = sock_dir();
+    vcambridge_common::testing::check_live_source_timing(
+        &format!("surfacesrc socket-path={} timeout=15000", sock.display()),
+        &format!("surfacesink name=wsink socket-path={}", sock.display()),
+        |writer| wait_readers(&writer.by_name("wsink").expect("surfacesink"), 1),
+    );
 }

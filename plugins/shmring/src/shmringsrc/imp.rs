@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use gst::glib;
 use gst::prelude::*;
 
-use crate::lock;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
+
+use vcambridge_common::live::{self, FrameLatency, Restamper};
+use vcambridge_common::lock;
 
 use crate::ring::{self, Geometry, ReadStart, WriterState};
 use crate::shm::{self, Segment};
@@ -71,9 +73,8 @@ struct Reader {
     caps: Option<gst::Caps>,
     /// Buffers for fixed-size (raw video) frames: (pool, frame size).
     pool: Option<(gst::BufferPool, usize)>,
-    /// (writer PTS, our running time) of the first frame since (re-)attaching.
-    anchor: Option<(u64, gst::ClockTime)>,
-    last_writer_pts: Option<u64>,
+    /// The writer's timestamps onto our running time (re-anchored at every attach).
+    restamper: Restamper,
     /// When we last made progress (attach or frame); the `timeout` counts from here.
     last_progress: Instant,
     discont: bool,
@@ -104,16 +105,7 @@ pub struct ShmRingSrc {
     waker: Mutex<Option<Arc<Segment>>>,
     dropped: Mutex<u64>,
     /// One frame duration of the current caps (reported as latency).
-    latency: Mutex<Option<gst::ClockTime>>,
-}
-
-/// The duration of one frame for caps with a frame rate.
-fn frame_duration(caps: &gst::Caps) -> Option<gst::ClockTime> {
-    let fr = caps.structure(0)?.get::<gst::Fraction>("framerate").ok()?;
-    if fr.numer() <= 0 || fr.denom() <= 0 {
-        return None;
-    }
-    gst::ClockTime::SECOND.mul_div_floor(fr.denom() as u64, fr.numer() as u64)
+    latency: FrameLatency,
 }
 
 fn buffer_flags(f: u32) -> gst::BufferFlags {
@@ -134,14 +126,6 @@ fn buffer_flags(f: u32) -> gst::BufferFlags {
 }
 
 impl ShmRingSrc {
-    fn running_time(&self) -> gst::ClockTime {
-        let obj = self.obj();
-        match (obj.clock(), obj.base_time()) {
-            (Some(clock), Some(base)) => clock.time().saturating_sub(base),
-            _ => gst::ClockTime::ZERO,
-        }
-    }
-
     fn timeout_error(&self, r: &Reader, waited: Duration) -> gst::ErrorMessage {
         let path = shm::shm_path(&r.settings.shm_name);
         match &r.attached {
@@ -190,8 +174,7 @@ impl ShmRingSrc {
     fn detach(&self, r: &mut Reader) {
         r.attached = None;
         r.waited = true;
-        r.anchor = None;
-        r.last_writer_pts = None;
+        r.restamper.reset();
         r.discont = true;
         *lock(&self.waker) = None;
     }
@@ -459,33 +442,14 @@ impl ShmRingSrc {
                 }
                 att.next = att_next.wrapping_add(1);
                 r.last_progress = Instant::now();
-                // Timestamps: the writer's PTS shifted so that the first frame after attaching
-                // lands on our running time now; spacing between frames is preserved.
-                let now = self.running_time();
-                if let Some(pts) = meta.pts {
-                    let restart = match (r.anchor, r.last_writer_pts) {
-                        (None, _) => true,
-                        (Some(_), Some(last)) => pts < last,
-                        _ => false,
-                    };
-                    if restart {
-                        r.anchor = Some((pts, now));
-                    }
-                    r.last_writer_pts = Some(pts);
-                }
-                let map_ts = |t: Option<u64>| -> Option<gst::ClockTime> {
-                    let (apts, art) = r.anchor?;
-                    let t = t?;
-                    t.checked_sub(apts)
-                        .map(|d| art + gst::ClockTime::from_nseconds(d))
-                };
-                let pts = if meta.pts.is_some() {
-                    map_ts(meta.pts)
-                } else {
-                    Some(now)
-                };
+                // Timestamps: the writer's, moved onto our running time (vcambridge_common::live).
+                let (pts, dts) = r.restamper.stamp(
+                    meta.pts,
+                    meta.dts,
+                    live::running_time(self.obj().upcast_ref()),
+                );
                 buf.set_pts(pts);
-                buf.set_dts(map_ts(meta.dts));
+                buf.set_dts(dts);
                 buf.set_duration(meta.duration.map(gst::ClockTime::from_nseconds));
                 buf.set_offset(meta.seq);
                 let mut flags = buffer_flags(meta.flags);
@@ -641,15 +605,14 @@ impl BaseSrcImpl for ShmRingSrc {
             ));
         }
         *lock(&self.dropped) = 0;
-        *lock(&self.latency) = None;
+        self.latency.reset();
         *lock(&self.state) = State::Started(Box::new(Reader {
             settings,
             attached: None,
             caps_id: 0,
             caps: None,
             pool: None,
-            anchor: None,
-            last_writer_pts: None,
+            restamper: Restamper::default(),
             last_progress: Instant::now(),
             discont: true,
             writer_pid: 0,
@@ -677,8 +640,7 @@ impl BaseSrcImpl for ShmRingSrc {
             // Frames are stamped with the running time at which they are read: allow one frame
             // of jitter downstream.
             let live = lock(&self.settings).is_live;
-            let min = lock(&self.latency).unwrap_or(gst::ClockTime::ZERO);
-            q.set(live, min, gst::ClockTime::NONE);
+            self.latency.answer(q, live);
             return true;
         }
         BaseSrcImplExt::parent_query(self, query)
@@ -731,22 +693,13 @@ impl PushSrcImpl for ShmRingSrc {
                         );
                         return Err(gst::FlowError::NotNegotiated);
                     }
-                    let latency = frame_duration(&caps);
+                    self.latency.update(self.obj().upcast_ref(), &caps);
                     {
                         let mut state = lock(&self.state);
                         if let State::Started(r) = &mut *state {
                             self.set_pool_for(r, &caps);
                             r.caps = Some(caps);
                         }
-                    }
-                    let changed = {
-                        let mut l = lock(&self.latency);
-                        std::mem::replace(&mut *l, latency) != latency
-                    };
-                    if changed {
-                        let _ = self.obj().post_message(
-                            gst::message::Latency::builder().src(&*self.obj()).build(),
-                        );
                     }
                 }
                 Step::WaitFutex(seg, val) => {

@@ -14,6 +14,8 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use vcambridge_common::live::{self, FrameLatency, Restamper};
+
 use crate::platform::{self, Channel, Mapping, Received, Waker};
 use crate::wire::{
     self, DecodeError, FrameRecord, Message, NO_TIME, PlaneNeed, RecentIds, Role, error_code,
@@ -122,6 +124,8 @@ struct State {
     rejected: u64,
     /// The next buffer starts a new stream segment (first frame, or after a reconnect).
     discont: bool,
+    /// The writer's timestamps onto our running time (re-anchored at every connection).
+    restamper: Restamper,
     buf: Vec<u8>,
 }
 
@@ -138,6 +142,8 @@ pub struct SurfaceSrc {
     state: Mutex<State>,
     waker: Mutex<Option<Arc<Waker>>>,
     flushing: AtomicBool,
+    /// One frame duration of the current caps (reported as latency).
+    latency: FrameLatency,
 }
 
 impl Default for SurfaceSrc {
@@ -147,6 +153,7 @@ impl Default for SurfaceSrc {
             state: Mutex::new(State::default()),
             waker: Mutex::new(None),
             flushing: AtomicBool::new(false),
+            latency: FrameLatency::default(),
         }
     }
 }
@@ -504,10 +511,16 @@ impl SurfaceSrc {
             } else {
                 release(conn);
             }
-            let t = |v: u64| (v != NO_TIME).then(|| gst::ClockTime::from_nseconds(v));
-            b.set_pts(t(f.pts));
-            b.set_dts(t(f.dts));
-            b.set_duration(t(f.duration));
+            let t = |v: u64| (v != NO_TIME).then_some(v);
+            // The writer's timestamps, moved onto our running time (vcambridge_common::live).
+            let (pts, dts) = st.restamper.stamp(
+                t(f.pts),
+                t(f.dts),
+                live::running_time(self.obj().upcast_ref()),
+            );
+            b.set_pts(pts);
+            b.set_dts(dts);
+            b.set_duration(t(f.duration).map(gst::ClockTime::from_nseconds));
             b.set_offset(f.seq);
             let mut flags = gst::BufferFlags::from_bits_truncate(f.flags) & FORWARDED_FLAGS;
             if st.discont {
@@ -670,6 +683,7 @@ impl BaseSrcImpl for SurfaceSrc {
             buf: vec![0u8; wire::MAX_MESSAGE_LEN],
             ..Default::default()
         };
+        self.latency.reset();
         Ok(())
     }
 
@@ -692,6 +706,16 @@ impl BaseSrcImpl for SurfaceSrc {
 
     fn is_seekable(&self) -> bool {
         false
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+            // Frames are stamped with the running time at which they are read: allow one frame
+            // of jitter downstream.
+            self.latency.answer(q, true);
+            return true;
+        }
+        BaseSrcImplExt::parent_query(self, query)
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
@@ -737,6 +761,7 @@ impl PushSrcImpl for SurfaceSrc {
                         st.conn = Some(conn);
                         st.waiting_since = None;
                         st.discont = true;
+                        st.restamper.reset();
                         continue;
                     }
                     Ok(None) => {
@@ -810,6 +835,7 @@ impl PushSrcImpl for SurfaceSrc {
                             );
                             return Err(gst::FlowError::NotNegotiated);
                         }
+                        self.latency.update(self.obj().upcast_ref(), &caps);
                     }
                     return Ok(CreateSuccess::NewBuffer(buffer));
                 }
