@@ -4,8 +4,10 @@
 //! thread fills and PipeWire's data thread empties, the counters behind the `stats` property,
 //! the format the consumer fixed and the pool of self-allocated PipeWire buffers.
 //!
-//! Every lock here is held only for a few field reads or writes: nobody waits, sleeps,
-//! posts a message or calls into PipeWire or another element while holding one.
+//! Every lock here is held only for a few field reads or writes (the pool's also across the
+//! data thread's non-blocking dequeue/fill/queue): nobody waits, sleeps, posts a message or
+//! calls into another element while holding one. Nesting order: the element's state lock,
+//! then `dmabufs`, then `pool`, then `negotiated`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
