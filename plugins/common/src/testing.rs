@@ -146,3 +146,22 @@ pub fn check_live_source_timing(src: &str, sink: &str, writer_ready: impl FnOnce
     assert_eq!(min, FRAME, "latency query: minimum is one frame");
     assert_eq!(max, gst::ClockTime::NONE, "latency query: no maximum");
 }
+
+/// The `timeout` property of the source made by `factory`: a `guint` of milliseconds, default
+/// 10 s, that keeps what it is given (the same for `shmringsrc` and `surfacesrc`).
+pub fn check_timeout_property(factory: &str) {
+    let src = gst::ElementFactory::make(factory)
+        .build()
+        .unwrap_or_else(|e| panic!("{factory}: {e}"));
+    let pspec = src.find_property("timeout").expect("a timeout property");
+    assert_eq!(
+        pspec.value_type(),
+        u32::static_type(),
+        "{factory} timeout type"
+    );
+    assert_eq!(src.property::<u32>("timeout"), 10_000, "{factory} default");
+    src.set_property("timeout", 250u32);
+    assert_eq!(src.property::<u32>("timeout"), 250);
+    src.set_property_from_str("timeout", "0");
+    assert_eq!(src.property::<u32>("timeout"), 0, "0 = wait forever");
+}

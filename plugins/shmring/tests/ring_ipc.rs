@@ -1150,3 +1150,11 @@ fn timestamps_on_running_time_and_latency_answered() {
         |_| (),
     );
 }
+
+/// `timeout` is a `guint` of milliseconds, as surfacesrc's (same helper).
+#[test]
+fn timeout_is_milliseconds_as_in_surfacesrc() {
+    check_built();
+    init_gst();
+    vcambridge_common::testing::check_timeout_property("shmringsrc");
+}

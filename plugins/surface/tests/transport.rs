@@ -659,3 +659,10 @@ fn timestamps_on_running_time_and_latency_answered() {
         |writer| wait_readers(&writer.by_name("wsink").expect("surfacesink"), 1),
     );
 }
+
+/// `timeout` is a `guint` of milliseconds, as shmringsrc's (same helper).
+#[test]
+fn timeout_is_milliseconds_as_in_shmringsrc() {
+    init();
+    vcambridge_common::testing::check_timeout_property("surfacesrc");
+}

@@ -27,7 +27,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_SHM_NAME: &str = "/vcambridge";
-const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_IS_LIVE: bool = true;
 /// Longest single sleep on the futex / while polling for the writer; `unlock()` interrupts it
 /// earlier anyway.
@@ -37,7 +37,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 struct Settings {
     shm_name: String,
-    timeout_ms: u64,
+    timeout_ms: u32,
     is_live: bool,
 }
 
@@ -167,7 +167,7 @@ impl ShmRingSrc {
 
     fn timed_out(r: &Reader) -> Option<Duration> {
         let waited = r.last_progress.elapsed();
-        (r.settings.timeout_ms != 0 && waited > Duration::from_millis(r.settings.timeout_ms))
+        (r.settings.timeout_ms != 0 && waited > Duration::from_millis(r.settings.timeout_ms.into()))
             .then_some(waited)
     }
 
@@ -494,7 +494,7 @@ impl ObjectImpl for ShmRingSrc {
                     .default_value(Some(DEFAULT_SHM_NAME))
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt64::builder("timeout")
+                glib::ParamSpecUInt::builder("timeout")
                     .nick("Timeout")
                     .blurb("Milliseconds to wait for a writer to appear or for the next frame before failing (0 = wait forever)")
                     .default_value(DEFAULT_TIMEOUT_MS)
