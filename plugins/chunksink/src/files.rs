@@ -16,8 +16,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use crate::chunk::{ChunkRecord, NamePattern, SealReason};
-use crate::lock;
 use crate::wav::WavLayout;
+use vcambridge_common::lock;
 
 /// A chunk file created at its full length, mapped shared and read-write; the header for zero
 /// samples is already written.

@@ -10,11 +10,6 @@ mod chunksink;
 mod files;
 pub mod wav;
 
-/// Lock a mutex, taking the data even if a panicking thread poisoned it.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     chunksink::register(plugin)
 }

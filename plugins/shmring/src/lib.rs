@@ -13,12 +13,6 @@ pub mod sigbus;
 mod slotpool;
 pub mod writer;
 
-/// Lock a mutex, taking the data even if a panicking thread poisoned it (the elements' state
-/// stays usable; a panic is already reported elsewhere).
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     shmringsink::register(plugin)?;
     shmringsrc::register(plugin)?;

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use gst::glib;
 use gst::subclass::prelude::*;
 
+use vcambridge_common::lock;
+
 use crate::writer::{Lent, RingWriter};
 
 /// Memory of one lent slot; returns the slot to the writer when freed.
@@ -60,7 +62,7 @@ mod imp {
             let Some((_caps, size, _min, _max)) = config.params() else {
                 return false;
             };
-            *self.size.lock().unwrap_or_else(|e| e.into_inner()) = size as usize;
+            *lock(&self.size) = size as usize;
             self.parent_set_config(config)
         }
 
@@ -77,12 +79,8 @@ mod imp {
             &self,
             _params: Option<&gst::BufferPoolAcquireParams>,
         ) -> Result<gst::Buffer, gst::FlowError> {
-            let size = *self.size.lock().unwrap_or_else(|e| e.into_inner());
-            let writer = self
-                .writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let size = *lock(&self.size);
+            let writer = lock(&self.writer).clone();
             if let Some(writer) = writer
                 && size <= writer.geometry().slot_size
                 && let Some(lent) = writer.lend()
@@ -113,12 +111,12 @@ glib::wrapper! {
 impl SlotPool {
     pub fn new(writer: Option<Arc<RingWriter>>) -> Self {
         let pool: Self = glib::Object::new();
-        *pool.imp().writer.lock().unwrap_or_else(|e| e.into_inner()) = writer;
+        *lock(&pool.imp().writer) = writer;
         pool
     }
 
     /// Point the pool at a new ring (after a resize) or detach it (`None`).
     pub fn set_writer(&self, writer: Option<Arc<RingWriter>>) {
-        *self.imp().writer.lock().unwrap_or_else(|e| e.into_inner()) = writer;
+        *lock(&self.imp().writer) = writer;
     }
 }

@@ -2,7 +2,9 @@
 //! The writer side of a ring: frame numbering, the copy path, and slots lent out to a buffer
 //! pool so that upstream writes straight into shared memory. No GStreamer types.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use vcambridge_common::lock;
 
 use crate::ring::{FrameMeta, Geometry, WriterState};
 use crate::shm::{self, Segment, ShmError};
@@ -64,10 +66,6 @@ impl RingWriter {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn geometry(&self) -> Geometry {
         self.geometry
     }
@@ -88,7 +86,7 @@ impl RingWriter {
 
     /// Publish a caps string (new caps id, used by the following frames).
     pub fn set_caps(&self, caps: &str) -> Result<u64, String> {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         let id = self
             .segment
             .memory()
@@ -121,7 +119,7 @@ impl RingWriter {
     /// slot is lent out (the frame is dropped).
     pub fn write_frame(&self, meta: FrameMeta, payload: &[u8]) -> Option<u64> {
         assert!(payload.len() <= self.geometry.slot_size);
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         let n = self.claim(&mut inner)?;
         let mem = self.segment.memory();
         mem.write_payload(&self.geometry, n, payload);
@@ -142,7 +140,7 @@ impl RingWriter {
     /// never see it half-written). At most `slot_count - 2` slots are lent at a time so the copy
     /// path always has room. The slot stays reserved until [`Self::release`].
     pub fn lend(&self) -> Option<Lent> {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         if inner.closed || self.segment.check_intact().is_err() {
             return None;
         }
@@ -164,7 +162,7 @@ impl RingWriter {
 
     /// The lent memory was freed: the slot may be reused.
     pub fn release(&self, lent: &Lent) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         if inner.lent[lent.slot as usize] == Some(lent.frame) {
             inner.lent[lent.slot as usize] = None;
         }
@@ -173,7 +171,7 @@ impl RingWriter {
     /// If `data` is the payload of a lent, not yet published frame that is still ahead of the
     /// readers, publish it without copying.
     pub fn publish_in_place(&self, data: *const u8, size: usize, meta: FrameMeta) -> InPlace {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         let g = self.geometry;
         let base = self.segment.memory().as_ptr() as usize;
         let addr = data as usize;
@@ -217,7 +215,7 @@ impl RingWriter {
     /// The writer is done with this ring: mark it closed, wake the readers and remove the name
     /// (if it still refers to this object). Mappings held by readers stay valid.
     pub fn close(&self) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         if inner.closed {
             return;
         }
@@ -238,7 +236,7 @@ impl RingWriter {
     /// The ring is being replaced by a new one of the same name (resize): mark it closed so
     /// readers re-open the name, but do not unlink (the new object owns the name).
     pub fn abandon(&self) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         inner.closed = true;
         self.segment.memory().set_state(WriterState::Closed);
         self.wake();

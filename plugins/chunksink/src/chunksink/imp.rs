@@ -22,8 +22,8 @@ use crate::chunk::{
     resume_point,
 };
 use crate::files::{IoConfig, IoWorker, Job, MappedChunk};
-use crate::lock;
 use crate::wav::{SampleFormat, Speaker, WavFormat, channel_mask};
+use vcambridge_common::lock;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -662,8 +662,7 @@ impl ObjectImpl for ChunkSink {
         let string = || {
             value
                 .get::<Option<String>>()
-                .ok()
-                .flatten()
+                .expect("type checked upstream")
                 .unwrap_or_default()
         };
         match pspec.name() {

@@ -5,9 +5,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 use gst::glib;
 use gst::prelude::*;
 
-use crate::lock;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
+use vcambridge_common::lock;
 
 use crate::ring::{self, FrameMeta, Geometry, WriterState};
 use crate::shm::Segment;
@@ -333,8 +333,7 @@ impl ObjectImpl for ShmRingSink {
             "shm-name" => {
                 let name = value
                     .get::<Option<String>>()
-                    .ok()
-                    .flatten()
+                    .expect("type checked upstream")
                     .unwrap_or_else(|| DEFAULT_SHM_NAME.into());
                 // `vcam0` is `/vcam0`; a bad name is kept as given so the error quotes it.
                 s.shm_name = match ring::validate_shm_name(&name) {
@@ -342,11 +341,11 @@ impl ObjectImpl for ShmRingSink {
                     Err(_) => name,
                 };
             }
-            "mode" => s.mode = value.get().unwrap_or(DEFAULT_MODE),
-            "slots" => s.slots = value.get().unwrap_or(DEFAULT_SLOTS),
-            "slot-size" => s.slot_size = value.get().unwrap_or(DEFAULT_SLOT_SIZE),
-            "zero-copy" => s.zero_copy = value.get().unwrap_or(DEFAULT_ZERO_COPY),
-            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+            "mode" => s.mode = value.get().expect("type checked upstream"),
+            "slots" => s.slots = value.get().expect("type checked upstream"),
+            "slot-size" => s.slot_size = value.get().expect("type checked upstream"),
+            "zero-copy" => s.zero_copy = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
         }
     }
 
@@ -362,7 +361,7 @@ impl ObjectImpl for ShmRingSink {
             "frames-written" => st.written.to_value(),
             "frames-in-place" => st.in_place.to_value(),
             "frames-dropped" => st.dropped.to_value(),
-            _ => glib::Value::from_type(pspec.value_type()),
+            _ => unimplemented!(),
         }
     }
 }

@@ -522,8 +522,7 @@ impl ObjectImpl for ShmRingSrc {
             "shm-name" => {
                 let name = value
                     .get::<Option<String>>()
-                    .ok()
-                    .flatten()
+                    .expect("type checked upstream")
                     .unwrap_or_else(|| DEFAULT_SHM_NAME.into());
                 // `vcam0` is `/vcam0`; a bad name is kept as given so the error quotes it.
                 s.shm_name = match ring::validate_shm_name(&name) {
@@ -531,12 +530,12 @@ impl ObjectImpl for ShmRingSrc {
                     Err(_) => name,
                 };
             }
-            "timeout" => s.timeout_ms = value.get().unwrap_or(DEFAULT_TIMEOUT_MS),
+            "timeout" => s.timeout_ms = value.get().expect("type checked upstream"),
             "is-live" => {
-                s.is_live = value.get().unwrap_or(DEFAULT_IS_LIVE);
+                s.is_live = value.get().expect("type checked upstream");
                 self.obj().set_live(s.is_live);
             }
-            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+            _ => unimplemented!(),
         }
     }
 
@@ -547,7 +546,7 @@ impl ObjectImpl for ShmRingSrc {
             "timeout" => s.timeout_ms.to_value(),
             "is-live" => s.is_live.to_value(),
             "frames-dropped" => lock(&self.dropped).to_value(),
-            _ => glib::Value::from_type(pspec.value_type()),
+            _ => unimplemented!(),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,10 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use vcambridge_common::lock;
+
 use super::pool::SurfacePool;
+
 use crate::hub::{FrameInfo, FrameSource, Hub, HubConfig};
 use crate::platform::{self, Listener, Waker};
 use crate::wire::{self, NO_TIME};
@@ -57,12 +60,6 @@ struct Shared {
     stop: AtomicBool,
 }
 
-impl Shared {
-    fn hub(&self) -> MutexGuard<'_, Hub<gst::Buffer>> {
-        self.hub.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 enum State {
     Stopped,
     Started {
@@ -89,22 +86,18 @@ impl Default for SurfaceSink {
 }
 
 impl SurfaceSink {
-    fn settings(&self) -> Settings {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     fn shared(&self) -> Option<Arc<Shared>> {
-        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*lock(&self.state) {
             State::Started { shared, .. } => Some(shared.clone()),
             State::Stopped => None,
         }
     }
 
     fn stats_structure(&self) -> gst::Structure {
-        let s = self.shared().map(|s| s.hub().stats()).unwrap_or_default();
+        let s = self
+            .shared()
+            .map(|s| lock(&s.hub).stats())
+            .unwrap_or_default();
         gst::Structure::builder("surfacesink-stats")
             .field("frames", s.frames)
             .field("copies", s.copies)
@@ -153,7 +146,7 @@ impl SurfaceSink {
 fn io_loop(shared: Arc<Shared>) {
     let mut last_reclaim = Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
-        let readers = shared.hub().reader_fds();
+        let readers = lock(&shared.hub).reader_fds();
         let mut fds = vec![shared.listener.raw_fd(), shared.waker.raw_fd()];
         fds.extend(readers.iter().map(|(_, fd)| *fd));
         let ready = match platform::wait_readable(&fds, Duration::from_millis(100)) {
@@ -164,7 +157,7 @@ fn io_loop(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let mut hub = shared.hub();
+        let mut hub = lock(&shared.hub);
         if ready[1] {
             shared.waker.drain();
         }
@@ -248,29 +241,27 @@ impl ObjectImpl for SurfaceSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.settings);
         match pspec.name() {
-            "socket-path" => s.socket_path = value.get().unwrap_or(None),
-            "surfaces" => s.surfaces = value.get().unwrap_or(DEFAULT_SURFACES),
-            "release-timeout" => {
-                s.release_timeout_ms = value.get().unwrap_or(DEFAULT_RELEASE_TIMEOUT_MS)
-            }
+            "socket-path" => s.socket_path = value.get().expect("type checked upstream"),
+            "surfaces" => s.surfaces = value.get().expect("type checked upstream"),
+            "release-timeout" => s.release_timeout_ms = value.get().expect("type checked upstream"),
             "wait-for-connection" => {
-                s.wait_for_connection = value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION)
+                s.wait_for_connection = value.get().expect("type checked upstream")
             }
-            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+            _ => unimplemented!(),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        let s = self.settings();
+        let s = lock(&self.settings).clone();
         match pspec.name() {
             "socket-path" => s.socket_path.to_value(),
             "surfaces" => s.surfaces.to_value(),
             "release-timeout" => s.release_timeout_ms.to_value(),
             "wait-for-connection" => s.wait_for_connection.to_value(),
             "stats" => self.stats_structure().to_value(),
-            _ => None::<String>.to_value(),
+            _ => unimplemented!(),
         }
     }
 }
@@ -308,7 +299,7 @@ impl ElementImpl for SurfaceSink {
 
 impl BaseSinkImpl for SurfaceSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings();
+        let settings = lock(&self.settings).clone();
         let Some(path) = settings.socket_path.clone().filter(|p| !p.is_empty()) else {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
@@ -346,7 +337,7 @@ impl BaseSinkImpl for SurfaceSink {
                 gst::error_msg!(gst::ResourceError::Failed, ("spawning I/O thread: {e}"))
             })?;
         gst::info!(CAT, imp = self, "listening on {}", path.display());
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::Started {
+        *lock(&self.state) = State::Started {
             shared,
             io_thread: Some(io_thread),
             info: None,
@@ -355,10 +346,7 @@ impl BaseSinkImpl for SurfaceSink {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        let old = std::mem::replace(
-            &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            State::Stopped,
-        );
+        let old = std::mem::replace(&mut *lock(&self.state), State::Stopped);
         if let State::Started {
             shared,
             mut io_thread,
@@ -370,20 +358,20 @@ impl BaseSinkImpl for SurfaceSink {
             if let Some(t) = io_thread.take() {
                 let _ = t.join();
             }
-            shared.hub().clear();
+            lock(&shared.hub).clear();
         }
         Ok(())
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info = gst_video::VideoInfo::from_caps(caps).ok();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         if let State::Started {
             shared, info: i, ..
         } = &mut *state
         {
             *i = info;
-            shared.hub().set_caps(caps.to_string());
+            lock(&shared.hub).set_caps(caps.to_string());
         }
         gst::debug!(CAT, imp = self, "caps {caps}");
         Ok(())
@@ -421,12 +409,12 @@ impl BaseSinkImpl for SurfaceSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (shared, info) = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        let (shared, info) = match &*lock(&self.state) {
             State::Started { shared, info, .. } => (shared.clone(), info.clone()),
             State::Stopped => return Err(gst::FlowError::Flushing),
         };
-        let settings = self.settings();
-        let mut hub = shared.hub();
+        let settings = lock(&self.settings).clone();
+        let mut hub = lock(&shared.hub);
         if settings.wait_for_connection {
             while hub.ready_readers() == 0 {
                 if self.unlocked.load(Ordering::SeqCst) {
@@ -498,7 +486,7 @@ impl BaseSinkImpl for SurfaceSink {
         if let gst::EventView::Eos(_) = event.view()
             && let Some(shared) = self.shared()
         {
-            shared.hub().eos();
+            lock(&shared.hub).eos();
         }
         self.parent_event(event)
     }

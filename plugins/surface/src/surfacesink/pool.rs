@@ -10,6 +10,8 @@ use gst::glib;
 use gst::subclass::prelude::*;
 use gst_allocators::prelude::*;
 
+use vcambridge_common::lock;
+
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "surfacepool",
@@ -88,7 +90,7 @@ mod imp {
                 return false;
             }
             let video_meta = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
-            *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Config {
+            *lock(&self.config) = Config {
                 size,
                 info,
                 video_meta,
@@ -101,7 +103,7 @@ mod imp {
             _params: Option<&gst::BufferPoolAcquireParams>,
         ) -> Result<gst::Buffer, gst::FlowError> {
             let (size, info, video_meta) = {
-                let c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+                let c = lock(&self.config);
                 (c.size, c.info.clone(), c.video_meta)
             };
             let fd = crate::platform::create_memfd("surfacesink-pool", size).map_err(|e| {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -15,6 +15,7 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use vcambridge_common::live::{self, FrameLatency, Restamper};
+use vcambridge_common::lock;
 
 use crate::platform::{self, Channel, Mapping, Received, Waker};
 use crate::wire::{
@@ -198,24 +199,9 @@ const FORWARDED_FLAGS: gst::BufferFlags = gst::BufferFlags::DISCONT
     .union(gst::BufferFlags::RESYNC);
 
 impl SurfaceSrc {
-    fn settings(&self) -> Settings {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn waker(&self) -> Option<Arc<Waker>> {
-        self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     /// Sleep until `fd` (if any) is readable, the element is unlocked, or `timeout` passes.
     fn wait(&self, fd: Option<std::os::fd::RawFd>, timeout: Duration) {
-        let Some(waker) = self.waker() else {
+        let Some(waker) = lock(&self.waker).clone() else {
             return;
         };
         let mut fds = vec![waker.raw_fd()];
@@ -590,21 +576,21 @@ impl ObjectImpl for SurfaceSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.settings);
         match pspec.name() {
-            "socket-path" => s.socket_path = value.get().unwrap_or(None),
-            "timeout" => s.timeout_ms = value.get().unwrap_or(DEFAULT_TIMEOUT_MS),
-            other => gst::warning!(CAT, imp = self, "unknown property {other}"),
+            "socket-path" => s.socket_path = value.get().expect("type checked upstream"),
+            "timeout" => s.timeout_ms = value.get().expect("type checked upstream"),
+            _ => unimplemented!(),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        let s = self.settings();
+        let s = lock(&self.settings).clone();
         match pspec.name() {
             "socket-path" => s.socket_path.to_value(),
             "timeout" => s.timeout_ms.to_value(),
             "stats" => {
-                let st = self.state();
+                let st = lock(&self.state);
                 gst::Structure::builder("surfacesrc-stats")
                     .field("frames", st.frames)
                     .field("reconnects", st.reconnects)
@@ -623,7 +609,7 @@ impl ObjectImpl for SurfaceSrc {
                     .build()
                     .to_value()
             }
-            _ => None::<String>.to_value(),
+            _ => unimplemented!(),
         }
     }
 
@@ -668,7 +654,7 @@ impl ElementImpl for SurfaceSrc {
 
 impl BaseSrcImpl for SurfaceSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings();
+        let settings = lock(&self.settings).clone();
         if settings.socket_path.as_deref().is_none_or(str::is_empty) {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
@@ -678,8 +664,8 @@ impl BaseSrcImpl for SurfaceSrc {
         let waker = Waker::new().map_err(|e| {
             gst::error_msg!(gst::ResourceError::Failed, ("creating an eventfd: {e}"))
         })?;
-        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(waker));
-        *self.state() = State {
+        *lock(&self.waker) = Some(Arc::new(waker));
+        *lock(&self.state) = State {
             buf: vec![0u8; wire::MAX_MESSAGE_LEN],
             ..Default::default()
         };
@@ -688,13 +674,12 @@ impl BaseSrcImpl for SurfaceSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.state() = State::default();
+        *lock(&self.state) = State::default();
         Ok(())
     }
 
     fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
-        let caps = self
-            .state()
+        let caps = lock(&self.state)
             .current_caps
             .clone()
             .unwrap_or_else(gst::Caps::new_any);
@@ -720,7 +705,7 @@ impl BaseSrcImpl for SurfaceSrc {
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
         self.flushing.store(true, Ordering::SeqCst);
-        if let Some(w) = self.waker() {
+        if let Some(w) = lock(&self.waker).clone() {
             w.wake();
         }
         Ok(())
@@ -728,7 +713,7 @@ impl BaseSrcImpl for SurfaceSrc {
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
         self.flushing.store(false, Ordering::SeqCst);
-        if let Some(w) = self.waker() {
+        if let Some(w) = lock(&self.waker).clone() {
             w.drain();
         }
         Ok(())
@@ -740,7 +725,7 @@ impl PushSrcImpl for SurfaceSrc {
         &self,
         _buffer: Option<&mut gst::BufferRef>,
     ) -> Result<CreateSuccess, gst::FlowError> {
-        let settings = self.settings();
+        let settings = lock(&self.settings).clone();
         let path = PathBuf::from(settings.socket_path.unwrap_or_default());
         let p = platform::display_path(&path);
         let timeout =
@@ -749,7 +734,7 @@ impl PushSrcImpl for SurfaceSrc {
             if self.flushing.load(Ordering::SeqCst) {
                 return Err(gst::FlowError::Flushing);
             }
-            let mut st = self.state();
+            let mut st = lock(&self.state);
             if st.conn.is_none() {
                 let since = *st.waiting_since.get_or_insert_with(Instant::now);
                 match self.try_connect(&path) {
