@@ -1158,3 +1158,52 @@ fn timeout_is_milliseconds_as_in_surfacesrc() {
     init_gst();
     vcambridge_common::testing::check_timeout_property("shmringsrc");
 }
+
+/// A buffer whose video meta puts a plane outside the buffer is refused with an error naming
+/// the layout, never read beyond its end.
+#[test]
+fn video_meta_outside_the_buffer_is_an_error() {
+    check_built();
+    init_gst();
+    let shm = ShmName::new("badmeta");
+    let pipeline = vcambridge_tests::launch_pipeline(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=I420,width=8,height=4,framerate=30/1 \
+         ! shmringsink shm-name={shm}"
+    ));
+    let src = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    // V starts at 90 with stride 8: its 2 rows would end at 106, the buffer has 96 bytes.
+    let mut b = gst::Buffer::from_slice(vec![0u8; 96]);
+    gst_video::VideoMeta::add_full(
+        b.get_mut().expect("writable"),
+        gst_video::VideoFrameFlags::empty(),
+        gst_video::VideoFormat::I420,
+        8,
+        4,
+        &[0, 64, 90],
+        &[16, 8, 8],
+    )
+    .expect("video meta");
+    let _ = src.push_buffer(b);
+    let msg = pipeline
+        .bus()
+        .expect("bus")
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("an error");
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    let gst::MessageView::Error(e) = msg.view() else {
+        panic!("expected an error, got {msg:?}");
+    };
+    assert!(
+        e.error().to_string().contains("does not fit its caps"),
+        "{}",
+        e.error()
+    );
+}

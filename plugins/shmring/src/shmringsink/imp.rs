@@ -94,37 +94,50 @@ fn frame_size(caps: &gst::CapsRef) -> Option<usize> {
         .map(|info| info.size())
 }
 
-/// Copy raw video planes laid out with `offsets`/`strides` into the default layout of `info`.
+/// `buffer`'s raw video (laid out as its `GstVideoMeta` says) copied into the default layout of
+/// `info`, with zeroed row padding (nothing stale reaches the ring); `None` when the layout
+/// does not fit the buffer.
 fn repack(
-    data: &[u8],
-    offsets: &[usize],
-    strides: &[i32],
+    buffer: &gst::BufferRef,
     info: &gst_video::VideoInfo,
-) -> Option<Vec<u8>> {
+) -> Option<gst::MappedBuffer<gst::buffer::Readable>> {
+    // Mapping does not check that the meta's planes lie inside the buffer: do it here. A
+    // plane has the rows of the caps' default layout.
+    let vmeta = buffer.meta::<gst_video::VideoMeta>()?;
     let n = info.n_planes() as usize;
-    let mut out = vec![0u8; info.size()];
+    let default_offsets = &info.offset()[..n];
     for p in 0..n {
-        let doff = info.offset()[p];
+        let doff = default_offsets[p];
         let dstride = usize::try_from(info.stride()[p]).ok().filter(|s| *s > 0)?;
         // The plane ends where the next plane (in memory order) starts.
-        let dend = info.offset()[..n]
+        let dend = default_offsets
             .iter()
             .copied()
             .filter(|o| *o > doff)
             .min()
             .unwrap_or(info.size());
         let rows = (dend - doff) / dstride;
-        let soff = *offsets.get(p)?;
-        let sstride = usize::try_from(*strides.get(p)?).ok().filter(|s| *s > 0)?;
-        let row = dstride.min(sstride);
-        for r in 0..rows {
-            let s = soff + r * sstride;
-            let d = doff + r * dstride;
-            out.get_mut(d..d + row)?
-                .copy_from_slice(data.get(s..s + row)?);
+        let off = *vmeta.offset().get(p)?;
+        let stride = usize::try_from(*vmeta.stride().get(p)?)
+            .ok()
+            .filter(|s| *s > 0)?;
+        let end = rows
+            .checked_sub(1)
+            .and_then(|r| r.checked_mul(stride))
+            .and_then(|e| e.checked_add(off))
+            .and_then(|e| e.checked_add(dstride.min(stride)));
+        if end.is_none_or(|e| e > buffer.size()) {
+            return None;
         }
     }
-    Some(out)
+    let src = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info).ok()?;
+    let mut packed = gst::Buffer::from_mut_slice(vec![0u8; info.size()]);
+    {
+        let mut dst =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(packed.get_mut()?, info).ok()?;
+        src.copy(&mut dst).ok()?;
+    }
+    packed.into_mapped_buffer_readable().ok()
 }
 
 fn meta_of(buffer: &gst::BufferRef) -> FrameMeta {
@@ -590,8 +603,7 @@ impl BaseSinkImpl for ShmRingSink {
             (Some(info), Some(vmeta))
                 if vmeta.stride() != info.stride() || vmeta.offset() != info.offset() =>
             {
-                let Some(packed) = repack(map.as_slice(), vmeta.offset(), vmeta.stride(), info)
-                else {
+                let Some(packed) = repack(buffer, info) else {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Format,
@@ -607,7 +619,7 @@ impl BaseSinkImpl for ShmRingSink {
             }
             _ => None,
         };
-        let data: &[u8] = packed.as_deref().unwrap_or(map.as_slice());
+        let data: &[u8] = packed.as_ref().map_or(map.as_slice(), |p| p.as_slice());
         let slot_size = writer.as_ref().map_or(0, |w| w.geometry().slot_size);
         if data.len() > slot_size || writer.is_none() {
             if settings.slot_size != 0 {
