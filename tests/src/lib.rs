@@ -232,6 +232,7 @@ pub fn have_program(program: &str) -> bool {
 
 pub mod ipc;
 pub mod pipewire;
+pub mod procs;
 pub mod rtmp;
 pub mod screencast;
 pub mod v4l2;

@@ -2,12 +2,13 @@
 //! by itself after `--demo-seconds`, and one SIGINT stops it and everything it started within
 //! 2 s. Needs the debug build of the plugins (`cargo build --workspace`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vcambridge_tests::procs::{KillOnDrop, descendants, still_alive};
 use vcambridge_tests::{ChildGuard, plugin_dir, wait_for, workspace_root};
 
 fn check_built() {
@@ -37,68 +38,6 @@ fn main_job(extra: &[&str], log: &Path) -> ChildGuard {
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
     ChildGuard::spawn_inherit("rtmp-camera.sh", &mut cmd)
-}
-
-/// (pid, ppid, state, command name) of every process.
-fn processes() -> Vec<(u32, u32, char, String)> {
-    let mut v = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ..." — comm may contain spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_string();
-        let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        v.push((pid, ppid, state, comm));
-    }
-    v
-}
-
-/// Every living descendant of `root` with its command name.
-fn descendants(root: u32) -> HashMap<u32, String> {
-    let procs = processes();
-    let mut found = HashMap::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (pid, ppid, state, comm) in &procs {
-            if *ppid == parent && *state != 'Z' && !found.contains_key(pid) {
-                found.insert(*pid, comm.clone());
-                frontier.push(*pid);
-            }
-        }
-    }
-    found
-}
-
-/// Living (not zombie) processes among `pids`.
-fn still_alive(pids: &HashSet<u32>) -> Vec<(u32, String)> {
-    processes()
-        .into_iter()
-        .filter(|(pid, _, state, _)| pids.contains(pid) && *state != 'Z')
-        .map(|(pid, _, _, comm)| (pid, comm))
-        .collect()
-}
-
-/// Kills whatever of `pids` is still alive when a test fails half-way.
-struct KillOnDrop(HashSet<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            // SAFETY: kill(2) on pids this test saw as descendants of its own child.
-            unsafe {
-                libc::kill(*pid as i32, libc::SIGKILL);
-            }
-        }
-    }
 }
 
 fn frames_shown(log: &Path) -> u64 {

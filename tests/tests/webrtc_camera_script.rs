@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vcambridge_tests::procs::{KillOnDrop, descendants, still_alive};
 use vcambridge_tests::{
     ChildGuard, free_tcp_port, run_with_timeout, target_dir, wait_for, workspace_root,
 };
@@ -142,7 +143,11 @@ impl Script {
 
     /// Sends `sig` and returns the exit status, the time it took to exit and what of `started`
     /// is still alive 2 s after the signal.
-    fn stop(&mut self, sig: i32, started: &HashSet<u32>) -> (ExitStatus, Duration, Vec<String>) {
+    fn stop(
+        &mut self,
+        sig: i32,
+        started: &HashSet<u32>,
+    ) -> (ExitStatus, Duration, Vec<(u32, String)>) {
         let t0 = Instant::now();
         self.guard.signal(sig);
         let status = wait_for(STOP_LIMIT, "the script to exit after the signal", || {
@@ -157,62 +162,6 @@ impl Script {
     }
 }
 
-/// (pid, ppid, state) of every process.
-fn processes() -> Vec<(u32, u32, char)> {
-    let mut v = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ..." — comm may contain spaces and parentheses.
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        v.push((pid, ppid, state));
-    }
-    v
-}
-
-/// The program a process runs: the file name of its argv[0] (comm is cut at 15 characters,
-/// too short to tell the backend from the agent).
-fn program(pid: u32) -> String {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    let argv0 = String::from_utf8_lossy(argv0);
-    argv0.rsplit('/').next().unwrap_or_default().to_owned()
-}
-
-/// Every living descendant of `root` with its program name.
-fn descendants(root: u32) -> HashMap<u32, String> {
-    let procs = processes();
-    let mut found = HashMap::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (pid, ppid, state) in &procs {
-            if *ppid == parent && *state != 'Z' && !found.contains_key(pid) {
-                found.insert(*pid, program(*pid));
-                frontier.push(*pid);
-            }
-        }
-    }
-    found
-}
-
-/// Living (not zombie) processes among `pids`, with their program names.
-fn still_alive(pids: &HashSet<u32>) -> Vec<String> {
-    processes()
-        .into_iter()
-        .filter(|(pid, _, state)| pids.contains(pid) && *state != 'Z')
-        .map(|(pid, _, _)| format!("{pid} {}", program(pid)))
-        .collect()
-}
-
 /// The descendants of the script once `names` all run among them (bounded wait).
 fn started_processes(script: &mut Script, names: &[&str]) -> HashMap<u32, String> {
     let pid = script.guard.pid();
@@ -221,20 +170,6 @@ fn started_processes(script: &mut Script, names: &[&str]) -> HashMap<u32, String
         let have: HashSet<&str> = d.values().map(String::as_str).collect();
         names.iter().all(|n| have.contains(n)).then_some(d)
     })
-}
-
-/// Kills whatever of `pids` is still alive when a test fails half-way.
-struct KillOnDrop(HashSet<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            // SAFETY: kill(2) on pids this test saw as descendants of its own child.
-            unsafe {
-                libc::kill(*pid as i32, libc::SIGKILL);
-            }
-        }
-    }
 }
 
 /// The `{"result": ..}` object the viewer printed last.
