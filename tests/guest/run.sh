@@ -152,12 +152,15 @@ if [ -n "${VCB_GUEST_CMD:-}" ]; then
 else
   log "building the plugin and the guest test binary"
   cargo build -q -p gst-plugin-v4l2loopsink
+  # The test target's own artifact (a crate's binaries are built too and reported alongside).
   TEST_BIN="$(cargo test -q -p gst-plugin-v4l2loopsink --test guest --no-run --message-format=json \
+    | grep '"kind":\["test"\],[^}]*"name":"guest"' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
   [ -x "$TEST_BIN" ] || die "could not build the guest test binary"
   # The Python camera API (vcamera.py) against the real module: its own test binary, run after.
   cargo build -q -p gst-plugin-shmring
   VCAMERA_BIN="$(cargo test -q -p vcambridge-tests --test vcamera_guest --no-run --message-format=json \
+    | grep '"kind":\["test"\],[^}]*"name":"vcamera_guest"' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
   [ -x "$VCAMERA_BIN" ] || die "could not build the vcamera guest test binary"
   BENCH_BIN=""
