@@ -2,6 +2,7 @@
 //! the device protocol of a camera backend (see the README next to this crate).
 
 mod control;
+mod encoders;
 mod ice;
 mod media;
 mod offer;
