@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Must-show 4: bad names, wrong permissions, a foreign file at the shm name, a version
+//! Errors a user can act on: bad names, wrong permissions, a foreign file at the shm name, a version
 //! mismatch, a second writer, a missing writer: clear errors from shmringsink, shmringsrc and
 //! the Python module. Run `cargo build -p gst-plugin-shmring` first.
 

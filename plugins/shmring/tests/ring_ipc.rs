@@ -299,7 +299,7 @@ w.eos()
 w.close()
 "#;
 
-/// Must-show 1 (Python writer feeds shmringsrc) and 2 (caps change mid-stream, renegotiated).
+/// A Python writer feeds shmringsrc, and a caps change mid-stream is renegotiated.
 #[test]
 fn python_writer_to_gst_reader_with_caps_change() {
     check_built();

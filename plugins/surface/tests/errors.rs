@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Must-show 4 for surfacesink/surfacesrc: bad paths, permissions, foreign files at the socket
+//! Errors a user can act on, for surfacesink/surfacesrc: bad paths, permissions, foreign files at the socket
 //! path and protocol version mismatches give clear errors (and never hang), checked on the
 //! messages gst-launch-1.0 prints and on the Python reader.
 

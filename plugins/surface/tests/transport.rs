@@ -14,7 +14,7 @@ use common::*;
 use gst::prelude::*;
 use gst_allocators::prelude::*;
 
-/// Must-show 3.1 + reader before writer: gst-launch writer, surfacesrc reader in this process
+/// Frames across processes, the reader started before the writer: gst-launch writer, surfacesrc reader in this process
 /// started first; every frame arrives with the writer's caps, timestamps and pixels.
 #[test]
 fn gst_writer_to_surfacesrc_frames_caps_pixels_reader_first() {
@@ -75,7 +75,7 @@ fn gst_writer_to_surfacesrc_frames_caps_pixels_reader_first() {
     }
 }
 
-/// Must-show 3.1 with the Python reader (socket + mmap, stdlib only).
+/// Frames across processes, read by the Python reader (socket + mmap, stdlib only).
 #[test]
 fn gst_writer_to_python_reader() {
     let (dir, sock) = sock_dir();
@@ -127,7 +127,7 @@ fn gst_writer_to_python_reader() {
     }
 }
 
-/// Must-show 3 (zero copy): videotestsrc writes into the memfd pool surfacesink proposes; the
+/// Zero copy: videotestsrc writes into the memfd pool surfacesink proposes; the
 /// Python reader maps the very same inodes; the sink counted no copies.
 #[test]
 fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
@@ -179,7 +179,7 @@ fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
     );
 }
 
-/// Must-show 3 (zero copy of foreign fd memory, e.g. a decoder's DMA-BUF or a memfd): an appsrc
+/// Zero copy of foreign fd memory (e.g. a decoder's DMA-BUF or a memfd): an appsrc
 /// pushes buffers wrapping our own memfds as `GstDmaBufMemory` and as `GstFdMemory`; the reader
 /// maps those very inodes and nothing is copied. Plain memory afterwards is copied once per frame.
 #[test]
@@ -268,7 +268,7 @@ fn zero_copy_of_foreign_dmabuf_and_fd_memory_one_copy_of_plain_memory() {
     assert_eq!(stat(&sink, "copies"), 4);
 }
 
-/// Must-show 3.2: the writer is killed (its socket file stays behind) and restarted; the reader
+/// Robustness: the writer is killed (its socket file stays behind) and restarted; the reader
 /// keeps waiting without an error and continues with the new writer's frames.
 #[test]
 fn writer_killed_and_restarted() {
@@ -326,7 +326,7 @@ fn wait_white(sink: &gst_app::AppSink) -> bool {
     false
 }
 
-/// Must-show 3.2: a reader killed while holding a frame is dropped at once (EOF), without an
+/// Robustness: a reader killed while holding a frame is dropped at once (EOF), without an
 /// error and without waiting for the release timeout; the writer goes on and serves new readers.
 #[test]
 fn reader_killed_mid_frame_is_dropped() {
@@ -364,7 +364,7 @@ fn reader_killed_mid_frame_is_dropped() {
     assert_eq!(p.error(), None);
 }
 
-/// Must-show 3.2: a reader that stops releasing is evicted after `release-timeout`, told why,
+/// Robustness: a reader that stops releasing is evicted after `release-timeout`, told why,
 /// and its surfaces reclaimed; a well-behaved reader next to it is unaffected.
 #[test]
 fn stuck_reader_is_evicted_and_surfaces_reclaimed() {
@@ -403,7 +403,7 @@ fn stuck_reader_is_evicted_and_surfaces_reclaimed() {
     assert_eq!(p.error(), None);
 }
 
-/// Must-show 3.2: a slow reader skips frames while the writer keeps its pace and a fast reader
+/// Robustness: a slow reader skips frames while the writer keeps its pace and a fast reader
 /// gets every frame.
 #[test]
 fn slow_reader_skips_writer_unaffected() {
@@ -471,7 +471,7 @@ fn slow_reader_skips_writer_unaffected() {
     assert!(stat(&sink, "dropped") > 0);
 }
 
-/// Must-show 3.2: caps change mid-stream reach the Python reader (caps per frame) and a
+/// Robustness: caps change mid-stream reach the Python reader (caps per frame) and a
 /// gst-launch surfacesrc that renegotiates through videoconvert.
 #[test]
 fn caps_change_mid_stream() {

@@ -600,7 +600,6 @@ mod ioctls {
     nix::ioctl_readwrite!(qbuf, b'V', 15, RawBuffer);
     nix::ioctl_write_ptr!(streamon, b'V', 18, libc::c_int);
     nix::ioctl_write_ptr!(streamoff, b'V', 19, libc::c_int);
-    nix::ioctl_readwrite!(g_parm, b'V', 21, RawStreamParm);
     nix::ioctl_readwrite!(s_parm, b'V', 22, RawStreamParm);
     // v4l2loopback.h (0.13): plain numbers, not _IOWR-encoded.
     nix::ioctl_readwrite_bad!(loopback_ctl_add, 0x4C80, LoopbackConfig);
@@ -765,19 +764,6 @@ impl LoopbackDevice {
         // SAFETY: valid fd, kernel layout.
         unsafe { ioctls::s_parm(self.file.as_raw_fd(), &mut raw) }.map_err(errno)?;
         Ok(())
-    }
-
-    /// The frame interval as `(num, den)` frames per second.
-    pub fn frame_rate(&self) -> io::Result<(u32, u32)> {
-        let mut raw = RawStreamParm {
-            type_: BUF_TYPE_VIDEO_OUTPUT,
-            parm: RawStreamParmUnion { raw: [0; 200] },
-        };
-        // SAFETY: valid fd, kernel layout.
-        unsafe { ioctls::g_parm(self.file.as_raw_fd(), &mut raw) }.map_err(errno)?;
-        // SAFETY: output member for an output buffer type.
-        let tpf = unsafe { raw.parm.output.timeperframe };
-        Ok((tpf.denominator, tpf.numerator))
     }
 }
 

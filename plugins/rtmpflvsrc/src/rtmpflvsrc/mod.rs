@@ -24,8 +24,6 @@
  * |[
  * ffmpeg -re -f lavfi -i testsrc=size=320x240:rate=30 -c:v libx264 -f flv rtmp://127.0.0.1:1935/live/key
  * ]|
- *
- * Since: plugins-rs-0.1.0
  */
 use gst::glib;
 use gst::prelude::*;
