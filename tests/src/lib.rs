@@ -221,6 +221,25 @@ pub fn run_with_timeout(name: &str, cmd: &mut Command, timeout: Duration) -> Out
     ChildGuard::spawn(name, cmd).wait_output(timeout)
 }
 
+/// Fails the test, naming the build command, when a file a subprocess test runs is missing.
+pub fn assert_built(file: &Path) {
+    assert!(
+        file.exists(),
+        "{} missing: run `cargo build --workspace` first",
+        file.display()
+    );
+}
+
+/// Fails the test, naming the build command, when plugin `name`'s `.so` is not built.
+pub fn assert_plugin_built(name: &str) {
+    let so = plugin_dir().join(format!("libgst{name}.so"));
+    assert!(
+        so.exists(),
+        "{} missing: run `cargo build -p gst-plugin-{name}` first",
+        so.display()
+    );
+}
+
 /// Is `program` on `PATH`?
 pub fn have_program(program: &str) -> bool {
     Command::new("sh")

@@ -9,16 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vcambridge_tests::procs::{KillOnDrop, descendants, still_alive};
-use vcambridge_tests::{ChildGuard, plugin_dir, wait_for, workspace_root};
-
-fn check_built() {
-    let so = plugin_dir().join("libgstrtmpflvsrc.so");
-    assert!(
-        so.exists(),
-        "{} missing: run `cargo build --workspace` first",
-        so.display()
-    );
-}
+use vcambridge_tests::{ChildGuard, wait_for, workspace_root};
 
 /// The main job in terminal mode on a free port, its output in `log`.
 fn main_job(extra: &[&str], log: &Path) -> ChildGuard {
@@ -52,7 +43,7 @@ fn frames_shown(log: &Path) -> u64 {
 
 #[test]
 fn one_sigint_stops_the_job_and_everything_it_started_within_2s() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("rtmpflvsrc");
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("main-job.log");
     let mut job = main_job(&[], &log);
@@ -116,7 +107,7 @@ fn one_sigint_stops_the_job_and_everything_it_started_within_2s() {
 
 #[test]
 fn demo_seconds_ends_the_job_by_itself() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("rtmpflvsrc");
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("main-job.log");
     let t0 = Instant::now();

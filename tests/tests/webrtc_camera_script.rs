@@ -30,6 +30,8 @@ const SOURCE_RGB: [i64; 3] = [0x30, 0x50, 0xd0];
 /// VP8 at 320x240 and the RGB conversions on both sides move a flat colour by a few steps.
 const COLOUR_TOLERANCE: i64 = 8;
 const STOP_LIMIT: Duration = Duration::from_secs(2);
+/// How long the script may take, after a child died, to stop the other one and exit.
+const DEATH_LIMIT: Duration = Duration::from_secs(5);
 
 fn bin_dir() -> PathBuf {
     target_dir().join(if cfg!(debug_assertions) {
@@ -41,12 +43,7 @@ fn bin_dir() -> PathBuf {
 
 fn check_built() {
     for name in [BACKEND, AGENT, "vcb-webrtc-viewer"] {
-        let p = bin_dir().join(name);
-        assert!(
-            p.exists(),
-            "{} missing: run `cargo build --workspace` first",
-            p.display()
-        );
+        vcambridge_tests::assert_built(&bin_dir().join(name));
     }
 }
 
@@ -492,14 +489,17 @@ fn when_the_agent_dies_the_backend_is_stopped_and_the_script_fails() {
     unsafe {
         libc::kill(agent as i32, libc::SIGKILL);
     }
+    // After a child dies the script stops the other one (SIGINT, a kill after its grace) and
+    // prints the dead one's last lines: allow more than the 2 s a SIGINT gets, for a loaded
+    // machine (once seen over 2 s while CI ran beside it).
     let status = wait_for(
-        STOP_LIMIT,
+        DEATH_LIMIT,
         "the script to exit after its agent died",
         || script.guard.try_status(),
     );
-    let left = wait_for(STOP_LIMIT, "the backend to end", || {
+    let left = wait_for(DEATH_LIMIT, "the backend to end", || {
         let left = still_alive(&pids);
-        (left.is_empty() || t0.elapsed() >= STOP_LIMIT).then_some(left)
+        (left.is_empty() || t0.elapsed() >= DEATH_LIMIT).then_some(left)
     });
     let stderr = wait_for(Duration::from_secs(2), "the script's report", || {
         let s = script.stderr();

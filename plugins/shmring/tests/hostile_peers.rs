@@ -13,18 +13,9 @@ use std::time::Duration;
 use vcambridge_tests::ipc::{
     ShmName, gst_launch_args, last_json, shmring_cli, shmring_python, spawn_logged, wait_for_log,
 };
-use vcambridge_tests::{ChildGuard, plugin_dir, python, run_with_timeout, wait_for};
+use vcambridge_tests::{ChildGuard, python, run_with_timeout, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn check_built() {
-    let so = plugin_dir().join("libgstshmring.so");
-    assert!(
-        so.exists(),
-        "{} missing: run `cargo build -p gst-plugin-shmring` first",
-        so.display()
-    );
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -129,7 +120,7 @@ fn patch_geometry(shm: &ShmName, slots: u32, slot_size: u64, stride: u64, total:
 
 #[test]
 fn geometry_that_cannot_be_mapped_is_refused() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("hostile-geometry");
     let path = shm.path().display().to_string();
     // Slot size 2^64 - 64: the stride (64 + slot size) wraps to 0, the total to 4096.
@@ -214,7 +205,7 @@ fn geometry_that_cannot_be_mapped_is_refused() {
 /// group) is never reported as "still running".
 #[test]
 fn writer_pid_zero_is_not_a_running_writer() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("hostile-pid0");
     leave_ring(&shm);
     let f = std::fs::OpenOptions::new()
@@ -252,7 +243,7 @@ fn writer_pid_zero_is_not_a_running_writer() {
 /// dying of SIGBUS.
 #[test]
 fn truncated_ring_kills_neither_reader_nor_writer() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("hostile-shrink");
     let dir = tempfile::tempdir().expect("tempdir");
     let wlog = dir.path().join("writer.log");
@@ -323,7 +314,7 @@ fn truncated_ring_kills_neither_reader_nor_writer() {
 /// Python writer refuse it, naming the owner, and nobody's fd never sees a frame.
 #[test]
 fn object_of_another_user_is_not_adopted() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let is_root = unsafe { libc::geteuid() } == 0;
     if !is_root || !vcambridge_tests::have_program("setpriv") {
         eprintln!("SKIP: needs root and setpriv to create the object as another user");

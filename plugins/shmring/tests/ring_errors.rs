@@ -12,15 +12,6 @@ use vcambridge_tests::{ChildGuard, plugin_dir, python, run_with_timeout, wait_fo
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn check_built() {
-    let so = plugin_dir().join("libgstshmring.so");
-    assert!(
-        so.exists(),
-        "{} missing: run `cargo build -p gst-plugin-shmring` first",
-        so.display()
-    );
-}
-
 /// Run `cmd`, expect failure, return stdout + stderr.
 fn run_fail(what: &str, cmd: &mut Command) -> String {
     let out = run_with_timeout(what, cmd, LONG);
@@ -76,7 +67,7 @@ fn python_error(code: &str, name: &str) -> String {
 
 #[test]
 fn bad_names_are_rejected_clearly() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let long = format!("/{}", "a".repeat(300));
     // `vcam0` is a valid name (taken as `/vcam0`, see ring_ipc); these could escape /dev/shm
     // or are not names at all.
@@ -109,7 +100,7 @@ fn bad_names_are_rejected_clearly() {
 
 #[test]
 fn foreign_file_is_left_alone_with_clear_errors() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("foreign");
     let content = b"this is somebody else's data\n".repeat(400);
     std::fs::write(shm.path(), &content).expect("write foreign file");
@@ -154,7 +145,7 @@ fn leave_ring(shm: &ShmName) {
 
 #[test]
 fn version_mismatch_and_truncated_ring() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("version");
     leave_ring(&shm);
     let f = std::fs::OpenOptions::new()
@@ -194,7 +185,7 @@ fn version_mismatch_and_truncated_ring() {
 
 #[test]
 fn second_writer_and_missing_writer() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("busy");
     let first = ChildGuard::spawn(
         "first writer",
@@ -260,7 +251,7 @@ fn second_writer_and_missing_writer() {
 /// for ourselves instead.
 #[test]
 fn wrong_permissions() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("perm");
     let is_root = unsafe { libc::geteuid() } == 0;
     let have_setpriv = Command::new("setpriv").arg("--version").output().is_ok();
@@ -400,7 +391,7 @@ fn wrong_permissions() {
 
 #[test]
 fn fixed_slot_size_too_small_for_caps() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("small");
     let e = run_fail(
         "sink",

@@ -12,22 +12,13 @@ use vcambridge_tests::ipc::{
     ShmName, gst_launch, last_json, read_frames, shmring_cli, shmring_python, spawn_logged,
     wait_for_log,
 };
-use vcambridge_tests::{ChildGuard, init_gst, plugin_dir, wait_for};
+use vcambridge_tests::{ChildGuard, init_gst, wait_for};
 
 const W: usize = 160;
 const H: usize = 120;
 const FRAME: usize = W * H * 4;
 const CAPS: &str = "video/x-raw,format=BGRx,width=160,height=120,framerate=30/1";
 const LONG: Duration = Duration::from_secs(60);
-
-fn check_built() {
-    let so = plugin_dir().join("libgstshmring.so");
-    assert!(
-        so.exists(),
-        "{} missing: run `cargo build -p gst-plugin-shmring` first",
-        so.display()
-    );
-}
 
 /// `videotestsrc num-buffers=n pattern=ball ! CAPS ! tee ! shmringsink` plus the same frames
 /// into `reference` so readers can be compared byte for byte.
@@ -147,7 +138,7 @@ fn ring_info(shm: &ShmName) -> (u64, u32, u64) {
 
 #[test]
 fn gst_writer_to_gst_reader_started_first() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("g2g");
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out.raw");
@@ -188,7 +179,7 @@ fn gst_writer_to_gst_reader_started_first() {
 /// without the slash feeds a reader given it with the slash, and the Python module takes it too.
 #[test]
 fn names_without_slash_are_the_same_ring() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("noslash");
     let bare = shm.name.trim_start_matches('/').to_string();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -247,7 +238,7 @@ fn names_without_slash_are_the_same_ring() {
 
 #[test]
 fn gst_writer_to_python_reader() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("g2py");
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out.raw");
@@ -302,7 +293,7 @@ w.close()
 /// A Python writer feeds shmringsrc, and a caps change mid-stream is renegotiated.
 #[test]
 fn python_writer_to_gst_reader_with_caps_change() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("py2g");
     let reader = InProcessReader::new(&shm, "timeout=20000", "");
     let mut cmd = shmring_python(PY_WRITER);
@@ -364,7 +355,7 @@ fn python_writer_to_gst_reader_with_caps_change() {
 /// sink replaces the ring (new generation) and the Python reader follows it.
 #[test]
 fn gst_writer_caps_change_resizes_ring() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     let shm = ShmName::new("resize");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -448,7 +439,7 @@ fn gst_writer_caps_change_resizes_ring() {
 /// writer that stays dead makes the reader time out with a message saying so.
 #[test]
 fn writer_killed_restarted_and_crash_timeout() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("restart");
     let reader = InProcessReader::new(&shm, "timeout=20000", "");
     let caps = "video/x-raw,format=BGRx,width=160,height=120,framerate=60/1";
@@ -519,7 +510,7 @@ fn writer_killed_restarted_and_crash_timeout() {
 /// A reader killed while copying frames does not disturb the writer or other readers.
 #[test]
 fn reader_killed_mid_frame() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("rkill");
     // Big frames so the kill most likely lands inside a copy.
     let caps = "video/x-raw,format=BGRx,width=1280,height=720,framerate=50/1";
@@ -576,7 +567,7 @@ fn reader_killed_mid_frame() {
 /// A slow reader skips frames; the writer's rate and frame count are unaffected.
 #[test]
 fn slow_readers_skip_and_writer_never_blocks() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("slow");
     let caps = "video/x-raw,format=BGRx,width=160,height=120,framerate=100/1";
     let slow_gst = InProcessReader::new(&shm, "timeout=20000", "identity sleep-time=50000 !");
@@ -640,7 +631,7 @@ fn slow_readers_skip_and_writer_never_blocks() {
 /// The slot pool: videotestsrc writes straight into the ring (frames-in-place), content intact.
 #[test]
 fn zero_copy_pool_content_matches() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     let shm = ShmName::new("zc");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -694,7 +685,7 @@ fn zero_copy_pool_content_matches() {
 /// what the reader gets is byte-identical to decoding into a file.
 #[test]
 fn decoder_writes_into_the_ring() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("dec");
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out.raw");
@@ -740,7 +731,7 @@ fn decoder_writes_into_the_ring() {
 /// Any caps: raw audio and an encoded H.264 stream (variable sizes, delta flags) cross the ring.
 #[test]
 fn audio_and_encoded_streams() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     // Audio: 20 buffers of 441 S16LE stereo samples.
     let shm = ShmName::new("audio");
     let reader = InProcessReader::new(&shm, "timeout=20000", "");
@@ -784,7 +775,7 @@ fn audio_and_encoded_streams() {
 /// State changes never wait on the writer: a reader waiting for a writer (or a frame) stops at once.
 #[test]
 fn state_changes_do_not_wait() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("unlock");
     let reader = InProcessReader::new(&shm, "timeout=0", "");
     // Waiting for a writer that does not exist (timeout 0 = forever). The pause only gives the
@@ -825,7 +816,7 @@ fn state_changes_do_not_wait() {
 /// what the ring carries.
 #[test]
 fn padded_video_is_repacked() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     let shm = ShmName::new("stride");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -905,7 +896,7 @@ fn padded_video_is_repacked() {
 /// no reader ever delivers a torn frame (every frame is one byte value, derived from its number).
 #[test]
 fn torn_frames_are_never_delivered() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     let shm = ShmName::new("torn");
     const SIZE: usize = 1 << 20;
@@ -983,7 +974,7 @@ print(json.dumps({"good": good, "torn": torn, "dropped": r.dropped}), flush=True
 /// With `slot-size=0` and caps without a frame size, the ring grows when a buffer does not fit.
 #[test]
 fn auto_slot_size_grows_for_big_buffers() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     let shm = ShmName::new("grow");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1043,7 +1034,7 @@ fn auto_slot_size_grows_for_big_buffers() {
 /// The Python module's numpy view (optional dependency) gives the pixels in the caps' shape.
 #[test]
 fn python_reader_numpy_view() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("numpy");
     let script = r#"
 import shmring, sys, json
@@ -1089,7 +1080,7 @@ print(json.dumps({"px": px, "kind": kind, "caps": f.caps}), flush=True)
 /// + 1) and the attached shmringsrc follows, renegotiating to the Python writer's caps.
 #[test]
 fn python_writer_reclaims_a_crashed_gst_ring() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     let shm = ShmName::new("reclaim");
     let reader = InProcessReader::new(&shm, "timeout=20000", "");
     let caps = "video/x-raw,format=GRAY8,width=16,height=8,framerate=30/1";
@@ -1141,7 +1132,7 @@ time.sleep(5)
 /// (live, one frame) — the same check, by the same helper, as surfacesrc's.
 #[test]
 fn timestamps_on_running_time_and_latency_answered() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     let shm = ShmName::new("rtime");
     vcambridge_common::testing::check_live_source_timing(
@@ -1154,7 +1145,7 @@ fn timestamps_on_running_time_and_latency_answered() {
 /// `timeout` is a `guint` of milliseconds, as surfacesrc's (same helper).
 #[test]
 fn timeout_is_milliseconds_as_in_surfacesrc() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     vcambridge_common::testing::check_timeout_property("shmringsrc");
 }
@@ -1163,7 +1154,7 @@ fn timeout_is_milliseconds_as_in_surfacesrc() {
 /// the layout, never read beyond its end.
 #[test]
 fn video_meta_outside_the_buffer_is_an_error() {
-    check_built();
+    vcambridge_tests::assert_plugin_built("shmring");
     init_gst();
     let shm = ShmName::new("badmeta");
     let pipeline = vcambridge_tests::launch_pipeline(&format!(
