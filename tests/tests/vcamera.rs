@@ -194,7 +194,7 @@ fn errors_name_the_problem_and_the_fix() {
         msg.contains(&format!(
             "could not connect to the PipeWire daemon at {}/pipewire-0",
             empty.path().display()
-        )) && msg.contains("is PipeWire running?"),
+        )) && msg.contains("start PipeWire for this user"),
         "{msg}"
     );
 
