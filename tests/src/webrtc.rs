@@ -189,21 +189,26 @@ pub fn start_agent(backend_ws: &str, device: &str, source: &str, extra: &[&str])
     agent
 }
 
-/// Runs the webrtcbin viewer to completion; returns its `result` object.
-pub fn gst_viewer(backend_viewer_ws: &str, device: &str, args: &[&str], limit: Duration) -> Value {
+fn gst_viewer_command(backend_viewer_ws: &str, device: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary("vcb-webrtc-viewer"));
     cmd.args(["--backend", backend_viewer_ws, "--device", device])
         .args(args);
+    cmd
+}
+
+/// Runs the webrtcbin viewer to completion; returns its `result` object.
+pub fn gst_viewer(backend_viewer_ws: &str, device: &str, args: &[&str], limit: Duration) -> Value {
+    let mut cmd = gst_viewer_command(backend_viewer_ws, device, args);
     let out = ChildGuard::spawn("vcb-webrtc-viewer", &mut cmd).wait_output(limit);
     result_of("vcb-webrtc-viewer", &out.stdout, &out.stderr)
 }
 
 /// Spawns the webrtcbin viewer (for viewers that must run while the test does other things).
 pub fn spawn_gst_viewer(backend_viewer_ws: &str, device: &str, args: &[&str]) -> Logged {
-    let mut cmd = Command::new(binary("vcb-webrtc-viewer"));
-    cmd.args(["--backend", backend_viewer_ws, "--device", device])
-        .args(args);
-    Logged::spawn("vcb-webrtc-viewer", &mut cmd)
+    Logged::spawn(
+        "vcb-webrtc-viewer",
+        &mut gst_viewer_command(backend_viewer_ws, device, args),
+    )
 }
 
 fn result_of(name: &str, stdout: &[u8], stderr: &[u8]) -> Value {
@@ -220,8 +225,8 @@ fn result_of(name: &str, stdout: &[u8], stderr: &[u8]) -> Value {
         })
 }
 
-/// Opens the viewer page in headless Chromium; returns viewer.mjs's `result` object.
-pub fn browser(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Value {
+/// `node viewer.mjs …`: headless Chromium on the viewer page (see `tests/webrtc/viewer.mjs`).
+fn browser_command(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Command {
     let dir = workspace_root().join("tests/webrtc");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
@@ -239,6 +244,12 @@ pub fn browser(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Value {
         "--hold",
         &hold_s.to_string(),
     ]);
+    cmd
+}
+
+/// Opens the viewer page in headless Chromium; returns viewer.mjs's `result` object.
+pub fn browser(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Value {
+    let mut cmd = browser_command(url, frames, timeout_s, hold_s);
     let out = ChildGuard::spawn("chromium viewer", &mut cmd)
         .wait_output(Duration::from_secs(u64::from(timeout_s + hold_s) + 60));
     result_of("viewer.mjs", &out.stdout, &out.stderr)
@@ -246,20 +257,10 @@ pub fn browser(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Value {
 
 /// Opens the viewer page in headless Chromium in the background (JSON state lines on stdout).
 pub fn spawn_browser(url: &str, frames: u32, timeout_s: u32, hold_s: u32) -> Logged {
-    let dir = workspace_root().join("tests/webrtc");
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&dir).args([
-        "viewer.mjs",
-        "--url",
-        url,
-        "--frames",
-        &frames.to_string(),
-        "--timeout",
-        &timeout_s.to_string(),
-        "--hold",
-        &hold_s.to_string(),
-    ]);
-    Logged::spawn("chromium viewer", &mut cmd)
+    Logged::spawn(
+        "chromium viewer",
+        &mut browser_command(url, frames, timeout_s, hold_s),
+    )
 }
 
 /// Asserts an RGB triple is within `tol` of `want`.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vcambridge_tests::webrtc::{
-    Backend, SOLID_RGB, SOLID_SOURCE, assert_colour, browser, cpu_seconds, gst_viewer, open_fds,
-    rss_kib, spawn_browser, spawn_gst_viewer, start_agent, start_coturn,
+    Backend, Logged, SOLID_RGB, SOLID_SOURCE, assert_colour, browser, cpu_seconds, gst_viewer,
+    open_fds, rss_kib, spawn_browser, spawn_gst_viewer, start_agent, start_coturn,
 };
 use vcambridge_tests::{free_tcp_port, wait_for};
 
@@ -33,17 +33,18 @@ fn small(extra: &[&'static str]) -> Vec<&'static str> {
     v
 }
 
+/// The backend with `device` registered and the agent sending the solid colour at 320x240.
+fn solid_camera(device: &str) -> (Backend, Logged, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(&data_file(&dir), 0, &["--register", device]);
+    let agent = start_agent(&backend.device_url(), device, SOLID_SOURCE, &small(&[]));
+    (backend, agent, dir)
+}
+
 #[test]
 fn chromium_receives_the_solid_colour_in_h264_and_vp8() {
     let _s = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&data_file(&dir), 0, &["--register", "cam-browser"]);
-    let agent = start_agent(
-        &backend.device_url(),
-        "cam-browser",
-        SOLID_SOURCE,
-        &small(&[]),
-    );
+    let (backend, agent, _dir) = solid_camera("cam-browser");
     for (codec, mime) in [("h264", "video/H264"), ("vp8", "video/VP8")] {
         let r = browser(
             &backend.page("cam-browser", &format!("&codec={codec}")),
@@ -71,9 +72,7 @@ fn chromium_receives_the_solid_colour_in_h264_and_vp8() {
 #[test]
 fn webrtcbin_viewer_receives_through_the_same_backend() {
     let _s = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&data_file(&dir), 0, &["--register", "cam-gst"]);
-    let agent = start_agent(&backend.device_url(), "cam-gst", SOLID_SOURCE, &small(&[]));
+    let (backend, agent, _dir) = solid_camera("cam-gst");
     for codec in ["vp8", "h264"] {
         let r = gst_viewer(
             &backend.viewer_url(),
@@ -410,14 +409,7 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn a_hundred_watch_and_hang_up_cycles_keep_fds_and_memory_flat() {
     let _s = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::start(&data_file(&dir), 0, &["--register", "cam-cycles"]);
-    let agent = start_agent(
-        &backend.device_url(),
-        "cam-cycles",
-        SOLID_SOURCE,
-        &small(&[]),
-    );
+    let (backend, agent, _dir) = solid_camera("cam-cycles");
     let viewer = spawn_gst_viewer(
         &backend.viewer_url(),
         "cam-cycles",
