@@ -260,17 +260,29 @@ fn consumer_choice_among_upstream_formats_is_honoured() {
     let pipeline = vcambridge_tests::launch_pipeline(&desc);
     let sink = pipeline.by_name("sink").expect("sink");
     pipeline.set_state(gst::State::Playing).expect("play");
-    let obj = session.wait_for_node(node, Duration::from_secs(10));
-    let formats: Vec<String> = obj["info"]["params"]["EnumFormat"]
-        .as_array()
-        .expect("EnumFormat")
-        .iter()
-        .map(|f| {
-            assert_eq!(f["size"]["width"], WIDTH, "{f}");
-            assert_eq!(f["framerate"]["num"], FPS, "{f}");
-            f["format"].as_str().unwrap_or_default().to_string()
-        })
-        .collect();
+    // The node may be published with upstream's possible formats before the caps are fixed;
+    // it then updates its EnumFormat with the current format first (bounded wait for that).
+    let read_formats = || -> Vec<String> {
+        let obj = session.wait_for_node(node, Duration::from_secs(10));
+        obj["info"]["params"]["EnumFormat"]
+            .as_array()
+            .expect("EnumFormat")
+            .iter()
+            .map(|f| {
+                assert_eq!(f["size"]["width"], WIDTH, "{f}");
+                assert_eq!(f["framerate"]["num"], FPS, "{f}");
+                f["format"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut formats = read_formats();
+    while formats.first().map(String::as_str) != Some("BGRx")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        formats = read_formats();
+    }
     assert_eq!(formats[0], "BGRx", "current format first: {formats:?}");
     for f in [
         "I420", "NV12", "YUY2", "UYVY", "RGBx", "BGRA", "RGBA", "RGB", "BGR",
