@@ -54,7 +54,12 @@ fi
 # Python side of the tests: PyAV (FFmpeg 8 with libx265/SVT-AV1/libvpx) publishes Enhanced RTMP.
 VENV="${VCAMBRIDGE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/target/venv}"
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+  if ! python3 -m venv "$VENV"; then
+    rm -rf "$VENV"
+    echo "install-deps: '$(command -v python3) -m venv $VENV' failed (see above); free disk:" \
+      "$(df -Ph "$(dirname "$VENV")" | awk 'NR == 2 { print $4 }'). Check the disk and python3-venv." >&2
+    exit 1
+  fi
 fi
 # aiortc (+ websockets) runs the WebRTC agent benchmark's reference agent
 # (pipelines/webrtc-agent/bench); aiortc 1.16 accepts av >=14,<20.

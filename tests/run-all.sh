@@ -7,6 +7,18 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
+# A full disk shows up much later as an unrelated-looking failure (ensurepip, rustc exit 101):
+# say it first. A clean build plus the guest and meson trees take about 9 GB.
+NEED_GB="${VCAMBRIDGE_NEED_GB:-10}"
+mkdir -p "$ROOT/target"
+free_kb="$(df -Pk "$ROOT/target" | awk 'NR == 2 { print $4 }')"
+if [ "$free_kb" -lt $((NEED_GB * 1024 * 1024)) ]; then
+  echo "run-all: only $((free_kb / 1024)) MB free on $(df -P "$ROOT/target" | awk 'NR == 2 { print $6 }')" \
+    "for $ROOT/target; the build and tests need about ${NEED_GB} GB. Free some space" \
+    "(old target/ trees, /tmp) or set VCAMBRIDGE_NEED_GB to override." >&2
+  exit 1
+fi
+
 "$ROOT/scripts/install-deps.sh"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export VCAMBRIDGE_PYTHON="$ROOT/target/venv/bin/python"
