@@ -249,6 +249,7 @@ pub fn have_program(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+pub mod bench;
 pub mod ipc;
 pub mod pipewire;
 pub mod procs;
