@@ -296,3 +296,41 @@ impl Drop for IoWorker {
         }
     }
 }
+
+/// A directory the sink can create files in, or what to do about it.
+pub fn check_directory(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "directory {} does not exist: create it (mkdir -p {}) or set directory= to an \
+                 existing folder",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot use directory {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => {
+            return Err(format!(
+                "{} is not a directory: set directory= to a folder for the chunk files",
+                dir.display()
+            ));
+        }
+        Ok(_) => {}
+    }
+    let probe = dir.join(format!(".chunksink-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "cannot create files in directory {}: {e}; give this user write permission there \
+             (or check that it is not mounted read-only), or pick another directory",
+            dir.display()
+        )),
+    }
+}

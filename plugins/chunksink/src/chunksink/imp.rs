@@ -6,7 +6,7 @@
 //! streaming thread takes the `Writer` out of `state`, writes without any lock, and puts it back;
 //! `stop()` takes it out the same way and joins the I/O thread without a lock.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,7 +22,8 @@ use crate::chunk::{
     resume_point,
 };
 use crate::files::{IoConfig, IoWorker, Job, MappedChunk};
-use crate::wav::{SampleFormat, Speaker, WavFormat, channel_mask};
+use super::caps::{supported_caps, wav_format_of};
+use crate::wav::WavFormat;
 use vcambridge_common::lock;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -133,117 +134,6 @@ fn now_unix() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-fn speaker_of(p: gst_audio::AudioChannelPosition) -> Option<Speaker> {
-    use gst_audio::AudioChannelPosition as P;
-    Some(match p {
-        P::Mono | P::FrontCenter => Speaker::FrontCenter,
-        P::FrontLeft => Speaker::FrontLeft,
-        P::FrontRight => Speaker::FrontRight,
-        P::Lfe1 => Speaker::LowFrequency,
-        P::RearLeft => Speaker::BackLeft,
-        P::RearRight => Speaker::BackRight,
-        P::FrontLeftOfCenter => Speaker::FrontLeftOfCenter,
-        P::FrontRightOfCenter => Speaker::FrontRightOfCenter,
-        P::RearCenter => Speaker::BackCenter,
-        P::SideLeft => Speaker::SideLeft,
-        P::SideRight => Speaker::SideRight,
-        P::TopCenter => Speaker::TopCenter,
-        P::TopFrontLeft => Speaker::TopFrontLeft,
-        P::TopFrontCenter => Speaker::TopFrontCenter,
-        P::TopFrontRight => Speaker::TopFrontRight,
-        P::TopRearLeft => Speaker::TopBackLeft,
-        P::TopRearCenter => Speaker::TopBackCenter,
-        P::TopRearRight => Speaker::TopBackRight,
-        _ => return None,
-    })
-}
-
-/// The WAV format for raw audio caps, or what is wrong with them.
-fn wav_format_of(caps: &gst::CapsRef) -> Result<WavFormat, String> {
-    let info = gst_audio::AudioInfo::from_caps(caps)
-        .map_err(|_| format!("caps {caps} are not complete raw audio caps"))?;
-    let supported = || {
-        SampleFormat::ALL
-            .iter()
-            .map(|f| f.gst_name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let name = info.format().to_str();
-    let sample = SampleFormat::from_gst_name(name).ok_or_else(|| {
-        format!(
-            "chunksink cannot store {name} samples: WAV files hold {}; put audioconvert before \
-             chunksink (or ask the source for one of these formats)",
-            supported()
-        )
-    })?;
-    if info.layout() != gst_audio::AudioLayout::Interleaved {
-        return Err(
-            "chunksink stores interleaved samples: put audioconvert (or \
-                    audiointerleave) before chunksink for non-interleaved audio"
-                .into(),
-        );
-    }
-    let mask = match info.positions() {
-        Some(pos) if !info.is_unpositioned() => {
-            let speakers: Vec<Option<Speaker>> = pos.iter().map(|p| speaker_of(*p)).collect();
-            channel_mask(&speakers)
-        }
-        _ => 0,
-    };
-    WavFormat::new(sample, info.channels(), info.rate(), mask).map_err(|e| e.0)
-}
-
-fn supported_caps() -> gst::Caps {
-    gst::Caps::builder("audio/x-raw")
-        .field(
-            "format",
-            gst::List::new(SampleFormat::ALL.iter().map(|f| f.gst_name())),
-        )
-        .field("layout", "interleaved")
-        .field("rate", gst::IntRange::new(1, i32::MAX))
-        .field("channels", gst::IntRange::new(1, i32::MAX))
-        .build()
-}
-
-/// A directory the sink can create files in, or what to do about it.
-fn check_directory(dir: &Path) -> Result<(), String> {
-    match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "directory {} does not exist: create it (mkdir -p {}) or set directory= to an \
-                 existing folder",
-                dir.display(),
-                dir.display()
-            ));
-        }
-        Err(e) => return Err(format!("cannot use directory {}: {e}", dir.display())),
-        Ok(m) if !m.is_dir() => {
-            return Err(format!(
-                "{} is not a directory: set directory= to a folder for the chunk files",
-                dir.display()
-            ));
-        }
-        Ok(_) => {}
-    }
-    let probe = dir.join(format!(".chunksink-probe-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "cannot create files in directory {}: {e}; give this user write permission there \
-             (or check that it is not mounted read-only), or pick another directory",
-            dir.display()
-        )),
-    }
 }
 
 impl ChunkSink {
@@ -745,7 +635,7 @@ impl BaseSinkImpl for ChunkSink {
         let pattern = NamePattern::parse(&settings.location)
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["{}", e]))?;
         let directory = PathBuf::from(&settings.directory);
-        check_directory(&directory)
+        crate::files::check_directory(&directory)
             .map_err(|e| gst::error_msg!(gst::ResourceError::OpenWrite, ["{}", e]))?;
         let mut resume = None;
         let index = if settings.index_file.is_empty() {
