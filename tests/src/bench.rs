@@ -155,9 +155,18 @@ mod tests {
         let mut r = Report::new("x", 3, &["ours", "a", "b"]);
         r.row("frames/s", &[Some(150.0), Some(100.0), None]);
         let text = r.render();
-        assert!(text.contains("| metric | ours | a | b | ours / a | ours / b |"), "{text}");
-        assert!(text.contains("| frames/s | 150 | 100 | - | 1.50 | - |"), "{text}");
+        assert!(
+            text.contains("| metric | ours | a | b | ours / a | ours / b |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| frames/s | 150 | 100 | - | 1.50 | - |"),
+            "{text}"
+        );
         assert!(text.contains("rounds: 3 (medians)"), "{text}");
-        assert!(text.lines().nth(1).unwrap().starts_with("machine: "), "{text}");
+        assert!(
+            text.lines().nth(1).unwrap().starts_with("machine: "),
+            "{text}"
+        );
     }
 }

@@ -221,6 +221,35 @@ pub fn run_with_timeout(name: &str, cmd: &mut Command, timeout: Duration) -> Out
     ChildGuard::spawn(name, cmd).wait_output(timeout)
 }
 
+/// Run `cmd` like [`run_with_timeout`] and fail the test, with its stderr, unless it succeeds.
+pub fn run_ok(name: &str, cmd: &mut Command, timeout: Duration) -> Output {
+    let out = run_with_timeout(name, cmd, timeout);
+    assert!(
+        out.status.success(),
+        "{name} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `ffmpeg -hide_banner -loglevel error -nostdin`: how every test and benchmark starts ffmpeg.
+pub fn ffmpeg() -> Command {
+    let mut c = Command::new("ffmpeg");
+    c.args(["-hide_banner", "-loglevel", "error", "-nostdin"]);
+    c
+}
+
+/// ffmpeg's libx264 at its lowest latency (no B-frames, no lookahead).
+pub const X264_LOW_LATENCY: [&str; 6] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-tune",
+    "zerolatency",
+];
+
 /// Fails the test, naming the build command, when a file a subprocess test runs is missing.
 pub fn assert_built(file: &Path) {
     assert!(

@@ -881,7 +881,9 @@ fn check_amf0(data: &[u8], max_depth: usize) -> Result<usize, SessionError> {
     }
 }
 
-#[doc(hidden)]
+/// Publisher-side fixtures (a scripted handshake, connect and publish) for this crate's unit
+/// tests and the fuzz targets; not part of the shipped plugin (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 #[cfg(test)]

@@ -12,12 +12,13 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{COUNT_ONLY, Options, Receiver};
 use gst_video::prelude::*;
 use vcambridge_tests::ChildGuard;
+use vcambridge_tests::bench::{Report, median};
 use vcambridge_tests::rtmp::{FfmpegPublisher, Nginx, nginx_missing, process_cpu_time};
 
 /// The latency runs' frame size: BENCH_SIZE=WxH (default 320x240; at least 320x120).
@@ -76,24 +77,10 @@ fn read_marker(frame: &gst_video::VideoFrameRef<&gst::BufferRef>) -> Option<u32>
     (rows[2] == rows[0] ^ rows[1] ^ 0xA5).then_some(rows[0] as u32 | (rows[1] as u32) << 8)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// A paced raw-video publisher: GRAY8 frames with painted indices into ffmpeg's stdin.
 fn publish_paced(url: &str, frames: u32, rate: u32) -> Vec<Instant> {
     let (width, height) = frame_size();
-    let mut child = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+    let mut child = vcambridge_tests::ffmpeg()
         .args(["-f", "rawvideo", "-pix_fmt", "gray"])
         .args([
             "-s",
@@ -103,14 +90,7 @@ fn publish_paced(url: &str, frames: u32, rate: u32) -> Vec<Instant> {
             "-i",
             "-",
         ])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
+        .args(vcambridge_tests::X264_LOW_LATENCY)
         .args(["-pix_fmt", "yuv420p", "-g", &rate.to_string()])
         .args(["-f", "flv", "-flvflags", "no_duration_filesize", url])
         .stdin(Stdio::piped())
@@ -244,8 +224,8 @@ fn throughput_run(nginx: Option<&Nginx>, file: &std::path::Path) -> (u64, f64, u
     };
     let out = vcambridge_tests::run_with_timeout(
         "ffmpeg -c copy publisher",
-        Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
+        vcambridge_tests::ffmpeg()
+            .arg("-i")
             .arg(file)
             .args(["-c", "copy", "-f", "flv", &url]),
         Duration::from_secs(120),
@@ -343,16 +323,15 @@ fn rtmp_bench() {
     let file = dir.path().join("highrate.flv");
     let out = vcambridge_tests::run_with_timeout(
         "ffmpeg (encode the high-bitrate file)",
-        Command::new("ffmpeg")
+        vcambridge_tests::ffmpeg()
             .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-nostdin",
                 "-f",
                 "lavfi",
+                "-i",
+                "testsrc2=size=1280x720:rate=30",
+                "-frames:v",
+                "300",
             ])
-            .args(["-i", "testsrc2=size=1280x720:rate=30", "-frames:v", "300"])
             .args(["-c:v", "libx264", "-preset", "ultrafast", "-qp", "8"])
             .args(["-pix_fmt", "yuv420p", "-g", "30", "-f", "flv"])
             .arg(&file),
@@ -381,15 +360,14 @@ fn rtmp_bench() {
             .collect::<Vec<_>>()
             .join("/")
     };
-    println!();
     let (w, h) = frame_size();
-    println!(
-        "rtmpflvsrc benchmark: {runs} runs x {frames} frames {w}x{h}@{rate} (x264 ultrafast \
-         zerolatency), medians over all frames after the first second"
-    );
-    println!(
-        "{:<40} {:>12} {:>22} {:>8}",
-        "", "rtmpflvsrc", "nginx-rtmp+rtmp2src", "ratio"
+    let mut report = Report::new(
+        format!(
+            "rtmpflvsrc: ffmpeg publishes {frames} frames {w}x{h}@{rate} (x264 ultrafast \
+             zerolatency), medians over all frames after the first second"
+        ),
+        runs as usize,
+        &["rtmpflvsrc", "nginx-rtmp + rtmp2src"],
     );
     for (d, (dname, _)) in DECODERS.iter().enumerate() {
         let lm = [
@@ -397,55 +375,39 @@ fn rtmp_bench() {
             median(&mut lat[d][1].clone()),
         ];
         let cm = [median(&mut cpu[d][0]), median(&mut cpu[d][1])];
-        println!("decoder: {dname}");
-        println!(
-            "{:<40} {:>12.1} {:>22.1} {:>8.2}",
-            "  glass-to-glass latency (ms)",
-            lm[0],
-            lm[1],
-            lm[0] / lm[1]
-        );
-        println!(
-            "{:<40} {:>12} {:>22}",
-            "    per-run medians (ms)",
-            per_run(&run_medians[d][0]),
-            per_run(&run_medians[d][1])
-        );
-        println!(
-            "{:<40} {:>12.2} {:>22.2} {:>8.2}",
-            "  receiver CPU (ms/frame, incl. decode)",
-            cm[0],
-            cm[1],
-            cm[0] / cm[1]
-        );
-        println!(
-            "{:<40} {:>12.2} {:>22.2} {:>8.2}",
-            "  receiver + nginx CPU (ms/frame)",
-            cm[0],
-            cm[1] + sm,
-            cm[0] / (cm[1] + sm)
-        );
+        report
+            .row(
+                format!("glass-to-glass latency, {dname} (ms)"),
+                &[Some(lm[0]), Some(lm[1])],
+            )
+            .row(
+                format!("receiver CPU incl. decode, {dname} (ms/frame)"),
+                &[Some(cm[0]), Some(cm[1])],
+            )
+            .row(
+                format!("receiver + nginx CPU, {dname} (ms/frame)"),
+                &[Some(cm[0]), Some(cm[1] + sm)],
+            )
+            .note(format!(
+                "{dname}: per-run latency medians {} / {} ms",
+                per_run(&run_medians[d][0]),
+                per_run(&run_medians[d][1])
+            ));
     }
-    println!(
-        "{:<40} {:>12} {:>22}",
-        "frames not decoded (all runs)", lost[0], lost[1]
-    );
-    println!(
-        "{:<40} {:>12.0} {:>22.0} {:>8.2}",
-        "ingest throughput (Mbit/s)",
-        tm[0],
-        tm[1],
-        tm[0] / tm[1]
-    );
-    println!(
-        "{:<40} {:>12} {:>22}",
-        "  video frames received (of 300)",
-        per_run(&tframes[0].iter().map(|&v| v as f64).collect::<Vec<_>>()),
-        per_run(&tframes[1].iter().map(|&v| v as f64).collect::<Vec<_>>())
-    );
-    println!(
-        "  (throughput file: {file_mbit:.0} Mbit, 1280x720 x264 qp 8, ffmpeg -c copy, no -re)"
-    );
+    report
+        .row("ingest throughput (Mbit/s)", &[Some(tm[0]), Some(tm[1])])
+        .row(
+            "frames not decoded (all runs)",
+            &[Some(lost[0] as f64), Some(lost[1] as f64)],
+        )
+        .note(format!(
+            "throughput: a {file_mbit:.0} Mbit file (1280x720 x264 qp 8) sent with ffmpeg -c copy, \
+             no -re; video frames received per run (of 300): {} / {}",
+            per_run(&tframes[0].iter().map(|&v| v as f64).collect::<Vec<_>>()),
+            per_run(&tframes[1].iter().map(|&v| v as f64).collect::<Vec<_>>())
+        ));
+    println!();
+    report.print();
 }
 
 /// Harness self-check against the upstream peer: ffmpeg -> nginx-rtmp -> rtmp2src ! flvdemux.

@@ -293,26 +293,12 @@ fn ffmpeg_audio_only() {
             .prop("eos-on-disconnect", "true")
             .audio_branch("decodebin ! audioconvert ! fakesink sync=false"),
     );
-    let out = vcambridge_tests::run_with_timeout(
+    vcambridge_tests::run_ok(
         "ffmpeg audio-only publisher",
-        std::process::Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-nostdin",
-                "-f",
-                "lavfi",
-            ])
-            .args(["-i", "sine=frequency=440:sample_rate=44100:duration=1"])
-            .args(["-c:a", "aac", "-ac", "1", "-f", "flv"])
+        vcambridge_tests::ffmpeg()
+            .args(common::client::SINE_1S_AAC_FLV)
             .arg(rx.url("live", "key")),
         PUBLISH_TIMEOUT,
-    );
-    assert!(
-        out.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     rx.wait_pads_eos(&["audio"], EOS_TIMEOUT);
     rx.assert_no_error();

@@ -288,36 +288,16 @@ pub fn parse_flv(bytes: &[u8]) -> Vec<FlvTag> {
 pub fn h264_flv_video_tags(frames: u32, width: u32, height: u32) -> Vec<FlvTag> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("h264.flv");
-    let out = vcambridge_tests::run_with_timeout(
+    vcambridge_tests::run_ok(
         "ffmpeg (encode H.264 FLV)",
-        std::process::Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-nostdin",
-                "-f",
-                "lavfi",
-            ])
-            .arg("-i")
+        vcambridge_tests::ffmpeg()
+            .args(["-f", "lavfi", "-i"])
             .arg(format!("testsrc2=size={width}x{height}:rate=30"))
             .args(["-frames:v", &frames.to_string()])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-            ])
+            .args(vcambridge_tests::X264_LOW_LATENCY)
             .args(["-pix_fmt", "yuv420p", "-g", "1000", "-f", "flv"])
             .arg(&path),
         Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let bytes = std::fs::read(&path).expect("read the FLV file");
     let tags: Vec<FlvTag> = parse_flv(&bytes)
@@ -337,31 +317,30 @@ pub fn h264_flv_video_tags(frames: u32, width: u32, height: u32) -> Vec<FlvTag> 
     tags
 }
 
+/// ffmpeg arguments: one second of a 440 Hz sine, 44.1 kHz mono AAC, as FLV (output follows).
+pub const SINE_1S_AAC_FLV: [&str; 11] = [
+    "-f",
+    "lavfi",
+    "-i",
+    "sine=frequency=440:sample_rate=44100:duration=1",
+    "-c:a",
+    "aac",
+    "-ac",
+    "1",
+    "-f",
+    "flv",
+    "-y",
+];
+
 /// Encode about one second of 44.1 kHz mono AAC with ffmpeg into FLV and return its audio tags:
 /// the AAC sequence header first, then one tag per AAC frame.
 pub fn aac_flv_audio_tags() -> Vec<FlvTag> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("aac.flv");
-    let out = vcambridge_tests::run_with_timeout(
+    vcambridge_tests::run_ok(
         "ffmpeg (encode AAC FLV)",
-        std::process::Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-nostdin",
-                "-f",
-                "lavfi",
-            ])
-            .args(["-i", "sine=frequency=440:sample_rate=44100:duration=1"])
-            .args(["-c:a", "aac", "-ac", "1", "-f", "flv"])
-            .arg(&path),
+        vcambridge_tests::ffmpeg().args(SINE_1S_AAC_FLV).arg(&path),
         Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let bytes = std::fs::read(&path).expect("read the FLV file");
     let tags: Vec<FlvTag> = parse_flv(&bytes)
