@@ -44,7 +44,7 @@ def machine():
 def _fmt(v):
     if v is None or v != v or v in (float("inf"), float("-inf")):
         return "-"
-    if abs(v) >= 100:
+    if float(v).is_integer() or abs(v) >= 100:
         return f"{v:.0f}"
     if abs(v) >= 10:
         return f"{v:.1f}"

@@ -132,6 +132,7 @@ fn fmt_value(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
         Some(x) if !x.is_finite() => "-".into(),
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
         Some(x) => format!("{x:.2}"),
