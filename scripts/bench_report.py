@@ -82,3 +82,30 @@ class Report:
 
     def print(self):
         print(self.render(), end="", flush=True)
+
+
+def _main(argv):
+    """Shell benchmarks: bench_report.py --title T --rounds N --columns ours,ref1,...
+    --row 'metric=v1,v2,...' (- for none) ... [--note TEXT ...]"""
+    import argparse
+
+    p = argparse.ArgumentParser(description=_main.__doc__)
+    p.add_argument("--title", required=True)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--columns", required=True)
+    p.add_argument("--row", action="append", default=[])
+    p.add_argument("--note", action="append", default=[])
+    a = p.parse_args(argv)
+    r = Report(a.title, a.rounds, a.columns.split(","))
+    for row in a.row:
+        metric, _, values = row.rpartition("=")
+        r.row(metric, [None if v.strip() in ("-", "") else float(v) for v in values.split(",")])
+    for n in a.note:
+        r.note(n)
+    r.print()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

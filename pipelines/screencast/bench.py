@@ -30,6 +30,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import screencast as sc  # noqa: E402
+
+sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
+import bench_report  # noqa: E402
 from gi.repository import Gio, GLib  # noqa: E402
 
 BARE_RUNNER = r'''
@@ -175,10 +178,15 @@ def main():
                       f"latency {lat:5.1f} ms", flush=True)
         med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in res.items()}
         b, o = med["bridge"], med["bare"]
-        print(f"\n{w}x{h}, node {node}, {args.rounds} rounds x {args.seconds:.0f} s, medians:")
-        print(f"  bridge: {b[0]:.1f} fps, CPU {b[1]:.2f} ms/frame, latency {b[2]:.1f} ms")
-        print(f"  bare:   {o[0]:.1f} fps, CPU {o[1]:.2f} ms/frame, latency {o[2]:.1f} ms")
-        print(f"  ratio bridge/bare: CPU {b[1] / o[1]:.2f}, latency {b[2] / o[2]:.2f}")
+        print()
+        report = bench_report.Report(
+            f"screencast bridge: mutter node {node}, {w}x{h}, {args.seconds:.0f} s per round",
+            args.rounds, ["bridge", "pipewiresrc ! waylandsink"])
+        report.row("frames/s into waylandsink", [b[0], o[0]])
+        report.row("CPU per frame (ms)", [b[1], o[1]])
+        report.row("latency, frame timestamp to surface (ms)", [b[2], o[2]])
+        report.note("mutter's own CPU is not counted (the same for both)")
+        report.print()
     finally:
         for p in (client, weston):
             if p is not None:

@@ -30,6 +30,9 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "scripts"))
+import bench_report  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -213,19 +216,20 @@ def table(a):
         if not r["ok"]:
             print(f"        errors: {r.get('errors')}")
     print()
-    print("medians over rounds (ratio = ours / aiortc; below 1 means ours is lower):")
-    print(f"{'metric':26} {'viewers':>7} {'ours':>9} {'aiortc':>9} {'ratio':>6}")
+    viewers = sorted({r["viewers"] for r in recs})
+    report = bench_report.Report(
+        f"WebRTC agent vs aiortc ({a.title})" if a.title else "WebRTC agent vs aiortc",
+        max(r["round"] for r in recs), ["vcambridge-webrtc-agent", "aiortc"])
     for key, name in METRICS:
-        for k in sorted({r["viewers"] for r in recs}):
-            vals = {}
+        for k in viewers:
+            vals = []
             for label in ("ours", "aiortc"):
                 xs = [r[key] for r in recs
                       if r["label"] == label and r["viewers"] == k and r.get(key) is not None]
-                vals[label] = statistics.median(xs) if xs else None
-            o, q = vals["ours"], vals["aiortc"]
-            ratio = f"{o / q:.2f}" if o is not None and q else "-"
-            fmt = (lambda x: "-" if x is None else (f"{x:.0f}" if abs(x) >= 100 else f"{x:.2f}"))
-            print(f"{name:26} {k:>7} {fmt(o):>9} {fmt(q):>9} {ratio:>6}")
+                vals.append(statistics.median(xs) if xs else None)
+            report.row(f"{name}, {k} viewer{'s' if k > 1 else ''}", vals)
+    report.note("CPU of ours includes stamp_source.py (the raw rounds above show it apart)")
+    report.print()
     return 0
 
 
@@ -252,6 +256,7 @@ def main():
     r.add_argument("--out", required=True)
     t = sub.add_parser("table")
     t.add_argument("results")
+    t.add_argument("--title", default="")
     a = p.parse_args()
     return {"wait-online": wait_online, "run": run, "table": table}[a.cmd](a)
 

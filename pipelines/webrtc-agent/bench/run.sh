@@ -156,6 +156,5 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "vcambridge-webrtc-agent vs aiortc $("$PY" -c 'import aiortc; print(aiortc.__version__)'):" \
-  "$SIZE@$FPS, $CODEC at $KBPS kbit/s, $ROUNDS rounds, $FRAMES frames + $HOLD s hold"
-"$PY" "$HERE/measure.py" table "$OUT/results.jsonl"
+"$PY" "$HERE/measure.py" table "$OUT/results.jsonl" --title \
+  "aiortc $("$PY" -c 'import aiortc; print(aiortc.__version__)'), $SIZE@$FPS, $CODEC at $KBPS kbit/s, $FRAMES frames + $HOLD s hold"

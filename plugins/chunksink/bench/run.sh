@@ -110,11 +110,10 @@ done
 m_sink=$(printf '%s\n' "${sink_mbs[@]}" | median)
 m_memcpy=$(printf '%s\n' "${memcpy_mbs[@]}" | median)
 
-printf '\nchunksink benchmark (%s runs, medians; %s s per capture run)\n' "$RUNS" "$SECS"
-printf '%-58s %10s %10s %7s\n' "" "chunksink" "other" "ratio"
-printf '%-58s %10s %10s %7s\n' "PipeWire capture, 48 kHz F32 stereo, CPU ms per s (vs pw-record)" \
-  "$m_ours" "$m_theirs" "$(awk -v a="$m_ours" -v b="$m_theirs" 'BEGIN{printf "%.2f", a / b}')"
-printf '%-58s %10s %10s %7s\n' "element alone, 64 ch F32 48 kHz, MB/s (vs memcpy)" \
-  "$m_sink" "$m_memcpy" "$(awk -v a="$m_sink" -v b="$m_memcpy" 'BEGIN{printf "%.2f", a / b}')"
-printf 'runs: chunksink CPU %s; pw-record CPU %s; chunksink MB/s %s; memcpy MB/s %s\n' \
-  "${ours[*]}" "${theirs[*]}" "${sink_mbs[*]}" "${memcpy_mbs[*]}"
+echo
+python3 "$ROOT/scripts/bench_report.py" \
+  --title "chunksink: PipeWire capture ${SECS} s per run; the element alone at 64 ch" \
+  --rounds "$RUNS" --columns "chunksink,pw-record,memcpy" \
+  --row "capture CPU, 48 kHz F32 stereo (ms per s of audio)=$m_ours,$m_theirs,-" \
+  --row "element alone, 64 ch F32 48 kHz (MB/s)=$m_sink,-,$m_memcpy" \
+  --note "runs: chunksink CPU ${ours[*]}; pw-record CPU ${theirs[*]}; chunksink MB/s ${sink_mbs[*]}; memcpy MB/s ${memcpy_mbs[*]}"
