@@ -66,6 +66,24 @@ fn src_cmd(name: &str, timeout_ms: u32, buffers: u32) -> Command {
     ])
 }
 
+/// shmringsrc (`timeout_ms`, at most `buffers` buffers) on the ring at `shm`: it must end with
+/// an error of its own (`what` names the case); returns what it printed.
+fn gst_read_fails(what: &str, shm: &ShmName, timeout_ms: u32, buffers: u32) -> String {
+    let out = run_with_timeout("src", &mut src_cmd(&shm.name, timeout_ms, buffers), LONG);
+    assert_gst_error(what, &out);
+    text(&out)
+}
+
+/// `shmring.py read <name> <args>` on the ring at `shm`: it must exit by itself with `code`
+/// (`what` names the case); returns its output.
+fn python_read(what: &str, shm: &ShmName, args: &[&str], code: i32) -> Output {
+    let mut argv = vec!["read", shm.name.as_str()];
+    argv.extend_from_slice(args);
+    let out = run_with_timeout("python read", &mut shmring_cli(&argv), LONG);
+    assert_exit(what, &out, code);
+    out
+}
+
 /// A Python writer that publishes `frames` frames of 64 bytes (every 10 ms), then EOS.
 fn python_writer(name: &str, frames: u32) -> ChildGuard {
     let mut cmd = shmring_python(&format!(
@@ -81,12 +99,12 @@ fn good_peers_work(shm: &ShmName) {
     let writer = python_writer(&shm.name, 300);
     let out = run_with_timeout("good src", &mut src_cmd(&shm.name, 10_000, 5), LONG);
     assert_exit("shmringsrc after the attack", &out, 0);
-    let out = run_with_timeout(
-        "good python reader",
-        &mut shmring_cli(&["read", &shm.name, "--max", "5", "--timeout", "10"]),
-        LONG,
+    let out = python_read(
+        "python reader after the attack",
+        shm,
+        &["--max", "5", "--timeout", "10"],
+        0,
     );
-    assert_exit("python reader after the attack", &out, 0);
     let summary = last_json(&out.stdout);
     assert_eq!(summary["frames"], 5, "{summary}");
     drop(writer);
@@ -126,21 +144,19 @@ fn geometry_that_cannot_be_mapped_is_refused() {
     // Slot size 2^64 - 64: the stride (64 + slot size) wraps to 0, the total to 4096.
     leave_ring(&shm);
     patch_geometry(&shm, 4, u64::MAX - 63, 0, 4096, 4096 + 4 * 128);
-    let out = run_with_timeout("src", &mut src_cmd(&shm.name, 1000, 1), LONG);
-    assert_gst_error("shmringsrc on a wrapping header", &out);
-    let t = text(&out);
+    let t = gst_read_fails("shmringsrc on a wrapping header", &shm, 1000, 1);
     assert!(
         t.contains(&path)
             && t.contains("inconsistent ring header")
             && t.contains("slot size 18446744073709551552"),
         "{t}"
     );
-    let out = run_with_timeout(
-        "python read",
-        &mut shmring_cli(&["read", &shm.name, "--timeout", "1"]),
-        LONG,
+    let out = python_read(
+        "python reader on a wrapping header",
+        &shm,
+        &["--timeout", "1"],
+        2,
     );
-    assert_exit("python reader on a wrapping header", &out, 2);
     assert!(
         text(&out).contains("inconsistent ring header"),
         "{}",
@@ -161,19 +177,17 @@ fn geometry_that_cannot_be_mapped_is_refused() {
         .write_all_at(&tib.to_le_bytes(), 4096 + 40)
         .expect("patch frame size");
     assert_eq!(std::fs::metadata(shm.path()).expect("stat").len(), total);
-    let out = run_with_timeout("src", &mut src_cmd(&shm.name, 1000, 1), LONG);
-    assert_gst_error("shmringsrc on a 2 TiB ring", &out);
-    let t = text(&out);
+    let t = gst_read_fails("shmringsrc on a 2 TiB ring", &shm, 1000, 1);
     assert!(
         t.contains("inconsistent ring header") && t.contains("up to 4294967296"),
         "{t}"
     );
-    let out = run_with_timeout(
-        "python read",
-        &mut shmring_cli(&["read", &shm.name, "--timeout", "1"]),
-        LONG,
+    let out = python_read(
+        "python reader on a 2 TiB ring",
+        &shm,
+        &["--timeout", "1"],
+        2,
     );
-    assert_exit("python reader on a 2 TiB ring", &out, 2);
     let t = text(&out);
     assert!(
         t.contains("shmring: ") && t.contains("inconsistent ring header"),
@@ -194,9 +208,8 @@ fn geometry_that_cannot_be_mapped_is_refused() {
         4096 + 4 * ((1 << 20) + 64),
         8192,
     );
-    let out = run_with_timeout("src", &mut src_cmd(&shm.name, 1000, 1), LONG);
-    assert_gst_error("shmringsrc on a short object", &out);
-    assert!(text(&out).contains("segment is 8192 bytes, a ring needs at least"));
+    let t = gst_read_fails("shmringsrc on a short object", &shm, 1000, 1);
+    assert!(t.contains("segment is 8192 bytes, a ring needs at least"));
 
     good_peers_work(&shm);
 }
@@ -215,17 +228,15 @@ fn writer_pid_zero_is_not_a_running_writer() {
     f.write_all_at(&0u32.to_le_bytes(), 48).expect("pid 0");
     f.write_all_at(&1u32.to_le_bytes(), 52).expect("state live");
     drop(f);
-    let out = run_with_timeout("src", &mut src_cmd(&shm.name, 500, 5), LONG);
-    assert_gst_error("shmringsrc on a pid 0 ring", &out);
-    let t = text(&out);
+    let t = gst_read_fails("shmringsrc on a pid 0 ring", &shm, 500, 5);
     assert!(t.contains("names no writer process (pid 0)"), "{t}");
     assert!(!t.contains("still running"), "{t}");
-    let out = run_with_timeout(
-        "python read",
-        &mut shmring_cli(&["read", &shm.name, "--max", "5", "--timeout", "0.5"]),
-        LONG,
+    let out = python_read(
+        "python reader on a pid 0 ring",
+        &shm,
+        &["--max", "5", "--timeout", "0.5"],
+        0,
     );
-    assert_exit("python reader on a pid 0 ring", &out, 0);
     let summary = last_json(&out.stdout);
     assert_eq!(
         (

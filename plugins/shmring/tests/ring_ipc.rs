@@ -3,163 +3,30 @@
 //! module as reader and writer, and an in-process pipeline where per-buffer checks are needed.
 //! Run `cargo build -p gst-plugin-shmring` first (the subprocesses load target/debug).
 
-use std::path::Path;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::*;
 use gst::prelude::*;
-use gstshmring::shm::{self, Segment};
-use vcambridge_tests::ipc::{
-    ShmName, gst_launch, last_json, read_frames, shmring_cli, shmring_python, spawn_logged,
-    wait_for_log,
-};
-use vcambridge_tests::{ChildGuard, init_gst, wait_for};
-
-const W: usize = 160;
-const H: usize = 120;
-const FRAME: usize = W * H * 4;
-const CAPS: &str = "video/x-raw,format=BGRx,width=160,height=120,framerate=30/1";
-const LONG: Duration = Duration::from_secs(60);
-
-/// `videotestsrc num-buffers=n pattern=ball ! CAPS ! tee ! shmringsink` plus the same frames
-/// into `reference` so readers can be compared byte for byte.
-/// A Python reader (`shmring.py read`) copying every frame of `shm` into `out`, logging to
-/// `log`; it is already waiting for the writer when this returns.
-fn waiting_python_reader(shm: &ShmName, out: &Path, log: &Path) -> ChildGuard {
-    let out = out.display().to_string();
-    let reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&["read", &shm.name, "--out", &out, "--timeout", "20"]),
-        log,
-    );
-    wait_for_log(log, r#"{"waiting": true}"#, LONG);
-    reader
-}
-
-fn writer_with_reference(shm: &ShmName, n: u32, reference: &Path) -> std::process::Command {
-    gst_launch(&format!(
-        "-q videotestsrc num-buffers={n} pattern=ball ! {CAPS} ! tee name=t \
-         t. ! queue ! shmringsink shm-name={shm} \
-         t. ! queue ! filesink location={}",
-        reference.display()
-    ))
-}
-
-/// A live writer that runs until killed.
-fn live_writer(shm: &ShmName, caps: &str, extra: &str) -> std::process::Command {
-    gst_launch(&format!(
-        "-q videotestsrc is-live=true pattern=ball ! {caps} ! shmringsink shm-name={shm} {extra}"
-    ))
-}
-
-/// `shmringsrc ! appsink` in this process.
-struct InProcessReader {
-    pipeline: gst::Pipeline,
-    sink: gst_app::AppSink,
-    src: gst::Element,
-}
-
-impl InProcessReader {
-    fn new(shm: &ShmName, src_opts: &str, middle: &str) -> Self {
-        init_gst();
-        let desc = format!(
-            "shmringsrc name=src shm-name={shm} {src_opts} ! {middle} appsink name=sink sync=false"
-        );
-        let pipeline = vcambridge_tests::launch_pipeline(&desc);
-        let sink = pipeline
-            .by_name("sink")
-            .expect("appsink")
-            .downcast::<gst_app::AppSink>()
-            .expect("appsink type");
-        let src = pipeline.by_name("src").expect("shmringsrc");
-        pipeline
-            .set_state(gst::State::Playing)
-            .expect("reader to PLAYING");
-        InProcessReader {
-            pipeline,
-            sink,
-            src,
-        }
-    }
-
-    /// Next sample, or None at EOS; panics on a pipeline error or after `timeout`.
-    fn pull(&self, timeout: Duration) -> Option<gst::Sample> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self
-                .sink
-                .try_pull_sample(gst::ClockTime::from_mseconds(100))
-            {
-                return Some(s);
-            }
-            if self.sink.is_eos() {
-                return None;
-            }
-            if let Some(bus) = self.pipeline.bus()
-                && let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
-                && let gst::MessageView::Error(e) = msg.view()
-            {
-                panic!("reader error: {} ({:?})", e.error(), e.debug());
-            }
-            assert!(Instant::now() < deadline, "no sample within {timeout:?}");
-        }
-    }
-
-    fn dropped(&self) -> u64 {
-        self.src.property::<u64>("frames-dropped")
-    }
-}
-
-impl Drop for InProcessReader {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
-fn sample_bytes(s: &gst::Sample) -> Vec<u8> {
-    let b = s.buffer().expect("buffer");
-    b.map_readable().expect("map").to_vec()
-}
-
-fn caps_dims(s: &gst::Sample) -> (i32, i32) {
-    let caps = s.caps().expect("caps");
-    let st = caps.structure(0).expect("structure");
-    (
-        st.get::<i32>("width").expect("width"),
-        st.get::<i32>("height").expect("height"),
-    )
-}
-
-/// Header of a ring, read through the Rust layout module (independent of the elements).
-fn ring_info(shm: &ShmName) -> (u64, u32, u64) {
-    let (seg, _g) = Segment::open_reader(&shm.name).expect("open ring");
-    let m = seg.memory();
-    (m.generation(), m.writer_pid(), m.write_seq())
-}
+use gstshmring::shm;
+use vcambridge_tests::ipc::{gst_launch, last_json, read_frames, shmring_cli, shmring_python};
+use vcambridge_tests::{ChildGuard, wait_for};
 
 #[test]
 fn gst_writer_to_gst_reader_started_first() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("g2g");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out.raw");
-    let reference = dir.path().join("ref.raw");
-    let log = dir.path().join("reader.log");
+    let case = Case::new("g2g");
+    let shm = &case.shm;
+    let out = case.file("out.raw");
+    let reference = case.file("ref.raw");
     assert!(!shm.exists());
-    let mut cmd = gst_launch(&format!(
-        "-v shmringsrc shm-name={shm} timeout=20000 ! filesink location={}",
-        out.display()
-    ));
-    cmd.env("GST_DEBUG", "shmringsrc:7");
-    let reader = spawn_logged("reader", &mut cmd, &log);
-    // The reader is running and waiting for a writer that does not exist yet.
-    wait_for_log(&log, "waiting for the writer", LONG);
+    let reader = waiting_gst_reader(&case, "-v", &shm.name, &out);
     assert!(!shm.exists());
-    let writer = ChildGuard::spawn("writer", &mut writer_with_reference(&shm, 30, &reference));
-    let wout = writer.wait_output(LONG);
-    assert!(wout.status.success(), "writer: {wout:?}");
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "reader failed:\n{text}");
+    run_ok(
+        "writer",
+        &mut writer_with_reference(&shm.name, 30, &reference),
+    );
+    let text = reader.finish();
     assert!(
         text.contains("caps = video/x-raw, format=(string)BGRx, width=(int)160, height=(int)120"),
         "reader caps:\n{text}"
@@ -179,52 +46,18 @@ fn gst_writer_to_gst_reader_started_first() {
 /// without the slash feeds a reader given it with the slash, and the Python module takes it too.
 #[test]
 fn names_without_slash_are_the_same_ring() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("noslash");
+    let case = Case::new("noslash");
+    let shm = &case.shm;
     let bare = shm.name.trim_start_matches('/').to_string();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out.raw");
-    let py_out = dir.path().join("py.raw");
-    let reference = dir.path().join("ref.raw");
-    let log = dir.path().join("reader.log");
-    let py_log = dir.path().join("py.log");
-    let py_reader = spawn_logged(
-        "python reader",
-        &mut shmring_cli(&[
-            "read",
-            &bare,
-            "--out",
-            &py_out.display().to_string(),
-            "--timeout",
-            "20",
-        ]),
-        &py_log,
-    );
-    wait_for_log(&py_log, r#"{"waiting": true}"#, LONG);
-    let mut cmd = gst_launch(&format!(
-        "shmringsrc shm-name={} timeout=20000 ! filesink location={}",
-        shm.name,
-        out.display()
-    ));
-    cmd.env("GST_DEBUG", "shmringsrc:7");
-    let reader = spawn_logged("reader", &mut cmd, &log);
+    let out = case.file("out.raw");
+    let py_out = case.file("py.raw");
+    let reference = case.file("ref.raw");
+    let py_reader = waiting_python_reader_of(&case, &bare, &py_out);
     // The writer starts once both readers wait: neither may miss the first frame.
-    wait_for_log(&log, "waiting for the writer", LONG);
-    let mut writer = gst_launch(&format!(
-        "-q videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! tee name=t \
-         t. ! queue ! shmringsink shm-name={bare} \
-         t. ! queue ! filesink location={}",
-        reference.display()
-    ));
-    let writer = ChildGuard::spawn("writer", &mut writer);
-    let wout = writer.wait_output(LONG);
-    assert!(wout.status.success(), "writer: {wout:?}");
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "reader failed:\n{text}");
-    let pout = py_reader.wait_output(LONG);
-    let ptext = std::fs::read_to_string(&py_log).unwrap_or_default();
-    assert!(pout.status.success(), "python reader:\n{ptext}");
+    let reader = waiting_gst_reader(&case, "", &shm.name, &out);
+    run_ok("writer", &mut writer_with_reference(&bare, 20, &reference));
+    reader.finish();
+    py_reader.finish();
     let want = read_frames(&reference, FRAME);
     assert_eq!(want.len(), 20);
     assert_eq!(read_frames(&out, FRAME), want, "gst reader frames (/name)");
@@ -238,18 +71,16 @@ fn names_without_slash_are_the_same_ring() {
 
 #[test]
 fn gst_writer_to_python_reader() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("g2py");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out.raw");
-    let reference = dir.path().join("ref.raw");
-    let log = dir.path().join("py.log");
-    let reader = waiting_python_reader(&shm, &out, &log);
-    let writer = ChildGuard::spawn("writer", &mut writer_with_reference(&shm, 30, &reference));
-    assert!(writer.wait_output(LONG).status.success());
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "python reader:\n{text}");
+    let case = Case::new("g2py");
+    let shm = &case.shm;
+    let out = case.file("out.raw");
+    let reference = case.file("ref.raw");
+    let reader = waiting_python_reader(&case, &out);
+    run_ok(
+        "writer",
+        &mut writer_with_reference(&shm.name, 30, &reference),
+    );
+    let text = reader.finish();
     let summary = last_json(text.as_bytes());
     assert_eq!(summary["eos"], true, "{summary}");
     assert_eq!(summary["frames"], 30, "{summary}");
@@ -293,16 +124,13 @@ w.close()
 /// A Python writer feeds shmringsrc, and a caps change mid-stream is renegotiated.
 #[test]
 fn python_writer_to_gst_reader_with_caps_change() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("py2g");
-    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let case = Case::new("py2g");
+    let shm = &case.shm;
+    let reader = InProcessReader::new(shm, "timeout=20000", "");
     let mut cmd = shmring_python(PY_WRITER);
     cmd.arg(&shm.name);
     let writer = ChildGuard::spawn("python writer", &mut cmd);
-    let mut samples = Vec::new();
-    while let Some(s) = reader.pull(LONG) {
-        samples.push(s);
-    }
+    let samples = reader.pull_all();
     let wout = writer.wait_output(LONG);
     assert!(wout.status.success(), "python writer: {wout:?}");
     assert_eq!(samples.len(), 20, "frame count");
@@ -335,13 +163,7 @@ fn python_writer_to_gst_reader_with_caps_change() {
         }
         prev_pts = Some(pts);
     }
-    assert!(
-        samples[0]
-            .buffer()
-            .expect("buffer")
-            .flags()
-            .contains(gst::BufferFlags::DISCONT)
-    );
+    assert!(is_discont(&samples[0]));
     assert_eq!(reader.dropped(), 0);
     // Live, one frame (30 fps) of latency.
     let mut q = gst::query::Latency::new();
@@ -355,22 +177,13 @@ fn python_writer_to_gst_reader_with_caps_change() {
 /// sink replaces the ring (new generation) and the Python reader follows it.
 #[test]
 fn gst_writer_caps_change_resizes_ring() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
-    let shm = ShmName::new("resize");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("py.log");
-    let out = dir.path().join("out.raw");
-    let reader = waiting_python_reader(&shm, &out, &log);
-    let pipeline = vcambridge_tests::launch_pipeline(&format!(
+    let case = Case::new("resize");
+    let shm = &case.shm;
+    let out = case.file("out.raw");
+    let reader = waiting_python_reader(&case, &out);
+    let writer = AppSrcWriter::new(&format!(
         "appsrc name=src format=time ! shmringsink name=sink shm-name={shm}"
     ));
-    let src = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
     let mut expected = Vec::new();
     for (i, (w, h)) in [(16usize, 8usize), (64, 32)].iter().enumerate() {
         let caps = gst::Caps::builder("video/x-raw")
@@ -379,7 +192,7 @@ fn gst_writer_caps_change_resizes_ring() {
             .field("height", *h as i32)
             .field("framerate", gst::Fraction::new(30, 1))
             .build();
-        src.set_caps(Some(&caps));
+        writer.src.set_caps(Some(&caps));
         for f in 0..5usize {
             let n = i * 5 + f;
             let data: Vec<u8> = (0..w * h).map(|j| ((n * 13 + j) % 251) as u8).collect();
@@ -388,37 +201,21 @@ fn gst_writer_caps_change_resizes_ring() {
             b.get_mut()
                 .expect("writable")
                 .set_pts(gst::ClockTime::from_mseconds(n as u64 * 33));
-            src.push_buffer(b).expect("push");
+            writer.push(b);
         }
         if i == 0 {
             // The reader has the first frames before the ring is replaced.
-            wait_for(LONG, "the reader to read 5 frames", || {
-                let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-                (len == 5 * 16 * 8).then_some(())
-            });
+            wait_file_len(&out, 5 * 16 * 8, "the reader to read 5 frames");
         }
     }
-    src.end_of_stream().expect("eos");
-    let bus = pipeline.bus().expect("bus");
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS within 30 s");
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    let sink = pipeline.by_name("sink").expect("sink");
+    writer.finish();
+    let sink = writer.pipeline.by_name("sink").expect("sink");
     assert_eq!(sink.property::<u64>("frames-written"), 10);
     // Stopping removes the name: keep the writer until the reader (which had to re-open the name
     // for the bigger ring) has everything.
-    wait_for(LONG, "all frames at the reader", || {
-        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        (len == expected.len() as u64).then_some(())
-    });
-    pipeline.set_state(gst::State::Null).expect("NULL");
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "{text}");
+    wait_file_len(&out, expected.len() as u64, "all frames at the reader");
+    drop(writer);
+    let text = reader.finish();
     let summary = last_json(text.as_bytes());
     assert_eq!(summary["frames"], 10, "{summary}");
     assert_eq!(summary["eos"], true, "{summary}");
@@ -439,15 +236,15 @@ fn gst_writer_caps_change_resizes_ring() {
 /// writer that stays dead makes the reader time out with a message saying so.
 #[test]
 fn writer_killed_restarted_and_crash_timeout() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("restart");
-    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let case = Case::new("restart");
+    let shm = &case.shm;
+    let reader = InProcessReader::new(shm, "timeout=20000", "");
     let caps = "video/x-raw,format=BGRx,width=160,height=120,framerate=60/1";
-    let w1 = ChildGuard::spawn("writer 1", &mut live_writer(&shm, caps, ""));
+    let w1 = ChildGuard::spawn("writer 1", &mut live_writer(shm, caps));
     for _ in 0..10 {
         reader.pull(LONG).expect("frame from writer 1");
     }
-    let (gen1, pid1, _) = ring_info(&shm);
+    let (gen1, pid1, _) = ring_info(shm);
     assert_eq!(pid1, w1.pid());
     w1.signal(libc::SIGKILL);
     let _ = w1.wait_output(LONG);
@@ -462,8 +259,7 @@ fn writer_killed_restarted_and_crash_timeout() {
         )),
     );
     let out = dead_reader.wait_output(LONG);
-    let err =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let err = output_text(&out);
     assert!(!out.status.success());
     assert!(
         err.contains(&format!("(pid {pid1}) is no longer running")),
@@ -480,24 +276,14 @@ fn writer_killed_restarted_and_crash_timeout() {
     assert_eq!(summary["timeout"], true, "{summary}");
     assert_eq!(summary["writer_alive"], false, "{summary}");
     // Drain what the first reader still has queued, then restart the writer.
-    while reader
-        .sink
-        .try_pull_sample(gst::ClockTime::from_mseconds(10))
-        .is_some()
-    {}
-    let w2 = ChildGuard::spawn("writer 2", &mut live_writer(&shm, caps, ""));
+    reader.drain();
+    let w2 = ChildGuard::spawn("writer 2", &mut live_writer(shm, caps));
     let first = reader.pull(LONG).expect("frame from writer 2");
-    assert!(
-        first
-            .buffer()
-            .expect("buffer")
-            .flags()
-            .contains(gst::BufferFlags::DISCONT)
-    );
+    assert!(is_discont(&first));
     for _ in 0..10 {
         reader.pull(LONG).expect("frames from writer 2");
     }
-    let (gen2, pid2, _) = ring_info(&shm);
+    let (gen2, pid2, _) = ring_info(shm);
     assert_eq!(pid2, w2.pid());
     assert_eq!(
         gen2,
@@ -510,12 +296,12 @@ fn writer_killed_restarted_and_crash_timeout() {
 /// A reader killed while copying frames does not disturb the writer or other readers.
 #[test]
 fn reader_killed_mid_frame() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("rkill");
+    let case = Case::new("rkill");
+    let shm = &case.shm;
     // Big frames so the kill most likely lands inside a copy.
     let caps = "video/x-raw,format=BGRx,width=1280,height=720,framerate=50/1";
-    let writer = ChildGuard::spawn("writer", &mut live_writer(&shm, caps, ""));
-    let survivor = InProcessReader::new(&shm, "timeout=20000", "");
+    let writer = ChildGuard::spawn("writer", &mut live_writer(shm, caps));
+    let survivor = InProcessReader::new(shm, "timeout=20000", "");
     survivor.pull(LONG).expect("first frame");
     let victim = ChildGuard::spawn(
         "victim reader",
@@ -523,23 +309,23 @@ fn reader_killed_mid_frame() {
     );
     // Let the victim copy frames for a while, then kill it.
     wait_for(LONG, "the victim to be reading", || {
-        let (_, _, w) = ring_info(&shm);
+        let (_, _, w) = ring_info(shm);
         (w > 30).then_some(())
     });
     let gst_victim = ChildGuard::spawn(
         "victim gst reader",
         &mut gst_launch(&format!("shmringsrc shm-name={shm} ! fakesink")),
     );
-    let (_, _, w) = ring_info(&shm);
+    let (_, _, w) = ring_info(shm);
     wait_for(LONG, "more frames", || {
-        let (_, _, w2) = ring_info(&shm);
+        let (_, _, w2) = ring_info(shm);
         (w2 > w + 10).then_some(())
     });
     victim.signal(libc::SIGKILL);
     gst_victim.signal(libc::SIGKILL);
     let _ = victim.wait_output(LONG);
     let _ = gst_victim.wait_output(LONG);
-    let (_, _, w0) = ring_info(&shm);
+    let (_, _, w0) = ring_info(shm);
     let t0 = Instant::now();
     let mut got = 0;
     while t0.elapsed() < Duration::from_secs(2) {
@@ -547,7 +333,7 @@ fn reader_killed_mid_frame() {
         assert_eq!(sample_bytes(&s).len(), 1280 * 720 * 4);
         got += 1;
     }
-    let (_, _, w1) = ring_info(&shm);
+    let (_, _, w1) = ring_info(shm);
     let rate = (w1 - w0) as f64 / t0.elapsed().as_secs_f64();
     // The writer keeps its 50 fps (bound halved for a loaded 2-core machine; a writer waiting
     // for the dead reader would make no progress at all).
@@ -567,18 +353,17 @@ fn reader_killed_mid_frame() {
 /// A slow reader skips frames; the writer's rate and frame count are unaffected.
 #[test]
 fn slow_readers_skip_and_writer_never_blocks() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("slow");
+    let case = Case::new("slow");
+    let shm = &case.shm;
     let caps = "video/x-raw,format=BGRx,width=160,height=120,framerate=100/1";
-    let slow_gst = InProcessReader::new(&shm, "timeout=20000", "identity sleep-time=50000 !");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("slow.log");
-    let slow_py = spawn_logged(
+    let slow_gst = InProcessReader::new(shm, "timeout=20000", "identity sleep-time=50000 !");
+    let slow_py = Logged::spawn(
+        &case,
         "slow python reader",
+        "slow.log",
         &mut shmring_cli(&["read", &shm.name, "--sleep", "0.05", "--timeout", "20"]),
-        &log,
     );
-    wait_for_log(&log, "waiting", LONG);
+    slow_py.wait_log("waiting");
     let start = Instant::now();
     let writer = ChildGuard::spawn(
         "writer",
@@ -616,9 +401,7 @@ fn slow_readers_skip_and_writer_never_blocks() {
         299,
         "ends with the newest frame"
     );
-    let pout = slow_py.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(pout.status.success(), "{text}");
+    let text = slow_py.finish();
     let summary = last_json(text.as_bytes());
     let frames = summary["frames"].as_u64().expect("frames");
     let dropped = summary["dropped"].as_u64().expect("dropped");
@@ -631,47 +414,29 @@ fn slow_readers_skip_and_writer_never_blocks() {
 /// The slot pool: videotestsrc writes straight into the ring (frames-in-place), content intact.
 #[test]
 fn zero_copy_pool_content_matches() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
-    let shm = ShmName::new("zc");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("py.log");
-    let out = dir.path().join("out.raw");
-    let reference = dir.path().join("ref.raw");
-    let reader = waiting_python_reader(&shm, &out, &log);
+    let case = Case::new("zc");
+    let shm = &case.shm;
+    let out = case.file("out.raw");
+    let reference = case.file("ref.raw");
+    let reader = waiting_python_reader(&case, &out);
     let pipeline = vcambridge_tests::launch_pipeline(&format!(
         "videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! shmringsink name=sink shm-name={shm}"
     ));
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let msg = pipeline
-        .bus()
-        .expect("bus")
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS");
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    assert_eos(&pipeline);
     let sink = pipeline.by_name("sink").expect("sink");
     assert_eq!(sink.property::<u64>("frames-written"), 20);
     assert_eq!(sink.property::<u64>("frames-in-place"), 20, "no copies");
-    wait_for(LONG, "the frames at the reader", || {
-        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        (len == 20 * FRAME as u64).then_some(())
-    });
+    wait_file_len(&out, 20 * FRAME as u64, "the frames at the reader");
     pipeline.set_state(gst::State::Null).expect("NULL");
-    let ref_out = ChildGuard::spawn(
+    run_ok(
         "reference",
         &mut gst_launch(&format!(
             "-q videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! filesink location={}",
             reference.display()
         )),
-    )
-    .wait_output(LONG);
-    assert!(ref_out.status.success());
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "{text}");
+    );
+    let text = reader.finish();
     assert_eq!(last_json(text.as_bytes())["frames"], 20, "{text}");
     let got = read_frames(&out, FRAME);
     let want = read_frames(&reference, FRAME);
@@ -685,15 +450,13 @@ fn zero_copy_pool_content_matches() {
 /// what the reader gets is byte-identical to decoding into a file.
 #[test]
 fn decoder_writes_into_the_ring() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("dec");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out.raw");
-    let reference = dir.path().join("ref.raw");
-    let log = dir.path().join("py.log");
+    let case = Case::new("dec");
+    let shm = &case.shm;
+    let out = case.file("out.raw");
+    let reference = case.file("ref.raw");
     let chain = "videotestsrc num-buffers=45 pattern=ball ! video/x-raw,format=I420,width=160,height=120 \
                  ! x264enc key-int-max=15 bframes=2 ! avdec_h264";
-    let reader = waiting_python_reader(&shm, &out, &log);
+    let reader = waiting_python_reader(&case, &out);
     let mut cmd = gst_launch(&format!("-q {chain} ! shmringsink shm-name={shm} slots=16"));
     cmd.env("GST_DEBUG", "shmringsink:4")
         .env("GST_DEBUG_NO_COLOR", "1");
@@ -711,19 +474,15 @@ fn decoder_writes_into_the_ring() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("in-place count in {stats}"));
     assert!(in_place > 0, "the decoder used the slot pool: {stats}");
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "{text}");
+    let text = reader.finish();
     assert_eq!(last_json(text.as_bytes())["frames"], 45, "{text}");
-    let refout = ChildGuard::spawn(
+    run_ok(
         "reference decode",
         &mut gst_launch(&format!(
             "-q {chain} ! filesink location={}",
             reference.display()
         )),
-    )
-    .wait_output(LONG);
-    assert!(refout.status.success());
+    );
     let size = 160 * 120 * 3 / 2;
     assert_eq!(read_frames(&out, size), read_frames(&reference, size));
 }
@@ -731,10 +490,10 @@ fn decoder_writes_into_the_ring() {
 /// Any caps: raw audio and an encoded H.264 stream (variable sizes, delta flags) cross the ring.
 #[test]
 fn audio_and_encoded_streams() {
-    vcambridge_tests::assert_plugin_built("shmring");
     // Audio: 20 buffers of 441 S16LE stereo samples.
-    let shm = ShmName::new("audio");
-    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let case = Case::new("audio");
+    let shm = &case.shm;
+    let reader = InProcessReader::new(shm, "timeout=20000", "");
     let writer = ChildGuard::spawn(
         "audio writer",
         &mut gst_launch(&format!(
@@ -754,8 +513,9 @@ fn audio_and_encoded_streams() {
     assert!(writer.wait_output(LONG).status.success());
 
     // H.264: the reader decodes every frame.
-    let shm = ShmName::new("h264");
-    let reader = InProcessReader::new(&shm, "timeout=20000", "h264parse ! avdec_h264 !");
+    let case = Case::new("h264");
+    let shm = &case.shm;
+    let reader = InProcessReader::new(shm, "timeout=20000", "h264parse ! avdec_h264 !");
     let writer = ChildGuard::spawn(
         "h264 writer",
         &mut gst_launch(&format!(
@@ -775,22 +535,13 @@ fn audio_and_encoded_streams() {
 /// State changes never wait on the writer: a reader waiting for a writer (or a frame) stops at once.
 #[test]
 fn state_changes_do_not_wait() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("unlock");
-    let reader = InProcessReader::new(&shm, "timeout=0", "");
+    let case = Case::new("unlock");
+    let shm = &case.shm;
+    let reader = InProcessReader::new(shm, "timeout=0", "");
     // Waiting for a writer that does not exist (timeout 0 = forever). The pause only gives the
     // streaming thread time to start waiting; the bound below holds either way.
     std::thread::sleep(Duration::from_millis(200));
-    let t = Instant::now();
-    reader
-        .pipeline
-        .set_state(gst::State::Null)
-        .expect("to NULL");
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t.elapsed()
-    );
+    reader.stop_quickly();
     // Waiting on the futex of a ring whose writer produces nothing.
     let mut cmd = shmring_python(
         "import shmring, sys, time\nw = shmring.Writer(sys.argv[1], caps='x/y', slot_size=64)\nprint('ready', flush=True)\ntime.sleep(30)\n",
@@ -798,41 +549,23 @@ fn state_changes_do_not_wait() {
     cmd.arg(&shm.name);
     let _writer = ChildGuard::spawn("idle writer", &mut cmd);
     wait_for(LONG, "the idle ring", || shm.exists().then_some(()));
-    let reader = InProcessReader::new(&shm, "timeout=0", "");
+    let reader = InProcessReader::new(shm, "timeout=0", "");
     std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    reader
-        .pipeline
-        .set_state(gst::State::Null)
-        .expect("to NULL");
-    assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t.elapsed()
-    );
+    reader.stop_quickly();
 }
 
 /// Raw video with padded strides (VideoMeta) is repacked into the caps' default layout, which is
 /// what the ring carries.
 #[test]
 fn padded_video_is_repacked() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
-    let shm = ShmName::new("stride");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("py.log");
-    let out = dir.path().join("out.raw");
-    let reader = waiting_python_reader(&shm, &out, &log);
-    let pipeline = vcambridge_tests::launch_pipeline(&format!(
+    let case = Case::new("stride");
+    let shm = &case.shm;
+    let out = case.file("out.raw");
+    let reader = waiting_python_reader(&case, &out);
+    let writer = AppSrcWriter::new(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=I420,width=8,height=4,framerate=30/1 \
          ! shmringsink shm-name={shm}"
     ));
-    let src = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
     // Padded layout: Y 8x4 in stride 16, U and V 4x2 in stride 8.
     let (offsets, strides) = ([0usize, 64, 80], [16i32, 8, 8]);
     let mut expected = Vec::new();
@@ -864,27 +597,13 @@ fn padded_video_is_repacked() {
             )
             .expect("video meta");
         }
-        src.push_buffer(b).expect("push");
+        writer.push(b);
     }
-    src.end_of_stream().expect("eos");
-    let msg = pipeline
-        .bus()
-        .expect("bus")
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS");
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    writer.finish();
     // Stopping removes the name: keep the writer until the reader has the frames.
-    wait_for(LONG, "the frames at the reader", || {
-        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        (len == expected.len() as u64).then_some(())
-    });
-    pipeline.set_state(gst::State::Null).expect("NULL");
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "{text}");
+    wait_file_len(&out, expected.len() as u64, "the frames at the reader");
+    drop(writer);
+    let text = reader.finish();
     let summary = last_json(text.as_bytes());
     assert_eq!(summary["frames"], 3, "{text}");
     // Sized from the caps, the ring never had to grow for the padded buffers.
@@ -896,9 +615,8 @@ fn padded_video_is_repacked() {
 /// no reader ever delivers a torn frame (every frame is one byte value, derived from its number).
 #[test]
 fn torn_frames_are_never_delivered() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
-    let shm = ShmName::new("torn");
+    let case = Case::new("torn");
+    let shm = &case.shm;
     const SIZE: usize = 1 << 20;
     const N: u64 = 400;
     let py_check = r#"
@@ -920,31 +638,21 @@ except shmring.EndOfStream:
     pass
 print(json.dumps({"good": good, "torn": torn, "dropped": r.dropped}), flush=True)
 "#;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("py.log");
     // The writer first, so the readers attach to an existing ring.
-    let pipeline = vcambridge_tests::launch_pipeline(&format!(
+    let writer = AppSrcWriter::new(&format!(
         "appsrc name=src format=time caps=application/x-test ! shmringsink shm-name={shm} slots=3 slot-size={SIZE} sync=false"
     ));
-    let src = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    src.push_buffer(gst::Buffer::from_slice(vec![0u8; SIZE]))
-        .expect("push");
+    writer.push(gst::Buffer::from_slice(vec![0u8; SIZE]));
     wait_for(LONG, "the ring", || shm.exists().then_some(()));
     let mut cmd = shmring_python(py_check);
     cmd.arg(&shm.name);
-    let py = spawn_logged("python checker", &mut cmd, &log);
-    wait_for_log(&log, "attached", LONG);
-    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let py = Logged::spawn(&case, "python checker", "py.log", &mut cmd);
+    py.wait_log("attached");
+    let reader = InProcessReader::new(shm, "timeout=20000", "");
     for n in 1..N {
-        src.push_buffer(gst::Buffer::from_slice(vec![(n % 251) as u8; SIZE]))
-            .expect("push");
+        writer.push(gst::Buffer::from_slice(vec![(n % 251) as u8; SIZE]));
     }
-    src.end_of_stream().expect("eos");
+    writer.src.end_of_stream().expect("eos");
     let mut good = 0;
     while let Some(s) = reader.pull(LONG) {
         let b = s.buffer().expect("buffer");
@@ -957,9 +665,7 @@ print(json.dumps({"good": good, "torn": torn, "dropped": r.dropped}), flush=True
         );
         good += 1;
     }
-    let pout = py.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(pout.status.success(), "{text}");
+    let text = py.finish();
     let summary = last_json(text.as_bytes());
     eprintln!(
         "python checker: {summary}, shmringsrc delivered {good}, dropped {}",
@@ -968,58 +674,31 @@ print(json.dumps({"good": good, "torn": torn, "dropped": r.dropped}), flush=True
     assert_eq!(summary["torn"], 0, "{summary}");
     assert!(summary["good"].as_u64().unwrap_or(0) > 0, "{summary}");
     assert!(good > 0);
-    pipeline.set_state(gst::State::Null).expect("NULL");
+    drop(writer);
 }
 
 /// With `slot-size=0` and caps without a frame size, the ring grows when a buffer does not fit.
 #[test]
 fn auto_slot_size_grows_for_big_buffers() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
-    let shm = ShmName::new("grow");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("py.log");
-    let out = dir.path().join("out.raw");
-    let reader = waiting_python_reader(&shm, &out, &log);
-    let pipeline = vcambridge_tests::launch_pipeline(&format!(
+    let case = Case::new("grow");
+    let shm = &case.shm;
+    let out = case.file("out.raw");
+    let reader = waiting_python_reader(&case, &out);
+    let writer = AppSrcWriter::new(&format!(
         "appsrc name=src format=time caps=application/x-blob ! shmringsink shm-name={shm}"
     ));
-    let src = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
     let small: Vec<u8> = (0..100u32).map(|i| i as u8).collect();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-    src.push_buffer(gst::Buffer::from_slice(small.clone()))
-        .expect("push");
+    writer.push(gst::Buffer::from_slice(small.clone()));
     // The reader holds the small frame before the ring is replaced by a bigger one.
-    wait_for(LONG, "the small frame", || {
-        (std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) == 100).then_some(())
-    });
-    src.push_buffer(gst::Buffer::from_slice(big.clone()))
-        .expect("push");
-    src.end_of_stream().expect("eos");
-    let msg = pipeline
-        .bus()
-        .expect("bus")
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS");
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    wait_file_len(&out, 100, "the small frame");
+    writer.push(gst::Buffer::from_slice(big.clone()));
+    writer.finish();
     // Stopping removes the name: keep the writer until the reader, which had to re-open the
     // name for the bigger ring, has the big frame.
-    wait_for(LONG, "the big frame", || {
-        let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        (len == 100 + 3_000_000).then_some(())
-    });
-    pipeline.set_state(gst::State::Null).expect("NULL");
-    let rout = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(rout.status.success(), "{text}");
+    wait_file_len(&out, 100 + 3_000_000, "the big frame");
+    drop(writer);
+    let text = reader.finish();
     let summary = last_json(text.as_bytes());
     assert_eq!(summary["frames"], 2, "{summary}");
     assert_eq!(summary["caps"][0], "application/x-blob", "{summary}");
@@ -1034,8 +713,8 @@ fn auto_slot_size_grows_for_big_buffers() {
 /// The Python module's numpy view (optional dependency) gives the pixels in the caps' shape.
 #[test]
 fn python_reader_numpy_view() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("numpy");
+    let case = Case::new("numpy");
+    let shm = &case.shm;
     let script = r#"
 import shmring, sys, json
 r = shmring.Reader(sys.argv[1], timeout=20)
@@ -1052,20 +731,16 @@ except ImportError:
     kind = "bytes"
 print(json.dumps({"px": px, "kind": kind, "caps": f.caps}), flush=True)
 "#;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("py.log");
     let mut cmd = shmring_python(script);
     cmd.arg(&shm.name);
-    let reader = spawn_logged("python numpy reader", &mut cmd, &log);
+    let reader = Logged::spawn(&case, "python numpy reader", "py.log", &mut cmd);
     let writer = ChildGuard::spawn(
         "writer",
         &mut gst_launch(&format!(
             "-q videotestsrc is-live=true pattern=red ! {CAPS} ! shmringsink shm-name={shm}"
         )),
     );
-    let out = reader.wait_output(LONG);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(out.status.success(), "{text}");
+    let text = reader.finish();
     let summary = last_json(text.as_bytes());
     // BGRx red.
     let px: Vec<u64> = (0..3)
@@ -1080,23 +755,19 @@ print(json.dumps({"px": px, "kind": kind, "caps": f.caps}), flush=True)
 /// + 1) and the attached shmringsrc follows, renegotiating to the Python writer's caps.
 #[test]
 fn python_writer_reclaims_a_crashed_gst_ring() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    let shm = ShmName::new("reclaim");
-    let reader = InProcessReader::new(&shm, "timeout=20000", "");
+    let case = Case::new("reclaim");
+    let shm = &case.shm;
+    let reader = InProcessReader::new(shm, "timeout=20000", "");
     let caps = "video/x-raw,format=GRAY8,width=16,height=8,framerate=30/1";
-    let w1 = ChildGuard::spawn("gst writer", &mut live_writer(&shm, caps, ""));
+    let w1 = ChildGuard::spawn("gst writer", &mut live_writer(shm, caps));
     for _ in 0..5 {
         let s = reader.pull(LONG).expect("frame from the gst writer");
         assert_eq!(caps_dims(&s), (16, 8));
     }
-    let (gen1, _, _) = ring_info(&shm);
+    let (gen1, _, _) = ring_info(shm);
     w1.signal(libc::SIGKILL);
     let _ = w1.wait_output(LONG);
-    while reader
-        .sink
-        .try_pull_sample(gst::ClockTime::from_mseconds(10))
-        .is_some()
-    {}
+    reader.drain();
     let mut cmd = shmring_python(
         r#"
 import shmring, sys, time
@@ -1113,7 +784,7 @@ time.sleep(5)
     cmd.arg(&shm.name);
     let w2 = ChildGuard::spawn("python writer", &mut cmd);
     let mut got = Vec::new();
-    while let Some(s) = reader.pull(LONG) {
+    for s in reader.pull_all() {
         assert_eq!(
             caps_dims(&s),
             (8, 4),
@@ -1122,7 +793,7 @@ time.sleep(5)
         got.push(sample_bytes(&s)[0]);
     }
     assert_eq!(got, (1..=10).collect::<Vec<u8>>());
-    let (gen2, pid2, _) = ring_info(&shm);
+    let (gen2, pid2, _) = ring_info(shm);
     assert_eq!(pid2, w2.pid());
     assert!(gen2 > gen1, "generation {gen1} -> {gen2}");
     drop(w2);
@@ -1132,9 +803,8 @@ time.sleep(5)
 /// (live, one frame) — the same check, by the same helper, as surfacesrc's.
 #[test]
 fn timestamps_on_running_time_and_latency_answered() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
-    let shm = ShmName::new("rtime");
+    let case = Case::new("rtime");
+    let shm = &case.shm;
     vcambridge_common::testing::check_live_source_timing(
         &format!("shmringsrc shm-name={shm} timeout=20000"),
         &format!("shmringsink shm-name={shm}"),
@@ -1145,8 +815,7 @@ fn timestamps_on_running_time_and_latency_answered() {
 /// `timeout` is a `guint` of milliseconds, as surfacesrc's (same helper).
 #[test]
 fn timeout_is_milliseconds_as_in_surfacesrc() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
+    Case::new("timeout");
     vcambridge_common::testing::check_timeout_property("shmringsrc");
 }
 
@@ -1154,19 +823,12 @@ fn timeout_is_milliseconds_as_in_surfacesrc() {
 /// the layout, never read beyond its end.
 #[test]
 fn video_meta_outside_the_buffer_is_an_error() {
-    vcambridge_tests::assert_plugin_built("shmring");
-    init_gst();
-    let shm = ShmName::new("badmeta");
-    let pipeline = vcambridge_tests::launch_pipeline(&format!(
+    let case = Case::new("badmeta");
+    let shm = &case.shm;
+    let writer = AppSrcWriter::new(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=I420,width=8,height=4,framerate=30/1 \
          ! shmringsink shm-name={shm}"
     ));
-    let src = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    pipeline.set_state(gst::State::Playing).expect("PLAYING");
     // V starts at 90 with stride 8: its 2 rows would end at 106, the buffer has 96 bytes.
     let mut b = gst::Buffer::from_slice(vec![0u8; 96]);
     gst_video::VideoMeta::add_full(
@@ -1179,16 +841,9 @@ fn video_meta_outside_the_buffer_is_an_error() {
         &[16, 8, 8],
     )
     .expect("video meta");
-    let _ = src.push_buffer(b);
-    let msg = pipeline
-        .bus()
-        .expect("bus")
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("an error");
-    pipeline.set_state(gst::State::Null).expect("NULL");
+    let _ = writer.src.push_buffer(b);
+    let msg = eos_or_error(&writer.pipeline);
+    drop(writer);
     let gst::MessageView::Error(e) = msg.view() else {
         panic!("expected an error, got {msg:?}");
     };
