@@ -150,22 +150,25 @@ impl Mutter {
     }
 }
 
-/// A Wayland client that animates on `display` (`videotestsrc pattern=smpte` scrolling at
-/// 30 fps, 320x240, in a normal window): colour bars the tests look for in screenshots.
+/// `gst-launch-1.0` arguments of a Wayland client that animates: `videotestsrc pattern=smpte`
+/// scrolling at 30 fps, 320x240, in a normal window: colour bars the tests look for in screenshots.
+pub const ANIMATING_CLIENT: [&str; 8] = [
+    "-q",
+    "videotestsrc",
+    "pattern=smpte",
+    "horizontal-speed=4",
+    "!",
+    "video/x-raw,width=320,height=240,framerate=30/1",
+    "!",
+    "waylandsink",
+];
+
+/// The [`ANIMATING_CLIENT`] on `display`, in `pw`'s session.
 pub fn animating_client(pw: &PipeWireSession, display: &Path) -> ChildGuard {
     let mut cmd = pw.command("gst-launch-1.0");
-    cmd.args([
-        "-q",
-        "videotestsrc",
-        "pattern=smpte",
-        "horizontal-speed=4",
-        "!",
-        "video/x-raw,width=320,height=240,framerate=30/1",
-        "!",
-        "waylandsink",
-    ])
-    .env("WAYLAND_DISPLAY", display)
-    .env_remove("G_DEBUG");
+    cmd.args(ANIMATING_CLIENT)
+        .env("WAYLAND_DISPLAY", display)
+        .env_remove("G_DEBUG");
     log_to(&mut cmd, pw.runtime_dir(), "client.log");
     ChildGuard::spawn_inherit("animating client", &mut cmd)
 }

@@ -196,16 +196,7 @@ fn start_headless_brings_up_the_chain_and_ctrl_c_stops_it() {
     // A client on the headless session, so that it has frames to send.
     let mut client_cmd = vcambridge_tests::gst_command("gst-launch-1.0");
     client_cmd
-        .args([
-            "-q",
-            "videotestsrc",
-            "pattern=smpte",
-            "horizontal-speed=4",
-            "!",
-            "video/x-raw,width=320,height=240,framerate=30/1",
-            "!",
-            "waylandsink",
-        ])
+        .args(vcambridge_tests::screencast::ANIMATING_CLIENT)
         .env("XDG_RUNTIME_DIR", &private_dir)
         .env("WAYLAND_DISPLAY", &mutter_display)
         .env_remove("G_DEBUG");

@@ -310,18 +310,7 @@ fn turn_relay_with_minted_credentials_and_a_clear_failure_with_a_wrong_secret() 
     let turn_port = free_tcp_port();
     let _coturn = start_coturn(turn_port, "s3cret");
     let turn_url = format!("turn:127.0.0.1:{turn_port}");
-    let backend = Backend::start(
-        &data_file(&dir),
-        0,
-        &[
-            "--register",
-            "cam-turn",
-            "--turn-url",
-            &turn_url,
-            "--turn-secret",
-            "s3cret",
-        ],
-    );
+    let backend = turn_backend(&dir, &turn_url, "s3cret");
     let agent = start_agent(
         &backend.device_url(),
         "cam-turn",
@@ -349,18 +338,7 @@ fn turn_relay_with_minted_credentials_and_a_clear_failure_with_a_wrong_secret() 
     drop(backend);
 
     // Same TURN server, a backend with the wrong secret: coturn refuses the credentials.
-    let bad = Backend::start(
-        &data_file(&dir),
-        0,
-        &[
-            "--register",
-            "cam-turn",
-            "--turn-url",
-            &turn_url,
-            "--turn-secret",
-            "wrong",
-        ],
-    );
+    let bad = turn_backend(&dir, &turn_url, "wrong");
     let mut agent = start_agent(
         &bad.device_url(),
         "cam-turn",
@@ -715,4 +693,21 @@ fn the_agent_refuses_unusable_arguments_naming_them() {
             "{args:?}: expected '{expect}' in:\n{err}"
         );
     }
+}
+
+/// A backend that registers `cam-turn` and hands viewers TURN credentials for `turn_url`
+/// signed with `secret`.
+fn turn_backend(dir: &tempfile::TempDir, turn_url: &str, secret: &str) -> Backend {
+    Backend::start(
+        &data_file(dir),
+        0,
+        &[
+            "--register",
+            "cam-turn",
+            "--turn-url",
+            turn_url,
+            "--turn-secret",
+            secret,
+        ],
+    )
 }

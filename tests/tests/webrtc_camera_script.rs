@@ -159,6 +159,24 @@ impl Script {
     }
 }
 
+impl Script {
+    /// SIGINT, then asserts that the script exited with status 0 and that nothing of `started`
+    /// outlived it; returns how long the exit took and the script's stderr.
+    fn stop_on_sigint(&mut self, started: &HashSet<u32>) -> (Duration, String) {
+        let (status, took, left) = self.stop(libc::SIGINT, started);
+        let stderr = self.stderr();
+        assert!(
+            left.is_empty(),
+            "still running {STOP_LIMIT:?} after SIGINT: {left:?}\n{stderr}"
+        );
+        assert!(
+            status.success(),
+            "exit status {status:?} after SIGINT:\n{stderr}"
+        );
+        (took, stderr)
+    }
+}
+
 /// The descendants of the script once `names` all run among them (bounded wait).
 fn started_processes(script: &mut Script, names: &[&str]) -> HashMap<u32, String> {
     let pid = script.guard.pid();
@@ -305,16 +323,7 @@ fn the_viewer_url_shows_the_source_and_one_sigint_stops_everything() {
         assert!(v.get("result").is_none(), "the second viewer ended: {line}");
     }
 
-    let (status, took, left) = script.stop(libc::SIGINT, &pids);
-    let stderr = script.stderr();
-    assert!(
-        left.is_empty(),
-        "still running {STOP_LIMIT:?} after SIGINT: {left:?}\n{stderr}"
-    );
-    assert!(
-        status.success(),
-        "exit status {status:?} after SIGINT:\n{stderr}"
-    );
+    let (took, stderr) = script.stop_on_sigint(&pids);
     assert!(
         !stderr.contains("did not stop within"),
         "a child had to be killed instead of stopping on SIGINT:\n{stderr}"
@@ -365,16 +374,7 @@ fn with_an_unreachable_backend_the_agent_retries_and_sigint_still_stops_it() {
         script.stderr()
     );
 
-    let (status, took, left) = script.stop(libc::SIGINT, &pids);
-    let stderr = script.stderr();
-    assert!(
-        left.is_empty(),
-        "still running {STOP_LIMIT:?} after SIGINT: {left:?}\n{stderr}"
-    );
-    assert!(
-        status.success(),
-        "exit status {status:?} after SIGINT:\n{stderr}"
-    );
+    let (took, _) = script.stop_on_sigint(&pids);
     println!("agent retried; gone {took:?} after SIGINT");
 }
 

@@ -236,9 +236,7 @@ async fn ws_device(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.max_message_size(TRANSPORT_MAX_MESSAGE)
-        .max_frame_size(TRANSPORT_MAX_MESSAGE)
-        .on_upgrade(move |socket| device_connection(app, socket, peer))
+    limited(ws).on_upgrade(move |socket| device_connection(app, socket, peer))
 }
 
 async fn ws_viewer(
@@ -246,9 +244,13 @@ async fn ws_viewer(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    limited(ws).on_upgrade(move |socket| viewer_connection(app, socket, peer))
+}
+
+/// Both endpoints refuse messages and frames over the transport limit.
+fn limited(ws: WebSocketUpgrade) -> WebSocketUpgrade {
     ws.max_message_size(TRANSPORT_MAX_MESSAGE)
         .max_frame_size(TRANSPORT_MAX_MESSAGE)
-        .on_upgrade(move |socket| viewer_connection(app, socket, peer))
 }
 
 /// What a connection's task gets from [`Conn::next_event`].

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::client::{FlvTag, RtmpClient, aac_flv_audio_tags, h264_flv_video_tags};
 use gst::prelude::*;
 use vcambridge_tests::ChildGuard;
-use vcambridge_tests::rtmp::{FfmpegPublisher, rtmp_url, wait_listening};
+use vcambridge_tests::rtmp::{FfmpegPublisher, rtmp_url};
 
 /// How long the element may take to answer a publisher or to reach NULL.
 const PROMPT: Duration = Duration::from_secs(1);
@@ -54,14 +54,7 @@ fn start(description: &str) -> Blocked {
         });
     }
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let (res, state, _) = src.state(gst::ClockTime::from_seconds(10));
-    assert!(
-        res.is_ok() && state == gst::State::Playing,
-        "{res:?} {state:?}"
-    );
-    let port = src.property::<u32>("bound-port") as u16;
-    assert_ne!(port, 0, "bound-port");
-    wait_listening(port, Duration::from_secs(10));
+    let port = common::wait_listening_port(&src);
     Blocked {
         pipeline,
         port,

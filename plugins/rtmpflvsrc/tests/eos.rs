@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use vcambridge_tests::rtmp::{FfmpegPublisher, rtmp_url, wait_listening};
+use vcambridge_tests::rtmp::{FfmpegPublisher, rtmp_url};
 
 /// The main job's shape: both branches exist before any pad does (delayed linking), the video
 /// branch decodes.
@@ -25,14 +25,7 @@ fn start() -> (gst::Pipeline, u16) {
     // The sinks wait for a first buffer (the pipeline stays ASYNC); the source itself is live
     // and PLAYING at once.
     let src = pipeline.by_name("src").expect("src");
-    let (res, state, _) = src.state(gst::ClockTime::from_seconds(10));
-    assert!(
-        res.is_ok() && state == gst::State::Playing,
-        "{res:?} {state:?}"
-    );
-    let port = src.property::<u32>("bound-port") as u16;
-    assert_ne!(port, 0, "bound-port");
-    wait_listening(port, Duration::from_secs(10));
+    let port = common::wait_listening_port(&src);
     (pipeline, port)
 }
 

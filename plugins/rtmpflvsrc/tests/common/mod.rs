@@ -527,3 +527,17 @@ pub fn assert_strictly_increasing(pts: &[gst::ClockTime], what: &str) {
         );
     }
 }
+
+/// Waits (bounded) until the `rtmpflvsrc` element `src` is PLAYING and accepts connections;
+/// returns its bound port.
+pub fn wait_listening_port(src: &gst::Element) -> u16 {
+    let (res, state, _) = src.state(gst::ClockTime::from_seconds(10));
+    assert!(
+        res.is_ok() && state == gst::State::Playing,
+        "{res:?} {state:?}"
+    );
+    let port = src.property::<u32>("bound-port") as u16;
+    assert_ne!(port, 0, "bound-port");
+    vcambridge_tests::rtmp::wait_listening(port, std::time::Duration::from_secs(10));
+    port
+}
