@@ -131,8 +131,7 @@ fn live_socket_refused_stale_socket_replaced_mode_0600() {
         "stale socket replaced: {}",
         text(&out)
     );
-    let (status, json, stderr) = py.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
+    let json = py.finish_ok(Duration::from_secs(10));
     assert_eq!(frames_of(&json).len(), 5);
 }
 
@@ -257,13 +256,7 @@ fn version_mismatch_reader_side_and_writer_side() {
     let (_dir, sock) = sock_dir();
     let _w = gst_writer(&sock, "videotestsrc is-live=true", "");
     let py = py_reader(&sock, &["--protocol-version", "2"]);
-    let (status, json, stderr) = py.finish(Duration::from_secs(15));
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    let err = json
-        .iter()
-        .find_map(|v| v.get("error").and_then(|e| e.as_str()))
-        .unwrap_or_default()
-        .to_string();
+    let err = py.finish_error(Duration::from_secs(15), 2, "py");
     assert!(err.contains("protocol version mismatch"), "{err}");
 
     // Raw client: hello with version 2 => the writer answers with an Error naming both versions.
@@ -300,8 +293,7 @@ fn version_mismatch_reader_side_and_writer_side() {
 
     // The writer is unaffected: a current reader still gets frames.
     let py = py_reader(&sock, &["--frames", "3"]);
-    let (status, json, stderr) = py.finish(Duration::from_secs(15));
-    assert!(status.success(), "{stderr}");
+    let json = py.finish_ok(Duration::from_secs(15));
     assert_eq!(frames_of(&json).len(), 3);
 }
 

@@ -213,8 +213,7 @@ fn frame_smaller_than_caps_is_skipped_with_a_warning() {
     );
     assert_eq!(stat(&p.by_name("src"), "rejected"), 3);
     assert_eq!(p.error(), None);
-    let (status, json, stderr) = w.finish(Duration::from_secs(15));
-    assert!(status.success(), "{stderr}");
+    let json = w.finish_ok(Duration::from_secs(15));
     assert!(json.iter().any(|v| v.get("done").is_some()), "{json:?}");
 }
 
@@ -290,8 +289,7 @@ fn caps_flood_keeps_memory_bounded() {
         "surfacesrc grew by {} KiB under 20000 caps messages",
         grown / 1024
     );
-    let (status, json, stderr) = w.finish(Duration::from_secs(30));
-    assert!(status.success(), "{stderr}");
+    let json = w.finish_ok(Duration::from_secs(30));
     assert!(
         json.iter()
             .any(|v| v.get("done").and_then(|d| d.as_u64()) == Some(5)),
@@ -319,13 +317,7 @@ fn python_reader_refuses_hostile_surfaces() {
         let (_dir, sock) = sock_dir();
         let w = writer(&sock, attack, 1);
         let r = py_reader(&sock, &[]);
-        let (status, json, stderr) = r.finish(Duration::from_secs(15));
-        assert_eq!(status.code(), Some(2), "{attack}: {stderr}");
-        let err = json
-            .iter()
-            .find_map(|v| v.get("error").and_then(|e| e.as_str()))
-            .unwrap_or_default()
-            .to_string();
+        let err = r.finish_error(Duration::from_secs(15), 2, &format!("{attack}"));
         assert!(err.contains(needle), "{attack}: {err}");
         let _ = w.finish(Duration::from_secs(15));
     }

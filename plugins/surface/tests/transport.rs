@@ -20,12 +20,8 @@ use gst_allocators::prelude::*;
 fn gst_writer_to_surfacesrc_frames_caps_pixels_reader_first() {
     let (_dir, sock) = sock_dir();
     let reference = reference_frames("smpte", 30);
-    let reader = Pipe::launch(&format!(
-        "surfacesrc socket-path={} timeout=15000 ! appsink name=sink sync=false",
-        sock.display()
-    ));
+    let reader = Pipe::reader(&sock, "timeout=15000");
     let sink = reader.appsink("sink");
-    reader.set(gst::State::Playing);
     // The reader is waiting for a writer that does not exist yet — without failing.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(reader.error(), None);
@@ -37,12 +33,7 @@ fn gst_writer_to_surfacesrc_frames_caps_pixels_reader_first() {
         "wait-for-connection=true surfaces=16",
     );
     let got = pull(&sink, 100, Duration::from_secs(20));
-    let out = writer.wait_output(Duration::from_secs(20));
-    assert!(
-        out.status.success(),
-        "writer: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exits_ok(writer, Duration::from_secs(20));
     assert_eq!(reader.error(), None);
     assert!(sink.is_eos(), "reader got EOS from the writer");
     assert_eq!(got.len(), 30, "frame count");
@@ -90,12 +81,7 @@ fn gst_writer_to_python_reader() {
         "videotestsrc num-buffers=20 pattern=smpte",
         "wait-for-connection=true surfaces=16",
     );
-    let out = writer.wait_output(Duration::from_secs(20));
-    assert!(
-        out.status.success(),
-        "writer: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exits_ok(writer, Duration::from_secs(20));
     let (status, json, stderr) = py.finish(Duration::from_secs(10));
     assert!(status.success(), "python reader failed: {stderr}");
     let frames = frames_of(&json);
@@ -132,10 +118,11 @@ fn gst_writer_to_python_reader() {
 #[test]
 fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
     let (_dir, sock) = sock_dir();
-    let p = Pipe::launch(&format!(
-        "videotestsrc num-buffers=20 pattern=ball ! {CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
-        sock.display()
-    ));
+    let p = Pipe::writer(
+        &format!("videotestsrc num-buffers=20 pattern=ball ! {CAPS}"),
+        &sock,
+        "surfaces=16",
+    );
     let sink = p.by_name("sink");
     let writer_inodes = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
     let wi = writer_inodes.clone();
@@ -155,13 +142,9 @@ fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
             }
             gst::PadProbeReturn::Ok
         });
-    p.set(gst::State::Paused);
-    let py = py_reader(&sock, &[]);
-    wait_readers(&sink, 1);
-    p.set(gst::State::Playing);
+    let py = p.play_with_readers(1, || py_reader(&sock, &[]));
     p.wait_eos(Duration::from_secs(20)).unwrap();
-    let (status, json, stderr) = py.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
+    let json = py.finish_ok(Duration::from_secs(10));
     let frames = frames_of(&json);
     assert_eq!(frames.len(), 20);
     assert_eq!(stat(&sink, "frames"), 20);
@@ -185,16 +168,7 @@ fn zero_copy_upstream_pool_reaches_reader_with_same_inode() {
 #[test]
 fn zero_copy_of_foreign_dmabuf_and_fd_memory_one_copy_of_plain_memory() {
     let (_dir, sock) = sock_dir();
-    let p = Pipe::launch(&format!(
-        "appsrc name=src format=time caps={CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
-        sock.display()
-    ));
-    let src = p
-        .by_name("src")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc");
-    let sink = p.by_name("sink");
-    p.set(gst::State::Playing);
+    let (p, src, sink) = Pipe::appsrc_writer(&sock, &format!("caps={CAPS}"), "surfaces=16");
     let py = py_reader(&sock, &[]);
     wait_readers(&sink, 1);
 
@@ -242,8 +216,7 @@ fn zero_copy_of_foreign_dmabuf_and_fd_memory_one_copy_of_plain_memory() {
     }
     src.end_of_stream().unwrap();
     p.wait_eos(Duration::from_secs(10)).unwrap();
-    let (status, json, stderr) = py.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
+    let json = py.finish_ok(Duration::from_secs(10));
     let frames = frames_of(&json);
     assert_eq!(frames.len(), 10, "{json:?}");
     for (i, f) in frames.iter().enumerate() {
@@ -273,12 +246,8 @@ fn zero_copy_of_foreign_dmabuf_and_fd_memory_one_copy_of_plain_memory() {
 #[test]
 fn writer_killed_and_restarted() {
     let (_dir, sock) = sock_dir();
-    let reader = Pipe::launch(&format!(
-        "surfacesrc name=src socket-path={} timeout=15000 ! appsink name=sink sync=false",
-        sock.display()
-    ));
+    let reader = Pipe::reader(&sock, "timeout=15000");
     let sink = reader.appsink("sink");
-    reader.set(gst::State::Playing);
 
     let w1 = gst_writer(&sock, "videotestsrc is-live=true pattern=black", "");
     let mut py = py_reader(&sock, &[]);
@@ -295,8 +264,7 @@ fn writer_killed_and_restarted() {
         "a killed writer leaves its socket file behind"
     );
     // The Python reader notices the writer is gone (not an EOS) and ends cleanly.
-    let (status, json, stderr) = py.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
+    let json = py.finish_ok(Duration::from_secs(10));
     assert!(
         json.iter().any(|v| v.get("writer_gone").is_some()),
         "{json:?}"
@@ -331,10 +299,11 @@ fn wait_white(sink: &gst_app::AppSink) -> bool {
 #[test]
 fn reader_killed_mid_frame_is_dropped() {
     let (_dir, sock) = sock_dir();
-    let p = Pipe::launch(&format!(
-        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=10000",
-        sock.display()
-    ));
+    let p = Pipe::writer(
+        &format!("videotestsrc is-live=true ! {CAPS}"),
+        &sock,
+        "release-timeout=10000",
+    );
     let sink = p.by_name("sink");
     p.set(gst::State::Playing);
     let mut a = py_reader(&sock, &["--sleep", "60"]);
@@ -358,8 +327,7 @@ fn reader_killed_mid_frame_is_dropped() {
     assert_eq!(p.error(), None);
 
     let b = py_reader(&sock, &["--frames", "5"]);
-    let (status, json, stderr) = b.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
+    let json = b.finish_ok(Duration::from_secs(10));
     assert_eq!(frames_of(&json).len(), 5);
     assert_eq!(p.error(), None);
 }
@@ -369,32 +337,27 @@ fn reader_killed_mid_frame_is_dropped() {
 #[test]
 fn stuck_reader_is_evicted_and_surfaces_reclaimed() {
     let (_dir, sock) = sock_dir();
-    let p = Pipe::launch(&format!(
-        "videotestsrc is-live=true ! {CAPS} ! surfacesink name=sink socket-path={} release-timeout=400 surfaces=16",
-        sock.display()
-    ));
+    let p = Pipe::writer(
+        &format!("videotestsrc is-live=true ! {CAPS}"),
+        &sock,
+        "release-timeout=400 surfaces=16",
+    );
     let sink = p.by_name("sink");
-    p.set(gst::State::Paused);
-    let stuck = py_reader(&sock, &["--no-release"]);
-    let good = py_reader(&sock, &["--frames", "45"]);
-    wait_readers(&sink, 2);
-    p.set(gst::State::Playing);
-    let (status, json, stderr) = stuck.finish(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    let err = json
-        .iter()
-        .find_map(|v| v.get("error").and_then(|e| e.as_str()))
-        .unwrap_or_default()
-        .to_string();
+    let (stuck, good) = p.play_with_readers(2, || {
+        (
+            py_reader(&sock, &["--no-release"]),
+            py_reader(&sock, &["--frames", "45"]),
+        )
+    });
+    let err = stuck.finish_error(Duration::from_secs(10), 2, "stuck reader");
     assert!(
         err.contains("disconnected this reader") && err.contains("400 ms"),
         "{err}"
     );
-    let (status, json, stderr) = good.finish(Duration::from_secs(15));
-    assert!(status.success(), "{stderr}");
+    let json = good.finish_ok(Duration::from_secs(15));
     let frames = frames_of(&json);
     assert_eq!(frames.len(), 45);
-    let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    let seqs = seqs_of(&json);
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "the good reader missed frames: {seqs:?}"
@@ -409,48 +372,41 @@ fn stuck_reader_is_evicted_and_surfaces_reclaimed() {
 fn slow_reader_skips_writer_unaffected() {
     let (_dir, sock) = sock_dir();
     let reference = reference_frames("smpte", 60);
-    let p = Pipe::launch(&format!(
-        "videotestsrc is-live=true num-buffers=60 pattern=smpte ! {CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
-        sock.display()
-    ));
+    let p = Pipe::writer(
+        &format!("videotestsrc is-live=true num-buffers=60 pattern=smpte ! {CAPS}"),
+        &sock,
+        "surfaces=16",
+    );
     let sink = p.by_name("sink");
-    p.set(gst::State::Paused);
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("slow");
-    let fast = py_reader(&sock, &[]);
-    let slow = py_reader(
-        &sock,
-        &[
-            "--sleep",
-            "0.25",
-            "--dump",
-            dump.to_str().unwrap(),
-            "--dump-count",
-            "3",
-        ],
-    );
-    wait_readers(&sink, 2);
+    let (fast, slow) = p.play_with_readers(2, || {
+        let fast = py_reader(&sock, &[]);
+        let slow = py_reader(
+            &sock,
+            &[
+                "--sleep",
+                "0.25",
+                "--dump",
+                dump.to_str().unwrap(),
+                "--dump-count",
+                "3",
+            ],
+        );
+        (fast, slow)
+    });
     let start = Instant::now();
-    p.set(gst::State::Playing);
     p.wait_eos(Duration::from_secs(20)).unwrap();
     let took = start.elapsed();
     assert!(
         took < Duration::from_millis(3500),
         "60 frames at 30 fps took {took:?}: the writer was held up"
     );
-    let (status, json, stderr) = fast.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
-    let seqs: Vec<u64> = frames_of(&json)
-        .iter()
-        .map(|f| f["seq"].as_u64().unwrap())
-        .collect();
+    let json = fast.finish_ok(Duration::from_secs(10));
+    let seqs = seqs_of(&json);
     assert_eq!(seqs, (1..=60).collect::<Vec<_>>(), "fast reader");
-    let (status, json, stderr) = slow.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
-    let seqs: Vec<u64> = frames_of(&json)
-        .iter()
-        .map(|f| f["seq"].as_u64().unwrap())
-        .collect();
+    let json = slow.finish_ok(Duration::from_secs(10));
+    let seqs = seqs_of(&json);
     assert!(
         seqs.len() < 40 && seqs.len() >= 3,
         "slow reader got {seqs:?}"
@@ -476,16 +432,7 @@ fn slow_reader_skips_writer_unaffected() {
 #[test]
 fn caps_change_mid_stream() {
     let (_dir, sock) = sock_dir();
-    let p = Pipe::launch(&format!(
-        "appsrc name=src format=time is-live=true ! surfacesink name=sink socket-path={} surfaces=16",
-        sock.display()
-    ));
-    let src = p
-        .by_name("src")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc");
-    let sink = p.by_name("sink");
-    p.set(gst::State::Playing);
+    let (p, src, sink) = Pipe::appsrc_writer(&sock, "is-live=true", "surfaces=16");
     let py = py_reader(&sock, &[]);
     let mut cmd = vcambridge_tests::gst_command("gst-launch-1.0");
     cmd.args([
@@ -526,8 +473,7 @@ fn caps_change_mid_stream() {
     src.end_of_stream().unwrap();
     p.wait_eos(Duration::from_secs(10)).unwrap();
 
-    let (status, json, stderr) = py.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
+    let json = py.finish_ok(Duration::from_secs(10));
     let frames = frames_of(&json);
     assert_eq!(frames.len(), 20, "{json:?}");
     for (i, f) in frames.iter().enumerate() {
@@ -588,15 +534,8 @@ fn state_changes_never_wait_on_the_socket() {
     std::thread::sleep(Duration::from_millis(300));
     stop_within(&reader, "reader without writer");
 
-    let writer = Pipe::launch(&format!(
-        "appsrc name=src format=time caps={CAPS} ! surfacesink name=sink socket-path={} wait-for-connection=true",
-        sock.display()
-    ));
-    let src = writer
-        .by_name("src")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc");
-    writer.set(gst::State::Playing);
+    let (writer, src, sink) =
+        Pipe::appsrc_writer(&sock, &format!("caps={CAPS}"), "wait-for-connection=true");
     // The sink blocks in render waiting for a reader.
     src.push_buffer(gst::Buffer::from_mut_slice(vec![0u8; FRAME_BYTES]))
         .unwrap();
@@ -606,7 +545,7 @@ fn state_changes_never_wait_on_the_socket() {
         sock.display()
     ));
     reader.set(gst::State::Playing);
-    wait_readers(&writer.by_name("sink"), 1);
+    wait_readers(&sink, 1);
     std::thread::sleep(Duration::from_millis(300));
     // Connected, the writer idle: the reader sits in poll.
     stop_within(&reader, "reader of an idle writer");
@@ -614,10 +553,7 @@ fn state_changes_never_wait_on_the_socket() {
         "appsrc name=src2 format=time caps={CAPS} ! surfacesink socket-path={}/other.sock wait-for-connection=true",
         sock.parent().unwrap().display()
     ));
-    let src2 = blocked
-        .by_name("src2")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc");
+    let src2 = blocked.appsrc("src2");
     blocked.set(gst::State::Playing);
     src2.push_buffer(gst::Buffer::from_mut_slice(vec![0u8; FRAME_BYTES]))
         .unwrap();
@@ -630,18 +566,17 @@ fn state_changes_never_wait_on_the_socket() {
 #[test]
 fn zero_copy_through_videoconvert() {
     let (_dir, sock) = sock_dir();
-    let p = Pipe::launch(&format!(
-        "videotestsrc num-buffers=10 ! video/x-raw,format=I420,width=64,height=48 ! videoconvert ! {CAPS} ! surfacesink name=sink socket-path={} surfaces=16",
-        sock.display()
-    ));
+    let p = Pipe::writer(
+        &format!(
+            "videotestsrc num-buffers=10 ! video/x-raw,format=I420,width=64,height=48 ! videoconvert ! {CAPS}"
+        ),
+        &sock,
+        "surfaces=16",
+    );
     let sink = p.by_name("sink");
-    p.set(gst::State::Paused);
-    let py = py_reader(&sock, &[]);
-    wait_readers(&sink, 1);
-    p.set(gst::State::Playing);
+    let py = p.play_with_readers(1, || py_reader(&sock, &[]));
     p.wait_eos(Duration::from_secs(20)).unwrap();
-    let (status, json, stderr) = py.finish(Duration::from_secs(10));
-    assert!(status.success(), "{stderr}");
+    let json = py.finish_ok(Duration::from_secs(10));
     assert_eq!(frames_of(&json).len(), 10);
     assert_eq!(stat(&sink, "copies"), 0);
     assert_eq!(stat(&sink, "zero-copy"), 10);

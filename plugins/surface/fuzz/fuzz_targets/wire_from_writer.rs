@@ -7,20 +7,10 @@
 //! checks accept really lies inside the surface and the frame, and that the table stays bounded.
 #![no_main]
 
+mod common;
+
 use gstsurface::wire::{self, Message, PlaneNeed, RecentIds};
 use libfuzzer_sys::fuzz_target;
-
-fn datagrams(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || {
-        if data.len() < 2 {
-            return None;
-        }
-        let len = (u16::from_le_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
-        let (d, rest) = data[2..].split_at(len);
-        data = rest;
-        Some(d)
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 24 {
@@ -38,15 +28,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
 
     let mut caps = RecentIds::new(wire::MAX_CAPS_IDS);
-    for d in datagrams(rest) {
-        let msg = match Message::decode(d) {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = e.to_string();
-                break;
-            }
-        };
-        assert_eq!(Message::decode(&msg.encode()).as_ref(), Ok(&msg), "round trip");
+    for msg in common::decoded(rest) {
         match msg {
             Message::Caps { caps_id, caps: s } => {
                 caps.insert(caps_id, s);

@@ -132,6 +132,43 @@ impl LineChild {
     }
 }
 
+impl LineChild {
+    /// [`LineChild::finish`], asserting the process succeeded; returns its JSON lines.
+    pub fn finish_ok(self, timeout: Duration) -> Vec<serde_json::Value> {
+        let name = self.guard.name.clone();
+        let (status, json, stderr) = self.finish(timeout);
+        assert!(status.success(), "{name} failed: {stderr}");
+        json
+    }
+
+    /// [`LineChild::finish`], asserting the process exited with `code`; returns the `error` it
+    /// reported (empty if none).
+    pub fn finish_error(self, timeout: Duration, code: i32, what: &str) -> String {
+        let (status, json, stderr) = self.finish(timeout);
+        assert_eq!(status.code(), Some(code), "{what}: {stderr}");
+        error_of(&json)
+    }
+}
+
+/// The first `error` a JSON-speaking child reported (empty if none).
+pub fn error_of(json: &[serde_json::Value]) -> String {
+    json.iter()
+        .find_map(|v| v.get("error").and_then(|e| e.as_str()))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Wait (bounded) for a gst-launch child to end and assert it succeeded.
+pub fn assert_exits_ok(child: ChildGuard, timeout: Duration) {
+    let name = child.name.clone();
+    let out = child.wait_output(timeout);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The Python reader (`python/surface_reader.py`) on `sock` with extra arguments.
 pub fn py_reader(sock: &Path, args: &[&str]) -> LineChild {
     let mut cmd = Command::new(python());
@@ -141,6 +178,14 @@ pub fn py_reader(sock: &Path, args: &[&str]) -> LineChild {
 
 pub fn frames_of(json: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     json.iter().filter(|v| v.get("seq").is_some()).collect()
+}
+
+/// The sequence numbers of the frames a Python reader printed.
+pub fn seqs_of(json: &[serde_json::Value]) -> Vec<u64> {
+    frames_of(json)
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect()
 }
 
 /// An in-process pipeline with a bus we can check.
@@ -167,6 +212,57 @@ impl Pipe {
         self.by_name(name)
             .downcast::<gst_app::AppSink>()
             .expect("appsink")
+    }
+
+    pub fn appsrc(&self, name: &str) -> gst_app::AppSrc {
+        self.by_name(name)
+            .downcast::<gst_app::AppSrc>()
+            .expect("appsrc")
+    }
+
+    /// `<upstream> ! surfacesink name=sink socket-path=<sock> <props>`, not started.
+    pub fn writer(upstream: &str, sock: &Path, props: &str) -> Pipe {
+        Pipe::launch(&format!(
+            "{upstream} ! surfacesink name=sink socket-path={} {props}",
+            sock.display()
+        ))
+    }
+
+    /// `appsrc name=src format=time <src_props> ! surfacesink name=sink socket-path=<sock>
+    /// <sink_props>`, PLAYING; returns the pipeline, its appsrc and its sink.
+    pub fn appsrc_writer(
+        sock: &Path,
+        src_props: &str,
+        sink_props: &str,
+    ) -> (Pipe, gst_app::AppSrc, gst::Element) {
+        let p = Pipe::writer(
+            &format!("appsrc name=src format=time {src_props}"),
+            sock,
+            sink_props,
+        );
+        let (src, sink) = (p.appsrc("src"), p.by_name("sink"));
+        p.set(gst::State::Playing);
+        (p, src, sink)
+    }
+
+    /// `surfacesrc name=src socket-path=<sock> <props> ! appsink name=sink sync=false`, PLAYING.
+    pub fn reader(sock: &Path, props: &str) -> Pipe {
+        let p = Pipe::launch(&format!(
+            "surfacesrc name=src socket-path={} {props} ! appsink name=sink sync=false",
+            sock.display()
+        ));
+        p.set(gst::State::Playing);
+        p
+    }
+
+    /// Start a [`Pipe::writer`] once its sink has `n` readers (spawned by `readers` while the
+    /// pipeline waits in PAUSED), so none of them misses a frame.
+    pub fn play_with_readers<T>(&self, n: u64, readers: impl FnOnce() -> T) -> T {
+        self.set(gst::State::Paused);
+        let r = readers();
+        wait_readers(&self.by_name("sink"), n);
+        self.set(gst::State::Playing);
+        r
     }
 
     /// The first error on the bus, if any (non-blocking).
