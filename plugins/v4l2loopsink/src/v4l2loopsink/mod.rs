@@ -22,7 +22,11 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod devices;
 mod imp;
+mod negotiate;
+mod output;
+mod placeholder;
 
 glib::wrapper! {
     pub struct V4l2LoopSink(ObjectSubclass<imp::V4l2LoopSink>)
