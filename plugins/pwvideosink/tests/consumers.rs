@@ -8,39 +8,29 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use vcambridge_tests::pipewire::PipeWireSession;
-use vcambridge_tests::{ChildGuard, wait_for};
+use vcambridge_tests::wait_for;
 
 const FORMAT: &str = "I420";
 
 #[test]
 fn new_consumer_gets_frames_after_one_is_killed_mid_stream() {
-    init();
-    let session = PipeWireSession::start();
     let node = "vcam-kill";
-    let producer = Producer::start(&session, node, FORMAT, "");
-    session.wait_for_node(node, Duration::from_secs(10));
+    let (session, producer) = session_with_producer(node, FORMAT, "");
     let reference = reference_frame(FORMAT);
     let frame = reference.len() as u64;
 
     for round in 1..=2 {
         // A consumer that would run forever, killed once it has received a few frames.
-        let out = tempfile::NamedTempFile::new().expect("temp file");
-        let tail = format!(
-            "{} ! filesink location={}",
-            caps_str(FORMAT),
-            out.path().display()
-        );
-        let victim = ChildGuard::spawn("victim consumer", &mut session.consumer(node, None, &tail));
+        let victim = Consumer::spawn(&session, node, None, &caps_str(FORMAT), "victim consumer");
         wait_for(
             Duration::from_secs(20),
             "the victim consumer's first frames",
-            || (file_len(out.path()) >= 5 * frame).then_some(()),
+            || (victim.len() >= 5 * frame).then_some(()),
         );
         wait_for(Duration::from_secs(10), "consumers=1 in stats", || {
             (producer.consumers() == 1).then_some(())
         });
-        victim.signal(libc::SIGKILL);
+        victim.guard.signal(libc::SIGKILL);
         drop(victim);
         wait_for(
             Duration::from_secs(10),
@@ -63,26 +53,15 @@ fn new_consumer_gets_frames_after_one_is_killed_mid_stream() {
 
 #[test]
 fn two_consumers_at_once_both_get_frames() {
-    init();
-    let session = PipeWireSession::start();
     let node = "vcam-two";
-    let producer = Producer::start(&session, node, FORMAT, "");
-    session.wait_for_node(node, Duration::from_secs(10));
+    let (session, producer) = session_with_producer(node, FORMAT, "");
     let reference = reference_frame(FORMAT);
     let frames = 90; // 3 s at 30 fps: long enough to see both linked at once
 
-    let outs: Vec<_> = (0..2)
-        .map(|_| tempfile::NamedTempFile::new().expect("temp file"))
-        .collect();
-    let consumers: Vec<_> = outs
-        .iter()
-        .map(|o| {
-            let tail = format!(
-                "{} ! filesink location={}",
-                caps_str(FORMAT),
-                o.path().display()
-            );
-            ChildGuard::spawn("consumer", &mut session.consumer(node, Some(frames), &tail))
+    let consumers: Vec<_> = (0..2)
+        .map(|i| {
+            let what = format!("consumer {i}");
+            Consumer::spawn(&session, node, Some(frames), &caps_str(FORMAT), &what)
         })
         .collect();
     wait_for(
@@ -91,23 +70,13 @@ fn two_consumers_at_once_both_get_frames() {
         || (producer.consumers() == 2).then_some(()),
     );
     wait_for(Duration::from_secs(15), "both consumers receiving", || {
-        outs.iter()
-            .all(|o| file_len(o.path()) >= 5 * reference.len() as u64)
+        consumers
+            .iter()
+            .all(|c| c.len() >= 5 * reference.len() as u64)
             .then_some(())
     });
     for (i, c) in consumers.into_iter().enumerate() {
-        let res = c.wait_output(Duration::from_secs(30));
-        assert!(
-            res.status.success(),
-            "consumer {i} failed: {}",
-            String::from_utf8_lossy(&res.stderr)
-        );
-        check_frames(
-            outs[i].path(),
-            &reference,
-            frames as usize,
-            &format!("consumer {i}"),
-        );
+        c.check(&session, &reference, frames, &format!("consumer {i}"));
     }
     assert_eq!(producer.first_error(), None);
 }

@@ -29,14 +29,8 @@ fn state_cycles_serve_consumers_and_leak_nothing() {
             .set_state(gst::State::Playing)
             .expect("to PLAYING");
         session.wait_for_node(node, Duration::from_secs(10));
-        run_consumer(
-            &session,
-            node,
-            FORMAT,
-            10,
-            &reference,
-            &format!("consumer in cycle {cycle}"),
-        );
+        let what = format!("consumer in cycle {cycle}");
+        run_consumer(&session, node, FORMAT, 10, &reference, &what);
         producer
             .pipeline
             .set_state(gst::State::Null)

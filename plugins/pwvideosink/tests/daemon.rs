@@ -16,20 +16,13 @@ const FORMAT: &str = "YUY2";
 
 #[test]
 fn frames_resume_after_daemon_restart() {
-    init();
-    let mut session = PipeWireSession::start();
     let node = "vcam-restart";
-    let producer = Producer::start(&session, node, FORMAT, "");
-    session.wait_for_node(node, Duration::from_secs(10));
+    let (mut session, producer) = session_with_producer(node, FORMAT, "");
     let reference = reference_frame(FORMAT);
-    run_consumer(
-        &session,
-        node,
-        FORMAT,
-        10,
-        &reference,
-        "consumer before restart",
-    );
+    let consumer = |what: &str, session: &PipeWireSession| {
+        run_consumer(session, node, FORMAT, 10, &reference, what)
+    };
+    consumer("consumer before restart", &session);
 
     session.restart_pipewire();
     let warning = producer
@@ -43,16 +36,9 @@ fn frames_resume_after_daemon_restart() {
     );
     // The element reconnects by itself and publishes the node again.
     session.wait_for_node(node, Duration::from_secs(15));
-    let before = producer.count.load(std::sync::atomic::Ordering::Relaxed);
-    run_consumer(
-        &session,
-        node,
-        FORMAT,
-        10,
-        &reference,
-        "consumer after restart",
-    );
-    assert!(producer.count.load(std::sync::atomic::Ordering::Relaxed) > before);
+    let before = producer.frames();
+    consumer("consumer after restart", &session);
+    assert!(producer.frames() > before);
     assert_eq!(producer.first_error(), None, "no error with reconnect=true");
     assert_eq!(producer.pipeline.current_state(), gst::State::Playing);
 }
@@ -63,7 +49,7 @@ fn daemon_gone_with_reconnect_false_is_a_clear_error() {
     let mut session = PipeWireSession::start_without_session_manager();
     let node = "vcam-noreconnect";
     let producer = Producer::start(&session, node, FORMAT, "reconnect=false");
-    session.wait_for_node(node, Duration::from_secs(10));
+    let _ = session.wait_for_node(node, Duration::from_secs(10));
     session.stop_pipewire();
     let err = producer
         .wait_message(gst::MessageType::Error, Duration::from_secs(10), |_| true)
@@ -107,11 +93,7 @@ fn no_daemon_at_start_names_the_socket_it_tried() {
     let res = ChildGuard::spawn("gst-launch without daemon", &mut cmd)
         .wait_output(Duration::from_secs(20));
     assert!(!res.status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
+    let text = output_text(&res);
     assert!(text.contains(&socket.display().to_string()), "{text}");
     assert!(text.contains("PIPEWIRE_REMOTE"), "{text}");
 }

@@ -19,13 +19,12 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
 use gst::prelude::*;
 use gst_allocators::prelude::*;
-use vcambridge_tests::ChildGuard;
 use vcambridge_tests::pipewire::PipeWireSession;
 
 /// A DmaBufMemory holding `data`, backed by a fresh memfd.
@@ -39,29 +38,6 @@ fn memfd_dmabuf(allocator: &gst_allocators::DmaBufAllocator, data: &[u8]) -> gst
     unsafe { allocator.alloc_dmabuf(file, data.len()) }.expect("dmabuf memory")
 }
 
-/// `appsrc ! pwvideosink` publishing `node` on `session` (appsrc caps `caps`, if given), PLAYING.
-fn appsrc_pipeline(
-    session: &PipeWireSession,
-    node: &str,
-    caps: Option<&str>,
-) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
-    let caps = caps.map(|c| format!("caps=\"{c}\"")).unwrap_or_default();
-    let desc = format!(
-        "appsrc name=src is-live=true format=time do-timestamp=true {caps} ! \
-         pwvideosink name=sink node-name={node} remote=\"{}\"",
-        session.socket_path().display()
-    );
-    let pipeline = vcambridge_tests::launch_pipeline(&desc);
-    let appsrc = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    let sink = pipeline.by_name("sink").expect("sink");
-    pipeline.set_state(gst::State::Playing).expect("play");
-    (pipeline, appsrc, sink)
-}
-
 #[test]
 fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
     init();
@@ -69,8 +45,8 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
     let node = "vcam-dmabuf";
     for format in ["RGBA", "I420"] {
         let reference = reference_frame(format);
-        let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
-        let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, Some(&caps));
+        let caps = format!("caps=\"{}\"", dmabuf_caps(format));
+        let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, &caps, "");
         // Count buffers reaching the sink whose memory really is DMA-BUF.
         let dmabufs = Arc::new(AtomicU64::new(0));
         sink.static_pad("sink")
@@ -90,37 +66,21 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
                     gst::PadProbeReturn::Ok
                 }
             });
-        let stop = Arc::new(AtomicBool::new(false));
         let pusher = {
-            let stop = stop.clone();
             let reference = reference.clone();
-            std::thread::spawn(move || {
-                let allocator = gst_allocators::DmaBufAllocator::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let mut buf = gst::Buffer::new();
-                    buf.get_mut()
-                        .expect("writable")
-                        .append_memory(memfd_dmabuf(&allocator, &reference));
-                    if appsrc.push_buffer(buf).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(33));
-                }
+            let allocator = gst_allocators::DmaBufAllocator::new();
+            Pusher::start(appsrc, move || {
+                let mut buf = gst::Buffer::new();
+                buf.get_mut()
+                    .expect("writable")
+                    .append_memory(memfd_dmabuf(&allocator, &reference));
+                Some(buf)
             })
         };
         session.wait_for_node(node, Duration::from_secs(10));
-        let out = tempfile::NamedTempFile::new().expect("temp file");
-        let tail = format!(
-            "{} ! filesink location={}",
-            caps_str(format),
-            out.path().display()
-        );
-        let res = ChildGuard::spawn(
-            "consumer of DMA-BUF frames",
-            &mut session.consumer(node, Some(10), &tail),
-        )
-        .wait_output(Duration::from_secs(30));
-        let stats = sink.property::<gst::Structure>("stats");
+        let what = format!("{format}: consumer of DMA-BUF frames");
+        let out = Consumer::run(&session, node, 10, format, &what);
+        let stats = stats(&sink);
         // A new DMA-BUF per frame: after 16 the sink says it stops trying to pass them
         // through (bounded wait: upstream keeps pushing meanwhile).
         let bus = pipeline.bus().expect("bus");
@@ -134,18 +94,11 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
             gst::MessageView::Warning(w) => w.error().to_string().contains("distinct DMA-BUFs"),
             _ => false,
         });
-        stop.store(true, Ordering::Relaxed);
-        let _ = pusher.join();
+        pusher.stop();
         let _ = pipeline.set_state(gst::State::Null);
         assert!(
             warned,
             "{format}: no warning about giving up DMA-BUF pass-through"
-        );
-        assert!(
-            res.status.success(),
-            "{format}: consumer failed: {}\n{}",
-            String::from_utf8_lossy(&res.stderr),
-            session.logs()
         );
         check_frames(out.path(), &reference, 10, &format!("DMA-BUF {format}"));
         // pipewiresrc asked for system memory: no pass-through (and a new DMA-BUF per frame
@@ -173,15 +126,18 @@ fn dmabuf_memory_from_upstream_is_copied_with_correct_pixels() {
     }
 }
 
+/// Wait (bounded) until the sink's stats say upstream delivers `memory`.
+fn wait_upstream_memory(sink: &gst::Element, memory: &str) {
+    let what = format!("upstream-memory={memory}");
+    vcambridge_tests::wait_for(Duration::from_secs(10), &what, || {
+        (stats(sink).get::<&str>("upstream-memory").ok() == Some(memory)).then_some(())
+    });
+}
+
 #[test]
 fn system_memory_caps_report_system_upstream_memory() {
-    init();
-    let session = PipeWireSession::start();
-    let node = "vcam-sysmem-stats";
-    let producer = Producer::start(&session, node, "I420", "");
-    vcambridge_tests::wait_for(Duration::from_secs(10), "upstream-memory=system", || {
-        (producer.stats().get::<&str>("upstream-memory").ok() == Some("system")).then_some(())
-    });
+    let (_session, producer) = session_with_producer("vcam-sysmem-stats", "I420", "");
+    wait_upstream_memory(&producer.sink, "system");
 }
 
 /// Upstream's buffer pool, as a decoder or GPU element has one: `n` memfd-backed DMA-BUFs,
@@ -236,48 +192,14 @@ fn marked(reference: &[u8], seq: u32) -> Vec<u8> {
 }
 
 /// Pushes `reference` marked with a sequence number every 33 ms, each in a DMA-BUF from
-/// `pool`, until stopped; counts the times the pool had no free buffer.
-struct PoolPusher {
-    stop: Arc<AtomicBool>,
-    starved: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl PoolPusher {
-    fn start(pool: DmaBufPool, appsrc: gst_app::AppSrc, reference: Vec<u8>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let starved = Arc::new(AtomicU64::new(0));
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            let starved = starved.clone();
-            move || {
-                let mut seq = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(33));
-                    let Some(buf) = pool.acquire(&marked(&reference, seq)) else {
-                        starved.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    seq += 1;
-                    if appsrc.push_buffer(buf).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        PoolPusher {
-            stop,
-            starved,
-            thread,
-        }
-    }
-
-    /// Stop pushing; returns how often the pool ran dry.
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.starved.load(Ordering::Relaxed)
-    }
+/// `pool`, until stopped; [`Pusher::stop`] says how often the pool had no free buffer.
+fn pool_pusher(pool: DmaBufPool, appsrc: gst_app::AppSrc, reference: Vec<u8>) -> Pusher {
+    let mut seq = 0u32;
+    Pusher::start(appsrc, move || {
+        let buf = pool.acquire(&marked(&reference, seq))?;
+        seq += 1;
+        Some(buf)
+    })
 }
 
 #[test]
@@ -288,36 +210,22 @@ fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
     for format in ["RGBA", "I420"] {
         let node = format!("vcam-passthrough-{}", format.to_lowercase());
         let reference = reference_frame(format);
-        let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
-        let (pipeline, appsrc, sink) = appsrc_pipeline(&session, &node, Some(&caps));
+        let caps = dmabuf_caps(format);
+        let (pipeline, appsrc, sink) =
+            appsrc_pipeline(&session, &node, &format!("caps=\"{caps}\""), "");
         let bus = pipeline.bus().expect("bus");
         // A pool of 4, as small as real ones: frames flow only if the sink gives buffers back
         // once the consumer has released them.
         let pool = DmaBufPool::new(4, reference.len());
         let inodes = pool.inodes();
-        let pusher = PoolPusher::start(pool, appsrc, reference.clone());
+        let pusher = pool_pusher(pool, appsrc, reference.clone());
         session.wait_for_node(&node, Duration::from_secs(10));
-        let out = tempfile::NamedTempFile::new().expect("temp file");
-        let mut cmd = session.command("/usr/bin/python3");
-        cmd.arg(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/dmabuf_consumer.py"),
-        )
-        .arg(&node)
-        .arg(&caps)
-        .arg(FRAMES.to_string())
-        .arg(out.path());
-        let res = ChildGuard::spawn("DMA-BUF consumer (python, pipewiresrc)", &mut cmd)
-            .wait_output(Duration::from_secs(60));
-        let stats = sink.property::<gst::Structure>("stats");
+        let what = format!("{format}: DMA-BUF consumer (python, pipewiresrc)");
+        let consumer = Consumer::python_dmabuf(&session, &node, &caps, FRAMES, &what);
+        let (stdout, out) = consumer.finish(&session, Duration::from_secs(60));
+        let stats = stats(&sink);
         let starved = pusher.stop();
         let _ = pipeline.set_state(gst::State::Null);
-        let stdout = String::from_utf8_lossy(&res.stdout);
-        assert!(
-            res.status.success(),
-            "{format}: consumer failed: {}\n{stdout}\n{}",
-            String::from_utf8_lossy(&res.stderr),
-            session.logs()
-        );
         let lines: Vec<serde_json::Value> = stdout
             .lines()
             .map(|l| serde_json::from_str(l).expect("consumer JSON line"))
@@ -409,31 +317,15 @@ fn consumer_refusing_dmabuf_gets_copies_in_memfd() {
     let node = "vcam-dmabuf-refused";
     let format = "RGBA";
     let reference = reference_frame(format);
-    let caps = caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1);
-    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, Some(&caps));
+    let caps = format!("caps=\"{}\"", dmabuf_caps(format));
+    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, &caps, "");
     let pool = DmaBufPool::new(4, reference.len());
-    let pusher = PoolPusher::start(pool, appsrc, reference.clone());
+    let pusher = pool_pusher(pool, appsrc, reference.clone());
     session.wait_for_node(node, Duration::from_secs(10));
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let tail = format!(
-        "{} ! filesink location={}",
-        caps_str(format),
-        out.path().display()
-    );
-    let res = ChildGuard::spawn(
-        "system-memory consumer",
-        &mut session.consumer(node, Some(10), &tail),
-    )
-    .wait_output(Duration::from_secs(30));
-    let stats = sink.property::<gst::Structure>("stats");
+    let out = Consumer::run(&session, node, 10, format, "system-memory consumer");
+    let stats = stats(&sink);
     pusher.stop();
     let _ = pipeline.set_state(gst::State::Null);
-    assert!(
-        res.status.success(),
-        "consumer failed: {}\n{}",
-        String::from_utf8_lossy(&res.stderr),
-        session.logs()
-    );
     assert_eq!(
         stats.get::<&str>("buffer-type").expect("buffer-type"),
         "memfd",
@@ -456,11 +348,8 @@ fn switch_from_system_memory_to_dmabuf_recreates_the_stream() {
     let format = "RGBA";
     let reference = reference_frame(format);
     let sys_caps: gst::Caps = caps_str(format).parse().expect("caps");
-    let dma_caps: gst::Caps = caps_str(format)
-        .replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1)
-        .parse()
-        .expect("caps");
-    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, None);
+    let dma_caps: gst::Caps = dmabuf_caps(format).parse().expect("caps");
+    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, "", "");
     appsrc.set_caps(Some(&sys_caps));
     for _ in 0..5 {
         appsrc
@@ -469,47 +358,20 @@ fn switch_from_system_memory_to_dmabuf_recreates_the_stream() {
         std::thread::sleep(Duration::from_millis(33));
     }
     session.wait_for_node(node, Duration::from_secs(10));
-    vcambridge_tests::wait_for(Duration::from_secs(10), "upstream-memory=system", || {
-        (sink
-            .property::<gst::Structure>("stats")
-            .get::<&str>("upstream-memory")
-            .ok()
-            == Some("system"))
-        .then_some(())
-    });
+    wait_upstream_memory(&sink, "system");
     appsrc.set_caps(Some(&dma_caps));
     let pool = DmaBufPool::new(4, reference.len());
     let inodes = pool.inodes();
-    let pusher = PoolPusher::start(pool, appsrc, reference.clone());
-    vcambridge_tests::wait_for(Duration::from_secs(10), "upstream-memory=DMABuf", || {
-        (sink
-            .property::<gst::Structure>("stats")
-            .get::<&str>("upstream-memory")
-            .ok()
-            == Some("DMABuf"))
-        .then_some(())
-    });
+    let pusher = pool_pusher(pool, appsrc, reference.clone());
+    wait_upstream_memory(&sink, "DMABuf");
     session.wait_for_node(node, Duration::from_secs(10));
-    let out = tempfile::NamedTempFile::new().expect("temp file");
     let caps = dma_caps.to_string();
-    let mut cmd = session.command("/usr/bin/python3");
-    cmd.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/dmabuf_consumer.py"))
-        .arg(node)
-        .arg(&caps)
-        .arg("10")
-        .arg(out.path());
-    let res = ChildGuard::spawn("DMA-BUF consumer after the switch", &mut cmd)
-        .wait_output(Duration::from_secs(60));
-    let stats = sink.property::<gst::Structure>("stats");
+    let what = "DMA-BUF consumer after the switch";
+    let consumer = Consumer::python_dmabuf(&session, node, &caps, 10, what);
+    let (stdout, _out) = consumer.finish(&session, Duration::from_secs(60));
+    let stats = stats(&sink);
     pusher.stop();
     let _ = pipeline.set_state(gst::State::Null);
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "consumer failed: {}\n{stdout}\n{}",
-        String::from_utf8_lossy(&res.stderr),
-        session.logs()
-    );
     for l in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
         assert_eq!(v["dmabuf"], true, "{l}");

@@ -7,36 +7,25 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use vcambridge_tests::pipewire::PipeWireSession;
 
 #[test]
 fn no_consumer_does_not_block_upstream_and_memory_stays_flat() {
-    init();
-    let session = PipeWireSession::start();
-    let node = "vcam-idle";
-    let producer = Producer::start(&session, node, "BGRx", "");
-    session.wait_for_node(node, Duration::from_secs(10));
+    let (_session, producer) = session_with_producer("vcam-idle", "BGRx", "");
     std::thread::sleep(Duration::from_secs(1)); // settle (measurement window, not a sync)
-    let (count0, rss0) = (
-        producer.count.load(std::sync::atomic::Ordering::Relaxed),
-        rss_kb(),
-    );
+    let (count0, rss0) = (producer.frames(), rss_kb());
     let dropped0 = producer.stat_u64("frames-dropped");
 
     let mut last = count0;
     for second in 1..=5 {
         std::thread::sleep(Duration::from_secs(1));
-        let now = producer.count.load(std::sync::atomic::Ordering::Relaxed);
+        let now = producer.frames();
         assert!(
             now > last + 15,
             "upstream stalled in second {second}: {last} -> {now}"
         );
         last = now;
     }
-    let (count1, rss1) = (
-        producer.count.load(std::sync::atomic::Ordering::Relaxed),
-        rss_kb(),
-    );
+    let (count1, rss1) = (producer.frames(), rss_kb());
     let frames = count1 - count0;
     // 5 s at 30 fps; allow a slow, shared machine some slack.
     assert!(frames >= 120, "only {frames} frames in 5 s");

@@ -24,24 +24,9 @@ fn frames_and_pixels_reach_pipewiresrc_in_several_formats() {
         session.wait_for_node(&node, Duration::from_secs(10));
         let reference = reference_frame(format);
         assert_eq!(reference.len(), frame_size(format));
-        let out = tempfile::NamedTempFile::new().expect("temp file");
-        let tail = format!(
-            "{} ! filesink location={}",
-            caps_str(format),
-            out.path().display()
-        );
-        let consumer = ChildGuard::spawn(
-            "pipewiresrc consumer",
-            &mut session.consumer(&node, Some(FRAMES as u32), &tail),
-        );
-        let res = consumer.wait_output(Duration::from_secs(30));
-        assert!(
-            res.status.success(),
-            "{format}: consumer failed: {}\n{}",
-            String::from_utf8_lossy(&res.stderr),
-            session.logs()
-        );
-        check_frames(out.path(), &reference, FRAMES, format);
+        let what = format!("{format}: pipewiresrc consumer");
+        Consumer::spawn(&session, &node, Some(FRAMES), &caps_str(format), &what)
+            .check(&session, &reference, FRAMES, format);
         assert!(
             producer.stats().get::<bool>("driving").expect("driving"),
             "{format}: nothing else drives this graph, the node should"
@@ -54,11 +39,8 @@ fn frames_and_pixels_reach_pipewiresrc_in_several_formats() {
 
 #[test]
 fn pw_dump_shows_a_camera_node_with_fixed_formats() {
-    init();
-    let session = PipeWireSession::start();
     let node = "vcam-dump";
-    let _producer = Producer::start(
-        &session,
+    let (session, _producer) = session_with_producer(
         node,
         "NV12",
         "node-description=\"vcambridge test camera\" stream-properties=\"props,node.nick=vcamnick\"",
@@ -89,10 +71,8 @@ fn pw_dump_shows_a_camera_node_with_fixed_formats() {
 
 #[test]
 fn media_role_is_overridable() {
-    init();
-    let session = PipeWireSession::start();
     let node = "vcam-screen";
-    let _producer = Producer::start(&session, node, "BGRx", "media-role=Screen");
+    let (session, _producer) = session_with_producer(node, "BGRx", "media-role=Screen");
     let obj = session.wait_for_node(node, Duration::from_secs(10));
     assert_eq!(obj["info"]["props"]["media.role"], "Screen");
     // Without a description the node name is used (libwebrtc ignores nodes without one).
@@ -101,28 +81,12 @@ fn media_role_is_overridable() {
 
 #[test]
 fn upstream_caps_change_is_renegotiated_with_the_consumer() {
-    init();
-    let session = PipeWireSession::start();
     let node = "vcam-recaps";
-    let producer = Producer::start(&session, node, "I420", "");
-    session.wait_for_node(node, Duration::from_secs(10));
-    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let (session, producer) = session_with_producer(node, "I420", "");
     // fakesink silent=false with -v prints every buffer's size. (pipewiresrc 0.3.65 takes the
     // new PipeWire format and its buffers but does not update its GStreamer caps, so the sizes
     // are what shows the renegotiation.)
-    let mut cmd = session.command("gst-launch-1.0");
-    cmd.args([
-        "-v",
-        "pipewiresrc",
-        &format!("target-object={node}"),
-        "stream-properties=props,media.type=Video",
-        "num-buffers=60",
-        "!",
-        "video/x-raw",
-        "!",
-        "fakesink",
-        "silent=false",
-    ]);
+    let mut cmd = printing_consumer(&session, node, 60, "video/x-raw !");
     let consumer = ChildGuard::spawn("consumer across caps change", &mut cmd);
     vcambridge_tests::wait_for(Duration::from_secs(15), "first frames sent", || {
         (producer.stat_u64("frames-sent") >= 10).then_some(())
@@ -136,8 +100,8 @@ fn upstream_caps_change_is_renegotiated_with_the_consumer() {
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(
         res.status.success(),
-        "consumer failed: {}\n{stdout}",
-        String::from_utf8_lossy(&res.stderr)
+        "consumer failed: {}",
+        output_text(&res)
     );
     let small = 320 * 240 * 3 / 2;
     let large = 640 * 480 * 3 / 2;
@@ -151,7 +115,6 @@ fn upstream_caps_change_is_renegotiated_with_the_consumer() {
         stats.get::<String>("format").expect("format"),
         "I420 640x480@30/1"
     );
-    drop(out);
     // pw-dump shows the new fixed size.
     let obj = session.wait_for_node(node, Duration::from_secs(5));
     assert_eq!(obj["info"]["params"]["EnumFormat"][0]["size"]["width"], 640);
@@ -184,62 +147,26 @@ fn padded_strides_from_upstream_are_copied_plane_by_plane() {
         }
     }
 
-    let desc = format!(
-        "appsrc name=src is-live=true format=time do-timestamp=true caps=\"{}\" ! \
-         pwvideosink name=sink node-name={node} remote=\"{}\"",
-        caps_str(format),
-        session.socket_path().display()
-    );
-    let pipeline = vcambridge_tests::launch_pipeline(&desc);
-    let appsrc = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    pipeline.set_state(gst::State::Playing).expect("play");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pusher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut buf = gst::Buffer::from_slice(padded.clone());
-                gst_video::VideoMeta::add_full(
-                    buf.get_mut().expect("writable"),
-                    gst_video::VideoFrameFlags::empty(),
-                    gst_video::VideoFormat::I420,
-                    WIDTH,
-                    HEIGHT,
-                    &offsets,
-                    &strides.map(|s| s as i32),
-                )
-                .expect("video meta");
-                if appsrc.push_buffer(buf).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(33));
-            }
-        })
-    };
+    let caps = format!("caps=\"{}\"", caps_str(format));
+    let (pipeline, appsrc, _sink) = appsrc_pipeline(&session, node, &caps, "");
+    let pusher = Pusher::start(appsrc, move || {
+        let mut buf = gst::Buffer::from_slice(padded.clone());
+        gst_video::VideoMeta::add_full(
+            buf.get_mut().expect("writable"),
+            gst_video::VideoFrameFlags::empty(),
+            gst_video::VideoFormat::I420,
+            WIDTH,
+            HEIGHT,
+            &offsets,
+            &strides.map(|s| s as i32),
+        )
+        .expect("video meta");
+        Some(buf)
+    });
     session.wait_for_node(node, Duration::from_secs(10));
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let tail = format!(
-        "{} ! filesink location={}",
-        caps_str(format),
-        out.path().display()
-    );
-    let res = ChildGuard::spawn(
-        "consumer of padded frames",
-        &mut session.consumer(node, Some(10), &tail),
-    )
-    .wait_output(Duration::from_secs(30));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = pusher.join();
+    let out = Consumer::run(&session, node, 10, format, "consumer of padded frames");
+    pusher.stop();
     let _ = pipeline.set_state(gst::State::Null);
-    assert!(
-        res.status.success(),
-        "consumer failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
     check_frames(out.path(), &reference, 10, "padded I420");
 }
 
@@ -262,19 +189,7 @@ fn consumer_choice_among_upstream_formats_is_honoured() {
     pipeline.set_state(gst::State::Playing).expect("play");
     // The node may be published with upstream's possible formats before the caps are fixed;
     // it then updates its EnumFormat with the current format first (bounded wait for that).
-    let read_formats = || -> Vec<String> {
-        let obj = session.wait_for_node(node, Duration::from_secs(10));
-        obj["info"]["params"]["EnumFormat"]
-            .as_array()
-            .expect("EnumFormat")
-            .iter()
-            .map(|f| {
-                assert_eq!(f["size"]["width"], WIDTH, "{f}");
-                assert_eq!(f["framerate"]["num"], FPS, "{f}");
-                f["format"].as_str().unwrap_or_default().to_string()
-            })
-            .collect()
-    };
+    let read_formats = || fixed_formats(&session.wait_for_node(node, Duration::from_secs(10)));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut formats = read_formats();
     while formats.first().map(String::as_str) != Some("BGRx")
@@ -292,25 +207,16 @@ fn consumer_choice_among_upstream_formats_is_honoured() {
 
     let reference = converted_reference("BGRx", "I420");
 
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let tail = format!(
-        "{} ! filesink location={}",
-        caps_str("I420"),
-        out.path().display()
-    );
-    let res = ChildGuard::spawn(
+    Consumer::spawn(
+        &session,
+        node,
+        Some(10),
+        &caps_str("I420"),
         "I420-only consumer",
-        &mut session.consumer(node, Some(10), &tail),
     )
-    .wait_output(Duration::from_secs(30));
-    let stats = sink.property::<gst::Structure>("stats");
+    .check(&session, &reference, 10, "I420 from BGRx upstream");
+    let stats = stats(&sink);
     let _ = pipeline.set_state(gst::State::Null);
-    assert!(
-        res.status.success(),
-        "consumer failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    check_frames(out.path(), &reference, 10, "I420 from BGRx upstream");
     assert_eq!(
         stats.get::<String>("format").expect("format"),
         "I420 320x240@30/1"
@@ -322,11 +228,8 @@ fn consumer_choice_among_upstream_formats_is_honoured() {
 /// delivers every frame's content.
 #[test]
 fn follows_another_driver() {
-    init();
-    let session = PipeWireSession::start();
     let node = "vcam-follower";
-    let producer = Producer::start(&session, node, "I420", "");
-    session.wait_for_node(node, Duration::from_secs(10));
+    let (session, producer) = session_with_producer(node, "I420", "");
     let reference = reference_frame("I420");
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let mut cmd = session.command("gst-launch-1.0");
@@ -351,7 +254,7 @@ fn follows_another_driver() {
     assert!(
         res.status.success(),
         "consumer failed: {}\n{}",
-        String::from_utf8_lossy(&res.stderr),
+        output_text(&res),
         session.logs()
     );
     check_frames(out.path(), &reference, 15, "follower");
@@ -363,29 +266,12 @@ fn follows_another_driver() {
 /// into buffer offsets and timestamps 1/30 s apart.
 #[test]
 fn sequence_and_timestamps_reach_the_consumer() {
-    init();
-    let session = PipeWireSession::start();
     let node = "vcam-ts";
-    let _producer = Producer::start(&session, node, "I420", "");
-    session.wait_for_node(node, Duration::from_secs(10));
-    let mut cmd = session.command("gst-launch-1.0");
-    cmd.args([
-        "-v",
-        "pipewiresrc",
-        &format!("target-object={node}"),
-        "stream-properties=props,media.type=Video",
-        "num-buffers=30",
-        "!",
-        "fakesink",
-        "silent=false",
-    ]);
+    let (session, _producer) = session_with_producer(node, "I420", "");
+    let mut cmd = printing_consumer(&session, node, 30, "");
     let res =
         ChildGuard::spawn("timestamp consumer", &mut cmd).wait_output(Duration::from_secs(30));
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    assert!(res.status.success(), "{}", output_text(&res));
     let stdout = String::from_utf8_lossy(&res.stdout);
     let field = |line: &str, key: &str| -> Option<String> {
         let rest = &line[line.find(key)? + key.len()..];
@@ -431,94 +317,40 @@ fn camera_is_published_before_the_first_frame() {
     init();
     let session = PipeWireSession::start();
     let node = "vcam-early";
-    let desc = format!(
-        "appsrc name=src is-live=true format=time do-timestamp=true ! videoconvert ! videoscale ! \
-         video/x-raw,width={WIDTH},height={HEIGHT},framerate={FPS}/1 ! \
-         pwvideosink name=sink node-name={node} remote=\"{}\"",
-        session.socket_path().display()
+    let middle = format!(
+        "videoconvert ! videoscale ! video/x-raw,width={WIDTH},height={HEIGHT},framerate={FPS}/1 !"
     );
-    let pipeline = vcambridge_tests::launch_pipeline(&desc);
-    let sink = pipeline.by_name("sink").expect("sink");
-    let appsrc = pipeline
-        .by_name("src")
-        .expect("appsrc")
-        .downcast::<gst_app::AppSrc>()
-        .expect("appsrc type");
-    pipeline.set_state(gst::State::Playing).expect("play");
+    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, "", &middle);
 
     // No frame yet: the node is there with fixed-size formats.
-    let obj = session.wait_for_node(node, Duration::from_secs(10));
-    let formats: Vec<String> = obj["info"]["params"]["EnumFormat"]
-        .as_array()
-        .expect("EnumFormat")
-        .iter()
-        .map(|f| {
-            assert_eq!(f["size"]["width"], WIDTH, "{f}");
-            assert_eq!(f["size"]["height"], HEIGHT, "{f}");
-            assert_eq!(f["framerate"]["num"], FPS, "{f}");
-            f["format"].as_str().unwrap_or_default().to_string()
-        })
-        .collect();
+    let formats = fixed_formats(&session.wait_for_node(node, Duration::from_secs(10)));
     for f in ["I420", "NV12", "YUY2", "BGRx", "RGBA"] {
         assert!(formats.iter().any(|x| x == f), "{f} missing in {formats:?}");
     }
-    assert_eq!(
-        sink.property::<gst::Structure>("stats")
-            .get::<u64>("frames-sent")
-            .unwrap(),
-        0
-    );
+    assert_eq!(stats(&sink).get::<u64>("frames-sent").unwrap(), 0);
 
     // A consumer links before any frame exists.
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let tail = format!(
-        "{} ! filesink location={}",
-        caps_str("YUY2"),
-        out.path().display()
-    );
-    let consumer = ChildGuard::spawn(
+    let consumer = Consumer::spawn(
+        &session,
+        node,
+        Some(10),
+        &caps_str("YUY2"),
         "early consumer",
-        &mut session.consumer(node, Some(10), &tail),
     );
     vcambridge_tests::wait_for(Duration::from_secs(15), "the early consumer linked", || {
-        (sink
-            .property::<gst::Structure>("stats")
-            .get::<u32>("consumers")
-            .unwrap()
-            == 1)
-            .then_some(())
+        (stats(&sink).get::<u32>("consumers").unwrap() == 1).then_some(())
     });
 
     // Now frames arrive (BGRx, like a decoder's output after conversion).
     let source = reference_frame("BGRx");
     appsrc.set_caps(Some(&caps_str("BGRx").parse::<gst::Caps>().expect("caps")));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pusher = {
-        let stop = stop.clone();
-        let appsrc = appsrc.clone();
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if appsrc
-                    .push_buffer(gst::Buffer::from_slice(source.clone()))
-                    .is_err()
-                {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(33));
-            }
-        })
-    };
-    let res = consumer.wait_output(Duration::from_secs(30));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = pusher.join();
-    let stats = sink.property::<gst::Structure>("stats");
+    let pusher = Pusher::start(appsrc, move || {
+        Some(gst::Buffer::from_slice(source.clone()))
+    });
+    let (_, out) = consumer.finish(&session, Duration::from_secs(30));
+    pusher.stop();
+    let stats = stats(&sink);
     let _ = pipeline.set_state(gst::State::Null);
-    assert!(
-        res.status.success(),
-        "consumer failed: {}\n{}",
-        String::from_utf8_lossy(&res.stderr),
-        session.logs()
-    );
     check_frames(
         out.path(),
         &converted_reference("BGRx", "YUY2"),

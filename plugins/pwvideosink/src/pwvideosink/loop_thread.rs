@@ -7,6 +7,10 @@
 //! `pipewire::channel` ([`Msg`]) and the one-slot frame mailbox ([`Shared`], in `mailbox.rs`);
 //! nothing here ever blocks the streaming thread. The frames themselves are written into
 //! PipeWire buffers on PipeWire's data thread (`data_thread.rs`).
+//!
+//! One file (close to 800 lines) because it is one layer: every type here is `Rc`-based, lives
+//! on the loop thread and shares the `LoopCtx`; splitting it would spread that state's
+//! invariants (one stream, the session, the allocation mode) over several files.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -497,7 +501,13 @@ impl LoopCtx {
         let Some((_, stream)) = guard.as_ref().and_then(|s| s.stream.as_ref()) else {
             return;
         };
-        let res = self.format_pods().and_then(|pods| {
+        self.offer(stream, self.format_pods());
+    }
+
+    /// Give the stream new params (`pods`: formats, maybe buffers); PipeWire renegotiates them
+    /// with the consumer. A failure is posted as a warning.
+    fn offer(&self, stream: &Stream, pods: Result<Vec<Vec<u8>>, String>) {
+        let res = pods.and_then(|pods| {
             let mut params = pods
                 .iter()
                 .filter_map(|p| spa::pod::Pod::from_bytes(p))
@@ -584,24 +594,16 @@ impl LoopCtx {
         if let Some((_, stream)) = &session.stream {
             // Renegotiate: offer the new formats; the consumer fixes one again and
             // param_changed(Format) brings new buffers.
-            let res = self.format_pods().and_then(|mut pods| {
+            let pods = self.format_pods().and_then(|mut pods| {
                 // A consumer that already fixed this format (e.g. from the preview) needs
                 // its buffers now.
                 if self.shared.negotiated() == Some(layout.spec) {
                     let dmabuf = self.shared.dmabuf_passthrough.load(Ordering::Relaxed);
                     pods.extend(self.buffer_pods(&layout, dmabuf)?);
                 }
-                let mut params = pods
-                    .iter()
-                    .filter_map(|p| spa::pod::Pod::from_bytes(p))
-                    .collect::<Vec<_>>();
-                stream.update_params(&mut params).map_err(|e| e.to_string())
+                Ok(pods)
             });
-            if let Err(e) = res {
-                (self.notify)(LoopEvent::Warning(format!(
-                    "could not renegotiate the PipeWire format: {e}"
-                )));
-            }
+            self.offer(stream, pods);
             return;
         }
         let core = session.core.clone();

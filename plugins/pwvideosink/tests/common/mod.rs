@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -33,6 +33,42 @@ pub fn init() {
 
 pub fn caps_str(format: &str) -> String {
     format!("video/x-raw,format={format},width={WIDTH},height={HEIGHT},framerate={FPS}/1")
+}
+
+/// [`caps_str`] with the `memory:DMABuf` feature.
+pub fn dmabuf_caps(format: &str) -> String {
+    caps_str(format).replacen("video/x-raw", "video/x-raw(memory:DMABuf)", 1)
+}
+
+/// A private PipeWire session and a [`Producer`] of `format` publishing `node` on it, the node
+/// already visible (bounded wait).
+pub fn session_with_producer(node: &str, format: &str, extra: &str) -> (PipeWireSession, Producer) {
+    init();
+    let session = PipeWireSession::start();
+    let producer = Producer::start(&session, node, format, extra);
+    session.wait_for_node(node, Duration::from_secs(10));
+    (session, producer)
+}
+
+/// The `stats` structure of a pwvideosink.
+pub fn stats(sink: &gst::Element) -> gst::Structure {
+    sink.property::<gst::Structure>("stats")
+}
+
+/// The formats of a node's `EnumFormat` params (pw-dump object), asserting each has the fixed
+/// size and rate.
+pub fn fixed_formats(obj: &serde_json::Value) -> Vec<String> {
+    obj["info"]["params"]["EnumFormat"]
+        .as_array()
+        .expect("EnumFormat")
+        .iter()
+        .map(|f| {
+            assert_eq!(f["size"]["width"], WIDTH, "{f}");
+            assert_eq!(f["size"]["height"], HEIGHT, "{f}");
+            assert_eq!(f["framerate"]["num"], FPS, "{f}");
+            f["format"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
 }
 
 /// Size in bytes of one frame with the default GStreamer layout.
@@ -110,6 +146,93 @@ pub fn check_frames(path: &Path, reference: &[u8], count: usize, what: &str) {
     }
 }
 
+/// A consumer process of a node whose frames land in a temporary file.
+pub struct Consumer {
+    pub guard: ChildGuard,
+    pub out: tempfile::NamedTempFile,
+}
+
+impl Consumer {
+    /// `pipewiresrc` on `node` taking `frames` frames (`None`: until killed) in `caps` into the
+    /// file; `what` names it in failure messages.
+    pub fn spawn(
+        session: &PipeWireSession,
+        node: &str,
+        frames: Option<usize>,
+        caps: &str,
+        what: &str,
+    ) -> Consumer {
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let tail = format!("{caps} ! filesink location={}", out.path().display());
+        let frames = frames.map(|n| n as u32);
+        let guard = ChildGuard::spawn(what, &mut session.consumer(node, frames, &tail));
+        Consumer { guard, out }
+    }
+
+    /// `tests/py/dmabuf_consumer.py`: pipewiresrc asking for `caps` (DMA-BUF), printing one JSON
+    /// line per frame (inodes, memory type) and writing `frames` frames into the file.
+    pub fn python_dmabuf(
+        session: &PipeWireSession,
+        node: &str,
+        caps: &str,
+        frames: usize,
+        what: &str,
+    ) -> Consumer {
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let mut cmd = session.command("/usr/bin/python3");
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/dmabuf_consumer.py"))
+            .arg(node)
+            .arg(caps)
+            .arg(frames.to_string())
+            .arg(out.path());
+        let guard = ChildGuard::spawn(what, &mut cmd);
+        Consumer { guard, out }
+    }
+
+    /// [`Consumer::spawn`] taking `frames` frames in `format`, run to its end (bounded by 30 s;
+    /// it must succeed); returns the file holding them.
+    pub fn run(
+        session: &PipeWireSession,
+        node: &str,
+        frames: usize,
+        format: &str,
+        what: &str,
+    ) -> tempfile::NamedTempFile {
+        let consumer = Consumer::spawn(session, node, Some(frames), &caps_str(format), what);
+        consumer.finish(session, Duration::from_secs(30)).1
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        file_len(self.out.path())
+    }
+
+    /// Wait (bounded) for the consumer to end; it must have succeeded (the failure message
+    /// carries its stderr and stdout and the session's logs). Returns its stdout and file.
+    pub fn finish(
+        self,
+        session: &PipeWireSession,
+        timeout: Duration,
+    ) -> (String, tempfile::NamedTempFile) {
+        let what = self.guard.name.clone();
+        let res = self.guard.wait_output(timeout);
+        let stdout = String::from_utf8_lossy(&res.stdout).into_owned();
+        assert!(
+            res.status.success(),
+            "{what} failed: {}\n{stdout}\n{}",
+            String::from_utf8_lossy(&res.stderr),
+            session.logs()
+        );
+        (stdout, self.out)
+    }
+
+    /// [`Consumer::finish`], then check the file holds `frames` frames equal to `reference`.
+    pub fn check(self, session: &PipeWireSession, reference: &[u8], frames: usize, what: &str) {
+        let (_, out) = self.finish(session, Duration::from_secs(30));
+        check_frames(out.path(), reference, frames, what);
+    }
+}
+
 /// A `pipewiresrc` consumer process on `node` that takes `frames` frames in `format` (bounded by
 /// 30 s) and must exit cleanly with each of them equal to `reference`. `what` names it in
 /// failure messages, which carry the consumer's stderr and the PipeWire session's logs.
@@ -121,24 +244,105 @@ pub fn run_consumer(
     reference: &[u8],
     what: &str,
 ) {
-    let out = tempfile::NamedTempFile::new().expect("temp file");
-    let tail = format!(
-        "{} ! filesink location={}",
-        caps_str(format),
-        out.path().display()
+    Consumer::spawn(session, node, Some(frames), &caps_str(format), what)
+        .check(session, reference, frames, what);
+}
+
+/// `gst-launch-1.0 -v pipewiresrc … num-buffers=<buffers> ! <filter> fakesink silent=false`
+/// on `node`: its stdout has a line per buffer (size, offset, timestamps). `filter` is empty or
+/// ends with `!`.
+pub fn printing_consumer(
+    session: &PipeWireSession,
+    node: &str,
+    buffers: u32,
+    filter: &str,
+) -> std::process::Command {
+    let mut cmd = session.command("gst-launch-1.0");
+    cmd.args([
+        "-v",
+        "pipewiresrc",
+        &format!("target-object={node}"),
+        "stream-properties=props,media.type=Video",
+        &format!("num-buffers={buffers}"),
+        "!",
+    ])
+    .args(filter.split_whitespace())
+    .args(["fakesink", "silent=false"]);
+    cmd
+}
+
+/// `appsrc name=src is-live=true format=time do-timestamp=true <src_props> ! <middle>
+/// pwvideosink name=sink` publishing `node` on `session`, PLAYING; returns the pipeline, its
+/// appsrc and its sink.
+pub fn appsrc_pipeline(
+    session: &PipeWireSession,
+    node: &str,
+    src_props: &str,
+    middle: &str,
+) -> (gst::Pipeline, gst_app::AppSrc, gst::Element) {
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true {src_props} ! {middle} \
+         pwvideosink name=sink node-name={node} remote=\"{}\"",
+        session.socket_path().display()
     );
-    let res = ChildGuard::spawn(
-        what,
-        &mut session.consumer(node, Some(frames as u32), &tail),
-    )
-    .wait_output(Duration::from_secs(30));
-    assert!(
-        res.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&res.stderr),
-        session.logs()
-    );
-    check_frames(out.path(), reference, frames, what);
+    let pipeline = vcambridge_tests::launch_pipeline(&desc);
+    let appsrc = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc type");
+    let sink = pipeline.by_name("sink").expect("sink");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    (pipeline, appsrc, sink)
+}
+
+/// Pushes what `next` makes into an appsrc every 33 ms until stopped; a round where `next` has
+/// nothing (an upstream pool run dry) is counted.
+pub struct Pusher {
+    stop: Arc<AtomicBool>,
+    starved: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Pusher {
+    pub fn start(
+        appsrc: gst_app::AppSrc,
+        mut next: impl FnMut() -> Option<gst::Buffer> + Send + 'static,
+    ) -> Pusher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let starved = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            let starved = starved.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match next() {
+                        Some(buf) => {
+                            if appsrc.push_buffer(buf).is_err() {
+                                break;
+                            }
+                        }
+                        None => {
+                            starved.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(33));
+                }
+            }
+        });
+        Pusher {
+            stop,
+            starved,
+            thread,
+        }
+    }
+
+    /// Stop pushing; returns how often `next` had nothing.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.starved.load(Ordering::Relaxed)
+    }
 }
 
 /// `videotestsrc is-live=true pattern=colors ! caps ! pwvideosink` in this process.
@@ -157,6 +361,11 @@ impl Producer {
             format,
             extra,
         )
+    }
+
+    /// The pipeline's buffer count so far (see [`Producer::count`]).
+    pub fn frames(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn start_remote(remote: &str, node: &str, format: &str, extra: &str) -> Self {
@@ -265,4 +474,13 @@ pub fn rss_kb() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .expect("VmRSS in /proc/self/status")
+}
+
+/// stdout and stderr of a finished process, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
