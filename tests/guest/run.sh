@@ -6,7 +6,8 @@
 # one the installed linux-image-amd64 depends on, the module versions are what the packages hold.
 #
 #   tests/guest/run.sh                  all guest tests, both module sources
-#   tests/guest/run.sh --bench          the 1280x720 benchmark instead of the tests (debian)
+#   tests/guest/run.sh --bench          the 1280x720 benchmark instead of the tests (debian);
+#                                       plugins/v4l2loopsink/bench/run.sh runs this
 #   VCB_GUEST_VERSIONS=backports tests/guest/run.sh  one source only (debian | backports)
 #   VCB_GUEST_KVER=6.1.0-57-amd64                    another installed kernel (default: derived)
 #   VCB_GUEST_FILTER=keepalive tests/guest/run.sh    only tests whose name contains the filter
@@ -166,7 +167,11 @@ else
   BENCH_BIN=""
   if [ "$MODE" = bench ]; then
     cargo build -q --release -p gst-plugin-v4l2loopsink
-    BENCH_BIN="$ROOT/target/release/v4l2loopsink-bench"
+    # The bench target (harness = false; release profile), built like the test binaries above.
+    BENCH_BIN="$(cargo bench -q -p gst-plugin-v4l2loopsink --bench v4l2loopsink --no-run --message-format=json \
+      | grep '"kind":\["bench"\],[^}]*"name":"v4l2loopsink"' \
+      | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+    [ -x "$BENCH_BIN" ] || die "could not build the benchmark binary"
     # The benchmark loads the release build of the plugin.
     PLUGIN_DIR="$ROOT/target/release"
   else

@@ -15,6 +15,17 @@ pub fn in_guest() -> bool {
     std::env::var_os("VCAMBRIDGE_GUEST").is_some()
 }
 
+/// The start of every guest test: fails on the host with the command to run instead,
+/// initialises GStreamer and logs the module version.
+pub fn guest_only() {
+    assert!(
+        in_guest(),
+        "these tests need the v4l2loopback module: run tests/guest/run.sh"
+    );
+    init_gst();
+    eprintln!("v4l2loopback {}", loopback_version());
+}
+
 /// The loaded v4l2loopback version (`0.12.7`, `0.13.2`), from sysfs.
 pub fn loopback_version() -> String {
     std::fs::read_to_string("/sys/module/v4l2loopback/version")
@@ -229,6 +240,33 @@ fn split_frames(data: &[u8], frame_size: usize) -> Result<Vec<Vec<u8>>, String> 
     Ok(data.chunks(frame_size).map(|c| c.to_vec()).collect())
 }
 
+/// Runs a reader that writes `count` raw frames to `out` (`tool` names it in errors) and splits
+/// the file into frames of `frame_size` bytes.
+fn read_raw_frames(
+    tool: &str,
+    command: &mut Command,
+    out: &Path,
+    count: usize,
+    frame_size: usize,
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>, String> {
+    let _ = std::fs::remove_file(out);
+    let output = run_with_timeout(tool, command, timeout);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    if !output.status.success() {
+        return Err(format!("{tool} failed ({}): {stderr}", output.status));
+    }
+    let data = std::fs::read(out).map_err(|e| format!("{tool} output: {e}; {stderr}"))?;
+    let frames = split_frames(&data, frame_size).map_err(|e| format!("{tool}: {e}; {stderr}"))?;
+    if frames.len() != count {
+        return Err(format!(
+            "{tool} read {} of {count} frames; {stderr}",
+            frames.len()
+        ));
+    }
+    Ok(frames)
+}
+
 /// Reads `count` frames with `ffmpeg -f v4l2` (stream copy, no conversion) into `dir`.
 pub fn read_ffmpeg(
     device: &str,
@@ -238,45 +276,19 @@ pub fn read_ffmpeg(
     timeout: Duration,
 ) -> Result<Vec<Vec<u8>>, String> {
     let out = dir.join("ffmpeg.raw");
-    let _ = std::fs::remove_file(&out);
-    let output = run_with_timeout(
+    read_raw_frames(
         "ffmpeg -f v4l2",
         Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-nostdin",
-                "-loglevel",
-                "warning",
-                "-f",
-                "v4l2",
-                "-i",
-            ])
-            .arg(device)
-            .args([
-                "-frames:v",
-                &count.to_string(),
-                "-c:v",
-                "copy",
-                "-f",
-                "rawvideo",
-                "-y",
-            ])
+            .args(["-hide_banner", "-nostdin", "-loglevel", "warning"])
+            .args(["-f", "v4l2", "-i", device])
+            .args(["-frames:v", &count.to_string(), "-c:v", "copy"])
+            .args(["-f", "rawvideo", "-y"])
             .arg(&out),
+        &out,
+        count,
+        frame_size,
         timeout,
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    if !output.status.success() {
-        return Err(format!("ffmpeg failed ({}): {stderr}", output.status));
-    }
-    let data = std::fs::read(&out).map_err(|e| format!("ffmpeg output: {e}; {stderr}"))?;
-    let frames = split_frames(&data, frame_size).map_err(|e| format!("ffmpeg: {e}; {stderr}"))?;
-    if frames.len() != count {
-        return Err(format!(
-            "ffmpeg read {} of {count} frames; {stderr}",
-            frames.len()
-        ));
-    }
-    Ok(frames)
+    )
 }
 
 /// Reads `count` frames with `v4l2-ctl --stream-mmap` into `dir`.
@@ -288,25 +300,17 @@ pub fn read_v4l2ctl(
     timeout: Duration,
 ) -> Result<Vec<Vec<u8>>, String> {
     let out = dir.join("v4l2ctl.raw");
-    let _ = std::fs::remove_file(&out);
-    let output = run_with_timeout(
+    read_raw_frames(
         "v4l2-ctl --stream-mmap",
         Command::new("v4l2-ctl")
             .args(["-d", device, "--stream-mmap"])
             .arg(format!("--stream-count={count}"))
             .arg(format!("--stream-to={}", out.display())),
+        &out,
+        count,
+        frame_size,
         timeout,
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    if !output.status.success() {
-        return Err(format!("v4l2-ctl failed ({}): {stderr}", output.status));
-    }
-    let data = std::fs::read(&out).map_err(|e| format!("v4l2-ctl output: {e}; {stderr}"))?;
-    let frames = split_frames(&data, frame_size).map_err(|e| format!("v4l2-ctl: {e}; {stderr}"))?;
-    if frames.len() != count {
-        return Err(format!("v4l2-ctl read {} of {count} frames", frames.len()));
-    }
-    Ok(frames)
+    )
 }
 
 /// Asserts every frame equals `expected`, naming the reader and the first differing byte.

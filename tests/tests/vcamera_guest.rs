@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gst_video::prelude::*;
-use vcambridge_tests::v4l2::{Pipeline, in_guest, loopback_version};
+use vcambridge_tests::v4l2::{Pipeline, guest_only};
 use vcambridge_tests::vcamera::{App, app, gone, pids};
-use vcambridge_tests::{ChildGuard, init_gst, plugin_dir, wait_for, workspace_root};
+use vcambridge_tests::{ChildGuard, plugin_dir, wait_for, workspace_root};
 
 const EXCL: &str = "/dev/video10";
 const LOCK: &str = "/dev/video12";
@@ -28,15 +28,6 @@ const END: [u8; 3] = [30, 200, 40];
 const TOLERANCE: u8 = 6;
 /// TCG is slow: generous bounds, but every wait has one.
 const T: Duration = Duration::from_secs(60);
-
-fn guest_only() {
-    assert!(
-        in_guest(),
-        "these tests need the v4l2loopback module: run tests/guest/run.sh"
-    );
-    init_gst();
-    eprintln!("v4l2loopback {}", loopback_version());
-}
 
 /// One frame read back: its RGB rows and its timestamp (v4l2src takes it from the V4L2 buffer,
 /// which the writer stamped when it queued the frame: when the frame reached the device).

@@ -12,7 +12,8 @@
 //! ffmpeg, `/proc/<pid>/io` counts the bytes it pushed through `write()` (each a kernel copy),
 //! plus the rawvideo encoder's frame-to-packet copy.
 //!
-//! Run it in the guest (real module): `tests/guest/run.sh --bench`.
+//! Run it in the guest (real module): `plugins/v4l2loopsink/bench/run.sh` (which runs
+//! `tests/guest/run.sh --bench`). It ends with the common report (`vcambridge_tests::bench`).
 //! Environment: `BENCH_DEVICE` (default /dev/video11), `BENCH_FRAMES` (400), `BENCH_RUNS` (5).
 
 use std::os::unix::process::ExitStatusExt;
@@ -20,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use vcambridge_tests::bench::{Report, median};
 
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 720;
@@ -115,11 +117,6 @@ fn ffmpeg(frames: u32, output: &[&str]) -> Command {
     c
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// Copies per frame inside `v4l2sink` (0 when upstream rendered into its mmap pool) and the
 /// stats of `v4l2loopsink`, from short in-process runs.
 fn copies(device: &str) -> Result<(f64, f64, f64), String> {
@@ -205,13 +202,12 @@ fn main() {
         .unwrap_or(5);
     let caps = format!("video/x-raw,format=YUY2,width={WIDTH},height={HEIGHT},framerate=30/1");
     let src = format!("videotestsrc num-buffers={frames} pattern=solid-color ! {caps}");
-    println!(
-        "v4l2loopback {} — {WIDTH}x{HEIGHT} YUY2, {frames} frames per run, {runs} runs, device {device}",
-        std::fs::read_to_string("/sys/module/v4l2loopback/version")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(
-                |_| std::env::var("VCAMBRIDGE_V4L2LOOPBACK_VERSION").unwrap_or_default()
-            )
+    let module = std::fs::read_to_string("/sys/module/v4l2loopback/version")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| std::env::var("VCAMBRIDGE_V4L2LOOPBACK_VERSION").unwrap_or_default());
+    eprintln!(
+        "v4l2loopback {module} — {WIDTH}x{HEIGHT} YUY2, {frames} frames per run, {runs} runs, \
+         device {device}"
     );
 
     let frame: Vec<u8> = (0..FRAME_SIZE).map(|i| (i % 251) as u8).collect();
@@ -304,8 +300,13 @@ fn main() {
         }
     }
     let per_frame = |d: Duration| d.as_secs_f64() * 1000.0 / frames as f64;
-    let med: Vec<f64> = cpu.iter().map(|v| per_frame(median(v.clone()))).collect();
-    let wall_med: Vec<f64> = wall.iter().map(|v| per_frame(median(v.clone()))).collect();
+    let medians = |runs: &[Vec<Duration>]| -> Vec<f64> {
+        runs.iter()
+            .map(|v| median(&mut v.iter().map(|d| per_frame(*d)).collect::<Vec<_>>()))
+            .collect()
+    };
+    let med = medians(&cpu);
+    let wall_med = medians(&wall);
     let net = [
         med[1] - med[0], // v4l2loopsink
         med[2] - med[0], // v4l2sink, rendering into its pool
@@ -313,46 +314,58 @@ fn main() {
         med[5] - med[4], // ffmpeg
     ];
     let ffmpeg_write_copies = wchar[5] as f64 / (frames as u64 * FRAME_SIZE) as f64;
-    println!();
-    println!(
-        "{:<28} {:>14} {:>14} {:>12} {:>12}",
-        "writer", "cpu ms/frame", "net ms/frame", "vs ours", "copies/frame"
-    );
-    let rows = [
-        ("v4l2loopsink", med[1], net[0], format!("{ours_copies:.2}")),
-        (
-            "v4l2sink (its own pool)",
-            med[2],
-            net[1],
-            format!("{v4l2sink_copies:.2}"),
+    let mut report = Report::new(
+        format!(
+            "v4l2loopback {module} writers: {WIDTH}x{HEIGHT} YUY2, {frames} frames per run, \
+             device {device}"
         ),
-        (
+        runs,
+        &[
+            "v4l2loopsink",
+            "v4l2sink (own pool)",
             "v4l2sink (upstream pool)",
-            med[3],
-            net[2],
-            format!("{v4l2sink_upstream_copies:.2}"),
-        ),
-        (
             "ffmpeg -f v4l2",
-            med[5],
-            net[3],
-            // write(): one kernel copy per byte written, plus rawvideo's frame→packet copy.
-            format!("{:.2}", ffmpeg_write_copies + 1.0),
-        ),
-    ];
-    for (name, total, n, c) in &rows {
-        println!(
-            "{name:<28} {total:>14.3} {n:>14.3} {:>11.2}x {c:>12}",
-            n / net[0].max(1e-9)
+        ],
+    );
+    report
+        .row(
+            "net CPU per frame (ms)",
+            &[Some(net[0]), Some(net[1]), Some(net[2]), Some(net[3])],
+        )
+        .row(
+            "CPU per frame (ms)",
+            &[Some(med[1]), Some(med[2]), Some(med[3]), Some(med[5])],
+        )
+        .row(
+            "wall per frame (ms)",
+            &[
+                Some(wall_med[1]),
+                Some(wall_med[2]),
+                Some(wall_med[3]),
+                Some(wall_med[5]),
+            ],
+        )
+        .row(
+            "copies per frame",
+            &[
+                Some(ours_copies),
+                Some(v4l2sink_copies),
+                Some(v4l2sink_upstream_copies),
+                // write(): one kernel copy per byte written, plus rawvideo's frame→packet copy.
+                Some(ffmpeg_write_copies + 1.0),
+            ],
+        )
+        .note(
+            "CPU = user+system time of the writer process; net = minus the same source into a \
+             null sink (fakesink / ffmpeg -f null)",
+        )
+        .note(format!(
+            "source alone: gst {:.3} ms/frame, ffmpeg {:.3} ms/frame",
+            med[0], med[4]
+        ))
+        .note(
+            "copies: v4l2loopsink's stats; v4l2sink: a pad probe on whether its input lives in \
+             the driver's buffers; ffmpeg: write() bytes (/proc/<pid>/io) + its packet copy",
         );
-    }
-    println!(
-        "{:<28} {:>14.3}\n{:<28} {:>14.3}",
-        "(gst source alone)", med[0], "(ffmpeg source alone)", med[4]
-    );
-    println!(
-        "\nmedians of {runs} runs; net = writer pipeline minus the same source into a null sink; \
-         wall ms/frame: ours {:.3}, v4l2sink {:.3} / {:.3}, ffmpeg {:.3}",
-        wall_med[1], wall_med[2], wall_med[3], wall_med[5]
-    );
+    report.print();
 }
