@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Benchmark: producer→consumer latency and CPU per frame at 1280x720 I420 30 fps,
 //! `pwvideosink` against the upstream `pipewiresink mode=provide`, side by side in one run
-//! (alternating rounds on one private PipeWire session), printing medians and ratios.
+//! (alternating rounds on one private PipeWire session), ending with the common report
+//! (`vcambridge_tests::bench::Report`: medians, ours / pipewiresink ratios).
 //!
-//!     cargo bench -p gst-plugin-pwvideosink --bench latency \
-//!         [-- --rounds 5 --frames 300 --width 1280 --height 720]
+//!     plugins/pwvideosink/bench/run.sh [--rounds 5 --frames 300 --width 1280 --height 720]
 //!
 //! Latency: the producer writes CLOCK_MONOTONIC into the first 8 bytes of each frame just
 //! before the sink; the consumer (this binary re-run with `--consumer`, `pipewiresrc !
@@ -18,18 +18,14 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use vcambridge_tests::ChildGuard;
+use vcambridge_tests::bench::{Report, median};
 use vcambridge_tests::pipewire::PipeWireSession;
 
 const WARMUP: usize = 30;
 
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 /// CPU time (user+system) of this process, in ns.
@@ -56,19 +52,6 @@ fn pid_cpu_ns(pid: u32) -> u64 {
     // SAFETY: sysconf is always safe to call.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1_000_000_000 / hz
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Consumer mode: receive `frames` frames after a warm-up, print per-frame latency and CPU.
@@ -303,13 +286,15 @@ fn main() {
     let sinks = ["pwvideosink", "pipewiresink"];
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new()];
     let mut failures: Vec<String> = Vec::new();
-    println!("pwvideosink vs pipewiresink mode=provide: {caps}, {rounds} rounds x {frames} frames");
+    eprintln!(
+        "pwvideosink vs pipewiresink mode=provide: {caps}, {rounds} rounds x {frames} frames"
+    );
     for round in 0..rounds {
         for (i, sink) in sinks.iter().enumerate() {
             let node = format!("bench-{sink}-{round}");
             match run_once(&caps, &session, sink, &node, frames) {
                 Ok(r) => {
-                    println!(
+                    eprintln!(
                         "round {round} {sink:>13}: latency {:6.2} ms  cpu/frame producer {:7.1} us  \
                          consumer {:7.1} us  daemon {:6.1} us",
                         r.latency_ms, r.producer_us, r.consumer_us, r.daemon_us
@@ -317,7 +302,7 @@ fn main() {
                     results[i].push(r);
                 }
                 Err(e) => {
-                    println!("round {round} {sink:>13}: FAILED: {e}");
+                    eprintln!("round {round} {sink:>13}: FAILED: {e}");
                     failures.push(e);
                 }
             }
@@ -326,39 +311,38 @@ fn main() {
 
     let med = |rs: &[RunResult], f: Metric| {
         let mut v: Vec<f64> = rs.iter().map(f).collect();
-        median(&mut v)
+        Some(median(&mut v)).filter(|m| m.is_finite())
     };
     let metrics: [(&str, Metric); 5] = [
         ("latency (ms)", |r| r.latency_ms),
-        ("producer CPU/frame (us)", |r| r.producer_us),
-        ("consumer CPU/frame (us)", |r| r.consumer_us),
-        ("daemon CPU/frame (us)", |r| r.daemon_us),
-        ("total CPU/frame (us)", |r| {
+        ("producer CPU per frame (us)", |r| r.producer_us),
+        ("consumer CPU per frame (us)", |r| r.consumer_us),
+        ("daemon CPU per frame (us)", |r| r.daemon_us),
+        ("total CPU per frame (us)", |r| {
             r.producer_us + r.consumer_us + r.daemon_us
         }),
     ];
-    println!();
-    println!(
-        "{:<26} {:>12} {:>14} {:>8}",
-        "median over rounds", "pwvideosink", "pipewiresink", "ratio"
+    let mut report = Report::new(
+        format!("pwvideosink -> pipewiresrc: {caps}, {frames} frames"),
+        rounds,
+        &["pwvideosink", "pipewiresink mode=provide"],
     );
     for (name, f) in metrics {
-        let a = med(&results[0], f);
-        let b = med(&results[1], f);
-        println!("{name:<26} {a:>12.2} {b:>14.2} {:>8.2}", a / b);
+        report.row(name, &[med(&results[0], f), med(&results[1], f)]);
     }
-    println!(
+    report.note(format!(
         "runs ok: pwvideosink {}/{rounds}, pipewiresink {}/{rounds}",
         results[0].len(),
         results[1].len()
-    );
+    ));
     if !failures.is_empty() {
-        println!("failures: {failures:?}");
+        report.note(format!("failures: {failures:?}"));
     }
-    println!();
-    println!("consumer SIGKILLed after 2 s, then a new consumer:");
     for sink in sinks {
         let verdict = kill_then_reconnect(&caps, &session, sink, &format!("bench-kill-{sink}"));
-        println!("  {sink:>13}: {verdict}");
+        report.note(format!(
+            "{sink}, consumer SIGKILLed after 2 s, then a new consumer: {verdict}"
+        ));
     }
+    report.print();
 }

@@ -12,18 +12,20 @@ the device (ffmpeg: all, through the pipe's back-pressure; vcamera: counted by a
 helper, VCAMERA_COUNT=1 — the ring never makes the app wait, so an unthrottled producer makes the
 camera skip frames: the stdin path shows that), and the
 CPU time (user + system) of every process involved (getrusage of the waited-for children).
-Rounds are interleaved; medians are printed. Run in the qemu guest by plugins/shmring/bench/vcamera.sh.
+Rounds are interleaved; per size, the medians end up in the common report (scripts/bench_report.py),
+the Python API first. Run in the qemu guest by plugins/shmring/bench/run.sh.
 """
 
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from bench_report import Report, median  # noqa: E402
 PY = sys.executable
 DEVICE = os.environ.get("BENCH_DEVICE", "/dev/video11")
 ROUNDS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -92,9 +94,9 @@ def main():
         if os.path.exists("/sys/module/v4l2loopback/version") else "?"
     paths = [("Python API (vcamera)", api), ("stdin-camera.sh --no-pace", stdin),
              ("ffmpeg -f rawvideo -i - -f v4l2", ffmpeg)]
-    print(f"vcamera benchmark: v4l2loopback {ver}, rgb24 -> {DEVICE} (I420), {ROUNDS} rounds, "
-          f"medians; frames/s = frames that reached the device / wall time (start-up included)")
-    rows = []
+    print(f"vcamera benchmark: v4l2loopback {ver}, rgb24 -> {DEVICE} (I420), {ROUNDS} rounds; "
+          f"frames/s = frames that reached the device / wall time (start-up included)",
+          file=sys.stderr, flush=True)
     for w, h, n in SIZES:
         results = {name: [] for name, _ in paths}
         for r in range(ROUNDS):
@@ -103,19 +105,16 @@ def main():
                 results[name].append((delivered / wall, cpu * 1000 / max(delivered, 1),
                                       delivered))
                 print(f"  {w}x{h} round {r} {name:32s} {delivered:4d}/{n} frames in "
-                      f"{wall:6.2f} s, cpu {cpu:6.2f} s", flush=True)
-        med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
-                   statistics.median(x[2] for x in v)) for k, v in results.items()}
-        rows.append((w, h, n, med))
-    ref = paths[2][0]
-    print()
-    print(f"{'size':10s} {'path':32s} {'frames/s':>9s} {'cpu ms/frame':>13s} {'delivered':>10s} "
-          f"{'fps vs ffmpeg':>14s} {'cpu vs ffmpeg':>14s}")
-    for w, h, n, med in rows:
-        for name, _ in paths:
-            fps, cpu, d = med[name]
-            print(f"{w}x{h:<5d} {name:32s} {fps:9.1f} {cpu:13.2f} {int(d):>6d}/{n:<4d}"
-                  f"{fps / med[ref][0]:13.2f}x {cpu / med[ref][1]:13.2f}x")
+                      f"{wall:6.2f} s, cpu {cpu:6.2f} s", file=sys.stderr, flush=True)
+        report = Report(f"app as a webcam: rgb24 {w}x{h} -> v4l2loopback {ver} (I420), {n} frames",
+                        rounds=ROUNDS, columns=[name for name, _ in paths])
+        for i, metric in enumerate(["frames/s", "CPU per frame (ms)", "frames delivered"]):
+            report.row(metric, [median(x[i] for x in results[name]) for name, _ in paths])
+        report.note("frames/s: frames that reached the device / wall time, start-up included")
+        report.note("an unthrottled producer makes the ring skip frames (the app never waits): "
+                    "stdin-camera.sh --no-pace delivers fewer than it was fed")
+        report.print()
+        print(flush=True)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@
 //!
 //! Run with `plugins/surface/bench/run.sh` (builds the release plugins first). Not a test.
 //!
-//! Each transport is measured `REPS` times, alternating transports, in two modes:
-//! * throughput: an unthrottled writer pushes `THROUGHPUT_FRAMES` frames; frames/s = frames the
+//! Each transport is measured `BENCH_RUNS` (3) times, alternating transports, in two modes:
+//! * throughput: an unthrottled writer pushes `BENCH_FRAMES` (300) frames; frames/s = frames the
 //!   reader received per second.
-//! * latency: a 30 fps writer; every frame carries the CLOCK_MONOTONIC time it was pushed
-//!   (in its first 8 bytes), the reader subtracts it from the time its appsink got the frame.
+//! * latency: a 30 fps writer (`BENCH_LATENCY_FRAMES`, 90 frames); every frame carries the
+//!   CLOCK_MONOTONIC time it was pushed (in its first 8 bytes), the reader subtracts it from the
+//!   time its appsink got the frame.
 //!
 //! The writer (an appsrc) takes frame memory from what the sink proposes in the allocation
 //! query — each transport's own zero-copy path — and paints nothing but the 8-byte stamp, so
@@ -23,23 +24,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use vcambridge_tests::bench::{Report, median};
 use vcambridge_tests::{ChildGuard, target_dir};
 
 const WIDTH: usize = 1920;
 const HEIGHT: usize = 1080;
 const FRAME: usize = WIDTH * HEIGHT * 4;
-const REPS: usize = 3;
-const THROUGHPUT_FRAMES: usize = 300;
-const LATENCY_FRAMES: usize = 90;
+
+/// `name` from the environment as a number, else `default` (`BENCH_RUNS=1 BENCH_FRAMES=60` for
+/// a quick run).
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: plain clock_gettime into a local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 fn caps(fps: u32) -> String {
@@ -385,14 +388,6 @@ fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String
     })
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -432,14 +427,15 @@ fn main() {
     gst::init().expect("gst init");
 
     let mut kinds = vec![Kind::Shm];
-    let mut notes = Vec::new();
+    // (the transport it is about, if one; the note)
+    let mut notes: Vec<(Option<Kind>, String)> = Vec::new();
     if gst::ElementFactory::find("shmringsink").is_some() {
         kinds.push(Kind::ShmRing);
     } else {
-        notes.push(format!(
+        notes.push((None, format!(
             "shmringsink row skipped: no shmringsink in {} (cargo build --release -p gst-plugin-shmring)",
             plugin_dir.display()
-        ));
+        )));
     }
     if gst::ElementFactory::find("surfacesink").is_none() {
         eprintln!(
@@ -450,8 +446,11 @@ fn main() {
     }
     kinds.push(Kind::Surface);
 
-    println!(
-        "1920x1080 BGRx ({FRAME} bytes/frame), {REPS} repetitions, throughput {THROUGHPUT_FRAMES} frames unthrottled, latency {LATENCY_FRAMES} frames at 30 fps; medians"
+    let reps = env_or("BENCH_RUNS", 3);
+    let throughput_frames = env_or("BENCH_FRAMES", 300);
+    let latency_frames = env_or("BENCH_LATENCY_FRAMES", 90);
+    eprintln!(
+        "1920x1080 BGRx ({FRAME} bytes/frame), {reps} repetitions, throughput {throughput_frames} frames unthrottled, latency {latency_frames} frames at 30 fps"
     );
     let mut memcpy_ms_reps = Vec::new();
 
@@ -459,11 +458,11 @@ fn main() {
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut stats: Vec<String> = vec![String::new(); kinds.len()];
     let mut seq = 0;
-    for rep in 0..REPS {
+    for rep in 0..reps {
         memcpy_ms_reps.push(memcpy_baseline());
         for (i, k) in kinds.iter().enumerate() {
             seq += 1;
-            match run(*k, false, THROUGHPUT_FRAMES, seq) {
+            match run(*k, false, throughput_frames, seq) {
                 Ok(r) => {
                     eprintln!(
                         "rep {rep} {:<30} throughput: {} frames, {:.1} fps  [{}]",
@@ -475,10 +474,12 @@ fn main() {
                     fps[i].push(r.fps);
                     stats[i] = r.stats;
                 }
-                Err(e) => notes.push(format!("{} throughput run {rep}: {e}", k.label())),
+                Err(e) => {
+                    notes.push((Some(*k), format!("{} throughput run {rep}: {e}", k.label())))
+                }
             }
             seq += 1;
-            match run(*k, true, LATENCY_FRAMES, seq) {
+            match run(*k, true, latency_frames, seq) {
                 Ok(r) => {
                     let mut l = r.latencies_ms.clone();
                     eprintln!(
@@ -489,50 +490,57 @@ fn main() {
                     );
                     lat[i].extend(r.latencies_ms);
                 }
-                Err(e) => notes.push(format!("{} latency run {rep}: {e}", k.label())),
+                Err(e) => notes.push((Some(*k), format!("{} latency run {rep}: {e}", k.label()))),
             }
         }
     }
 
-    let memcpy_ms = median(&mut memcpy_ms_reps);
+    // A median over no run (every run of a transport failed) is left empty in the report.
+    let median = |v: &mut [f64]| Some(median(v)).filter(|m| m.is_finite());
+    let percentile = |v: &mut [f64], p| Some(percentile(v, p)).filter(|m| m.is_finite());
+    let memcpy_ms = median(&mut memcpy_ms_reps).unwrap_or(f64::NAN);
     let memcpy_fps = 1e3 / memcpy_ms;
     let shm_fps = median(&mut fps[0].clone());
     let shm_lat = median(&mut lat[0].clone());
-    println!();
-    println!(
-        "{:<32} {:>10} {:>10} {:>10} {:>12} {:>10} {:>10}",
-        "transport", "frames/s", "x memcpy", "x shmsink", "lat p50 ms", "p95 ms", "x shmsink"
-    );
-    println!(
-        "{:<32} {:>10.1} {:>10.2} {:>10} {:>12.3} {:>10} {:>10}",
-        "memcpy 8 MB (physical limit)", memcpy_fps, 1.0, "-", memcpy_ms, "-", "-"
-    );
-    for (i, k) in kinds.iter().enumerate() {
-        let f = median(&mut fps[i].clone());
-        let l50 = median(&mut lat[i].clone());
-        let l95 = percentile(&mut lat[i].clone(), 0.95);
-        println!(
-            "{:<32} {:>10.1} {:>10.2} {:>10.2} {:>12.3} {:>10.3} {:>10.2}",
-            k.label(),
-            f,
-            f / memcpy_fps,
-            f / shm_fps,
-            l50,
-            l95,
-            l50 / shm_lat
+    let shm_p95 = percentile(&mut lat[0].clone(), 0.95);
+    // One report per transport of ours (after shmsink at index 0), against shmsink and memcpy.
+    for (i, k) in kinds.iter().enumerate().skip(1) {
+        let ours = match k {
+            Kind::ShmRing => "shmringsink -> shmringsrc",
+            _ => "surfacesink -> surfacesrc",
+        };
+        let mut report = Report::new(
+            format!(
+                "{ours}: 1920x1080 BGRx, {throughput_frames} frames unthrottled, {latency_frames} at 30 fps"
+            ),
+            reps,
+            &[ours, "shmsink -> shmsrc", "memcpy"],
         );
-    }
-    println!();
-    for (i, k) in kinds.iter().enumerate() {
-        if !stats[i].is_empty() {
-            println!(
-                "{} writer stats (last throughput run): {}",
-                k.label(),
-                stats[i]
+        report
+            .row(
+                "frames/s",
+                &[median(&mut fps[i].clone()), shm_fps, Some(memcpy_fps)],
+            )
+            .row(
+                "latency p50 (ms)",
+                &[median(&mut lat[i].clone()), shm_lat, Some(memcpy_ms)],
+            )
+            .row(
+                "latency p95 (ms)",
+                &[percentile(&mut lat[i].clone(), 0.95), shm_p95, None],
+            )
+            .note(
+                "memcpy: one copy of the 8 294 400-byte frame in this process (the physical limit)",
             );
+        if !stats[i].is_empty() {
+            report.note(format!("writer stats (last throughput run): {}", stats[i]));
         }
-    }
-    for n in notes {
-        println!("note: {n}");
+        for (about, n) in &notes {
+            if about.is_none_or(|a| a == Kind::Shm || a == *k) {
+                report.note(n.clone());
+            }
+        }
+        report.print();
+        println!();
     }
 }

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Issue-5 benchmark (not part of the test command): builds the release plugins, then runs
-# shmsink/shmringsink/surfacesink -> their sources at 1920x1080 BGRx next to a memcpy.
+# The surface benchmark (not part of the test command), one command: builds the release plugins,
+# then runs surfacesink -> surfacesrc and shmringsink -> shmringsrc across processes at 1920x1080
+# BGRx next to shmsink -> shmsrc and a plain memcpy, and prints one report per transport of ours
+# (vcambridge_tests::bench::Report: title, machine, rounds, Markdown table, ratios).
+#
+#   plugins/surface/bench/run.sh                                     3 rounds, 300 + 90 frames
+#   BENCH_RUNS=1 BENCH_FRAMES=60 BENCH_LATENCY_FRAMES=30 plugins/surface/bench/run.sh   quick
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
 cd "$ROOT"
-cargo build --release -p gst-plugin-surface
-# The shmring row is skipped (with a note) if that plugin does not build.
-cargo build --release -p gst-plugin-shmring || echo "note: gst-plugin-shmring did not build" >&2
-cargo bench -p gst-plugin-surface --bench ipc
+cargo build --locked --release -p gst-plugin-surface
+# The shmring report is skipped (with a note) if that plugin does not build.
+cargo build --locked --release -p gst-plugin-shmring || echo "note: gst-plugin-shmring did not build" >&2
+cargo bench --locked -p gst-plugin-surface --bench ipc
