@@ -188,6 +188,16 @@ pub fn reference_frame(pattern: &str, format: &str, width: u32, height: u32) -> 
     pack_tight(&frame)
 }
 
+/// A `v4l2src` reader streaming from `device` into `fakesink` (it holds the device's format
+/// while it plays); panics if it does not reach PLAYING within `timeout`.
+pub fn streaming_reader(device: &str, timeout: Duration) -> Pipeline {
+    let reader = Pipeline::new(&format!("v4l2src device={device} ! fakesink sync=false"));
+    reader
+        .set_state_wait(gst::State::Playing, timeout)
+        .expect("reader streams");
+    reader
+}
+
 /// Reads `count` frames with `v4l2src` (in-process): tightly packed frames and their caps.
 pub fn read_v4l2src(
     device: &str,

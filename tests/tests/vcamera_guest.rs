@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gst_video::prelude::*;
-use vcambridge_tests::v4l2::{Pipeline, guest_only};
+use vcambridge_tests::v4l2::{Pipeline, guest_only, streaming_reader};
 use vcambridge_tests::vcamera::{App, app, gone, pids};
 use vcambridge_tests::{ChildGuard, plugin_dir, wait_for, workspace_root};
 
@@ -309,10 +309,7 @@ fn device_held_in_another_format_is_an_exception() {
     writer
         .set_state_wait(gst::State::Playing, T)
         .expect("first writer");
-    let reader = Pipeline::new(&format!("v4l2src device={LOCK} ! fakesink sync=false"));
-    reader
-        .set_state_wait(gst::State::Playing, T)
-        .expect("reader streams");
+    let reader = streaming_reader(LOCK, T);
     writer
         .set_state_wait(gst::State::Null, T)
         .expect("writer stops");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use vcambridge_tests::v4l2::{
     Pipeline, assert_frames_equal, device_caps, guest_only, loopback_has_control_device,
-    read_ffmpeg, read_v4l2ctl, read_v4l2src, reference_frame, scratch_dir,
+    read_ffmpeg, read_v4l2ctl, read_v4l2src, reference_frame, scratch_dir, streaming_reader,
 };
 use vcambridge_tests::{gst_command, run_with_timeout};
 
@@ -94,36 +94,25 @@ fn roundtrip(format: &str, sizes: &[(u32, u32)]) {
     }
 }
 
-#[test]
-#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
-fn roundtrip_yuy2() {
-    // 320x240 YUY2 (153600 bytes, 37.5 pages) is where page-rounded bytesused made ffmpeg drop
-    // frames with v4l2loopback 0.12.7; 256x256 is page-aligned.
-    roundtrip("YUY2", &[(320, 240), (256, 256)]);
+/// One ignored guest test per format: `roundtrip(format, sizes)`.
+macro_rules! roundtrip_tests {
+    ($($name:ident: $format:literal, $sizes:expr;)*) => {$(
+        #[test]
+        #[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
+        fn $name() {
+            roundtrip($format, $sizes);
+        }
+    )*};
 }
 
-#[test]
-#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
-fn roundtrip_i420() {
-    roundtrip("I420", &[(320, 180), (256, 256)]);
-}
-
-#[test]
-#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
-fn roundtrip_nv12() {
-    roundtrip("NV12", &[(320, 180), (256, 256)]);
-}
-
-#[test]
-#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
-fn roundtrip_bgrx() {
-    roundtrip("BGRx", &[(320, 180), (256, 256)]);
-}
-
-#[test]
-#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
-fn roundtrip_rgb() {
-    roundtrip("RGB", &[(320, 180), (256, 256)]);
+// 320x240 YUY2 (153600 bytes, 37.5 pages) is where page-rounded bytesused made ffmpeg drop
+// frames with v4l2loopback 0.12.7; 256x256 is page-aligned.
+roundtrip_tests! {
+    roundtrip_yuy2: "YUY2", &[(320, 240), (256, 256)];
+    roundtrip_i420: "I420", &[(320, 180), (256, 256)];
+    roundtrip_nv12: "NV12", &[(320, 180), (256, 256)];
+    roundtrip_bgrx: "BGRx", &[(320, 180), (256, 256)];
+    roundtrip_rgb: "RGB", &[(320, 180), (256, 256)];
 }
 
 /// exclusive_caps=1: no capture capability before a writer, capture once the sink is PAUSED
@@ -465,10 +454,7 @@ fn errors_are_precise() {
     assert!(e.contains("another writer"), "{e}");
 
     // Format locked by a streaming reader: the first writer leaves, the reader stays.
-    let reader = Pipeline::new(&format!("v4l2src device={LOCK} ! fakesink sync=false"));
-    reader
-        .set_state_wait(gst::State::Playing, T)
-        .expect("reader streams");
+    let reader = streaming_reader(LOCK, T);
     first
         .set_state_wait(gst::State::Null, T)
         .expect("first writer stops");

@@ -162,6 +162,17 @@ pub struct PlaneLayout {
     pub rows: usize,
 }
 
+impl PlaneLayout {
+    const fn new(offset: usize, stride: usize, row_bytes: usize, rows: usize) -> PlaneLayout {
+        PlaneLayout {
+            offset,
+            stride,
+            row_bytes,
+            rows,
+        }
+    }
+}
+
 /// Where the planes of a frame are in a V4L2 buffer, and its exact size (`bytesused`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameLayout {
@@ -184,54 +195,21 @@ impl FrameLayout {
         let bpl = bytes_per_line.max(format.min_bytes_per_line(width)) as usize;
         let (w, h) = (width as usize, height as usize);
         let planes = match format.layout {
-            Layout::Packed { bytes_per_pixel } => vec![PlaneLayout {
-                offset: 0,
-                stride: bpl,
-                row_bytes: w * bytes_per_pixel as usize,
-                rows: h,
-            }],
-            Layout::Packed422 => vec![PlaneLayout {
-                offset: 0,
-                stride: bpl,
-                row_bytes: w * 2,
-                rows: h,
-            }],
+            Layout::Packed { bytes_per_pixel } => {
+                vec![PlaneLayout::new(0, bpl, w * bytes_per_pixel as usize, h)]
+            }
+            Layout::Packed422 => vec![PlaneLayout::new(0, bpl, w * 2, h)],
             Layout::Planar420 => {
                 let (cw, ch, cs) = (w.div_ceil(2), h.div_ceil(2), bpl / 2);
                 vec![
-                    PlaneLayout {
-                        offset: 0,
-                        stride: bpl,
-                        row_bytes: w,
-                        rows: h,
-                    },
-                    PlaneLayout {
-                        offset: bpl * h,
-                        stride: cs,
-                        row_bytes: cw,
-                        rows: ch,
-                    },
-                    PlaneLayout {
-                        offset: bpl * h + cs * ch,
-                        stride: cs,
-                        row_bytes: cw,
-                        rows: ch,
-                    },
+                    PlaneLayout::new(0, bpl, w, h),
+                    PlaneLayout::new(bpl * h, cs, cw, ch),
+                    PlaneLayout::new(bpl * h + cs * ch, cs, cw, ch),
                 ]
             }
             Layout::SemiPlanar420 => vec![
-                PlaneLayout {
-                    offset: 0,
-                    stride: bpl,
-                    row_bytes: w,
-                    rows: h,
-                },
-                PlaneLayout {
-                    offset: bpl * h,
-                    stride: bpl,
-                    row_bytes: 2 * w.div_ceil(2),
-                    rows: h.div_ceil(2),
-                },
+                PlaneLayout::new(0, bpl, w, h),
+                PlaneLayout::new(bpl * h, bpl, 2 * w.div_ceil(2), h.div_ceil(2)),
             ],
         };
         let size = planes
