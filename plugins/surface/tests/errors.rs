@@ -256,7 +256,7 @@ fn version_mismatch_reader_side_and_writer_side() {
     let (_dir, sock) = sock_dir();
     let _w = gst_writer(&sock, "videotestsrc is-live=true", "");
     let py = py_reader(&sock, &["--protocol-version", "2"]);
-    let err = py.finish_error(Duration::from_secs(15), 2, "py");
+    let err = py.finish_error(Duration::from_secs(15), 2, "python reader");
     assert!(err.contains("protocol version mismatch"), "{err}");
 
     // Raw client: hello with version 2 => the writer answers with an Error naming both versions.

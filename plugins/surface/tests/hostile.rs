@@ -317,7 +317,7 @@ fn python_reader_refuses_hostile_surfaces() {
         let (_dir, sock) = sock_dir();
         let w = writer(&sock, attack, 1);
         let r = py_reader(&sock, &[]);
-        let err = r.finish_error(Duration::from_secs(15), 2, &format!("{attack}"));
+        let err = r.finish_error(Duration::from_secs(15), 2, attack);
         assert!(err.contains(needle), "{attack}: {err}");
         let _ = w.finish(Duration::from_secs(15));
     }
