@@ -140,6 +140,22 @@ fn prop(key: u32, value: Value) -> Property {
     }
 }
 
+/// The properties of a `media` / raw format object: its media type and subtype, then `rest`.
+fn media_props(media: MediaType, rest: impl IntoIterator<Item = Property>) -> Vec<Property> {
+    let mut properties = vec![
+        prop(
+            FormatProperties::MediaType.as_raw(),
+            Value::Id(Id(media.as_raw())),
+        ),
+        prop(
+            FormatProperties::MediaSubtype.as_raw(),
+            Value::Id(Id(MediaSubtype::Raw.as_raw())),
+        ),
+    ];
+    properties.extend(rest);
+    properties
+}
+
 /// An `EnumFormat` pod offering exactly one format with a fixed size and frame rate
 /// (libwebrtc ignores formats whose size is a range).
 pub fn enum_format_pod(spec: &VideoSpec) -> Result<Vec<u8>, PodError> {
@@ -188,34 +204,29 @@ pub fn same_geometry(a: &VideoSpec, b: &VideoSpec) -> bool {
 }
 
 fn format_object(spec: &VideoSpec, id: u32, modifier: Option<i64>) -> Result<Vec<u8>, PodError> {
-    let mut properties = vec![
-        prop(
-            FormatProperties::MediaType.as_raw(),
-            Value::Id(Id(MediaType::Video.as_raw())),
-        ),
-        prop(
-            FormatProperties::MediaSubtype.as_raw(),
-            Value::Id(Id(MediaSubtype::Raw.as_raw())),
-        ),
-        prop(
-            FormatProperties::VideoFormat.as_raw(),
-            Value::Id(Id(spec.format)),
-        ),
-        prop(
-            FormatProperties::VideoSize.as_raw(),
-            Value::Rectangle(Rectangle {
-                width: spec.width,
-                height: spec.height,
-            }),
-        ),
-        prop(
-            FormatProperties::VideoFramerate.as_raw(),
-            Value::Fraction(Fraction {
-                num: spec.fps_n,
-                denom: spec.fps_d,
-            }),
-        ),
-    ];
+    let mut properties = media_props(
+        MediaType::Video,
+        [
+            prop(
+                FormatProperties::VideoFormat.as_raw(),
+                Value::Id(Id(spec.format)),
+            ),
+            prop(
+                FormatProperties::VideoSize.as_raw(),
+                Value::Rectangle(Rectangle {
+                    width: spec.width,
+                    height: spec.height,
+                }),
+            ),
+            prop(
+                FormatProperties::VideoFramerate.as_raw(),
+                Value::Fraction(Fraction {
+                    num: spec.fps_n,
+                    denom: spec.fps_d,
+                }),
+            ),
+        ],
+    );
     if let Some(m) = modifier {
         properties.push(Property {
             key: FormatProperties::VideoModifier.as_raw(),

@@ -271,6 +271,19 @@ fn map_raw(file: &File, len: usize, writable: bool) -> io::Result<*mut u8> {
 }
 
 impl Segment {
+    /// Map `len` bytes of `file` (the object at `name`, inode `ino`; 0 if not needed).
+    fn map(name: &str, file: File, len: usize, ino: u64, writable: bool) -> io::Result<Segment> {
+        let (ptr, guard) = map(&file, len, writable)?;
+        Ok(Segment {
+            name: name.to_string(),
+            file,
+            ptr,
+            len,
+            ino,
+            guard: Some(guard),
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -385,16 +398,8 @@ impl Segment {
             .validate_within(size)
             .map_err(|e| layout_error(name, e))?;
         let len = g.total_size();
-        let (ptr, guard) =
-            map(&file, len, false).map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
-        let seg = Segment {
-            name: name.to_string(),
-            file,
-            ptr,
-            len,
-            ino: md.ino(),
-            guard: Some(guard),
-        };
+        let seg = Segment::map(name, file, len, md.ino(), false)
+            .map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
         // The writer may have re-initialised it between the read and the map: check again on
         // the mapping (the object cannot have shrunk below `len` unnoticed: see check_intact).
         seg.check_intact()?;
@@ -462,16 +467,8 @@ impl Segment {
             if size < ring::HEADER_SIZE {
                 return Err(not_a_ring(&path, format!("{size} bytes")));
             }
-            let (ptr, guard) = map(&file, size, true)
+            let old = Segment::map(name, file, size, md.ino(), true)
                 .map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
-            let old = Segment {
-                name: name.to_string(),
-                file,
-                ptr,
-                len: size,
-                ino: md.ino(),
-                guard: Some(guard),
-            };
             let mem = old.memory();
             if mem.magic() != ring::MAGIC {
                 let magic = mem.magic();
@@ -537,16 +534,8 @@ impl Segment {
             &path,
             u32::from_le_bytes([head[8], head[9], head[10], head[11]]),
         )?;
-        let (ptr, guard) =
-            map(&file, size, false).map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
-        let seg = Segment {
-            name: name.to_string(),
-            file,
-            ptr,
-            len: size,
-            ino: 0,
-            guard: Some(guard),
-        };
+        let seg = Segment::map(name, file, size, 0, false)
+            .map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
         let mem = seg.memory();
         check_no_other_writer(&path, &mem, std::process::id())?;
         // A ring with a wider mode is replaced by create_writer: nothing to reclaim.
@@ -595,16 +584,8 @@ impl Segment {
         let md = file
             .metadata()
             .map_err(|e| fail(format!("cannot stat {path}"), e))?;
-        let (ptr, guard) =
-            map(&file, len, true).map_err(|e| fail(format!("cannot map {path}"), e))?;
-        let seg = Segment {
-            name: name.to_string(),
-            file,
-            ptr,
-            len,
-            ino: md.ino(),
-            guard: Some(guard),
-        };
+        let seg = Segment::map(name, file, len, md.ino(), true)
+            .map_err(|e| fail(format!("cannot map {path}"), e))?;
         seg.memory().initialize(geometry, pid, generation);
         Ok(seg)
     }

@@ -25,9 +25,8 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// gst-launch-1.0 reported the error and exited by itself with a failure status (1 for an error
-/// while playing, 255 when the pipeline cannot start): not killed by SIGBUS/SIGABRT/....
-fn assert_gst_error(what: &str, out: &Output) {
+/// The process ended by itself: not killed by SIGBUS/SIGABRT/....
+fn assert_not_killed(what: &str, out: &Output) {
     assert_eq!(
         out.status.signal(),
         None,
@@ -35,6 +34,12 @@ fn assert_gst_error(what: &str, out: &Output) {
         out.status.signal(),
         text(out)
     );
+}
+
+/// gst-launch-1.0 reported the error and exited by itself with a failure status (1 for an error
+/// while playing, 255 when the pipeline cannot start): not killed by SIGBUS/SIGABRT/....
+fn assert_gst_error(what: &str, out: &Output) {
+    assert_not_killed(what, out);
     assert!(
         matches!(out.status.code(), Some(1 | 255)),
         "{what}: {:?}\n{}",
@@ -45,13 +50,7 @@ fn assert_gst_error(what: &str, out: &Output) {
 
 /// The process ended by itself with exit status `code` (not killed by SIGBUS/SIGABRT/...).
 fn assert_exit(what: &str, out: &Output, code: i32) {
-    assert_eq!(
-        out.status.signal(),
-        None,
-        "{what} was killed by signal {:?}:\n{}",
-        out.status.signal(),
-        text(out)
-    );
+    assert_not_killed(what, out);
     assert_eq!(out.status.code(), Some(code), "{what}:\n{}", text(out));
 }
 

@@ -142,36 +142,31 @@ fn parses_format_with_none_choices() {
     let bytes = serialize(Object {
         type_: SpaTypes::ObjectParamFormat.as_raw(),
         id: ParamType::Format.as_raw(),
-        properties: vec![
-            prop(
-                FormatProperties::MediaType.as_raw(),
-                Value::Id(Id(MediaType::Video.as_raw())),
-            ),
-            prop(
-                FormatProperties::MediaSubtype.as_raw(),
-                Value::Id(Id(MediaSubtype::Raw.as_raw())),
-            ),
-            prop(
-                FormatProperties::VideoFormat.as_raw(),
-                Value::Choice(ChoiceValue::Id(Choice(
-                    ChoiceFlags::empty(),
-                    ChoiceEnum::Enum {
-                        default: Id(VideoFormat::YUY2.as_raw()),
-                        alternatives: vec![Id(VideoFormat::YUY2.as_raw())],
-                    },
-                ))),
-            ),
-            prop(
-                FormatProperties::VideoSize.as_raw(),
-                Value::Choice(ChoiceValue::Rectangle(Choice(
-                    ChoiceFlags::empty(),
-                    ChoiceEnum::None(Rectangle {
-                        width: 640,
-                        height: 480,
-                    }),
-                ))),
-            ),
-        ],
+        properties: media_props(
+            MediaType::Video,
+            [
+                prop(
+                    FormatProperties::VideoFormat.as_raw(),
+                    Value::Choice(ChoiceValue::Id(Choice(
+                        ChoiceFlags::empty(),
+                        ChoiceEnum::Enum {
+                            default: Id(VideoFormat::YUY2.as_raw()),
+                            alternatives: vec![Id(VideoFormat::YUY2.as_raw())],
+                        },
+                    ))),
+                ),
+                prop(
+                    FormatProperties::VideoSize.as_raw(),
+                    Value::Choice(ChoiceValue::Rectangle(Choice(
+                        ChoiceFlags::empty(),
+                        ChoiceEnum::None(Rectangle {
+                            width: 640,
+                            height: 480,
+                        }),
+                    ))),
+                ),
+            ],
+        ),
     })
     .unwrap();
     let s = parse_video_format(&bytes).unwrap();
@@ -185,16 +180,7 @@ fn rejects_non_video_and_garbage() {
     let audio = serialize(Object {
         type_: SpaTypes::ObjectParamFormat.as_raw(),
         id: ParamType::Format.as_raw(),
-        properties: vec![
-            prop(
-                FormatProperties::MediaType.as_raw(),
-                Value::Id(Id(MediaType::Audio.as_raw())),
-            ),
-            prop(
-                FormatProperties::MediaSubtype.as_raw(),
-                Value::Id(Id(MediaSubtype::Raw.as_raw())),
-            ),
-        ],
+        properties: media_props(MediaType::Audio, []),
     })
     .unwrap();
     assert_eq!(parse_video_format(&audio), Err(PodError::NotVideoRaw));

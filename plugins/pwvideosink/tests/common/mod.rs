@@ -465,15 +465,9 @@ pub fn file_len(path: &Path) -> u64 {
 
 /// This process's resident set size in kB.
 pub fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .expect("VmRSS in /proc/self/status")
+    let bytes = vcambridge_tests::rtmp::rss_bytes();
+    assert!(bytes > 0, "no VmRSS in /proc/self/status");
+    bytes / 1024
 }
 
 /// stdout and stderr of a finished process, as text.
