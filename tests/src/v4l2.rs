@@ -26,10 +26,12 @@ pub fn guest_only() {
     eprintln!("v4l2loopback {}", loopback_version());
 }
 
-/// The loaded v4l2loopback version (`0.12.7`, `0.13.2`), from sysfs.
+/// The loaded v4l2loopback version (`0.12.7`, `0.13.2`), from sysfs; 0.12.x publishes none,
+/// then the version `tests/guest/run.sh` built (`VCAMBRIDGE_V4L2LOOPBACK_VERSION`).
 pub fn loopback_version() -> String {
     std::fs::read_to_string("/sys/module/v4l2loopback/version")
         .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("VCAMBRIDGE_V4L2LOOPBACK_VERSION"))
         .unwrap_or_default()
 }
 

@@ -3,6 +3,7 @@
 //! 11 `vcam-plain` exclusive_caps=0, 12 `vcam-lock` exclusive_caps=1, plus vivid's capture-only
 //! /dev/video0). Ignored on the host: run them with `tests/guest/run.sh`.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -722,115 +723,104 @@ fn stats_and_caps_answer_while_the_placeholder_decodes() {
     p.set_state_wait(gst::State::Null, T).expect("stops");
 }
 
-nix::ioctl_write_ptr!(vidioc_streamon, b'V', 18, libc::c_int);
-nix::ioctl_write_ptr!(vidioc_streamoff, b'V', 19, libc::c_int);
-/// `V4L2_BUF_TYPE_VIDEO_OUTPUT`
-const OUTPUT: libc::c_int = 2;
-
-/// Another writer for the reopen test: an opener that issues `VIDIOC_STREAMON` on the output
-/// side over and over (each one claims the output again right after the sink's close released
-/// it) until it has held the device for a second into the sink's reopen, then closes. Returns
-/// what its ioctls did.
-fn other_writer(log: &SinkLog, since: Instant) -> std::thread::JoinHandle<String> {
-    let other = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(EXCL)
-        .expect("the other writer opens the device");
-    let lines = log.lines.clone();
-    std::thread::spawn(move || {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&other);
-        let deadline = Instant::now() + T;
-        let mut reopening = None;
-        let (mut ok, mut failed) = (0u64, Vec::new());
-        while Instant::now() < deadline {
-            // SAFETY: our own open fd, pointer to the buffer type.
-            match unsafe { vidioc_streamon(fd, &OUTPUT) } {
-                Ok(_) => ok += 1,
-                Err(e) if failed.len() < 5 => failed.push(e),
-                Err(_) => {}
-            }
-            std::thread::yield_now();
-            if reopening.is_none() {
-                reopening = lines
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .any(|(t, l)| *t >= since && l.contains("reopening"))
-                    .then(Instant::now);
-            }
-            if reopening.is_some_and(|r| r.elapsed() > Duration::from_secs(1)) {
-                break;
+/// A duplicate of this process's open file of `device` (the sink's, found through
+/// `/proc/self/fd`): while it lives, v4l2loopback still counts the sink's old writer as attached
+/// after the sink closed its own descriptors — as when a forked child still holds a writer's
+/// file. Closing it releases the writer.
+fn hold_writer_file(device: &str) -> OwnedFd {
+    let entries = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd");
+    for entry in entries.flatten() {
+        if std::fs::read_link(entry.path()).is_ok_and(|target| target == Path::new(device))
+            && let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+        {
+            // SAFETY: dup of a descriptor this process has open; the result is owned below.
+            let dup = unsafe { libc::dup(fd) };
+            if dup >= 0 {
+                // SAFETY: a fresh descriptor nobody else owns.
+                return unsafe { OwnedFd::from_raw_fd(dup) };
             }
         }
-        // SAFETY: as above.
-        let _ = unsafe { vidioc_streamoff(fd, &OUTPUT) };
-        drop(other);
-        format!("the other writer's STREAMON: {ok} ok, errors {failed:?}")
-    })
+    }
+    panic!("the sink has no file of {device} open");
 }
 
-/// While a format change waits for the device (another writer started streaming on the
-/// exclusive_caps device the moment the sink let go, and holds it for a second), `stats` and
-/// caps queries answer within 50 ms; once the other writer leaves, the sink gets the device and
-/// the new format reaches readers.
+/// While a format change waits for the device (the sink's previous writer file is still held
+/// elsewhere for a second, so the exclusive_caps device keeps offering capture only), `stats`
+/// and caps queries answer within 50 ms; once that file is closed the sink gets the device at
+/// once and the new format reaches readers.
 #[test]
 #[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
 fn stats_and_caps_answer_while_a_reopen_waits() {
     guest_only();
     let log = SinkLog::start();
-    // The other writer races the sink's reopen: when the sink wins (its open comes first), the
-    // reopen does not wait, or the format is then locked by the other writer (the element
-    // reports that correctly); such an attempt shows nothing and is repeated.
-    for attempt in 1..=4 {
-        let p = Pipeline::new(&format!(
-            "videotestsrc is-live=true pattern=colors ! capsfilter name=cf \
-             caps=video/x-raw,format=YUY2,width=320,height=240,framerate=15/1 ! \
-             v4l2loopsink name=sink device={EXCL}"
-        ));
-        p.set_state_wait(gst::State::Playing, T).expect("plays");
-        let sink = p.by_name("sink");
-        vcambridge_tests::wait_for(T, "frames written", || {
-            (stats(&p).get::<u64>("frames-written").unwrap_or(0) >= 2).then_some(())
-        });
-        let since = Instant::now();
-        let other = other_writer(&log, since);
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", 256i32)
-            .field("height", 256i32)
-            .field("framerate", gst::Fraction::new(15, 1))
-            .build();
-        p.by_name("cf").set_property("caps", &caps);
-        let probes = probe_until(&sink, || log.at("reopened", since).is_some());
-        let spins = other.join().expect("the other writer ends");
-        eprintln!("attempt {attempt}: {spins}");
-        if let Some(e) = p.pop_error(Duration::from_millis(200)) {
-            assert!(e.contains("/dev/video10 is locked to"), "{e} ({spins})");
-            eprintln!("attempt {attempt}: the other writer held the format: {e}");
-            continue;
+    let p = Pipeline::new(&format!(
+        "videotestsrc is-live=true pattern=colors ! capsfilter name=cf \
+         caps=video/x-raw,format=YUY2,width=320,height=240,framerate=15/1 ! \
+         v4l2loopsink name=sink device={EXCL}"
+    ));
+    p.set_state_wait(gst::State::Playing, T).expect("plays");
+    let sink = p.by_name("sink");
+    vcambridge_tests::wait_for(T, "frames written", || {
+        (stats(&p).get::<u64>("frames-written").unwrap_or(0) >= 2).then_some(())
+    });
+    let held = hold_writer_file(EXCL);
+    let since = Instant::now();
+    let lines = log.lines.clone();
+    let holder = std::thread::spawn(move || {
+        let deadline = Instant::now() + T;
+        let reopening = || {
+            lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|(t, l)| *t >= since && l.contains("reopening"))
+        };
+        while !reopening() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        let from = log
-            .at("reopening", since)
-            .expect("the sink logged the reopen");
-        let to = log
-            .at("reopened", since)
-            .expect("the sink reopened the device");
-        eprintln!("attempt {attempt}: the reopen took {:?}", to - from);
-        if to - from < Duration::from_millis(300) {
-            continue;
-        }
-        assert_answers_within_50ms("reopen waiting for the device", &probes, from, to, 10);
-        let (frames, caps) = read_v4l2src(EXCL, 2, T).expect("frames in the new format");
-        assert!(caps.to_string().contains("I420"), "{caps}");
-        assert_frames_equal(
-            "after the waited reopen",
-            &frames,
-            &reference_frame("colors", "I420", 256, 256),
-        );
-        assert!(p.pop_error(Duration::ZERO).is_none());
-        p.set_state_wait(gst::State::Null, T).expect("stops");
-        return;
+        std::thread::sleep(Duration::from_secs(1));
+        drop(held);
+        Instant::now()
+    });
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", 256i32)
+        .field("height", 256i32)
+        .field("framerate", gst::Fraction::new(15, 1))
+        .build();
+    p.by_name("cf").set_property("caps", &caps);
+    let probes = probe_until(&sink, || log.at("reopened", since).is_some());
+    let released = holder.join().expect("the holder ends");
+    if let Some(e) = p.pop_error(Duration::from_millis(200)) {
+        panic!("the format change failed: {e}");
     }
-    panic!("in 4 attempts, the other writer never made the sink's reopen wait");
+    let from = log
+        .at("reopening", since)
+        .expect("the sink logged the reopen");
+    let to = log
+        .at("reopened", since)
+        .expect("the sink reopened the device");
+    assert!(
+        to - from >= Duration::from_millis(900),
+        "the reopen did not wait for the held writer file: {:?}",
+        to - from
+    );
+    // Woken by the close (inotify), not by its 100 ms recheck.
+    eprintln!(
+        "the sink reopened {:?} after the writer file was closed",
+        to.saturating_duration_since(released)
+    );
+    assert_answers_within_50ms("reopen waiting for the device", &probes, from, to, 10);
+    let (frames, caps) = read_v4l2src(EXCL, 2, T).expect("frames in the new format");
+    assert!(caps.to_string().contains("I420"), "{caps}");
+    assert_frames_equal(
+        "after the waited reopen",
+        &frames,
+        &reference_frame("colors", "I420", 256, 256),
+    );
+    assert!(p.pop_error(Duration::ZERO).is_none());
+    p.set_state_wait(gst::State::Null, T).expect("stops");
 }
