@@ -240,15 +240,45 @@ fn planes_outside_the_frame_are_skipped() {
     assert!(status.success(), "{stderr}");
 }
 
-/// Resident memory of a process, in bytes (from /proc).
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+/// Resident memory of a process, in bytes (from /proc); `None` once it has exited.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
+        .map(|kb| kb * 1024)
+}
+
+/// Samples a process's resident memory every 10 ms until stopped or the process exits, keeping
+/// the highest value (the peak, even if the process ends right after what is measured).
+struct PeakRss {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    fn start(pid: u32, first: u64) -> PeakRss {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut peak = first;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some(now) = rss(pid) else { break };
+                    peak = peak.max(now);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak
+            }
+        });
+        PeakRss { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("RSS sampler")
+    }
 }
 
 /// 20,000 caps messages (new id each, ~3 KB) used to grow a surfacesrc by ~62 MB: now it keeps
@@ -270,17 +300,20 @@ fn caps_flood_keeps_memory_bounded() {
     w.wait_line(Duration::from_secs(20), "first frame released", |l| {
         l.contains("\"released\": 1")
     });
-    let before = rss(pid);
+    let before = rss(pid).expect("surfacesrc running");
+    // The peak from here until the frame after the flood: the reader may reach EOS (and exit)
+    // right after that frame, before a single sample could be taken.
+    let sampler = PeakRss::start(pid, before);
     w.wait_line(Duration::from_secs(60), "flood sent", |l| {
         l.contains("flooded")
     });
     w.wait_line(Duration::from_secs(60), "frame after the flood", |l| {
         l.contains("\"released\": 2")
     });
-    let after = rss(pid);
+    let after = sampler.stop();
     let grown = after.saturating_sub(before);
     eprintln!(
-        "surfacesrc RSS before the caps flood {} KiB, after {} KiB",
+        "surfacesrc RSS before the caps flood {} KiB, peak until the frame after it {} KiB",
         before / 1024,
         after / 1024
     );
