@@ -327,8 +327,9 @@ pub const REOPEN_GRACE: Duration = Duration::from_secs(2);
 /// the caller drops its [`LoopbackDevice`] (and the [`OutputStream`](super::OutputStream) on
 /// it) first.
 ///
-/// With exclusive_caps=1 the device offers output only while no other writer streams; "no
-/// output" is retried for up to `grace` ([`REOPEN_GRACE`]), woken when a writer closes the node
+/// With exclusive_caps=1 the device offers output only while no writer is attached — another
+/// writer streaming, or the previous writer's file still open elsewhere (a forked child, a
+/// descriptor passed on); "no output" is retried for up to `grace` ([`REOPEN_GRACE`]), woken when a writer closes the node
 /// (inotify `IN_CLOSE_WRITE`; rechecked every 100 ms should an event be missed). Blocks: never
 /// call it with a lock held that other threads need.
 pub fn reopen_output(
