@@ -312,9 +312,15 @@ def main():
                 r.send_frame(seq, good, size)
                 out({"sent": seq})
             r.eos()
-            # Let the reader see the EOS before the socket goes away.
+            # Let the reader see the EOS before the socket goes away: its first answer, then
+            # whatever else it sends (releases) until it goes quiet or hangs up (2 s at most). A
+            # socket closed with messages it never read resets the reader's connection, and the
+            # EOS still queued for the reader is lost with it.
             try:
+                deadline = time.monotonic() + min(args.timeout, 2.0)
                 r.recv(min(args.timeout, 2.0))
+                while deadline > time.monotonic():
+                    r.recv(min(0.2, max(deadline - time.monotonic(), 0.01)))
             except (ReaderGone, socket.timeout, TimeoutError):
                 pass
         except ReaderGone as e:
