@@ -4,7 +4,6 @@
 //! holding the state lock.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -16,13 +15,11 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use vcambridge_common::live::{self, FrameLatency, Restamper};
+use vcambridge_common::live::{FrameLatency, Restamper};
 use vcambridge_common::lock;
 
-use crate::platform::{self, Channel, Mapping, Received, Waker};
-use crate::wire::{
-    self, DecodeError, FrameRecord, Message, NO_TIME, PlaneNeed, RecentIds, Role, error_code,
-};
+use crate::platform::{self, Received, Waker};
+use crate::wire;
 
 mod receive;
 

@@ -5,12 +5,20 @@
 //! `imp.rs` holds the element (settings, state, `create()` acting on the [`Step`]s made here).
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gst::prelude::*;
+use gst::subclass::prelude::*;
 
-use super::*;
+use vcambridge_common::{live, lock};
+
+use super::{CAT, State, SurfaceSrc};
+use crate::platform::{self, Channel, Mapping};
+use crate::wire::{
+    self, DecodeError, FrameRecord, Message, NO_TIME, PlaneNeed, RecentIds, Role, error_code,
+};
 
 /// One connection to a writer and what it told us.
 pub(super) struct Conn {
