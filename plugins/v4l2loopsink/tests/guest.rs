@@ -606,8 +606,40 @@ impl Drop for SinkLog {
 /// a caps query on the sink pad took.
 struct Probe {
     at: Instant,
-    stats: Duration,
-    caps: Duration,
+    stats: Timed,
+    caps: Timed,
+}
+
+/// How long one call took, and a repeat if the first try took over 50 ms: the qemu TCG guest
+/// shares a loaded host whose scheduler can pause a vCPU for tens of milliseconds. A repeat
+/// that starts while the slow step is still running and answers fast shows the element was not
+/// the cause; a stall behind a lock lasts as long as the slow step, so a repeat started within
+/// it is slow too.
+struct Timed {
+    first: Duration,
+    repeat: Option<(Instant, Duration)>,
+}
+
+impl Timed {
+    fn measure(mut f: impl FnMut()) -> Timed {
+        let t = Instant::now();
+        f();
+        let first = t.elapsed();
+        let repeat = (first >= Duration::from_millis(50)).then(|| {
+            let t = Instant::now();
+            f();
+            (t, t.elapsed())
+        });
+        Timed { first, repeat }
+    }
+
+    /// The answer time that counts for a slow step ending at `to`.
+    fn within(&self, to: Instant) -> Duration {
+        match self.repeat {
+            Some((at, took)) if at < to => self.first.min(took),
+            _ => self.first,
+        }
+    }
 }
 
 /// Reads `stats` and queries the sink pad's caps every 10 ms until `done` (≤ `T`).
@@ -617,23 +649,21 @@ fn probe_until(sink: &gst::Element, mut done: impl FnMut() -> bool) -> Vec<Probe
     let mut probes = Vec::new();
     while !done() && Instant::now() < deadline {
         let at = Instant::now();
-        let _ = sink.property::<gst::Structure>("stats");
-        let stats = at.elapsed();
-        let t = Instant::now();
-        let caps = pad.query_caps(None);
-        assert!(!caps.is_empty(), "caps query answered empty caps");
-        probes.push(Probe {
-            at,
-            stats,
-            caps: t.elapsed(),
+        let stats = Timed::measure(|| {
+            let _ = sink.property::<gst::Structure>("stats");
         });
+        let caps = Timed::measure(|| {
+            let caps = pad.query_caps(None);
+            assert!(!caps.is_empty(), "caps query answered empty caps");
+        });
+        probes.push(Probe { at, stats, caps });
         std::thread::sleep(Duration::from_millis(10));
     }
     probes
 }
 
-/// The probes made between `from` and `to`: at least `min` of them, each answered within
-/// 50 ms. Prints the figures.
+/// The probes made between `from` and `to` (or overlapping `from`): each answered within 50 ms (see [`Timed`]), and at
+/// least `min` of them. Prints the figures and keeps them in the guest's output directory.
 fn assert_answers_within_50ms(
     what: &str,
     probes: &[Probe],
@@ -643,13 +673,26 @@ fn assert_answers_within_50ms(
 ) {
     let during: Vec<&Probe> = probes
         .iter()
-        .filter(|p| p.at >= from && p.at < to)
+        // Started inside the window, or started before it and still waiting when it began.
+        .filter(|p| p.at < to && p.at + p.stats.first + p.caps.first >= from)
         .collect();
-    let max_stats = during.iter().map(|p| p.stats).max().unwrap_or_default();
-    let max_caps = during.iter().map(|p| p.caps).max().unwrap_or_default();
+    let max_stats = during
+        .iter()
+        .map(|p| p.stats.within(to))
+        .max()
+        .unwrap_or_default();
+    let max_caps = during
+        .iter()
+        .map(|p| p.caps.within(to))
+        .max()
+        .unwrap_or_default();
+    let repeated = during
+        .iter()
+        .filter(|p| p.stats.repeat.is_some() || p.caps.repeat.is_some())
+        .count();
     let figures = format!(
         "v4l2loopback {}: {what}: {} ms; {} probes during it; slowest stats read {:?}, slowest \
-         caps query {:?}",
+         caps query {:?}; {repeated} probe(s) repeated after a first try over 50 ms",
         vcambridge_tests::v4l2::loopback_version(),
         (to - from).as_millis(),
         during.len(),
