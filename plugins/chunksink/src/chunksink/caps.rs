@@ -78,4 +78,3 @@ pub(super) fn supported_caps() -> gst::Caps {
         .field("channels", gst::IntRange::new(1, i32::MAX))
         .build()
 }
-

@@ -17,12 +17,12 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use super::caps::{supported_caps, wav_format_of};
 use crate::chunk::{
     ChunkGeometry, ChunkRecord, Fill, Gap, GapReason, NamePattern, SealReason, Timeline, ns_of,
     resume_point,
 };
 use crate::files::{IoConfig, IoWorker, Job, MappedChunk};
-use super::caps::{supported_caps, wav_format_of};
 use crate::wav::WavFormat;
 use vcambridge_common::lock;
 
