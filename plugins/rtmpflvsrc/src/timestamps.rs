@@ -81,10 +81,19 @@ pub struct OutputTimeline {
     offsets: VecDeque<(u64, i128)>,
     last_dts: [Option<u64>; 2],
     max_output: Option<u64>,
-    /// Buffers mapped later than this behind `now` move the session's mapping forward.
+    /// Buffers mapped later than this behind `now` for [`REANCHOR_AFTER`] move the session's
+    /// mapping forward.
     max_lateness: Option<u64>,
+    /// The current run of late buffers: (session, running time of its first, least lateness).
+    late_run: Option<(u64, u64, i128)>,
     reanchors: u64,
 }
+
+/// How long every buffer must stay later than the lateness bound before the mapping moves.
+/// A burst after a network stall catches up well within it (its timestamps kept running, so
+/// the old mapping is right again once the burst is through); a publisher that paused and
+/// resumed its timestamps where they stopped stays late, and is moved.
+pub const REANCHOR_AFTER: u64 = 1_000 * MS;
 
 /// How many past sessions keep their mapping.
 const KEPT_SESSIONS: usize = 4;
@@ -102,10 +111,13 @@ impl OutputTimeline {
         };
     }
 
-    /// When a buffer would be mapped more than `max_lateness` ns before the current running
-    /// time (publisher stalled, network hiccup, clock drift), the session's mapping moves
-    /// forward to "now" so that later buffers are on time again instead of all late. Output
-    /// stays monotonic (the mapping only ever moves forward). `None` disables this.
+    /// When every buffer of a session is mapped more than `max_lateness` ns before the current
+    /// running time for [`REANCHOR_AFTER`] (a publisher that paused and resumed its timestamps
+    /// where they stopped, or a clock running slow), the session's mapping moves forward by the
+    /// smallest lateness of that run, so that later buffers are on time again instead of all
+    /// late. A shorter run of late buffers (the burst after a network stall) moves nothing:
+    /// moving the mapping then would keep the stall's length as latency for good. Output stays
+    /// monotonic (the mapping only ever moves forward). `None` disables this.
     pub fn set_max_lateness(&mut self, max_lateness: Option<u64>) {
         self.max_lateness = max_lateness;
     }
@@ -133,11 +145,24 @@ impl OutputTimeline {
         let offset = match self.offsets.iter_mut().find(|(s, _)| *s == session) {
             Some((_, o)) => {
                 if let Some(max_late) = self.max_lateness {
-                    let current = i128::from(now());
-                    let mapped = dts_ns + *o;
-                    if mapped + i128::from(max_late) < current {
-                        *o += current - mapped;
-                        self.reanchors += 1;
+                    let current = now();
+                    let lateness = i128::from(current) - (dts_ns + *o);
+                    if lateness > i128::from(max_late) {
+                        let run = match self.late_run {
+                            Some((s, since, least)) if s == session => {
+                                (s, since, least.min(lateness))
+                            }
+                            _ => (session, current, lateness),
+                        };
+                        if current.saturating_sub(run.1) >= REANCHOR_AFTER {
+                            *o += run.2;
+                            self.reanchors += 1;
+                            self.late_run = None;
+                        } else {
+                            self.late_run = Some(run);
+                        }
+                    } else {
+                        self.late_run = None;
                     }
                 }
                 *o
@@ -299,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn late_buffers_move_the_mapping_forward() {
+    fn buffers_late_for_a_second_move_the_mapping_forward() {
         let mut t = OutputTimeline::new();
         t.set_max_lateness(Some(100 * MS));
         let a = t.map(1, StreamKind::Video, 0, 0, || 1_000_000_000);
@@ -307,20 +332,61 @@ mod tests {
         // On time (within the tolerance): unchanged spacing.
         let b = t.map(1, StreamKind::Video, 33, 0, || 1_033_000_000 + 90 * MS);
         assert_eq!(b.dts, 1_033_000_000);
-        // After a 2 s stall the next frame is mapped to now, and the following ones keep the
-        // new mapping.
-        let c = t.map(1, StreamKind::Video, 66, 0, || 3_066_000_000);
-        assert_eq!(c.dts, 3_066_000_000);
-        let d = t.map(1, StreamKind::Audio, 70, 0, || 3_070_000_000);
-        assert_eq!(d.dts, 3_070_000_000);
-        let e = t.map(1, StreamKind::Video, 99, 10, || 3_099_000_000);
-        assert_eq!(e.dts, 3_099_000_000);
-        assert_eq!(e.pts, 3_109_000_000);
+        // The publisher paused for 2 s and resumed its timestamps where they stopped: every
+        // buffer is ~2 s late. For a second they keep the old mapping (the sink sees them late)...
+        let mut ts = 66;
+        let mut now = 3_066 * MS;
+        while now < 3_066 * MS + REANCHOR_AFTER - 33 * MS {
+            let o = t.map(1, StreamKind::Video, ts, 0, || now);
+            assert_eq!(
+                o.dts,
+                1_000_000_000 + ts as u64 * MS,
+                "old mapping at {now}"
+            );
+            ts += 33;
+            now += 33 * MS;
+        }
+        assert_eq!(t.reanchors(), 0);
+        // ... then the mapping moves forward by the least lateness of the run.
+        let lateness = now - (1_000_000_000 + ts as u64 * MS);
+        let c = t.map(1, StreamKind::Video, ts, 0, || now + 33 * MS);
         assert_eq!(t.reanchors(), 1);
+        assert_eq!(c.dts, 1_000_000_000 + ts as u64 * MS + lateness);
+        // Audio shares the session's mapping; on-time buffers start no new run.
+        let d = t.map(1, StreamKind::Audio, ts + 4, 0, || now + 37 * MS);
+        assert_eq!(d.dts, c.dts + 4 * MS);
+        let e = t.map(1, StreamKind::Video, ts + 33, 10, || now + 66 * MS);
+        assert_eq!(e.dts, c.dts + 33 * MS);
+        assert_eq!(e.pts, c.dts + 43 * MS);
         // Early buffers (publisher ahead of the clock) are left alone.
-        let f = t.map(1, StreamKind::Video, 5_000, 0, || 3_100_000_000);
-        assert_eq!(f.dts, 3_000_000_000 + 5_000 * MS);
+        let f = t.map(1, StreamKind::Video, ts + 5_000, 0, || now + 100 * MS);
+        assert_eq!(f.dts, c.dts + 5_000 * MS);
         assert_eq!(t.reanchors(), 1);
+    }
+
+    #[test]
+    fn the_burst_after_a_network_stall_keeps_the_mapping() {
+        // Real-time timestamps; the network holds 2 s of frames back, then delivers them in a
+        // burst within 300 ms: late buffers, but fewer than a second of them, and the frames
+        // after the burst are on time again under the original mapping.
+        let mut t = OutputTimeline::new();
+        t.set_max_lateness(Some(100 * MS));
+        let base = t.map(1, StreamKind::Video, 0, 0, || 1_000_000_000).dts;
+        let mut ts = 33;
+        while ts < 5_000 {
+            let arrival = if (1_000..3_000).contains(&ts) {
+                // Held back until 3.0 s, then drained at 10 frames per 15 ms.
+                3_000 + (ts - 1_000) / 33 * 15 / 10
+            } else {
+                ts
+            };
+            let o = t.map(1, StreamKind::Video, ts, 0, || {
+                1_000_000_000 + arrival as u64 * MS
+            });
+            assert_eq!(o.dts, base + ts as u64 * MS, "frame at {ts} ms");
+            ts += 33;
+        }
+        assert_eq!(t.reanchors(), 0);
     }
 
     #[test]
