@@ -221,6 +221,8 @@ def main():
     ap.add_argument("--frames", type=int, default=3, help="good frames to send")
     ap.add_argument("--attack", default="none")
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--close-at-once", action="store_true",
+                    help="after EOS, close without reading what the reader sent (releases)")
     args = ap.parse_args()
 
     def out(obj):
@@ -316,6 +318,9 @@ def main():
             # whatever else it sends (releases) until it goes quiet or hangs up (2 s at most). A
             # socket closed with messages it never read resets the reader's connection, and the
             # EOS still queued for the reader is lost with it.
+            if args.close_at_once:
+                out({"closed": seq})
+                return 0
             try:
                 deadline = time.monotonic() + min(args.timeout, 2.0)
                 r.recv(min(args.timeout, 2.0))

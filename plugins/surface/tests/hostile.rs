@@ -355,3 +355,33 @@ fn python_reader_refuses_hostile_surfaces() {
         let _ = w.finish(Duration::from_secs(15));
     }
 }
+
+/// A writer that sends frames and EOS and closes at once, with the reader's releases unread:
+/// the kernel reports the reset before the queued messages, and surfacesrc still ends with EOS
+/// after every frame (it used to take the reset for "writer gone", wait for a new one and fail
+/// after `timeout`). Ten rounds: the reset comes in most of them.
+#[test]
+fn eos_survives_a_writer_that_closes_with_releases_unread() {
+    init();
+    for round in 0..10 {
+        let (_dir, sock) = sock_dir();
+        let mut cmd = Command::new(python());
+        cmd.arg(writer_script())
+            .arg(&sock)
+            .args(["--frames", "5", "--close-at-once"]);
+        let mut w = LineChild::spawn("python surface_writer --close-at-once", &mut cmd);
+        w.wait_line(Duration::from_secs(15), "listening", |l| {
+            l.contains("listening")
+        });
+        let p = reader(&sock, CONVERT);
+        p.set(gst::State::Playing);
+        let got = pull(&p.appsink("sink"), 5, Duration::from_secs(15));
+        assert_good_frames(&got, 1, 5);
+        if let Err(e) = p.wait_eos(Duration::from_secs(5)) {
+            panic!("round {round}: no EOS after the writer closed: {e}");
+        }
+        p.set(gst::State::Null);
+        let (status, _json, stderr) = w.finish(Duration::from_secs(15));
+        assert!(status.success(), "{stderr}");
+    }
+}

@@ -316,16 +316,23 @@ impl Channel {
         debug_assert!(buf.len() >= MAX_MESSAGE_LEN);
         let mut cmsg = nix::cmsg_space!([RawFd; 4]);
         let mut iov = [io::IoSliceMut::new(buf)];
-        let msg = match recvmsg::<()>(
-            self.fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(Errno::EAGAIN) => return Ok(Received::WouldBlock),
-            Err(Errno::ECONNRESET) => return Ok(Received::Closed),
-            Err(e) => return Err(e.into()),
+        // A peer that closes with messages of ours unread makes the kernel report ECONNRESET
+        // once; what the peer sent before closing (an EOS, say) is still queued behind it, so
+        // read once more before calling the connection closed.
+        let mut reset = false;
+        let msg = loop {
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => break m,
+                Err(Errno::ECONNRESET) if !reset => reset = true,
+                Err(Errno::EAGAIN) if !reset => return Ok(Received::WouldBlock),
+                Err(Errno::EAGAIN | Errno::ECONNRESET) => return Ok(Received::Closed),
+                Err(e) => return Err(e.into()),
+            }
         };
         let mut fds = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
