@@ -5,6 +5,7 @@
 
 use gst::glib;
 
+pub mod framepool;
 pub mod ring;
 pub mod shm;
 mod shmringsink;

@@ -66,7 +66,16 @@ pub const SLOT_DURATION: usize = 24;
 pub const SLOT_CAPS_ID: usize = 32;
 pub const SLOT_SIZE: usize = 40;
 pub const SLOT_FLAGS: usize = 48;
+/// u32 reader pin (was "reserved (0)"): a reader copying the slot's frame stores the
+/// `CLOCK_MONOTONIC` millisecond (low 32 bits) until which it asks the writer to leave the slot
+/// alone; 0 = none. A hint: writers that ignore it (or a pin the writer overrides) only cost the
+/// reader a torn frame, which the seqlock catches as before.
+pub const SLOT_READER_PIN: usize = 52;
 pub const SLOT_PUBLISH_TIME: usize = 56;
+
+/// Longest a reader pin holds (ms). A writer treats a pin further in the future as garbage, and
+/// a reader that stops (or dies) while pinning frees the slot after this long at most.
+pub const PIN_MS: u32 = 100;
 
 /// A timestamp field holding this value means "none".
 pub const NO_TIME: u64 = u64::MAX;
@@ -523,6 +532,33 @@ impl RingMemory {
         fence(Ordering::Acquire);
         let off = g.slot_offset(g.slot_of(meta.seq));
         self.u64_at(off + SLOT_SEQ).load(Ordering::Relaxed) == seq_published(meta.seq)
+    }
+
+    /// Ask the writer to leave frame `n`'s slot alone for [`PIN_MS`] from `now_ms` (the low 32
+    /// bits of `CLOCK_MONOTONIC` in ms) while this reader copies it; needs a writable mapping.
+    /// Call before [`Self::start_read`]; returns the pin to give to [`Self::unpin`].
+    pub fn pin(&self, g: &Geometry, n: u64, now_ms: u32) -> u32 {
+        let pin = now_ms.wrapping_add(PIN_MS).max(1);
+        self.u32_at(g.slot_offset(g.slot_of(n)) + SLOT_READER_PIN)
+            .store(pin, Ordering::SeqCst);
+        pin
+    }
+
+    /// Drop a pin taken with [`Self::pin`] (unless another reader replaced it with its own).
+    pub fn unpin(&self, g: &Geometry, n: u64, pin: u32) {
+        let _ = self
+            .u32_at(g.slot_offset(g.slot_of(n)) + SLOT_READER_PIN)
+            .compare_exchange(pin, 0, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// Writer side: does a reader ask for `slot` to be left alone at `now_ms`? Only a pin at
+    /// most [`PIN_MS`] ahead counts, so a stopped reader (or garbage) frees it within `PIN_MS`.
+    pub fn pinned(&self, g: &Geometry, slot: u32, now_ms: u32) -> bool {
+        let pin = self
+            .u32_at(g.slot_offset(slot) + SLOT_READER_PIN)
+            .load(Ordering::SeqCst);
+        let left = pin.wrapping_sub(now_ms);
+        pin != 0 && left != 0 && left <= PIN_MS
     }
 
     /// Read frame `n` into a new vector (convenience for tests and tools).

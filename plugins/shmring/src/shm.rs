@@ -156,6 +156,12 @@ pub fn pid_alive(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// `CLOCK_MONOTONIC` in milliseconds, low 32 bits (the clock of reader pins, see
+/// [`crate::ring::PIN_MS`]).
+pub fn monotonic_ms() -> u32 {
+    (monotonic_ns() / 1_000_000) as u32
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds (the clock of the slots' publish time, same in every
 /// process).
 pub fn monotonic_ns() -> u64 {
@@ -216,6 +222,7 @@ pub struct Segment {
     ptr: *mut u8,
     len: usize,
     ino: u64,
+    writable: bool,
     guard: Option<MappingGuard>,
 }
 
@@ -280,12 +287,18 @@ impl Segment {
             ptr,
             len,
             ino,
+            writable,
             guard: Some(guard),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The mapping is read-write (a reader may pin slots).
+    pub fn writable(&self) -> bool {
+        self.writable
     }
 
     pub fn path(&self) -> String {
@@ -337,11 +350,24 @@ impl Segment {
             .unwrap_or(false)
     }
 
-    /// Open an existing ring for reading (read-only mapping).
+    /// Open an existing ring for reading. The mapping is read-write when the object allows it
+    /// (the reader then only writes its slot pins, see [`RingMemory::pin`]), else read-only
+    /// ([`Self::writable`] says which).
     pub fn open_reader(name: &str) -> Result<(Segment, Geometry), ShmError> {
         ring::validate_shm_name(name).map_err(ShmError::BadName)?;
         let path = shm_path(name);
-        let file = match shm_open(name, libc::O_RDONLY, 0) {
+        let opened = match shm_open(name, libc::O_RDWR, 0) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EROFS | libc::EISDIR)
+                ) =>
+            {
+                shm_open(name, libc::O_RDONLY, 0).map(|f| (f, false))
+            }
+            other => other.map(|f| (f, true)),
+        };
+        let (file, writable) = match opened {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 return Err(ShmError::NotFound(format!(
@@ -398,7 +424,7 @@ impl Segment {
             .validate_within(size)
             .map_err(|e| layout_error(name, e))?;
         let len = g.total_size();
-        let seg = Segment::map(name, file, len, md.ino(), false)
+        let seg = Segment::map(name, file, len, md.ino(), writable)
             .map_err(|e| ShmError::Os(format!("cannot map {path}: {e}")))?;
         // The writer may have re-initialised it between the read and the map: check again on
         // the mapping (the object cannot have shrunk below `len` unnoticed: see check_intact).

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use vcambridge_common::lock;
 
+#[cfg(test)]
+use crate::ring::{self, ReadStart};
 use crate::ring::{FrameMeta, Geometry, WriterState};
 use crate::shm::{self, Segment, ShmError};
 
@@ -96,18 +98,23 @@ impl RingWriter {
         Ok(id)
     }
 
-    /// Claim the next frame whose slot is not lent out and mark it in progress.
+    /// Claim the next frame whose slot is neither lent out nor pinned by a reader copying it,
+    /// and mark it in progress. Frame numbers of skipped slots are never published. Pins only
+    /// steer: if every free slot is pinned, the next free one is taken anyway (a reader can
+    /// never hold the writer up), and such a reader's copy then tears and is discarded.
     fn claim(&self, inner: &mut Inner) -> Option<u64> {
-        for _ in 0..self.geometry.slot_count {
-            let n = inner.next;
-            inner.next += 1;
-            let slot = self.geometry.slot_of(n);
-            if inner.lent[slot as usize].is_none() {
-                self.segment.memory().begin_write(&self.geometry, n);
-                return Some(n);
-            }
-        }
-        None
+        let g = &self.geometry;
+        let mem = self.segment.memory();
+        let now_ms = shm::monotonic_ms();
+        let free = |n: u64| inner.lent[g.slot_of(n) as usize].is_none();
+        let ahead = (0..g.slot_count as u64).map(|k| inner.next + k);
+        let n = ahead
+            .clone()
+            .find(|&n| free(n) && !mem.pinned(g, g.slot_of(n), now_ms))
+            .or_else(|| ahead.clone().find(|&n| free(n)))?;
+        inner.next = n + 1;
+        mem.begin_write(g, n);
+        Some(n)
     }
 
     fn wake(&self) {
@@ -295,5 +302,65 @@ mod tests {
         assert!(r.memory().read_frame(&rg, 5).is_err());
         w.close();
         assert!(!std::path::Path::new(&shm::shm_path(&name)).exists());
+    }
+
+    #[test]
+    fn pinned_slots_are_skipped_but_never_hold_the_writer() {
+        let name = format!("/shmring-unit-pins-{}", std::process::id());
+        let _cleanup = Unlink(name.clone());
+        let g = Geometry::new(4, 64).unwrap();
+        let w = RingWriter::create(&name, 0o600, g).unwrap();
+        w.set_caps("x/y").unwrap();
+        let (r, rg) = Segment::open_reader(&name).unwrap();
+        assert!(
+            r.writable(),
+            "the writer's own user maps the ring read-write"
+        );
+        let mem = r.memory();
+        for i in 0..4u8 {
+            assert_eq!(w.write_frame(FrameMeta::default(), &[i]), Some(i as u64));
+        }
+        // A reader copies frame 1 (slot 1): frame 5 would overwrite it, the writer takes 6.
+        let ReadStart::Ready(meta) = mem.start_read(&rg, 1) else {
+            panic!("frame 1 is there");
+        };
+        let pin = mem.pin(&rg, 1, shm::monotonic_ms());
+        assert_eq!(w.write_frame(FrameMeta::default(), b"4"), Some(4));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"6"), Some(6));
+        let mut copy = [0u8];
+        mem.copy_payload(&rg, &meta, &mut copy);
+        assert!(
+            mem.finish_read(&rg, &meta),
+            "the pinned frame was not overwritten"
+        );
+        assert_eq!(copy, [1]);
+        assert_eq!(mem.start_read(&rg, 5), ReadStart::Skipped);
+        mem.unpin(&rg, 1, pin);
+        assert_eq!(w.write_frame(FrameMeta::default(), b"7"), Some(7));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"8"), Some(8));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"9"), Some(9));
+        // Pins that expired (a reader that stopped) or lie further ahead than PIN_MS (garbage)
+        // are ignored: slot 2 is taken by frame 10.
+        let now = shm::monotonic_ms();
+        mem.pin(&rg, 10, now.wrapping_sub(ring::PIN_MS + 1));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"10"), Some(10));
+        mem.pin(&rg, 11, now.wrapping_add(ring::PIN_MS * 9));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"11"), Some(11));
+        // Every slot pinned (stopped or hostile readers): the writer writes on regardless.
+        for n in 12..16 {
+            mem.pin(&rg, n, shm::monotonic_ms());
+        }
+        for n in 12..20u64 {
+            assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(n));
+        }
+        // Lent slots stay off limits whatever the pins say.
+        let lent = w.lend().unwrap();
+        assert_eq!(lent.frame, 20);
+        assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(21));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(22));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(23));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(25));
+        w.release(&lent);
+        w.close();
     }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use gst_base::subclass::prelude::*;
 use vcambridge_common::live::{self, FrameLatency, Restamper};
 use vcambridge_common::lock;
 
+use crate::framepool::FramePool;
 use crate::ring::{self, Geometry, ReadStart, WriterState};
 use crate::shm::{self, Segment};
 
@@ -71,8 +73,8 @@ struct Reader {
     /// The ring caps id our current caps correspond to.
     caps_id: u64,
     caps: Option<gst::Caps>,
-    /// Buffers for fixed-size (raw video) frames: (pool, frame size).
-    pool: Option<(gst::BufferPool, usize)>,
+    /// Output memory for fixed-size (raw video) frames, reused last-freed first.
+    pool: Option<FramePool>,
     /// The writer's timestamps onto our running time (re-anchored at every attach).
     restamper: Restamper,
     /// When we last made progress (attach or frame); the `timeout` counts from here.
@@ -104,6 +106,8 @@ pub struct ShmRingSrc {
     /// The mapped ring, so `unlock()` can wake a futex sleep at once.
     waker: Mutex<Option<Arc<Segment>>>,
     dropped: Mutex<u64>,
+    /// Output frame memories allocated since start (`buffers-allocated`).
+    allocated: Arc<AtomicU64>,
     /// One frame duration of the current caps (reported as latency).
     latency: FrameLatency,
 }
@@ -183,11 +187,10 @@ impl ShmRingSrc {
     /// raw video, else allocated with `g_try_malloc`, so a failed allocation is an error, not an
     /// abort of the process.
     fn alloc(&self, r: &mut Reader, size: usize) -> Result<gst::Buffer, gst::FlowError> {
-        if let Some((pool, psize)) = &r.pool
-            && *psize == size
-            && let Ok(b) = pool.acquire_buffer(None)
+        if let Some(pool) = &r.pool
+            && pool.size() == size
         {
-            return Ok(b);
+            return pool.acquire().ok_or(gst::FlowError::Error);
         }
         if size == 0 {
             return Ok(gst::Buffer::new());
@@ -205,25 +208,16 @@ impl ShmRingSrc {
         }
     }
 
-    fn set_pool_for(&self, r: &mut Reader, caps: &gst::Caps) {
-        if let Some((pool, _)) = r.pool.take() {
-            let _ = pool.set_active(false);
+    /// Output memory for raw video of `caps`, if its frames fit the ring's slots (`slot_size`,
+    /// validated): the caps come from the peer, so nothing is sized from them alone.
+    fn pool_for(&self, caps: &gst::Caps, slot_size: usize) -> Option<FramePool> {
+        let info = gst_video::VideoInfo::from_caps(caps).ok()?;
+        if info.size() == 0 || info.size() > slot_size {
+            return None;
         }
-        let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
-            return;
-        };
-        // The caps come from the peer: never size a pool beyond what the validated ring can
-        // hold (frames bigger than a slot cannot arrive anyway).
-        let slot_size = r.attached.as_ref().map_or(0, |a| a.geometry.slot_size);
-        if info.size() == 0 || info.size() > slot_size || info.size() > u32::MAX as usize {
-            return;
-        }
-        let pool = gst::BufferPool::new();
-        let mut config = pool.config();
-        config.set_params(Some(caps), info.size() as u32, 2, 0);
-        if pool.set_config(config).is_ok() && pool.set_active(true).is_ok() {
-            r.pool = Some((pool, info.size()));
-        }
+        // Two frames allocated and faulted in now (one downstream, one being copied); more
+        // only while downstream holds on to them.
+        FramePool::new(info.size(), 2, self.allocated.clone())
     }
 
     /// One step of `create()`, under the state lock: never blocks.
@@ -410,6 +404,12 @@ impl ShmRingSrc {
                     ));
                 };
                 buf.set_size(meta.size);
+                // Ask the writer to leave the slot alone while we copy (it skips pinned slots
+                // for up to ring::PIN_MS): an unthrottled writer would otherwise lap an 8 MB
+                // copy and tear nearly every frame. Read-only mappings cannot pin.
+                let pin = seg
+                    .writable()
+                    .then(|| mem.pin(&g, att_next, shm::monotonic_ms()));
                 let ok = match buf.map_writable() {
                     Ok(mut map) => {
                         mem.copy_payload(&g, &meta, map.as_mut_slice());
@@ -417,6 +417,9 @@ impl ShmRingSrc {
                     }
                     Err(_) => false,
                 };
+                if let Some(pin) = pin {
+                    mem.unpin(&g, att_next, pin);
+                }
                 // A truncation racing the copy: the SIGBUS guard let the copy finish on zero
                 // pages; the frame is discarded and the ring reported broken.
                 let intact = seg.check_intact();
@@ -511,6 +514,11 @@ impl ObjectImpl for ShmRingSrc {
                     .blurb("Frames skipped because this reader fell behind (or they were torn)")
                     .read_only()
                     .build(),
+                glib::ParamSpecUInt64::builder("buffers-allocated")
+                    .nick("Buffers allocated")
+                    .blurb("Raw-video output buffers allocated since start; buffers downstream has freed are reused, so this stays at the number downstream holds at once")
+                    .read_only()
+                    .build(),
             ]
         });
         PROPS.as_ref()
@@ -546,6 +554,7 @@ impl ObjectImpl for ShmRingSrc {
             "timeout" => s.timeout_ms.to_value(),
             "is-live" => s.is_live.to_value(),
             "frames-dropped" => lock(&self.dropped).to_value(),
+            "buffers-allocated" => self.allocated.load(Ordering::Relaxed).to_value(),
             _ => unimplemented!(),
         }
     }
@@ -604,6 +613,7 @@ impl BaseSrcImpl for ShmRingSrc {
             ));
         }
         *lock(&self.dropped) = 0;
+        self.allocated.store(0, Ordering::Relaxed);
         self.latency.reset();
         *lock(&self.state) = State::Started(Box::new(Reader {
             settings,
@@ -621,11 +631,8 @@ impl BaseSrcImpl for ShmRingSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let State::Started(r) = std::mem::take(&mut *lock(&self.state))
-            && let Some((pool, _)) = r.pool
-        {
-            let _ = pool.set_active(false);
-        }
+        // Buffers still downstream free their memory themselves.
+        *lock(&self.state) = State::Stopped;
         *lock(&self.waker) = None;
         Ok(())
     }
@@ -693,12 +700,17 @@ impl PushSrcImpl for ShmRingSrc {
                         return Err(gst::FlowError::NotNegotiated);
                     }
                     self.latency.update(self.obj().upcast_ref(), &caps);
-                    {
-                        let mut state = lock(&self.state);
-                        if let State::Started(r) = &mut *state {
-                            self.set_pool_for(r, &caps);
-                            r.caps = Some(caps);
+                    let slot_size = match &*lock(&self.state) {
+                        State::Started(r) => {
+                            r.attached.as_ref().map_or(0, |a| a.geometry.slot_size)
                         }
+                        State::Stopped => 0,
+                    };
+                    // Allocated (and faulted in) without the state lock.
+                    let pool = self.pool_for(&caps, slot_size);
+                    if let State::Started(r) = &mut *lock(&self.state) {
+                        r.pool = pool;
+                        r.caps = Some(caps);
                     }
                 }
                 Step::WaitFutex(seg, val) => {
