@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Issue-5 benchmark: 1920x1080 BGRx frames from one process to another through
+//! Issue-5 benchmark: 1920x1080 BGRx and 1280x720 I420 frames from one process to another through
 //!   shmsink → shmsrc (upstream), shmringsink → shmringsrc, surfacesink → surfacesrc,
-//! next to a plain memcpy of the same 8 294 400 bytes (the physical limit), in one run.
+//! next to a plain memcpy of the same frame (the physical limit), in one run.
 //!
 //! Run with `plugins/surface/bench/run.sh` (builds the release plugins first). Not a test.
 //!
 //! Each transport is measured `BENCH_RUNS` (3) times, alternating transports, in two modes:
 //! * throughput: an unthrottled writer pushes `BENCH_FRAMES` (300) frames; frames/s = frames the
-//!   reader received per second.
+//!   reader received per second. The ring writer, which never waits for its reader, goes on
+//!   writing until the reader has received that many.
 //! * latency: a 30 fps writer (`BENCH_LATENCY_FRAMES`, 90 frames); every frame carries the
 //!   CLOCK_MONOTONIC time it was pushed (in its first 8 bytes), the reader subtracts it from the
 //!   time its appsink got the frame.
@@ -27,9 +28,56 @@ use gst::prelude::*;
 use vcambridge_tests::bench::{Report, median};
 use vcambridge_tests::{ChildGuard, target_dir};
 
-const WIDTH: usize = 1920;
-const HEIGHT: usize = 1080;
-const FRAME: usize = WIDTH * HEIGHT * 4;
+/// A raw-video format the benchmark moves: 1920x1080 BGRx and 1280x720 I420.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Video {
+    format: &'static str,
+    width: usize,
+    height: usize,
+}
+
+const VIDEOS: [Video; 2] = [
+    Video {
+        format: "BGRx",
+        width: 1920,
+        height: 1080,
+    },
+    Video {
+        format: "I420",
+        width: 1280,
+        height: 720,
+    },
+];
+
+impl Video {
+    /// Bytes of one frame in the default `GstVideoInfo` layout (even sizes only here).
+    fn size(self) -> usize {
+        match self.format {
+            "I420" => self.width * self.height * 3 / 2,
+            _ => self.width * self.height * 4,
+        }
+    }
+
+    fn caps(self, fps: u32) -> String {
+        format!(
+            "video/x-raw,format={},width={},height={},framerate={fps}/1",
+            self.format, self.width, self.height
+        )
+    }
+
+    fn label(self) -> String {
+        format!("{}x{} {}", self.width, self.height, self.format)
+    }
+
+    /// The writer learns the format from `VCB_BENCH_VIDEO` (its index in [`VIDEOS`]).
+    fn from_env() -> Video {
+        let i: usize = std::env::var("VCB_BENCH_VIDEO")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        VIDEOS[i.min(VIDEOS.len() - 1)]
+    }
+}
 
 /// `name` from the environment as a number, else `default` (`BENCH_RUNS=1 BENCH_FRAMES=60` for
 /// a quick run).
@@ -43,10 +91,6 @@ fn env_or(name: &str, default: usize) -> usize {
 fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-fn caps(fps: u32) -> String {
-    format!("video/x-raw,format=BGRx,width={WIDTH},height={HEIGHT},framerate={fps}/1")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -65,11 +109,11 @@ impl Kind {
         }
     }
 
-    fn sink(self, id: &str, sync: bool) -> String {
+    fn sink(self, id: &str, sync: bool, video: Video) -> String {
         match self {
             Kind::Shm => format!(
                 "shmsink socket-path=/tmp/{id}.sock shm-size={} wait-for-connection=true sync={sync}",
-                FRAME * 6
+                video.size() * 6
             ),
             Kind::ShmRing => {
                 format!("shmringsink shm-name=/{id} slots=8 zero-copy=true sync={sync}")
@@ -82,11 +126,11 @@ impl Kind {
         }
     }
 
-    fn src(self, id: &str) -> String {
+    fn src(self, id: &str, video: Video) -> String {
         match self {
             Kind::Shm => format!(
                 "shmsrc socket-path=/tmp/{id}.sock is-live=true ! {}",
-                caps(30)
+                video.caps(30)
             ),
             Kind::ShmRing => format!("shmringsrc shm-name=/{id} timeout=20000"),
             Kind::Surface => format!("surfacesrc socket-path=/tmp/{id}.sock timeout=20000"),
@@ -150,23 +194,26 @@ impl FrameMemory {
         (FrameMemory::System, "system memory")
     }
 
-    fn frame(&self) -> Option<gst::Buffer> {
+    fn frame(&self, size: usize) -> Option<gst::Buffer> {
         match self {
             FrameMemory::Pool(p) => p.acquire_buffer(None).ok(),
             FrameMemory::Allocator(a, params) => {
-                let mem = a.alloc(FRAME, Some(params)).ok()?;
+                let mem = a.alloc(size, Some(params)).ok()?;
                 let mut b = gst::Buffer::new();
                 b.get_mut()?.append_memory(mem);
                 Some(b)
             }
-            FrameMemory::System => gst::Buffer::with_size(FRAME).ok(),
+            FrameMemory::System => gst::Buffer::with_size(size).ok(),
         }
     }
 }
 
 /// Writer role: an appsrc pushing frames taken from the memory the sink proposes, each stamped
 /// with CLOCK_MONOTONIC in its first 8 bytes (nothing else is painted, so only the transport is
-/// measured); paced at 30 fps in latency runs, unthrottled otherwise. Exits at EOS.
+/// measured); paced at 30 fps in latency runs, unthrottled otherwise. With `VCB_BENCH_STOP_FILE`
+/// it goes on after its frames until that file exists (a ring writer never waits for its
+/// reader, so the reader only has enough frames to count if the writer keeps producing; 120 s
+/// at most). Exits at EOS.
 fn writer(kind: Kind) -> i32 {
     let id = std::env::var("VCB_BENCH_ID").unwrap_or_default();
     let live = std::env::var("VCB_BENCH_LIVE").is_ok_and(|v| v == "1");
@@ -174,14 +221,16 @@ fn writer(kind: Kind) -> i32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    let stop_file = std::env::var_os("VCB_BENCH_STOP_FILE").map(PathBuf::from);
+    let video = Video::from_env();
     if let Err(e) = gst::init() {
         eprintln!("gst init: {e}");
         return 1;
     }
     let desc = format!(
         "appsrc name=src format=time is-live={live} block=true max-buffers=2 caps={} ! {} name=benchsink",
-        caps(30),
-        kind.sink(&id, false)
+        video.caps(30),
+        kind.sink(&id, false, video)
     );
     let pipeline = match gst::parse::launch(&desc) {
         Ok(p) => p.downcast::<gst::Pipeline>().expect("pipeline"),
@@ -196,20 +245,27 @@ fn writer(kind: Kind) -> i32 {
         .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
         .expect("appsrc");
     let _ = pipeline.set_state(gst::State::Playing);
-    let frame_caps = caps(30).parse::<gst::Caps>().expect("caps");
+    let frame_caps = video.caps(30).parse::<gst::Caps>().expect("caps");
     // Frame 0 comes from system memory; once the sink has its caps (some sinks only offer their
     // memory then), the rest comes from what the sink proposes.
     let (mut memory, mut memory_name) = (FrameMemory::System, "system memory");
     let period = Duration::from_nanos(1_000_000_000 / 30);
     let start = Instant::now();
-    for i in 0..n {
+    for i in 0.. {
+        if i >= n
+            && stop_file
+                .as_ref()
+                .is_none_or(|f| f.exists() || start.elapsed() > Duration::from_secs(120))
+        {
+            break;
+        }
         if live {
             let due = start + period * i as u32;
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
         }
-        let Some(mut buf) = memory.frame() else {
+        let Some(mut buf) = memory.frame(video.size()) else {
             eprintln!("writer: no frame memory");
             break;
         };
@@ -268,20 +324,34 @@ struct RunResult {
     stats: String,
 }
 
-fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String> {
+fn run(kind: Kind, video: Video, live: bool, n: usize, seq: usize) -> Result<RunResult, String> {
     let id = format!("vcb-bench-{}-{seq}", std::process::id());
+    // The ring writer goes on until the reader has its frames (it never waits for a reader).
+    let stop_file =
+        (kind == Kind::ShmRing && !live).then(|| PathBuf::from(format!("/tmp/{id}.stop")));
     let spawn_writer = || {
         let exe = std::env::current_exe().expect("current exe");
         let mut cmd = Command::new(exe);
         cmd.env("VCB_BENCH_WRITER", format!("{kind:?}"))
             .env("VCB_BENCH_ID", &id)
             .env("VCB_BENCH_LIVE", if live { "1" } else { "0" })
-            .env("VCB_BENCH_FRAMES", n.to_string());
+            .env("VCB_BENCH_FRAMES", n.to_string())
+            .env(
+                "VCB_BENCH_VIDEO",
+                VIDEOS
+                    .iter()
+                    .position(|v| *v == video)
+                    .unwrap_or(0)
+                    .to_string(),
+            );
+        if let Some(f) = &stop_file {
+            cmd.env("VCB_BENCH_STOP_FILE", f);
+        }
         ChildGuard::spawn("bench writer", &mut cmd)
     };
     let reader = gst::parse::launch(&format!(
         "{} ! appsink name=sink sync=false max-buffers=2 enable-last-sample=false",
-        kind.src(&id)
+        kind.src(&id, video)
     ))
     .map_err(|e| e.to_string())?
     .downcast::<gst::Pipeline>()
@@ -341,6 +411,9 @@ fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String
         }
         let got = samples.lock().unwrap().len();
         if got >= n {
+            if let Some(f) = &stop_file {
+                let _ = std::fs::write(f, b"");
+            }
             break;
         }
         if got != last.0 {
@@ -359,6 +432,9 @@ fn run(kind: Kind, live: bool, n: usize, seq: usize) -> Result<RunResult, String
         std::thread::sleep(Duration::from_millis(20));
     }
     let stopped = writer.try_status().is_none();
+    if let Some(f) = &stop_file {
+        let _ = std::fs::remove_file(f);
+    }
     if stopped {
         writer.signal(libc::SIGKILL);
     }
@@ -396,10 +472,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Median time (ms) of copying one frame, over 200 copies.
-fn memcpy_baseline() -> f64 {
-    let src: Vec<u8> = (0..FRAME).map(|i| i as u8).collect();
-    let mut dst = vec![0u8; FRAME];
+/// Median time (ms) of copying one frame of `size` bytes, over 200 copies.
+fn memcpy_baseline(size: usize) -> f64 {
+    let src: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    let mut dst = vec![0u8; size];
     let mut times = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
@@ -445,27 +521,58 @@ fn main() {
         std::process::exit(2);
     }
     kinds.push(Kind::Surface);
+    // BENCH_SKIP_SURFACE=1 leaves surfacesink out (a shmring-only run; shmsink is the reference).
+    if std::env::var("BENCH_SKIP_SURFACE").is_ok_and(|v| v == "1") {
+        kinds.retain(|k| *k != Kind::Surface);
+    }
 
     let reps = env_or("BENCH_RUNS", 3);
     let throughput_frames = env_or("BENCH_FRAMES", 300);
     let latency_frames = env_or("BENCH_LATENCY_FRAMES", 90);
+    let mut seq = 0;
+    for video in VIDEOS {
+        seq = bench_video(
+            video,
+            &kinds,
+            &notes,
+            reps,
+            throughput_frames,
+            latency_frames,
+            seq,
+        );
+    }
+}
+
+/// Every transport in `kinds` at `video`, `reps` times (alternating), then one report per
+/// transport of ours; returns the last run number used (ring and socket names stay unique).
+fn bench_video(
+    video: Video,
+    kinds: &[Kind],
+    notes: &[(Option<Kind>, String)],
+    reps: usize,
+    throughput_frames: usize,
+    latency_frames: usize,
+    mut seq: usize,
+) -> usize {
+    let mut notes = notes.to_vec();
+    let size = video.size();
+    let label = video.label();
     eprintln!(
-        "1920x1080 BGRx ({FRAME} bytes/frame), {reps} repetitions, throughput {throughput_frames} frames unthrottled, latency {latency_frames} frames at 30 fps"
+        "{label} ({size} bytes/frame), {reps} repetitions, throughput {throughput_frames} frames unthrottled, latency {latency_frames} frames at 30 fps"
     );
     let mut memcpy_ms_reps = Vec::new();
 
     let mut fps: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut stats: Vec<String> = vec![String::new(); kinds.len()];
-    let mut seq = 0;
     for rep in 0..reps {
-        memcpy_ms_reps.push(memcpy_baseline());
+        memcpy_ms_reps.push(memcpy_baseline(size));
         for (i, k) in kinds.iter().enumerate() {
             seq += 1;
-            match run(*k, false, throughput_frames, seq) {
+            match run(*k, video, false, throughput_frames, seq) {
                 Ok(r) => {
                     eprintln!(
-                        "rep {rep} {:<30} throughput: {} frames, {:.1} fps  [{}]",
+                        "rep {rep} {label} {:<30} throughput: {} frames, {:.1} fps  [{}]",
                         k.label(),
                         r.frames,
                         r.fps,
@@ -479,11 +586,11 @@ fn main() {
                 }
             }
             seq += 1;
-            match run(*k, true, latency_frames, seq) {
+            match run(*k, video, true, latency_frames, seq) {
                 Ok(r) => {
                     let mut l = r.latencies_ms.clone();
                     eprintln!(
-                        "rep {rep} {:<30} latency: {} frames, median {:.3} ms",
+                        "rep {rep} {label} {:<30} latency: {} frames, median {:.3} ms",
                         k.label(),
                         r.frames,
                         median(&mut l)
@@ -511,7 +618,7 @@ fn main() {
         };
         let mut report = Report::new(
             format!(
-                "{ours}: 1920x1080 BGRx, {throughput_frames} frames unthrottled, {latency_frames} at 30 fps"
+                "{ours}: {label}, {throughput_frames} frames unthrottled, {latency_frames} at 30 fps"
             ),
             reps,
             &[ours, "shmsink -> shmsrc", "memcpy"],
@@ -529,9 +636,14 @@ fn main() {
                 "latency p95 (ms)",
                 &[percentile(&mut lat[i].clone(), 0.95), shm_p95, None],
             )
-            .note(
-                "memcpy: one copy of the 8 294 400-byte frame in this process (the physical limit)",
+            .note(format!(
+                "memcpy: one copy of the {size}-byte frame in this process (the physical limit)"
+            ));
+        if *k == Kind::ShmRing {
+            report.note(
+                "the ring writer never waits for its reader: in throughput runs it goes on writing until the reader has its frames",
             );
+        }
         if !stats[i].is_empty() {
             report.note(format!("writer stats (last throughput run): {}", stats[i]));
         }
@@ -543,4 +655,5 @@ fn main() {
         report.print();
         println!();
     }
+    seq
 }
