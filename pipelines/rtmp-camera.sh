@@ -28,6 +28,7 @@ WIDTH=1280
 HEIGHT=720
 FPS=30
 FORMAT=YUY2
+LATENCY_MS=20
 DEMO=0
 DEMO_SECONDS=0
 BUILD=1
@@ -51,6 +52,8 @@ Options:
   --size WxH           camera size (default ${WIDTH}x${HEIGHT}; the picture is letterboxed)
   --fps N              camera frame rate (default $FPS)
   --format FMT         raw format for the webcam (default $FORMAT)
+  --latency MS         jitter allowance before frames are shown (default $LATENCY_MS: enough for a
+                       publisher on this machine or the LAN; raise it for a publisher far away)
   --no-build           use the plugins already built (no install, no cargo build)
   --profile P          cargo profile to build and load: release (default) or debug
 EOF
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
     --size) WIDTH="${2%x*}"; HEIGHT="${2#*x}"; shift ;;
     --fps) FPS="$2"; shift ;;
     --format) FORMAT="$2"; shift ;;
+    --latency) LATENCY_MS="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --profile) PROFILE="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -201,7 +205,7 @@ say "publish to: $URL  (OBS: server rtmp://…/$APP, stream key ${KEY:-anything}
 
 KEY_PROP=()
 [ -n "$KEY" ] && KEY_PROP=("stream-key=$KEY")
-PIPELINE=(rtmpflvsrc name=src "address=$ADDRESS" "port=$PORT" "app=$APP" "${KEY_PROP[@]}"
+PIPELINE=(rtmpflvsrc name=src "address=$ADDRESS" "port=$PORT" "app=$APP" "latency=$LATENCY_MS" "${KEY_PROP[@]}"
   src.video ! queue max-size-time=2000000000 ! decodebin ! "${OUT[@]}"
   src.audio ! queue ! fakesink sync=false async=false)
 
