@@ -72,7 +72,10 @@ SLOT_DURATION = 24
 SLOT_CAPS_ID = 32
 SLOT_SIZE = 40
 SLOT_FLAGS = 48
+SLOT_READER_PIN = 52  # u32: CLOCK_MONOTONIC ms until which a reader copying the slot pins it
 SLOT_PUBLISH_TIME = 56
+
+PIN_MS = 100  # a pin holds at most this long; writers skip pinned slots when they can
 
 NO_TIME = 0xFFFFFFFFFFFFFFFF
 
@@ -182,6 +185,22 @@ class Frame:
 
     def __repr__(self):
         return f"Frame(seq={self.seq}, pts={self.pts}, size={len(self.data)}, caps_id={self.caps_id})"
+
+
+def _view(buf, size, path):
+    """The first ``size`` bytes of the writable buffer ``buf`` as a flat byte memoryview."""
+    mv = memoryview(buf)
+    if mv.readonly:
+        raise RingError(f"read(into=...) needs a writable buffer for a frame of {path}")
+    if mv.format != "B" or mv.ndim != 1:
+        try:
+            mv = mv.cast("B")
+        except TypeError as e:
+            raise RingError(f"read(into=...) needs a contiguous buffer: {e}") from e
+    if mv.nbytes < size:
+        raise RingError(f"read(into=...): the buffer holds {mv.nbytes} bytes, the frame of "
+                        f"{path} has {size}")
+    return mv[:size]
 
 
 def _time(v):
@@ -355,6 +374,7 @@ class Reader(_Mapped):
         self.total = total
         self.mm = mm
         self.slot_count, self.slot_size, self.slot_stride = geo
+        self.writable = writable
         self._futex_obj = None
         self.futex_addr = None
         if writable and _SYS_FUTEX is not None:
@@ -435,9 +455,13 @@ class Reader(_Mapped):
             return c[1] if c else None
         return self._caps[1]
 
-    def read(self, timeout=10.0):
+    def read(self, timeout=10.0, into=None):
         """The next frame, or None if none arrived within ``timeout`` seconds (then
         ``writer_alive()`` tells a crashed writer from a paused one).
+
+        ``into``: a preallocated writable buffer (bytearray, numpy array, ...) of at least the
+        frame size; the payload is copied there and ``Frame.data`` is a memoryview of it (valid
+        until the next read into the same buffer). Without it every frame is a new ``bytes``.
 
         Raises EndOfStream after the writer's EOS, RingError for unusable rings or when the
         writer left and no new one appeared within ``timeout``."""
@@ -488,11 +512,27 @@ class Reader(_Mapped):
                 self.next += 1
                 self.dropped += 1
                 continue
+            # Ask the writer to leave the slot alone while we copy (a hint: the seqlock below
+            # still decides whether the copy is good).
+            pin = 0
+            if self.writable:
+                pin = ((time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000 + PIN_MS)
+                       & 0xFFFFFFFF) or 1
+                self._put32(off + SLOT_READER_PIN, pin)
+            start = off + SLOT_HEADER_SIZE
             try:
-                data = bytes(self.mm[off + SLOT_HEADER_SIZE:off + SLOT_HEADER_SIZE + size])
+                if into is None:
+                    data = self.mm[start:start + size]
+                else:
+                    data = _view(into, size, self.path)
+                    with memoryview(self.mm) as src:
+                        data[:] = src[start:start + size]
             except MemoryError as e:
                 raise RingError(f"cannot allocate {size} bytes for a frame of {self.path} "
                                 f"(out of memory)") from e
+            finally:
+                if pin and self._u32(off + SLOT_READER_PIN) == pin:
+                    self._put32(off + SLOT_READER_PIN, 0)
             if self._u64(off + SLOT_SEQ) != s1:
                 self.dropped += 1
                 continue
@@ -732,8 +772,9 @@ def unlink(name):
 
 def _main(argv=None):
     """Command line: ``python3 shmring.py read NAME [--out FILE] [--max N] [--timeout S]
-    [--sleep S]`` reads frames (optionally appending payloads to FILE, sleeping S s per frame to
-    act as a slow reader) until EOS, N frames or a timeout, then prints a JSON summary;
+    [--sleep S] [--into]`` reads frames (optionally appending payloads to FILE, sleeping S s per
+    frame to act as a slow reader, into one preallocated buffer) until EOS, N frames or a
+    timeout, then prints a JSON summary (with ``fps`` between the first and the last frame);
     ``python3 shmring.py info NAME`` prints the header as JSON."""
     import argparse
     import json
@@ -747,6 +788,8 @@ def _main(argv=None):
     rd.add_argument("--max", type=int, default=0)
     rd.add_argument("--timeout", type=float, default=10.0)
     rd.add_argument("--sleep", type=float, default=0.0)
+    rd.add_argument("--into", action="store_true",
+                    help="read into one preallocated buffer (numpy if installed, else bytearray)")
     info = sub.add_parser("info")
     info.add_argument("name")
     a = p.parse_args(argv)
@@ -762,10 +805,23 @@ def _main(argv=None):
         r = Reader(a.name, timeout=a.timeout)
         out = open(a.out, "wb") if a.out else None
         summary = {"frames": 0, "seqs": [], "caps": [], "pts": [], "eos": False, "timeout": False}
+        into = None
+        if a.into:
+            try:
+                import numpy as np
+
+                into = np.empty(r.slot_size, dtype=np.uint8)
+                summary["into"] = "numpy"
+            except ImportError:
+                into = bytearray(r.slot_size)
+                summary["into"] = "bytearray"
         print(json.dumps({"attached": True, "futex": r.uses_futex}), flush=True)
+        first = last = None
         try:
             while not a.max or summary["frames"] < a.max:
-                f = r.read(timeout=a.timeout)
+                f = r.read(timeout=a.timeout, into=into)
+                last = time.monotonic()
+                first = first or last
                 if f is None:
                     summary["timeout"] = True
                     summary["writer_alive"] = r.writer_alive()
@@ -784,6 +840,9 @@ def _main(argv=None):
             summary["eos"] = True
         summary.update(dropped=r.dropped, restarts=r.restarts, write_seq=r.write_seq
                        if r.mm is not None else None)
+        if summary["frames"] > 1 and last > first:
+            # Frames per second between the first frame and the last one.
+            summary["fps"] = (summary["frames"] - 1) / (last - first)
         if out:
             out.close()
         print(json.dumps(summary), flush=True)

@@ -779,7 +779,7 @@ fn auto_slot_size_grows_for_big_buffers() {
 
 /// The Python module's numpy view (optional dependency) gives the pixels in the caps' shape.
 #[test]
-fn python_reader_numpy_view() {
+fn python_reader_numpy_view_and_read_into() {
     let case = Case::new("numpy");
     let shm = &case.shm;
     let script = r#"
@@ -796,7 +796,20 @@ except ImportError:
     o = (60 * 160 + 80) * 4
     px = list(f.data[o:o + 3])
     kind = "bytes"
-print(json.dumps({"px": px, "kind": kind, "caps": f.caps}), flush=True)
+# The next frames into one preallocated buffer (numpy if there, else a bytearray).
+size = 120 * 160 * 4
+buf = numpy.zeros(size + 64, dtype=numpy.uint8) if kind == "numpy" else bytearray(size + 64)
+g = r.read(timeout=20, into=buf)
+o = (60 * 160 + 80) * 4
+into_px = [int(v) for v in buf[o:o + 3]]
+try:
+    r.read(timeout=20, into=bytearray(10))
+    small = None
+except shmring.RingError as e:
+    small = str(e)
+print(json.dumps({"px": px, "kind": kind, "caps": f.caps, "into_px": into_px,
+                  "view_of_buf": g.data.obj is buf and len(g.data) == size, "small": small}),
+      flush=True)
 "#;
     let mut cmd = shmring_python(script);
     cmd.arg(&shm.name);
@@ -815,6 +828,14 @@ print(json.dumps({"px": px, "kind": kind, "caps": f.caps}), flush=True)
         .collect();
     assert_eq!(px, [0, 0, 255], "{summary}");
     eprintln!("pixel read through {}", summary["kind"]);
+    // read(into=buf): the frame lands in the caller's buffer, data is a view of it.
+    assert_eq!(summary["into_px"].to_string(), "[0,0,255]", "{summary}");
+    assert_eq!(summary["view_of_buf"], true, "{summary}");
+    let small = summary["small"].as_str().unwrap_or_default();
+    assert!(
+        small.contains("holds 10 bytes") && small.contains("has 76800"),
+        "{summary}"
+    );
     drop(writer);
 }
 
