@@ -9,6 +9,8 @@
 //! * throughput: an unthrottled writer pushes `BENCH_FRAMES` (300) frames; frames/s = frames the
 //!   reader received per second. The ring writer, which never waits for its reader, goes on
 //!   writing until the reader has received that many.
+//!   The reader's CPU per frame (its process's CPU time between the first and the last frame)
+//!   is reported too: on a loaded machine frames/s also measures how much CPU the reader got.
 //! * latency: a 30 fps writer (`BENCH_LATENCY_FRAMES`, 90 frames); every frame carries the
 //!   CLOCK_MONOTONIC time it was pushed (in its first 8 bytes), the reader subtracts it from the
 //!   time its appsink got the frame.
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use vcambridge_tests::bench::{Report, median};
+use vcambridge_tests::ipc::{last_json, shmring_cli};
 use vcambridge_tests::{ChildGuard, target_dir};
 
 /// A raw-video format the benchmark moves: 1920x1080 BGRx and 1280x720 I420.
@@ -91,6 +94,13 @@ fn env_or(name: &str, default: usize) -> usize {
 fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// CPU time of this process (every thread), ns: the reader's CPU between two frames.
+fn cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -320,6 +330,8 @@ fn writer(kind: Kind) -> i32 {
 struct RunResult {
     frames: usize,
     fps: f64,
+    /// The reader process's CPU time per frame (ms), first to last frame.
+    cpu_ms: f64,
     latencies_ms: Vec<f64>,
     stats: String,
 }
@@ -360,7 +372,8 @@ fn run(kind: Kind, video: Video, live: bool, n: usize, seq: usize) -> Result<Run
         .by_name("sink")
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .ok_or("appsink")?;
-    let samples: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    // (arrival, latency, process CPU time) per frame, ns.
+    let samples: Arc<Mutex<Vec<(u64, u64, u64)>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let s2 = samples.clone();
     appsink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -374,7 +387,9 @@ fn run(kind: Kind, video: Video, live: bool, n: usize, seq: usize) -> Result<Run
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&map[..8]);
                     let stamp = u64::from_le_bytes(b);
-                    s2.lock().unwrap().push((now, now.saturating_sub(stamp)));
+                    s2.lock()
+                        .unwrap()
+                        .push((now, now.saturating_sub(stamp), cpu_ns()));
                 }
                 Ok(gst::FlowSuccess::Ok)
             })
@@ -455,13 +470,61 @@ fn run(kind: Kind, video: Video, live: bool, n: usize, seq: usize) -> Result<Run
     if s.len() < 2 {
         return Err(format!("only {} frames arrived", s.len()));
     }
-    let span = (s[s.len() - 1].0 - s[0].0) as f64 / 1e9;
+    let (first, last) = (s[0], s[s.len() - 1]);
+    let span = (last.0 - first.0) as f64 / 1e9;
     Ok(RunResult {
         frames: s.len(),
         fps: (s.len() - 1) as f64 / span,
-        latencies_ms: s.iter().map(|(_, l)| *l as f64 / 1e6).collect(),
+        cpu_ms: last.2.saturating_sub(first.2) as f64 / 1e6 / (s.len() - 1) as f64,
+        latencies_ms: s.iter().map(|(_, l, _)| *l as f64 / 1e6).collect(),
         stats,
     })
+}
+
+/// The Python reader (`shmring.py read --max n`, with `--into`: one preallocated buffer, numpy
+/// if installed) against an unthrottled shmringsink writer; frames/s and what `--into` used.
+fn python_run(video: Video, into: bool, n: usize, seq: usize) -> Result<(f64, String), String> {
+    let id = format!("vcb-bench-{}-{seq}", std::process::id());
+    let stop_file = PathBuf::from(format!("/tmp/{id}.stop"));
+    let name = format!("/{id}");
+    let max = n.to_string();
+    let mut args = vec!["read", &name, "--max", &max, "--timeout", "20"];
+    if into {
+        args.push("--into");
+    }
+    let reader = ChildGuard::spawn("python reader", &mut shmring_cli(&args));
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.env("VCB_BENCH_WRITER", "ShmRing")
+        .env("VCB_BENCH_ID", &id)
+        .env("VCB_BENCH_LIVE", "0")
+        .env("VCB_BENCH_FRAMES", n.to_string())
+        .env(
+            "VCB_BENCH_VIDEO",
+            VIDEOS
+                .iter()
+                .position(|v| *v == video)
+                .unwrap_or(0)
+                .to_string(),
+        )
+        .env("VCB_BENCH_STOP_FILE", &stop_file);
+    let writer = ChildGuard::spawn("bench writer", &mut cmd);
+    let out = reader.wait_output(Duration::from_secs(120));
+    let _ = std::fs::write(&stop_file, b"");
+    let wout = writer.wait_output(Duration::from_secs(20));
+    let _ = std::fs::remove_file(&stop_file);
+    if !out.status.success() || !wout.status.success() {
+        return Err(format!(
+            "python reader: {} / writer: {}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&wout.stderr).trim()
+        ));
+    }
+    let summary = last_json(&out.stdout);
+    let fps = summary["fps"]
+        .as_f64()
+        .ok_or_else(|| format!("no fps in {summary}"))?;
+    Ok((fps, summary["into"].as_str().unwrap_or("").to_string()))
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -555,6 +618,7 @@ fn bench_video(
     mut seq: usize,
 ) -> usize {
     let mut notes = notes.to_vec();
+    let mut py_notes: Vec<String> = Vec::new();
     let size = video.size();
     let label = video.label();
     eprintln!(
@@ -562,7 +626,11 @@ fn bench_video(
     );
     let mut memcpy_ms_reps = Vec::new();
 
+    // The Python reader: read(into=<preallocated>) and read() (a new bytes object per frame).
+    let mut py_fps: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut py_into = String::new();
     let mut fps: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut stats: Vec<String> = vec![String::new(); kinds.len()];
     for rep in 0..reps {
@@ -579,6 +647,7 @@ fn bench_video(
                         r.stats
                     );
                     fps[i].push(r.fps);
+                    cpu[i].push(r.cpu_ms);
                     stats[i] = r.stats;
                 }
                 Err(e) => {
@@ -600,6 +669,21 @@ fn bench_video(
                 Err(e) => notes.push((Some(*k), format!("{} latency run {rep}: {e}", k.label()))),
             }
         }
+        if kinds.contains(&Kind::ShmRing) {
+            for (j, into) in [true, false].into_iter().enumerate() {
+                seq += 1;
+                match python_run(video, into, throughput_frames, seq) {
+                    Ok((f, what)) => {
+                        eprintln!("rep {rep} {label} python read (into={into}): {f:.1} fps {what}");
+                        py_fps[j].push(f);
+                        if into {
+                            py_into = what;
+                        }
+                    }
+                    Err(e) => py_notes.push(format!("python reader (into={into}) run {rep}: {e}")),
+                }
+            }
+        }
     }
 
     // A median over no run (every run of a transport failed) is left empty in the report.
@@ -608,6 +692,7 @@ fn bench_video(
     let memcpy_ms = median(&mut memcpy_ms_reps).unwrap_or(f64::NAN);
     let memcpy_fps = 1e3 / memcpy_ms;
     let shm_fps = median(&mut fps[0].clone());
+    let shm_cpu = median(&mut cpu[0].clone());
     let shm_lat = median(&mut lat[0].clone());
     let shm_p95 = percentile(&mut lat[0].clone(), 0.95);
     // One report per transport of ours (after shmsink at index 0), against shmsink and memcpy.
@@ -627,6 +712,10 @@ fn bench_video(
             .row(
                 "frames/s",
                 &[median(&mut fps[i].clone()), shm_fps, Some(memcpy_fps)],
+            )
+            .row(
+                "reader CPU per frame (ms)",
+                &[median(&mut cpu[i].clone()), shm_cpu, Some(memcpy_ms)],
             )
             .row(
                 "latency p50 (ms)",
@@ -651,6 +740,36 @@ fn bench_video(
             if about.is_none_or(|a| a == Kind::Shm || a == *k) {
                 report.note(n.clone());
             }
+        }
+        report.print();
+        println!();
+    }
+    if kinds.contains(&Kind::ShmRing) {
+        let into = if py_into.is_empty() {
+            "preallocated buffer"
+        } else {
+            py_into.as_str()
+        };
+        let ours = format!("shmring.py read(into={into})");
+        let mut report = Report::new(
+            format!(
+                "Python reader (plugins/shmring/python/shmring.py) of shmringsink: {label}, {throughput_frames} frames unthrottled"
+            ),
+            reps,
+            &[&ours, "shmring.py read() (new bytes)", "memcpy"],
+        );
+        report
+            .row(
+                "frames/s",
+                &[
+                    median(&mut py_fps[0].clone()),
+                    median(&mut py_fps[1].clone()),
+                    Some(memcpy_fps),
+                ],
+            )
+            .note("the reader is `shmring.py read NAME --max N [--into]` in its own process; frames/s between its first and last frame");
+        for n in &py_notes {
+            report.note(n.clone());
         }
         report.print();
         println!();
