@@ -59,9 +59,14 @@ fuzz_target!(|data: &[u8]| {
             match mem.start_read(&g, next) {
                 ReadStart::Ready(meta) => {
                     assert!(meta.size <= g.slot_size);
+                    // The pin words are the peer's too: any value, any clock.
+                    let now = (w as u32).rotate_left(7);
+                    let _ = mem.pinned(&g, g.slot_of(next), now);
+                    let pin = mem.pin(&g, next, now);
                     let mut buf = vec![0u8; meta.size];
                     mem.copy_payload(&g, &meta, &mut buf);
                     let _ = mem.finish_read(&g, &meta);
+                    mem.unpin(&g, next, pin);
                     next = next.wrapping_add(1);
                 }
                 ReadStart::NotYet => break,
