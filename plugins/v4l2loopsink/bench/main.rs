@@ -1,7 +1,9 @@
 //! Benchmark (not a test): CPU time and copies per frame of three v4l2loopback writers doing the
 //! same job — 1280x720 YUY2 frames into one loopback device as fast as they go:
 //!
-//! * `v4l2loopsink` (this crate), `v4l2sink` (gst-plugins-good), both fed by `videotestsrc`;
+//! * `v4l2loopsink` (this crate) with `offer-pool=true` (upstream writes into the device's
+//!   buffers: no copy) and without (one copy), `v4l2sink` (gst-plugins-good), all fed by
+//!   `videotestsrc`;
 //! * `ffmpeg -f v4l2`, fed by lavfi `color`.
 //!
 //! Each writer runs as a subprocess; its CPU time (user + system, from `wait4`) minus the CPU
@@ -117,9 +119,9 @@ fn ffmpeg(frames: u32, output: &[&str]) -> Command {
     c
 }
 
-/// Copies per frame inside `v4l2sink` (0 when upstream rendered into its mmap pool) and the
-/// stats of `v4l2loopsink`, from short in-process runs.
-fn copies(device: &str) -> Result<(f64, f64, f64), String> {
+/// Copies per frame of `v4l2loopsink` with and without its pool (its stats) and inside
+/// `v4l2sink` (0 when upstream rendered into its mmap pool), from short in-process runs.
+fn copies(device: &str) -> Result<(f64, f64, f64, f64), String> {
     gst::init().map_err(|e| e.to_string())?;
     let caps = format!("video/x-raw,format=YUY2,width={WIDTH},height={HEIGHT},framerate=30/1");
     let run = |prefix: &str, sink: &str| -> Result<(gst::Pipeline, u64, u64), String> {
@@ -178,16 +180,26 @@ fn copies(device: &str) -> Result<(f64, f64, f64), String> {
     let (p, frames, zero_copy) = run("identity drop-allocation=true !", "v4l2sink")?;
     let _ = p.set_state(gst::State::Null);
     let v4l2sink_upstream_pool_copies = ratio(frames, zero_copy);
-    let (p, _, _) = run("", "v4l2loopsink keepalive=false")?;
-    let stats = p
-        .by_name("sink")
-        .ok_or("no sink")?
-        .property::<gst::Structure>("stats");
-    let _ = p.set_state(gst::State::Null);
-    let ours = stats
-        .get::<f64>("copies-per-frame")
-        .map_err(|e| e.to_string())?;
-    Ok((ours, v4l2sink_copies, v4l2sink_upstream_pool_copies))
+    let ours = |sink: &str| -> Result<f64, String> {
+        let (p, _, _) = run("", sink)?;
+        let stats = p
+            .by_name("sink")
+            .ok_or("no sink")?
+            .property::<gst::Structure>("stats");
+        let _ = p.set_state(gst::State::Null);
+        eprintln!("{sink}: {stats}");
+        stats
+            .get::<f64>("copies-per-frame")
+            .map_err(|e| e.to_string())
+    };
+    let pooled = ours("v4l2loopsink keepalive=false offer-pool=true")?;
+    let copied = ours("v4l2loopsink keepalive=false")?;
+    Ok((
+        pooled,
+        copied,
+        v4l2sink_copies,
+        v4l2sink_upstream_pool_copies,
+    ))
 }
 
 fn main() {
@@ -215,13 +227,14 @@ fn main() {
         eprintln!("writing {FFMPEG_FRAME}: {e}");
         std::process::exit(1);
     }
-    let (ours_copies, v4l2sink_copies, v4l2sink_upstream_copies) = match copies(&device) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("copies measurement failed: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (pooled_copies, ours_copies, v4l2sink_copies, v4l2sink_upstream_copies) =
+        match copies(&device) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("copies measurement failed: {e}");
+                std::process::exit(1);
+            }
+        };
 
     type Maker = Box<dyn Fn() -> Command>;
     let cases: Vec<(&str, Maker)> = vec![
@@ -230,6 +243,18 @@ fn main() {
             Box::new({
                 let src = src.clone();
                 move || gst_launch(&format!("{src} ! fakesink sync=false"))
+            }),
+        ),
+        (
+            "v4l2loopsink offer-pool=true",
+            Box::new({
+                let (src, device) = (src.clone(), device.clone());
+                move || {
+                    gst_launch(&format!(
+                        "{src} ! v4l2loopsink device={device} sync=false keepalive=false \
+                         offer-pool=true"
+                    ))
+                }
             }),
         ),
         (
@@ -307,13 +332,16 @@ fn main() {
     };
     let med = medians(&cpu);
     let wall_med = medians(&wall);
+    // Case indices: 0 gst baseline, 1 ours with the pool, 2 ours copying, 3 v4l2sink rendering
+    // into its pool, 4 v4l2sink copying, 5 ffmpeg baseline, 6 ffmpeg.
     let net = [
-        med[1] - med[0], // v4l2loopsink
-        med[2] - med[0], // v4l2sink, rendering into its pool
-        med[3] - med[0], // v4l2sink, copying
-        med[5] - med[4], // ffmpeg
+        med[1] - med[0],
+        med[2] - med[0],
+        med[3] - med[0],
+        med[4] - med[0],
+        med[6] - med[5],
     ];
-    let ffmpeg_write_copies = wchar[5] as f64 / (frames as u64 * FRAME_SIZE) as f64;
+    let ffmpeg_write_copies = wchar[6] as f64 / (frames as u64 * FRAME_SIZE) as f64;
     let mut report = Report::new(
         format!(
             "v4l2loopback {module} writers: {WIDTH}x{HEIGHT} YUY2, {frames} frames per run, \
@@ -321,7 +349,8 @@ fn main() {
         ),
         runs,
         &[
-            "v4l2loopsink",
+            "v4l2loopsink (pool)",
+            "v4l2loopsink (copy)",
             "v4l2sink (own pool)",
             "v4l2sink (upstream pool)",
             "ffmpeg -f v4l2",
@@ -330,11 +359,23 @@ fn main() {
     report
         .row(
             "net CPU per frame (ms)",
-            &[Some(net[0]), Some(net[1]), Some(net[2]), Some(net[3])],
+            &[
+                Some(net[0]),
+                Some(net[1]),
+                Some(net[2]),
+                Some(net[3]),
+                Some(net[4]),
+            ],
         )
         .row(
             "CPU per frame (ms)",
-            &[Some(med[1]), Some(med[2]), Some(med[3]), Some(med[5])],
+            &[
+                Some(med[1]),
+                Some(med[2]),
+                Some(med[3]),
+                Some(med[4]),
+                Some(med[6]),
+            ],
         )
         .row(
             "wall per frame (ms)",
@@ -342,12 +383,14 @@ fn main() {
                 Some(wall_med[1]),
                 Some(wall_med[2]),
                 Some(wall_med[3]),
-                Some(wall_med[5]),
+                Some(wall_med[4]),
+                Some(wall_med[6]),
             ],
         )
         .row(
             "copies per frame",
             &[
+                Some(pooled_copies),
                 Some(ours_copies),
                 Some(v4l2sink_copies),
                 Some(v4l2sink_upstream_copies),
@@ -361,11 +404,12 @@ fn main() {
         )
         .note(format!(
             "source alone: gst {:.3} ms/frame, ffmpeg {:.3} ms/frame",
-            med[0], med[4]
+            med[0], med[5]
         ))
         .note(
-            "copies: v4l2loopsink's stats; v4l2sink: a pad probe on whether its input lives in \
-             the driver's buffers; ffmpeg: write() bytes (/proc/<pid>/io) + its packet copy",
+            "copies: v4l2loopsink's stats (with and without offer-pool); v4l2sink: a pad probe \
+             on whether its input lives in the driver's buffers; ffmpeg: write() bytes \
+             (/proc/<pid>/io) + its packet copy",
         );
     report.print();
 }

@@ -553,6 +553,334 @@ fn renegotiation_without_readers() {
     assert!(p.pop_error(Duration::ZERO).is_none());
 }
 
+/// `offer-pool=true`: the sink's stats after upstream wrote `min` frames or more, checked to
+/// have gone through the device pool with no copy.
+fn assert_zero_copy(what: &str, st: &gst::Structure, min: u64) {
+    let zero = st.get::<u64>("frames-zero-copy").unwrap_or(0);
+    assert!(
+        zero >= min,
+        "{what}: {zero} zero-copy frames (< {min}): {st}"
+    );
+    assert_eq!(
+        st.get::<u64>("frames-copied").ok(),
+        Some(0),
+        "{what}: frames copied: {st}"
+    );
+    assert_eq!(st.get::<f64>("copies-per-frame").ok(), Some(0.0), "{st}");
+    assert_eq!(st.get::<bool>("pool-offered").ok(), Some(true), "{st}");
+}
+
+/// `offer-pool=true` with videotestsrc (which takes the pool from the allocation query):
+/// frames arrive intact (every byte checked, v4l2src and v4l2-ctl; v4l2-ctl only for RGB
+/// 322) with 0 copies; where
+/// GStreamer's line layout differs from V4L2's (RGB, 322 pixels: 966-byte lines padded to
+/// 968), no pool is offered and the frame is copied, the reason given in `stats`. After NULL
+/// the device is free again (exclusive_caps=1: output announced), although videotestsrc's
+/// pool still held device buffers when the sink stopped.
+#[test]
+#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
+fn pooled_frames_intact_with_zero_copies() {
+    guest_only();
+    let dir = scratch_dir("pooled");
+    for (format, w, h, pooled) in [
+        ("YUY2", 320, 240, true),
+        ("I420", 320, 180, true),
+        ("RGB", 322, 180, false),
+    ] {
+        let what = format!("{format} {w}x{h}");
+        let expected = reference_frame("colors", format, w, h);
+        let p = writer(
+            &format!("device={EXCL} offer-pool=true"),
+            &format!("video/x-raw,format={format},width={w},height={h},framerate=15/1"),
+        );
+        p.set_state_wait(gst::State::Playing, T)
+            .unwrap_or_else(|e| panic!("{what}: writer failed: {e}"));
+        // GStreamer 1.22's v4l2src does not read lines GStreamer would pad (RGB 322).
+        if pooled {
+            let (frames, _) =
+                read_v4l2src(EXCL, 5, T).unwrap_or_else(|e| panic!("{what}: v4l2src: {e}"));
+            assert_frames_equal(&format!("v4l2src {what} (pool)"), &frames, &expected);
+        }
+        let frames = read_v4l2ctl(EXCL, 5, expected.len(), &dir, T)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_frames_equal(&format!("v4l2-ctl {what} (pool)"), &frames, &expected);
+        let st = stats(&p);
+        if pooled {
+            assert_zero_copy(&what, &st, 5);
+        } else {
+            assert_eq!(st.get::<u64>("frames-zero-copy").ok(), Some(0), "{st}");
+            let why = st.get::<String>("copy-reason").unwrap_or_default();
+            assert!(why.contains("line layout"), "{what}: copy-reason {why:?}");
+            let copies = st.get::<f64>("copies-per-frame").unwrap_or(0.0);
+            assert!((copies - 1.0).abs() < 1e-9, "{what}: {st}");
+        }
+        assert!(p.pop_error(Duration::ZERO).is_none());
+        p.set_state_wait(gst::State::Null, T).expect("writer stops");
+        assert_eq!(
+            device_caps(EXCL),
+            (false, true),
+            "{what}: after the writer left the device offers output again"
+        );
+    }
+}
+
+/// `offer-pool=true`, upstream ends (EOS): keep-alive copies the last frame once into a second
+/// device buffer of the pool and from then on queues the two in turn (no copy; the last
+/// frame's pixels); with a placeholder no pool is offered (keep-alive copies the placeholder
+/// into the device buffers in turn, which the pool would hold) and `copy-reason` says so.
+#[test]
+#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
+fn pooled_keepalive() {
+    guest_only();
+    for placeholder in [None, Some("#00ff00")] {
+        let p = Pipeline::new(&format!(
+            "videotestsrc num-buffers=10 pattern=colors ! \
+             video/x-raw,format=I420,width=320,height=180,framerate=10/1 ! \
+             v4l2loopsink name=sink device={EXCL} offer-pool=true {}",
+            placeholder
+                .map(|c| format!("placeholder={c}"))
+                .unwrap_or_default()
+        ));
+        p.set_state_wait(gst::State::Playing, T).expect("plays");
+        p.wait_eos(T);
+        let t = arrivals(EXCL, Duration::from_secs(3));
+        assert!(
+            t.len() >= 18,
+            "keep-alive delivered {} frames in 3 s after EOS: {t:?}; {}",
+            t.len(),
+            stats(&p)
+        );
+        let (frames, _) = read_v4l2src(EXCL, 2, T).expect("frames after EOS");
+        let st = stats(&p);
+        assert_eq!(st.get::<u64>("frames-written").ok(), Some(10), "{st}");
+        let repeated = st.get::<u64>("frames-repeated").unwrap_or(0);
+        assert!(repeated >= 18, "{st}");
+        match placeholder {
+            None => {
+                assert_frames_equal(
+                    "pooled keep-alive frame",
+                    &frames,
+                    &reference_frame("colors", "I420", 320, 180),
+                );
+                // One copy for the whole stall: the twin buffer the repeats alternate with.
+                let zero = st.get::<u64>("frames-zero-copy").unwrap_or(0);
+                assert_eq!(zero, 10 + repeated - 1, "{st}");
+                assert_eq!(st.get::<u64>("frames-copied").ok(), Some(1), "{st}");
+                let why = st.get::<String>("copy-reason").unwrap_or_default();
+                assert!(why.contains("second device buffer"), "copy-reason {why:?}");
+            }
+            Some(_) => {
+                let mut f = vec![144; 320 * 180];
+                f.extend(std::iter::repeat_n(54, 160 * 90));
+                f.extend(std::iter::repeat_n(34, 160 * 90));
+                assert_frames_equal("pooled placeholder frame", &frames, &f);
+                // No pool: the placeholder needs the device buffers in turn.
+                assert_eq!(st.get::<u64>("frames-zero-copy").ok(), Some(0), "{st}");
+                assert_eq!(st.get::<bool>("pool-offered").ok(), Some(false), "{st}");
+                let why = st.get::<String>("copy-reason").unwrap_or_default();
+                assert!(why.contains("placeholder"), "copy-reason {why:?}: {st}");
+            }
+        }
+        p.set_state_wait(gst::State::Null, T).expect("stops");
+    }
+}
+
+/// `offer-pool=true`, a live source paused and resumed: while PAUSED keep-alive feeds the
+/// reader; on resume frames flow again with no copy.
+#[test]
+#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
+fn pooled_pause_and_resume() {
+    guest_only();
+    let p = writer(
+        &format!("device={PLAIN} offer-pool=true"),
+        "video/x-raw,format=YUY2,width=320,height=240,framerate=10/1",
+    );
+    p.set_state_wait(gst::State::Playing, T).expect("plays");
+    std::thread::sleep(Duration::from_millis(500));
+    p.set_state_wait(gst::State::Paused, T).expect("pauses");
+    let t = arrivals(PLAIN, Duration::from_secs(2));
+    assert!(t.len() >= 12, "PAUSED pipeline: {} frames in 2 s", t.len());
+    let paused = stats(&p);
+    assert!(
+        paused.get::<u64>("frames-repeated").unwrap_or(0) >= 12,
+        "{paused}"
+    );
+    // videotestsrc may hold the other device buffer in its clock wait: then there is no twin
+    // and the same buffer is queued again.
+    assert!(
+        paused.get::<u64>("frames-copied").unwrap_or(0) <= 1,
+        "{paused}"
+    );
+    p.set_state_wait(gst::State::Playing, T).expect("resumes");
+    let written = paused.get::<u64>("frames-written").unwrap_or(0);
+    let deadline = Instant::now() + T;
+    while stats(&p).get::<u64>("frames-written").unwrap_or(0) < written + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "upstream did not resume (no free device buffer?): {}",
+            stats(&p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (frames, _) = read_v4l2src(PLAIN, 3, T).expect("frames after resume");
+    assert_frames_equal(
+        "after resume",
+        &frames,
+        &reference_frame("colors", "YUY2", 320, 240),
+    );
+    let st = stats(&p);
+    let zero = st.get::<u64>("frames-zero-copy").unwrap_or(0);
+    assert!(zero >= written + 10, "{st}");
+    assert!(st.get::<u64>("frames-copied").unwrap_or(0) <= 1, "{st}");
+    assert!(p.pop_error(Duration::ZERO).is_none());
+    p.set_state_wait(gst::State::Null, T).expect("stops");
+}
+
+/// `offer-pool=true`, upstream (videoconvert, writing into the device pool) stalls with no
+/// buffer in hand: keep-alive copies the last frame into the other device buffer (the sink now
+/// holds both); when input comes back, videoconvert finds no free buffer, the pool asks the
+/// sink for the copy back, and frames flow again with no copy (no deadlock).
+#[test]
+#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
+fn pooled_stall_and_resume() {
+    guest_only();
+    let p = Pipeline::new(&format!(
+        "appsrc name=src is-live=true format=time \
+         caps=video/x-raw,format=I420,width=320,height=240,framerate=10/1 ! videoconvert ! \
+         video/x-raw,format=YUY2 ! v4l2loopsink name=sink device={PLAIN} offer-pool=true \
+         sync=false"
+    ));
+    let src = p
+        .by_name("src")
+        .downcast::<gst_app::AppSrc>()
+        .expect("appsrc");
+    // Live: PLAYING is reached with the first frame (pushed below).
+    p.set_state_wait(gst::State::Paused, T).expect("pauses");
+    let frame = vec![128u8; 320 * 240 * 3 / 2];
+    let mut n = 0u64;
+    let mut push = |count: u64| {
+        for _ in 0..count {
+            let mut b = gst::Buffer::from_slice(frame.clone());
+            b.get_mut()
+                .expect("writable")
+                .set_pts(gst::ClockTime::from_mseconds(100 * n));
+            src.push_buffer(b).expect("push");
+            n += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let written = |p: &Pipeline| stats(p).get::<u64>("frames-written").unwrap_or(0);
+    let wait_written = |p: &Pipeline, count: u64| {
+        let deadline = Instant::now() + T;
+        while written(p) < count {
+            assert!(
+                Instant::now() < deadline,
+                "upstream stuck (no free device buffer?): {}",
+                stats(p)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    push(1);
+    p.set_state_wait(gst::State::Playing, T).expect("plays");
+    push(4);
+    wait_written(&p, 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stalled = stats(&p);
+    assert!(
+        stalled.get::<u64>("frames-repeated").unwrap_or(0) >= 5,
+        "{stalled}"
+    );
+    assert_eq!(
+        stalled.get::<u64>("frames-copied").ok(),
+        Some(1),
+        "keep-alive's twin: {stalled}"
+    );
+    push(5);
+    wait_written(&p, 10);
+    let (frames, _) = read_v4l2src(PLAIN, 1, T).expect("frames after the stall");
+    let mut gray = Vec::new();
+    for _ in 0..320 * 240 / 2 {
+        gray.extend_from_slice(&[128, 128, 128, 128]);
+    }
+    assert_frames_equal("after the stall", &frames, &gray);
+    // Upstream has stopped again by now: keep-alive may have made a second twin.
+    let st = stats(&p);
+    assert!(st.get::<u64>("frames-zero-copy").unwrap_or(0) >= 9, "{st}");
+    let copied = st.get::<u64>("frames-copied").unwrap_or(0);
+    assert!((1..=2).contains(&copied), "{st}");
+    assert!(p.pop_error(Duration::ZERO).is_none());
+    p.set_state_wait(gst::State::Null, T).expect("stops");
+}
+
+/// `offer-pool=true`, a format change mid-stream while videotestsrc's pool holds device
+/// buffers: the old buffers are orphaned (the device is closed and reopened without waiting
+/// for them), upstream gets a new pool for the new format, frames are intact on both sides
+/// and no frame was copied.
+#[test]
+#[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
+fn pooled_renegotiation() {
+    guest_only();
+    let p = Pipeline::new(&format!(
+        "videotestsrc is-live=true pattern=colors ! capsfilter name=cf \
+         caps=video/x-raw,format=YUY2,width=320,height=240,framerate=15/1 ! \
+         v4l2loopsink name=sink device={EXCL} offer-pool=true"
+    ));
+    p.set_state_wait(gst::State::Playing, T).expect("plays");
+    let (frames, _) = read_v4l2src(EXCL, 2, T).expect("first format");
+    assert_frames_equal(
+        "before",
+        &frames,
+        &reference_frame("colors", "YUY2", 320, 240),
+    );
+    let before = stats(&p);
+    assert_zero_copy("before", &before, 2);
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", 256i32)
+        .field("height", 256i32)
+        .field("framerate", gst::Fraction::new(15, 1))
+        .build();
+    let changed = Instant::now();
+    p.by_name("cf").set_property("caps", &caps);
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(e) = p.pop_error(Duration::ZERO) {
+            panic!("renegotiation failed: {e}");
+        }
+        let sink_caps = p
+            .by_name("sink")
+            .static_pad("sink")
+            .and_then(|p| p.current_caps());
+        if sink_caps.is_some_and(|c| c.to_string().contains("I420"))
+            && stats(&p).get::<u64>("frames-zero-copy").unwrap_or(0)
+                > before.get::<u64>("frames-zero-copy").unwrap_or(0) + 2
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no zero-copy frames in the new format: {}",
+            stats(&p)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "pooled renegotiation: new format streaming after {} ms",
+        changed.elapsed().as_millis()
+    );
+    let (frames, caps) = read_v4l2src(EXCL, 2, T).expect("second format");
+    assert!(caps.to_string().contains("I420"), "{caps}");
+    assert_frames_equal(
+        "after",
+        &frames,
+        &reference_frame("colors", "I420", 256, 256),
+    );
+    assert_zero_copy("after", &stats(&p), 4);
+    assert!(p.pop_error(Duration::ZERO).is_none());
+    p.set_state_wait(gst::State::Null, T).expect("stops");
+}
+
 /// The sink's own log lines (category `v4l2loopsink`, up to DEBUG) with the time each was
 /// logged: they mark when a slow step (reopen, placeholder decode) starts and ends.
 struct SinkLog {

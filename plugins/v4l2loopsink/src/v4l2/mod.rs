@@ -29,5 +29,5 @@ pub use format::{
     DriverFormatProblem, FORMATS, FormatInfo, FrameLayout, Layout, PlaneLayout,
     check_driver_format, fourcc, fourcc_str, parse_color,
 };
-pub use stream::{OutputStream, monotonic_now};
+pub use stream::{Lender, LentBuffer, OutputStream, monotonic_now};
 pub use watch::wait_for_node;

@@ -24,7 +24,8 @@ use gst_base::subclass::prelude::*;
 
 use super::devices::{self, Created};
 use super::negotiate;
-use super::output::{self, Output, Shared, write_gst_frame};
+use super::output::{self, Output, Shared, reason};
+use super::pool::DevicePool;
 use crate::v4l2::{self, FormatInfo, LoopbackDevice};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -41,6 +42,7 @@ const DEFAULT_EXCLUSIVE_CAPS: bool = true;
 const DEFAULT_MAX_SIZE: u32 = 0;
 const DEFAULT_KEEPALIVE: bool = true;
 const DEFAULT_ALLOW_FORMAT_LOCK: bool = false;
+const DEFAULT_OFFER_POOL: bool = false;
 /// The label of devices created with `create=true` when no `card-label` is set.
 pub(super) const DEFAULT_CREATE_LABEL: &str = "vcambridge";
 /// Streaming buffers asked from the driver (it grants up to its `max_buffers`).
@@ -60,6 +62,7 @@ pub(super) struct Settings {
     pub(super) keepalive: bool,
     pub(super) placeholder: Option<String>,
     pub(super) allow_format_lock: bool,
+    pub(super) offer_pool: bool,
 }
 
 impl Default for Settings {
@@ -75,6 +78,7 @@ impl Default for Settings {
             keepalive: DEFAULT_KEEPALIVE,
             placeholder: None,
             allow_format_lock: DEFAULT_ALLOW_FORMAT_LOCK,
+            offer_pool: DEFAULT_OFFER_POOL,
         }
     }
 }
@@ -170,7 +174,8 @@ impl V4l2LoopSink {
             }
             return Ok(gst::FlowSuccess::Ok);
         }
-        let (Some(stream), Some(info)) = (o.stream.as_mut(), o.info.as_ref()) else {
+        let (Some(_), Some(info)) = (o.stream.as_ref(), o.info.clone()) else {
+            drop(out);
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Negotiation,
@@ -178,13 +183,12 @@ impl V4l2LoopSink {
             );
             return Err(gst::FlowError::NotNegotiated);
         };
-        if let Err(msg) = write_gst_frame(stream, buffer, info, ts) {
+        if let Err(msg) = o.write_frame(buffer, &info, ts) {
+            drop(out);
             gst::element_imp_error!(self, gst::ResourceError::Write, ["{}", msg]);
             return Err(gst::FlowError::Error);
         }
-        o.stats.frames_written += 1;
-        o.stats.bytes_copied += stream.layout().size as u64;
-        o.last = Some((buffer.clone(), info.clone()));
+        o.last = Some((buffer.clone(), info));
         o.last_from_preroll = preroll;
         o.last_write = Instant::now();
         o.repeating = false;
@@ -216,7 +220,7 @@ impl V4l2LoopSink {
         };
 
         // Decide under the lock; take the device (and the old stream) out of the state.
-        let (path, device, shared, old_stream) = {
+        let (path, device, shared, old_stream, old_pool) = {
             let mut state = lock(&self.state);
             let State::Started {
                 path,
@@ -260,8 +264,13 @@ impl V4l2LoopSink {
             if old_stream.is_some() {
                 out.last = None;
             }
-            (path.clone(), taken, shared.clone(), old_stream)
+            // The old stream's pool is orphaned with the stream: buffers upstream still
+            // holds become plain memory (copied if they come back), the new stream gets a new
+            // pool when upstream asks.
+            let old_pool = out.drop_pool();
+            (path.clone(), taken, shared.clone(), old_stream, old_pool)
         };
+        drop(old_pool);
 
         // The slow part, no lock held: keep-alive, caps queries and `stats` carry on.
         let requested = format!("{} {}x{}", format.describe(), width, height);
@@ -403,6 +412,16 @@ impl ObjectImpl for V4l2LoopSink {
                     .default_value(DEFAULT_ALLOW_FORMAT_LOCK)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("offer-pool")
+                    .nick("Offer pool")
+                    .blurb(
+                        "Offer the device's mmap buffers upstream (allocation query) so that \
+                         upstream writes frames straight into them: no copy per frame when it \
+                         accepts (see the stats' frames-zero-copy and copy-reason)",
+                    )
+                    .default_value(DEFAULT_OFFER_POOL)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("current-device")
                     .nick("Current device")
                     .blurb("The device in use (after READY→PAUSED)")
@@ -411,8 +430,9 @@ impl ObjectImpl for V4l2LoopSink {
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "frames-written, frames-repeated (keep-alive), bytes-copied and \
-                         copies-per-frame",
+                        "frames-written, frames-repeated (keep-alive), bytes-copied, \
+                         copies-per-frame, frames-zero-copy, frames-copied, frames-dropped, \
+                         pool-offered and copy-reason",
                     )
                     .read_only()
                     .build(),
@@ -436,6 +456,7 @@ impl ObjectImpl for V4l2LoopSink {
             "allow-format-lock" => {
                 s.allow_format_lock = value.get().expect("type checked upstream")
             }
+            "offer-pool" => s.offer_pool = value.get().expect("type checked upstream"),
             other => unimplemented!("property {other}"),
         }
     }
@@ -461,6 +482,7 @@ impl ObjectImpl for V4l2LoopSink {
             "keepalive" => s.keepalive.to_value(),
             "placeholder" => s.placeholder.to_value(),
             "allow-format-lock" => s.allow_format_lock.to_value(),
+            "offer-pool" => s.offer_pool.to_value(),
             other => unimplemented!("property {other}"),
         }
     }
@@ -580,7 +602,11 @@ impl BaseSinkImpl for V4l2LoopSink {
             v4l2::module_version().unwrap_or_else(|| "?".into())
         );
         let shared = Arc::new(Shared {
-            output: Mutex::new(Output::new(settings.keepalive, FALLBACK_FRAME_DURATION)),
+            output: Mutex::new(Output::new(
+                settings.keepalive,
+                FALLBACK_FRAME_DURATION,
+                settings.offer_pool,
+            )),
             wake: Condvar::new(),
         });
         let keepalive = if settings.keepalive {
@@ -626,10 +652,13 @@ impl BaseSinkImpl for V4l2LoopSink {
             }
             let mut out = shared.lock();
             let stream = out.stream.take();
-            out.last = None;
-            out.placeholder = None;
+            let last = out.last.take();
+            let placeholder = out.placeholder.take();
+            let pool = out.drop_pool();
             drop(out);
-            drop(stream); // STREAMOFF, unmap, release the buffers
+            drop((last, placeholder, pool));
+            // STREAMOFF, orphan the buffers still lent upstream, unmap, release the buffers.
+            drop(stream);
             drop(device);
             gst::info!(CAT, imp = self, "stopped");
         }
@@ -696,5 +725,77 @@ impl BaseSinkImpl for V4l2LoopSink {
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.write(buffer, false)
+    }
+
+    /// With `offer-pool=true`: offers a pool of the device's mmap buffers when the query's
+    /// caps are the device's format and GStreamer lays such frames out as V4L2 does.
+    fn propose_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        self.parent_propose_allocation(query)?;
+        if !lock(&self.settings).offer_pool {
+            return Ok(());
+        }
+        let (caps, _) = query.get_owned();
+        let shared = match &*lock(&self.state) {
+            State::Started { shared, .. } => shared.clone(),
+            State::Stopped => return Ok(()),
+        };
+        let info = caps.and_then(|c| gst_video::VideoInfo::from_caps(&c).ok());
+        let mut out = shared.lock();
+        let Some(stream) = out.stream.as_ref() else {
+            return Ok(());
+        };
+        let layout = stream.layout();
+        let fits = info.as_ref().map(|info| {
+            let same_format = FormatInfo::from_gst_name(info.format().to_str())
+                .is_some_and(|f| f == layout.format)
+                && info.width() == layout.width
+                && info.height() == layout.height;
+            let same_lines = info.size() == layout.size
+                && layout.planes.iter().enumerate().all(|(i, p)| {
+                    info.offset().get(i).copied() == Some(p.offset)
+                        && info.stride().get(i).copied() == Some(p.stride as i32)
+                });
+            (same_format, same_lines)
+        });
+        let why = match fits {
+            _ if out.placeholder.is_some() => Some(reason::PLACEHOLDER_SET),
+            Some((true, true)) => None,
+            Some((true, false)) => Some(reason::LAYOUT),
+            _ => Some(reason::CAPS),
+        };
+        if let Some(why) = why {
+            gst::debug!(CAT, imp = self, "no pool offered: {why}");
+            out.no_pool = why;
+            return Ok(());
+        }
+        let count = stream.buffer_count() as u32;
+        let size = layout.size as u32;
+        let pool = match &out.pool {
+            Some(pool) => pool.clone(),
+            None => {
+                let pool = DevicePool::new(stream.lender());
+                // Weak: the pool lives in the output it calls back into.
+                let weak = Arc::downgrade(&shared);
+                pool.set_on_starved(move || {
+                    if let Some(shared) = weak.upgrade() {
+                        let released = shared.lock().release_twin();
+                        drop(released); // back into the pool, outside the lock
+                    }
+                });
+                out.pool = Some(pool.clone());
+                pool
+            }
+        };
+        drop(out);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "offering a pool of {count} device buffers of {size} bytes"
+        );
+        query.add_allocation_pool(Some(&pool), size, count, count);
+        Ok(())
     }
 }

@@ -10,7 +10,8 @@
  * removed again when the element goes to NULL). The format is set with `VIDIOC_S_FMT` before
  * any reader can stream, so exclusive_caps=1 devices show up as cameras once the sink is PAUSED.
  * Frames are written through mmap streaming buffers (one copy per frame) with the exact
- * `bytesused`. When upstream stalls, pauses or ends, the last frame (or `placeholder`) is
+ * `bytesused`; with `offer-pool=true` those buffers are offered upstream, and a frame upstream
+ * wrote into one of them is queued without a copy (`stats`: `frames-zero-copy`, `copy-reason`). When upstream stalls, pauses or ends, the last frame (or `placeholder`) is
  * repeated at the negotiated rate so readers never freeze (`keepalive`).
  *
  * ## Example launch line
@@ -27,6 +28,7 @@ mod imp;
 mod negotiate;
 mod output;
 mod placeholder;
+mod pool;
 
 glib::wrapper! {
     pub struct V4l2LoopSink(ObjectSubclass<imp::V4l2LoopSink>)
