@@ -44,6 +44,7 @@ fn element_registers_with_documented_caps_and_properties() {
         "keepalive",
         "placeholder",
         "allow-format-lock",
+        "offer-pool",
         "current-device",
         "stats",
     ] {
@@ -51,8 +52,18 @@ fn element_registers_with_documented_caps_and_properties() {
     }
     assert!(sink.property::<bool>("keepalive"));
     assert!(!sink.property::<bool>("allow-format-lock"));
+    assert!(!sink.property::<bool>("offer-pool"));
     let stats = sink.property::<gst::Structure>("stats");
     assert_eq!(stats.get::<u64>("frames-written").ok(), Some(0));
+    for counter in ["frames-zero-copy", "frames-copied", "frames-dropped"] {
+        assert_eq!(
+            stats.get::<u64>(counter).ok(),
+            Some(0),
+            "{counter}: {stats}"
+        );
+    }
+    assert_eq!(stats.get::<bool>("pool-offered").ok(), Some(false));
+    assert_eq!(stats.get::<&str>("copy-reason").ok(), Some(""));
 }
 
 #[test]
