@@ -214,7 +214,7 @@ impl Output {
                 return Ok(());
             }
             // No free buffer: the same one again.
-            self.stats.frames_dropped -= 1;
+            self.stats.frames_dropped = self.stats.frames_dropped.saturating_sub(1);
             self.queued = held;
         }
         let (Some(stream), Some((_, index))) = (self.stream.as_mut(), self.queued.as_ref()) else {
