@@ -336,26 +336,32 @@ struct RunResult {
     stats: String,
 }
 
+/// This benchmark binary again, as the writer process of `kind` for `n` frames of `video`.
+fn writer_command(kind: Kind, id: &str, live: bool, n: usize, video: Video) -> Command {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new(exe);
+    cmd.env("VCB_BENCH_WRITER", format!("{kind:?}"))
+        .env("VCB_BENCH_ID", id)
+        .env("VCB_BENCH_LIVE", if live { "1" } else { "0" })
+        .env("VCB_BENCH_FRAMES", n.to_string())
+        .env(
+            "VCB_BENCH_VIDEO",
+            VIDEOS
+                .iter()
+                .position(|v| *v == video)
+                .unwrap_or(0)
+                .to_string(),
+        );
+    cmd
+}
+
 fn run(kind: Kind, video: Video, live: bool, n: usize, seq: usize) -> Result<RunResult, String> {
     let id = format!("vcb-bench-{}-{seq}", std::process::id());
     // The ring writer goes on until the reader has its frames (it never waits for a reader).
     let stop_file =
         (kind == Kind::ShmRing && !live).then(|| PathBuf::from(format!("/tmp/{id}.stop")));
     let spawn_writer = || {
-        let exe = std::env::current_exe().expect("current exe");
-        let mut cmd = Command::new(exe);
-        cmd.env("VCB_BENCH_WRITER", format!("{kind:?}"))
-            .env("VCB_BENCH_ID", &id)
-            .env("VCB_BENCH_LIVE", if live { "1" } else { "0" })
-            .env("VCB_BENCH_FRAMES", n.to_string())
-            .env(
-                "VCB_BENCH_VIDEO",
-                VIDEOS
-                    .iter()
-                    .position(|v| *v == video)
-                    .unwrap_or(0)
-                    .to_string(),
-            );
+        let mut cmd = writer_command(kind, &id, live, n, video);
         if let Some(f) = &stop_file {
             cmd.env("VCB_BENCH_STOP_FILE", f);
         }
@@ -493,21 +499,8 @@ fn python_run(video: Video, into: bool, n: usize, seq: usize) -> Result<(f64, St
         args.push("--into");
     }
     let reader = ChildGuard::spawn("python reader", &mut shmring_cli(&args));
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(exe);
-    cmd.env("VCB_BENCH_WRITER", "ShmRing")
-        .env("VCB_BENCH_ID", &id)
-        .env("VCB_BENCH_LIVE", "0")
-        .env("VCB_BENCH_FRAMES", n.to_string())
-        .env(
-            "VCB_BENCH_VIDEO",
-            VIDEOS
-                .iter()
-                .position(|v| *v == video)
-                .unwrap_or(0)
-                .to_string(),
-        )
-        .env("VCB_BENCH_STOP_FILE", &stop_file);
+    let mut cmd = writer_command(Kind::ShmRing, &id, false, n, video);
+    cmd.env("VCB_BENCH_STOP_FILE", &stop_file);
     let writer = ChildGuard::spawn("bench writer", &mut cmd);
     let out = reader.wait_output(Duration::from_secs(120));
     let _ = std::fs::write(&stop_file, b"");
