@@ -16,11 +16,6 @@ if [ "${1:-}" = --in-guest ]; then
   export GST_PLUGIN_PATH="$ROOT/target/release" GST_REGISTRY=/tmp/registry-main-job-bench.bin
   export GST_REGISTRY_UPDATE=yes
   unset G_DEBUG
-  # The guest's devtmpfs has no /dev/fd, which bash's process substitution (the main job's
-  # output filter) needs.
-  [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
-  # The guest boots with the loopback interface down: RTMP goes over 127.0.0.1.
-  ip link set lo up
   # nginx opens its compiled-in log paths at start; the host root is read-only in the guest.
   for d in /var/log/nginx /var/lib/nginx; do [ -d "$d" ] && mount -t tmpfs tmpfs "$d"; done
   gst-inspect-1.0 rtmpflvsrc >/dev/null && gst-inspect-1.0 v4l2loopsink >/dev/null
