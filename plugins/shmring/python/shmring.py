@@ -72,10 +72,11 @@ SLOT_DURATION = 24
 SLOT_CAPS_ID = 32
 SLOT_SIZE = 40
 SLOT_FLAGS = 48
-SLOT_READER_PIN = 52  # u32: CLOCK_MONOTONIC ms until which a reader copying the slot pins it
+SLOT_READER_PIN = 52  # u32: CLOCK_MONOTONIC ms until which a reader pins (copy) or leases the slot
 SLOT_PUBLISH_TIME = 56
 
 PIN_MS = 100  # a pin holds at most this long; writers skip pinned slots when they can
+LEASE_HORIZON_MS = 2000  # writers honor pins/leases at most this far ahead (more is garbage)
 
 NO_TIME = 0xFFFFFFFFFFFFFFFF
 
@@ -514,11 +515,16 @@ class Reader(_Mapped):
                 continue
             # Ask the writer to leave the slot alone while we copy (a hint: the seqlock below
             # still decides whether the copy is good).
+            # Never shorten a longer hold of another reader (a zero-copy lease of shmringsrc).
             pin = 0
             if self.writable:
                 pin = ((time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000 + PIN_MS)
                        & 0xFFFFFFFF) or 1
-                self._put32(off + SLOT_READER_PIN, pin)
+                cur = self._u32(off + SLOT_READER_PIN)
+                if cur and 0 < ((cur - pin) & 0xFFFFFFFF) <= LEASE_HORIZON_MS:
+                    pin = 0
+                else:
+                    self._put32(off + SLOT_READER_PIN, pin)
             start = off + SLOT_HEADER_SIZE
             try:
                 if into is None:

@@ -13,6 +13,7 @@ mod shmringsrc;
 pub mod sigbus;
 mod slotpool;
 pub mod writer;
+mod zerocopy;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     shmringsink::register(plugin)?;

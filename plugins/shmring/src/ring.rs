@@ -53,6 +53,8 @@ pub const OFF_WRITER_PID: usize = 48;
 pub const OFF_STATE: usize = 52;
 pub const OFF_GENERATION: usize = 56;
 pub const OFF_WRITE_SEQ: usize = 64;
+/// u64: the generation whose writer honors reader leases (see [`lease`]); 0 = none.
+pub const OFF_LEASE_GENERATION: usize = 72;
 pub const OFF_CAPS_SEQ: usize = 128;
 pub const OFF_CAPS_ID: usize = 136;
 pub const OFF_CAPS_LEN: usize = 144;
@@ -66,16 +68,10 @@ pub const SLOT_DURATION: usize = 24;
 pub const SLOT_CAPS_ID: usize = 32;
 pub const SLOT_SIZE: usize = 40;
 pub const SLOT_FLAGS: usize = 48;
-/// u32 reader pin (was "reserved (0)"): a reader copying the slot's frame stores the
-/// `CLOCK_MONOTONIC` millisecond (low 32 bits) until which it asks the writer to leave the slot
-/// alone; 0 = none. A hint: writers that ignore it (or a pin the writer overrides) only cost the
-/// reader a torn frame, which the seqlock catches as before.
+/// u32 reader pin or lease (was "reserved (0)"): the `CLOCK_MONOTONIC` millisecond (low 32 bits)
+/// until which a reader asks the writer to leave the slot alone; 0 = none. See [`lease`].
 pub const SLOT_READER_PIN: usize = 52;
 pub const SLOT_PUBLISH_TIME: usize = 56;
-
-/// Longest a reader pin holds (ms). A writer treats a pin further in the future as garbage, and
-/// a reader that stops (or dies) while pinning frees the slot after this long at most.
-pub const PIN_MS: u32 = 100;
 
 /// A timestamp field holding this value means "none".
 pub const NO_TIME: u64 = u64::MAX;
@@ -534,33 +530,6 @@ impl RingMemory {
         self.u64_at(off + SLOT_SEQ).load(Ordering::Relaxed) == seq_published(meta.seq)
     }
 
-    /// Ask the writer to leave frame `n`'s slot alone for [`PIN_MS`] from `now_ms` (the low 32
-    /// bits of `CLOCK_MONOTONIC` in ms) while this reader copies it; needs a writable mapping.
-    /// Call before [`Self::start_read`]; returns the pin to give to [`Self::unpin`].
-    pub fn pin(&self, g: &Geometry, n: u64, now_ms: u32) -> u32 {
-        let pin = now_ms.wrapping_add(PIN_MS).max(1);
-        self.u32_at(g.slot_offset(g.slot_of(n)) + SLOT_READER_PIN)
-            .store(pin, Ordering::SeqCst);
-        pin
-    }
-
-    /// Drop a pin taken with [`Self::pin`] (unless another reader replaced it with its own).
-    pub fn unpin(&self, g: &Geometry, n: u64, pin: u32) {
-        let _ = self
-            .u32_at(g.slot_offset(g.slot_of(n)) + SLOT_READER_PIN)
-            .compare_exchange(pin, 0, Ordering::Release, Ordering::Relaxed);
-    }
-
-    /// Writer side: does a reader ask for `slot` to be left alone at `now_ms`? Only a pin at
-    /// most [`PIN_MS`] ahead counts, so a stopped reader (or garbage) frees it within `PIN_MS`.
-    pub fn pinned(&self, g: &Geometry, slot: u32, now_ms: u32) -> bool {
-        let pin = self
-            .u32_at(g.slot_offset(slot) + SLOT_READER_PIN)
-            .load(Ordering::SeqCst);
-        let left = pin.wrapping_sub(now_ms);
-        pin != 0 && left != 0 && left <= PIN_MS
-    }
-
     /// Read frame `n` into a new vector (convenience for tests and tools).
     pub fn read_frame(&self, g: &Geometry, n: u64) -> Result<(FrameMeta, Vec<u8>), ReadStart> {
         match self.start_read(g, n) {
@@ -611,6 +580,9 @@ impl RingMemory {
         self.u32_at(OFF_CAPS_LEN).store(0, Ordering::Relaxed);
         self.u32_at(OFF_CAPS_CAPACITY)
             .store(CAPS_CAPACITY as u32, Ordering::Relaxed);
+        // Set again by a writer that honors leases (see `set_honors_leases`).
+        self.u64_at(OFF_LEASE_GENERATION)
+            .store(0, Ordering::Relaxed);
         for i in 0..g.slot_count {
             let off = g.slot_offset(i);
             for f in (0..SLOT_HEADER_SIZE).step_by(8) {
@@ -764,6 +736,9 @@ pub fn validate_shm_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+mod lease;
+pub use lease::*;
 
 #[cfg(test)]
 mod tests;

@@ -343,6 +343,12 @@ impl Segment {
         }
     }
 
+    /// Did an access to the mapping fault (the SIGBUS guard replaced it by zero pages)? A cheap
+    /// check without a system call; [`Self::check_intact`] also notices a shrink before a fault.
+    pub fn check_faulted(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.faulted())
+    }
+
     /// Does the name still refer to the object we mapped?
     pub fn name_still_ours(&self) -> bool {
         std::fs::metadata(self.path())

@@ -55,6 +55,8 @@ impl RingWriter {
     /// Create or reclaim the ring `name` (see [`Segment::create_writer`]).
     pub fn create(name: &str, mode: u32, geometry: Geometry) -> Result<Arc<Self>, ShmError> {
         let (segment, generation) = Segment::create_writer(name, mode, &geometry)?;
+        // `claim` honors reader leases: readers may hand slot memory downstream.
+        segment.memory().set_honors_leases(generation);
         Ok(Arc::new(RingWriter {
             segment,
             geometry,
@@ -98,20 +100,35 @@ impl RingWriter {
         Ok(id)
     }
 
-    /// Claim the next frame whose slot is neither lent out nor pinned by a reader copying it,
-    /// and mark it in progress. Frame numbers of skipped slots are never published. Pins only
-    /// steer: if every free slot is pinned, the next free one is taken anyway (a reader can
-    /// never hold the writer up), and such a reader's copy then tears and is discarded.
+    /// Claim the next frame whose slot is neither lent out nor pinned / leased by a reader, and
+    /// mark it in progress (in Dekker's order against readers' leases, see
+    /// [`crate::ring::lease`]). Frame numbers of skipped slots are never published. Leases only
+    /// steer: if every free slot is held, the one whose hold ends first is taken anyway (a
+    /// reader can never hold the writer up); such a reader's copy then tears and is discarded,
+    /// and a zero-copy reader counts the frame as overwritten.
     fn claim(&self, inner: &mut Inner) -> Option<u64> {
         let g = &self.geometry;
         let mem = self.segment.memory();
         let now_ms = shm::monotonic_ms();
-        let free = |n: u64| inner.lent[g.slot_of(n) as usize].is_none();
-        let ahead = (0..g.slot_count as u64).map(|k| inner.next + k);
-        let n = ahead
-            .clone()
-            .find(|&n| free(n) && !mem.pinned(g, g.slot_of(n), now_ms))
-            .or_else(|| ahead.clone().find(|&n| free(n)))?;
+        // (frame number, ms left of its hold) of the held slot to fall back on.
+        let mut first_free: Option<(u64, u32)> = None;
+        for n in (0..g.slot_count as u64).map(|k| inner.next + k) {
+            if inner.lent[g.slot_of(n) as usize].is_some() {
+                continue;
+            }
+            match mem.try_begin_write(g, n, now_ms) {
+                Ok(()) => {
+                    inner.next = n + 1;
+                    return Some(n);
+                }
+                Err(left) => {
+                    if first_free.is_none_or(|(_, l)| left < l) {
+                        first_free = Some((n, left));
+                    }
+                }
+            }
+        }
+        let (n, _) = first_free?;
         inner.next = n + 1;
         mem.begin_write(g, n);
         Some(n)
@@ -339,16 +356,17 @@ mod tests {
         assert_eq!(w.write_frame(FrameMeta::default(), b"7"), Some(7));
         assert_eq!(w.write_frame(FrameMeta::default(), b"8"), Some(8));
         assert_eq!(w.write_frame(FrameMeta::default(), b"9"), Some(9));
-        // Pins that expired (a reader that stopped) or lie further ahead than PIN_MS (garbage)
-        // are ignored: slot 2 is taken by frame 10.
+        // Pins that expired (a reader that stopped) or lie further ahead than the horizon
+        // (garbage) are ignored: slot 2 is taken by frame 10.
         let now = shm::monotonic_ms();
         mem.pin(&rg, 10, now.wrapping_sub(ring::PIN_MS + 1));
         assert_eq!(w.write_frame(FrameMeta::default(), b"10"), Some(10));
-        mem.pin(&rg, 11, now.wrapping_add(ring::PIN_MS * 9));
+        mem.hold(&rg, 11, now.wrapping_add(ring::LEASE_HORIZON_MS + 500));
         assert_eq!(w.write_frame(FrameMeta::default(), b"11"), Some(11));
         // Every slot pinned (stopped or hostile readers): the writer writes on regardless.
+        let now = shm::monotonic_ms();
         for n in 12..16 {
-            mem.pin(&rg, n, shm::monotonic_ms());
+            mem.pin(&rg, n, now);
         }
         for n in 12..20u64 {
             assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(n));
@@ -361,6 +379,14 @@ mod tests {
         assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(23));
         assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(25));
         w.release(&lent);
+        // Every slot leased: the lease that ends first is overridden (frame 28's slot).
+        let now = shm::monotonic_ms();
+        for n in 26..30 {
+            mem.hold(&rg, n, now.wrapping_add(1500));
+        }
+        mem.unpin(&rg, 28, now.wrapping_add(1500));
+        mem.hold(&rg, 28, now.wrapping_add(300));
+        assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(28));
         w.close();
     }
 }

@@ -403,10 +403,11 @@ fn slow_readers_skip_and_writer_never_blocks() {
     assert!(frames < 150, "{summary}");
     assert!(dropped > 100, "{summary}");
     assert_eq!(summary["eos"], true);
-    // Every frame was written; the writer may have skipped a few frame numbers of slots a
-    // reader had pinned while copying.
+    // Every frame was written; the writer skips the frame numbers of slots a reader holds: pinned
+    // while copying, or leased while downstream (the 50 ms identity) holds a zero-copy buffer —
+    // one slot of the four (max-leases is capped at (slots - 2) / 2), so at most a third more.
     let write_seq = summary["write_seq"].as_u64().expect("write_seq");
-    assert!((300..330).contains(&write_seq), "{summary}");
+    assert!((300..=400).contains(&write_seq), "{summary}");
     assert_eq!(
         *offsets.last().expect("frames"),
         write_seq - 1,
@@ -414,8 +415,8 @@ fn slow_readers_skip_and_writer_never_blocks() {
     );
 }
 
-/// shmringsrc's raw-video buffers come from its own pool: memory that downstream frees is
-/// reused (`buffers-allocated` stays at the two allocated up front), and a downstream that holds
+/// shmringsrc's raw-video buffers on the copy path (`zero-copy=false`) come from its own pool:
+/// memory that downstream frees is reused (`buffers-allocated` stays at the two allocated up front), and a downstream that holds
 /// on to every buffer only makes it allocate more, without waiting: the writer publishes every
 /// frame meanwhile and the reader keeps delivering.
 #[test]
@@ -429,7 +430,7 @@ fn reader_reuses_freed_buffers_and_held_ones_stall_nobody() {
     let frame = |i: u8| gst::Buffer::from_slice(vec![i; 64 * 64]);
     writer.push(frame(0));
     wait_for(LONG, "the ring", || shm.exists().then_some(()));
-    let reader = InProcessReader::new(shm, "timeout=20000", "");
+    let reader = InProcessReader::new(shm, "timeout=20000 zero-copy=false", "");
     reader.sink.set_property("enable-last-sample", false);
     let allocated = || reader.src.property::<u64>("buffers-allocated");
     // One frame at a time, each dropped before the next: the same memory over and over.

@@ -142,7 +142,7 @@ impl Kind {
                 "shmsrc socket-path=/tmp/{id}.sock is-live=true ! {}",
                 video.caps(30)
             ),
-            Kind::ShmRing => format!("shmringsrc shm-name=/{id} timeout=20000"),
+            Kind::ShmRing => format!("shmringsrc name=src shm-name=/{id} timeout=20000"),
             Kind::Surface => format!("surfacesrc socket-path=/tmp/{id}.sock timeout=20000"),
         }
     }
@@ -334,6 +334,8 @@ struct RunResult {
     cpu_ms: f64,
     latencies_ms: Vec<f64>,
     stats: String,
+    /// The reader element's own counters (shmringsrc: zero-copy / copied frames).
+    reader_stats: String,
 }
 
 /// This benchmark binary again, as the writer process of `kind` for `n` frames of `video`.
@@ -445,6 +447,19 @@ fn run(kind: Kind, video: Video, live: bool, n: usize, seq: usize) -> Result<Run
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(300));
+    let reader_stats = reader
+        .by_name("src")
+        .filter(|_| kind == Kind::ShmRing)
+        .map(|src| {
+            format!(
+                "frames-zero-copy={} frames-copied={} frames-overwritten={} frames-dropped={}",
+                src.property::<u64>("frames-zero-copy"),
+                src.property::<u64>("frames-copied"),
+                src.property::<u64>("frames-overwritten"),
+                src.property::<u64>("frames-dropped")
+            )
+        })
+        .unwrap_or_default();
     let _ = reader.set_state(gst::State::Null);
     // shmsink (wait-for-connection=true) waits at EOS until the reader acknowledged every
     // buffer, which can take until the reader is gone: give it 5 s, then stop it.
@@ -484,6 +499,7 @@ fn run(kind: Kind, video: Video, live: bool, n: usize, seq: usize) -> Result<Run
         cpu_ms: last.2.saturating_sub(first.2) as f64 / 1e6 / (s.len() - 1) as f64,
         latencies_ms: s.iter().map(|(_, l, _)| *l as f64 / 1e6).collect(),
         stats,
+        reader_stats,
     })
 }
 
@@ -626,6 +642,7 @@ fn bench_video(
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let mut stats: Vec<String> = vec![String::new(); kinds.len()];
+    let mut reader_stats: Vec<String> = vec![String::new(); kinds.len()];
     for rep in 0..reps {
         memcpy_ms_reps.push(memcpy_baseline(size));
         for (i, k) in kinds.iter().enumerate() {
@@ -633,15 +650,17 @@ fn bench_video(
             match run(*k, video, false, throughput_frames, seq) {
                 Ok(r) => {
                     eprintln!(
-                        "rep {rep} {label} {:<30} throughput: {} frames, {:.1} fps  [{}]",
+                        "rep {rep} {label} {:<30} throughput: {} frames, {:.1} fps  [{}] [{}]",
                         k.label(),
                         r.frames,
                         r.fps,
-                        r.stats
+                        r.stats,
+                        r.reader_stats
                     );
                     fps[i].push(r.fps);
                     cpu[i].push(r.cpu_ms);
                     stats[i] = r.stats;
+                    reader_stats[i] = r.reader_stats;
                 }
                 Err(e) => {
                     notes.push((Some(*k), format!("{} throughput run {rep}: {e}", k.label())))
@@ -728,6 +747,12 @@ fn bench_video(
         }
         if !stats[i].is_empty() {
             report.note(format!("writer stats (last throughput run): {}", stats[i]));
+        }
+        if !reader_stats[i].is_empty() {
+            report.note(format!(
+                "reader stats (last throughput run): {}",
+                reader_stats[i]
+            ));
         }
         for (about, n) in &notes {
             if about.is_none_or(|a| a == Kind::Shm || a == *k) {

@@ -67,6 +67,14 @@ fuzz_target!(|data: &[u8]| {
                     mem.copy_payload(&g, &meta, &mut buf);
                     let _ = mem.finish_read(&g, &meta);
                     mem.unpin(&g, next, pin);
+                    // The zero-copy path: lease, renew, release (any header, any clock).
+                    let _ = mem.honors_leases(mem.generation());
+                    if let Some(v) = mem.lease(&g, next, now)
+                        && let Some(v) = mem.renew_lease(&g, next, v, now.wrapping_add(250))
+                    {
+                        let _ = mem.holds_frame(&g, next);
+                        mem.unpin(&g, next, v);
+                    }
                     next = next.wrapping_add(1);
                 }
                 ReadStart::NotYet => break,

@@ -284,3 +284,50 @@ fn concurrent_reader_never_sees_torn_frames() {
     writer.join().unwrap();
     assert!(seen > 0);
 }
+
+/// Leases in Dekker's order: a lease the writer can see keeps it off the slot (the old frame
+/// stays intact, its seq restored); a lease taken after the writer claimed the slot is refused;
+/// values beyond the horizon are garbage; a longer hold of another reader is never shortened;
+/// the header flag is tied to the generation that set it.
+#[test]
+fn leases_and_the_writer_never_race() {
+    let g = Geometry::new(4, 64).unwrap();
+    let mut region = Region::new(g.total_size());
+    let mem = region.mem();
+    mem.initialize(&g, 1, 7);
+    assert!(!mem.honors_leases(7), "initialize clears the flag");
+    mem.set_honors_leases(7);
+    assert!(mem.honors_leases(7) && !mem.honors_leases(8) && !mem.honors_leases(0));
+    for n in 0..4 {
+        mem.write_frame(&g, &meta(n, 8), &[n as u8; 8]);
+    }
+    let now = 1_000_000u32;
+    // Frame 1 leased: frame 5 (same slot) is refused, frame 1 intact.
+    let v = mem.lease(&g, 1, now).expect("frame 1 is in its slot");
+    assert_eq!(v, now + LEASE_MS);
+    assert_eq!(mem.try_begin_write(&g, 5, now + 10), Err(LEASE_MS - 10));
+    assert!(mem.holds_frame(&g, 1));
+    assert_eq!(mem.read_frame(&g, 1).unwrap().1, vec![1u8; 8]);
+    // Renewed: still held later on; released: the writer takes the slot.
+    let v = mem.renew_lease(&g, 1, v, now + 900).expect("still there");
+    assert!(mem.try_begin_write(&g, 5, now + 1500).is_err());
+    mem.unpin(&g, 1, v);
+    assert_eq!(mem.try_begin_write(&g, 5, now + 1500), Ok(()));
+    // The writer claimed slot 1 first: a lease on frame 1 is refused and leaves nothing behind.
+    assert_eq!(mem.lease(&g, 1, now + 1500), None);
+    assert_eq!(mem.pinned(&g, 1, now + 1500), None);
+    mem.publish(&g, &meta(5, 8));
+    assert_eq!(
+        mem.renew_lease(&g, 1, 0, now + 1500),
+        None,
+        "frame 1 is gone"
+    );
+    // Beyond the horizon: garbage, ignored; a longer hold is never shortened by a pin.
+    mem.hold(&g, 2, now + LEASE_HORIZON_MS + 1);
+    assert_eq!(mem.pinned(&g, 2, now), None);
+    let long = mem.hold(&g, 3, now + 1800);
+    assert_eq!(mem.pin(&g, 3, now), 0);
+    assert_eq!(mem.pinned(&g, 3, now), Some(1800));
+    mem.unpin(&g, 3, long);
+    assert_eq!(mem.pinned(&g, 3, now), None);
+}

@@ -19,6 +19,9 @@ use vcambridge_common::lock;
 use crate::framepool::FramePool;
 use crate::ring::{self, Geometry, ReadStart, WriterState};
 use crate::shm::{self, Segment};
+use crate::zerocopy::Stats;
+
+mod frame;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -31,6 +34,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_SHM_NAME: &str = "/vcambridge";
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_IS_LIVE: bool = true;
+const DEFAULT_ZERO_COPY: bool = true;
+const DEFAULT_MAX_LEASES: u32 = 2;
 /// Longest single sleep on the futex / while polling for the writer; `unlock()` interrupts it
 /// earlier anyway.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
@@ -41,6 +46,8 @@ struct Settings {
     shm_name: String,
     timeout_ms: u32,
     is_live: bool,
+    zero_copy: bool,
+    max_leases: u32,
 }
 
 impl Default for Settings {
@@ -49,6 +56,8 @@ impl Default for Settings {
             shm_name: DEFAULT_SHM_NAME.into(),
             timeout_ms: DEFAULT_TIMEOUT_MS,
             is_live: DEFAULT_IS_LIVE,
+            zero_copy: DEFAULT_ZERO_COPY,
+            max_leases: DEFAULT_MAX_LEASES,
         }
     }
 }
@@ -110,6 +119,22 @@ pub struct ShmRingSrc {
     allocated: Arc<AtomicU64>,
     /// One frame duration of the current caps (reported as latency).
     latency: FrameLatency,
+    /// Zero-copy buffers downstream holds, and those the writer overwrote (shared with them).
+    leases: Arc<Stats>,
+    frames_zero_copy: AtomicU64,
+    frames_copied: AtomicU64,
+    /// Why the last copied frame was not handed out zero-copy.
+    copy_reason: Mutex<&'static str>,
+    /// `leases.overwritten` when the overwrite warning was posted (once per start).
+    overwrite_warned: AtomicU64,
+}
+
+/// Why a frame is copied rather than leased.
+mod copy_reason {
+    pub const DISABLED: &str = "zero-copy=false";
+    pub const READ_ONLY: &str = "read-only mapping (no write permission on the ring: cannot lease)";
+    pub const WRITER: &str = "the writer does not honor leases (Python Writer or an older writer)";
+    pub const MAX_LEASES: &str = "max-leases zero-copy buffers already held downstream";
 }
 
 fn buffer_flags(f: u32) -> gst::BufferFlags {
@@ -181,43 +206,6 @@ impl ShmRingSrc {
         r.restamper.reset();
         r.discont = true;
         *lock(&self.waker) = None;
-    }
-
-    /// A buffer for a frame of `size` bytes (at most the validated slot size): from the pool for
-    /// raw video, else allocated with `g_try_malloc`, so a failed allocation is an error, not an
-    /// abort of the process.
-    fn alloc(&self, r: &mut Reader, size: usize) -> Result<gst::Buffer, gst::FlowError> {
-        if let Some(pool) = &r.pool
-            && pool.size() == size
-        {
-            return pool.acquire().ok_or(gst::FlowError::Error);
-        }
-        if size == 0 {
-            return Ok(gst::Buffer::new());
-        }
-        // SAFETY: g_try_malloc returns NULL or `size` bytes that gst_buffer_new_wrapped takes
-        // ownership of (freed with g_free).
-        unsafe {
-            let p = glib::ffi::g_try_malloc(size);
-            if p.is_null() {
-                return Err(gst::FlowError::Error);
-            }
-            Ok(glib::translate::from_glib_full(
-                gst::ffi::gst_buffer_new_wrapped(p, size),
-            ))
-        }
-    }
-
-    /// Output memory for raw video of `caps`, if its frames fit the ring's slots (`slot_size`,
-    /// validated): the caps come from the peer, so nothing is sized from them alone.
-    fn pool_for(&self, caps: &gst::Caps, slot_size: usize) -> Option<FramePool> {
-        let info = gst_video::VideoInfo::from_caps(caps).ok()?;
-        if info.size() == 0 || info.size() > slot_size {
-            return None;
-        }
-        // Two frames allocated and faulted in now (one downstream, one being copied); more
-        // only while downstream holds on to them.
-        FramePool::new(info.size(), 2, self.allocated.clone())
     }
 
     /// One step of `create()`, under the state lock: never blocks.
@@ -385,64 +373,35 @@ impl ShmRingSrc {
                 let att_next = att.next;
                 // Keeps the mapping alive while `mem` is used below.
                 let seg = att.seg.clone();
-                let mut buffer = match self.alloc(r, meta.size) {
-                    Ok(b) => b,
-                    Err(_) => {
-                        return Step::Error(gst::error_msg!(
-                            gst::ResourceError::NoSpaceLeft,
-                            (
-                                "shmringsrc shm-name={name}: cannot allocate a {} byte buffer for the next frame (out of memory?)",
-                                meta.size
-                            )
-                        ));
+                let generation = att.generation;
+                let mut buffer = match self.zero_copy(r, &seg, &g, generation, &meta) {
+                    Ok(Some(buffer)) => buffer,
+                    // The writer took the slot while we leased it: look again.
+                    Ok(None) => return Step::Again,
+                    Err(reason) => {
+                        *lock(&self.copy_reason) = reason;
+                        match self.copy_frame(r, &seg, &g, &meta) {
+                            Ok(Some(buffer)) => buffer,
+                            Ok(None) => {
+                                // Overwritten while we copied: never show it.
+                                *lock(&self.dropped) += 1;
+                                r.discont = true;
+                                let Some(att) = r.attached.as_mut() else {
+                                    return Step::Again;
+                                };
+                                let (next, skipped) = ring::catch_up(att_next, mem.write_seq());
+                                att.next = next.max(att_next.wrapping_add(1));
+                                *lock(&self.dropped) += skipped.saturating_sub(1);
+                                return Step::Again;
+                            }
+                            Err(step) => return step,
+                        }
                     }
                 };
-                let Some(buf) = buffer.get_mut() else {
-                    return Step::Error(gst::error_msg!(
-                        gst::CoreError::Failed,
-                        ("output buffer not writable")
-                    ));
-                };
-                buf.set_size(meta.size);
-                // Ask the writer to leave the slot alone while we copy (it skips pinned slots
-                // for up to ring::PIN_MS): an unthrottled writer would otherwise lap an 8 MB
-                // copy and tear nearly every frame. Read-only mappings cannot pin.
-                let pin = seg
-                    .writable()
-                    .then(|| mem.pin(&g, att_next, shm::monotonic_ms()));
-                let ok = match buf.map_writable() {
-                    Ok(mut map) => {
-                        mem.copy_payload(&g, &meta, map.as_mut_slice());
-                        mem.finish_read(&g, &meta)
-                    }
-                    Err(_) => false,
-                };
-                if let Some(pin) = pin {
-                    mem.unpin(&g, att_next, pin);
-                }
-                // A truncation racing the copy: the SIGBUS guard let the copy finish on zero
-                // pages; the frame is discarded and the ring reported broken.
-                let intact = seg.check_intact();
                 drop(seg);
-                if let Err(e) = intact {
-                    *lock(&self.dropped) += 1;
-                    return Step::Error(gst::error_msg!(
-                        gst::ResourceError::Read,
-                        ("shmringsrc shm-name={name}: {e}")
-                    ));
-                }
                 let Some(att) = r.attached.as_mut() else {
                     return Step::Again;
                 };
-                if !ok {
-                    // Overwritten while we copied: never show it.
-                    *lock(&self.dropped) += 1;
-                    r.discont = true;
-                    let (next, skipped) = ring::catch_up(att_next, mem.write_seq());
-                    att.next = next.max(att_next.wrapping_add(1));
-                    *lock(&self.dropped) += skipped.saturating_sub(1);
-                    return Step::Again;
-                }
                 att.next = att_next.wrapping_add(1);
                 r.last_progress = Instant::now();
                 // Timestamps: the writer's, moved onto our running time (vcambridge_common::live).
@@ -451,6 +410,12 @@ impl ShmRingSrc {
                     meta.dts,
                     live::running_time(self.obj().upcast_ref()),
                 );
+                let Some(buf) = buffer.get_mut() else {
+                    return Step::Error(gst::error_msg!(
+                        gst::CoreError::Failed,
+                        ("output buffer not writable")
+                    ));
+                };
                 buf.set_pts(pts);
                 buf.set_dts(dts);
                 buf.set_duration(meta.duration.map(gst::ClockTime::from_nseconds));
@@ -464,6 +429,25 @@ impl ShmRingSrc {
                 Step::Frame(buffer)
             }
         }
+    }
+
+    /// Post one warning per start once the writer overwrote zero-copy buffers downstream held.
+    fn warn_overwritten(&self) {
+        let n = self.leases.overwritten.load(Ordering::Relaxed);
+        if n == 0
+            || self
+                .overwrite_warned
+                .compare_exchange(0, n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let name = lock(&self.settings).shm_name.clone();
+        gst::element_imp_warning!(
+            self,
+            gst::ResourceError::Read,
+            ("shmringsrc shm-name={name}: the writer overwrote {n} zero-copy buffer(s) while downstream still held them (every ring slot was held: a process pins every slot, or more readers hold more buffers than the ring has slots; or the writer restarted): downstream may have seen a newer frame in that buffer; give the writer more slots or set zero-copy=false on this reader")
+        );
     }
 
     /// Sleep on the condvar (interrupted by `unlock()`); returns false when flushing.
@@ -509,6 +493,40 @@ impl ObjectImpl for ShmRingSrc {
                     .default_value(DEFAULT_IS_LIVE)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("zero-copy")
+                    .nick("Zero copy")
+                    .blurb("Hand slot memory downstream without a copy (leasing the slot) when the writer honors leases and the ring is writable; false copies every frame")
+                    .default_value(DEFAULT_ZERO_COPY)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-leases")
+                    .nick("Max leases")
+                    .blurb("Most zero-copy buffers downstream may hold at once (at most (slots - 2) / 2 of the ring); frames beyond are copied")
+                    .minimum(1)
+                    .maximum(ring::MAX_SLOT_COUNT / 2)
+                    .default_value(DEFAULT_MAX_LEASES)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("frames-zero-copy")
+                    .nick("Frames zero-copy")
+                    .blurb("Frames handed downstream as the ring slot itself (leased, no copy)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecUInt64::builder("frames-copied")
+                    .nick("Frames copied")
+                    .blurb("Frames copied out of the ring (copy-reason says why the last one was)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecString::builder("copy-reason")
+                    .nick("Copy reason")
+                    .blurb("Why the last copied frame was not handed out zero-copy (empty if none was copied)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecUInt64::builder("frames-overwritten")
+                    .nick("Frames overwritten")
+                    .blurb("Zero-copy buffers whose slot the writer took while downstream still held them (every slot was held, the writer restarted, or the ring was truncated)")
+                    .read_only()
+                    .build(),
                 glib::ParamSpecUInt64::builder("frames-dropped")
                     .nick("Frames dropped")
                     .blurb("Frames skipped because this reader fell behind (or they were torn)")
@@ -539,6 +557,8 @@ impl ObjectImpl for ShmRingSrc {
                 };
             }
             "timeout" => s.timeout_ms = value.get().expect("type checked upstream"),
+            "zero-copy" => s.zero_copy = value.get().expect("type checked upstream"),
+            "max-leases" => s.max_leases = value.get().expect("type checked upstream"),
             "is-live" => {
                 s.is_live = value.get().expect("type checked upstream");
                 self.obj().set_live(s.is_live);
@@ -553,6 +573,12 @@ impl ObjectImpl for ShmRingSrc {
             "shm-name" => s.shm_name.to_value(),
             "timeout" => s.timeout_ms.to_value(),
             "is-live" => s.is_live.to_value(),
+            "zero-copy" => s.zero_copy.to_value(),
+            "max-leases" => s.max_leases.to_value(),
+            "frames-zero-copy" => self.frames_zero_copy.load(Ordering::Relaxed).to_value(),
+            "frames-copied" => self.frames_copied.load(Ordering::Relaxed).to_value(),
+            "copy-reason" => lock(&self.copy_reason).to_value(),
+            "frames-overwritten" => self.leases.overwritten.load(Ordering::Relaxed).to_value(),
             "frames-dropped" => lock(&self.dropped).to_value(),
             "buffers-allocated" => self.allocated.load(Ordering::Relaxed).to_value(),
             _ => unimplemented!(),
@@ -614,6 +640,11 @@ impl BaseSrcImpl for ShmRingSrc {
         }
         *lock(&self.dropped) = 0;
         self.allocated.store(0, Ordering::Relaxed);
+        self.frames_zero_copy.store(0, Ordering::Relaxed);
+        self.frames_copied.store(0, Ordering::Relaxed);
+        *lock(&self.copy_reason) = "";
+        self.leases.overwritten.store(0, Ordering::Relaxed);
+        self.overwrite_warned.store(0, Ordering::Relaxed);
         self.latency.reset();
         *lock(&self.state) = State::Started(Box::new(Reader {
             settings,
@@ -685,7 +716,10 @@ impl PushSrcImpl for ShmRingSrc {
                 self.step(r)
             };
             match step {
-                Step::Frame(b) => return Ok(CreateSuccess::NewBuffer(b)),
+                Step::Frame(b) => {
+                    self.warn_overwritten();
+                    return Ok(CreateSuccess::NewBuffer(b));
+                }
                 Step::NewCaps(caps) => {
                     gst::info!(CAT, imp = self, "writer caps: {caps}");
                     if self.obj().set_caps(&caps).is_err() {
