@@ -26,6 +26,7 @@ use gst::prelude::*;
 mod data_thread;
 mod dmabuf;
 mod imp;
+mod lend;
 mod loop_thread;
 mod mailbox;
 
