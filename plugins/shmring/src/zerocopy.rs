@@ -5,8 +5,8 @@
 //! writer restart or a truncation, until the last such buffer is freed) and the slot's lease
 //! (see [`crate::ring::lease`]). One process-wide keeper thread renews every live lease each
 //! [`LEASE_RENEW_MS`], so a lease holds however long downstream keeps the buffer (also while the
-//! pipeline is paused or the streaming thread is blocked); the thread exits when no lease is
-//! left. Freeing the buffer clears the lease and checks that the slot still holds the frame: if
+//! pipeline is paused or the streaming thread is blocked); the thread exits 2 s after the last
+//! lease is gone. Freeing the buffer clears the lease and checks that the slot still holds the frame: if
 //! not, the writer overrode the lease (every slot was held) and the frame is counted as
 //! overwritten ([`Stats::overwritten`]).
 
@@ -101,16 +101,26 @@ fn keep(lease: &Arc<Lease>) {
     k.running = spawned.is_ok();
 }
 
+/// The keeper exits after this many rounds without a lease (2 s), not at once: a stream whose
+/// buffers are freed within a frame would otherwise start a thread every few frames.
+const KEEPER_IDLE_ROUNDS: u32 = 20;
+
 fn keeper_loop() {
+    let mut idle = 0;
     loop {
         std::thread::sleep(Duration::from_millis(LEASE_RENEW_MS.into()));
         let alive: Vec<Arc<Lease>> = {
             let mut k = lock(&KEEPER);
             k.leases.retain(|l| l.strong_count() > 0);
             if k.leases.is_empty() {
-                k.running = false;
-                return;
+                idle += 1;
+                if idle >= KEEPER_IDLE_ROUNDS {
+                    k.running = false;
+                    return;
+                }
+                continue;
             }
+            idle = 0;
             k.leases.iter().filter_map(Weak::upgrade).collect()
         };
         let now = shm::monotonic_ms();
