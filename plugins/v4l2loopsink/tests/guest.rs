@@ -496,6 +496,9 @@ fn errors_are_precise() {
 
 /// A format change mid-stream with no reader holding the device (what an RTMP stream changing
 /// resolution does): the sink lets go of the device, sets the new format and readers get it.
+/// A program that merely has the node open at that moment (here for 600 ms: a reader that is
+/// exiting, `v4l2-ctl`, a camera list) keeps the old format on 0.12.x until it closes; the
+/// sink's reopen waits that out instead of failing (this raced with the `v4l2-ctl` polls below).
 #[test]
 #[ignore = "needs the v4l2loopback module: tests/guest/run.sh"]
 fn renegotiation_without_readers() {
@@ -518,6 +521,11 @@ fn renegotiation_without_readers() {
         .field("height", 256i32)
         .field("framerate", gst::Fraction::new(15, 1))
         .build();
+    let bystander = std::fs::File::open(EXCL).expect("open the node read-only");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        drop(bystander);
+    });
     p.by_name("cf").set_property("caps", &caps);
     let deadline = Instant::now() + T;
     loop {
@@ -543,6 +551,7 @@ fn renegotiation_without_readers() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    closer.join().expect("closer");
     let (frames, caps) = read_v4l2src(EXCL, 2, T).expect("second format");
     assert!(caps.to_string().contains("I420"), "{caps}");
     assert_frames_equal(
@@ -842,6 +851,11 @@ fn pooled_renegotiation() {
         .field("framerate", gst::Fraction::new(15, 1))
         .build();
     let changed = Instant::now();
+    let bystander = std::fs::File::open(EXCL).expect("open the node read-only");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        drop(bystander);
+    });
     p.by_name("cf").set_property("caps", &caps);
     let deadline = Instant::now() + T;
     loop {
@@ -869,6 +883,7 @@ fn pooled_renegotiation() {
         "pooled renegotiation: new format streaming after {} ms",
         changed.elapsed().as_millis()
     );
+    closer.join().expect("closer");
     let (frames, caps) = read_v4l2src(EXCL, 2, T).expect("second format");
     assert!(caps.to_string().contains("I420"), "{caps}");
     assert_frames_equal(

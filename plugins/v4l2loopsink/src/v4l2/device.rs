@@ -322,37 +322,89 @@ pub fn open_output(path: &Path) -> Result<(LoopbackDevice, Capability), DevicePr
 /// How long a format change waits for the device to offer output again after the sink let go.
 pub const REOPEN_GRACE: Duration = Duration::from_secs(2);
 
+/// The format v4l2loopback has fixed on `path` (fourcc, width, height), read from sysfs
+/// (`/sys/class/video4linux/videoN/format`, "YUYV:320x240@15", empty while none is fixed) —
+/// without opening the device. `None` if the attribute cannot be read or parsed.
+pub fn fixed_format(path: &Path) -> Option<Option<(u32, u32, u32)>> {
+    let node = std::fs::canonicalize(path).ok()?;
+    let name = node.file_name()?.to_str()?;
+    let text = std::fs::read_to_string(format!("/sys/class/video4linux/{name}/format")).ok()?;
+    parse_sysfs_format(&text)
+}
+
+fn parse_sysfs_format(text: &str) -> Option<Option<(u32, u32, u32)>> {
+    let text = text.trim_end_matches('\n');
+    if text.trim().is_empty() {
+        return Some(None);
+    }
+    let (fourcc, rest) = text.split_once(':')?;
+    let code: [u8; 4] = fourcc.as_bytes().try_into().ok()?;
+    let size = rest.split('@').next()?;
+    let (w, h) = size.split_once('x')?;
+    Some(Some((
+        u32::from_le_bytes(code),
+        w.trim().parse().ok()?,
+        h.trim().parse().ok()?,
+    )))
+}
+
 /// Opens `path` again for a format change, checked like [`open_output`]. v4l2loopback releases
 /// a writer's format (and its claim on the output side) only when the writer's file is closed:
 /// the caller drops its [`LoopbackDevice`] (and the [`OutputStream`](super::OutputStream) on
 /// it) first.
 ///
-/// With exclusive_caps=1 the device offers output only while no writer is attached — another
-/// writer streaming, or the previous writer's file still open elsewhere (a forked child, a
-/// descriptor passed on); "no output" is retried for up to `grace` ([`REOPEN_GRACE`]), woken when a writer closes the node
-/// (inotify `IN_CLOSE_WRITE`; rechecked every 100 ms should an event be missed). Blocks: never
-/// call it with a lock held that other threads need.
+/// Two transient states are waited out, for up to `grace` ([`REOPEN_GRACE`]) in all, each
+/// woken when someone closes the node (inotify `IN_CLOSE`; rechecked every 100 ms should an
+/// event be missed):
+/// - the format just released (`released`: fourcc, width, height) is still fixed. 0.12.x frees
+///   it only when *every* file on the device is closed, so anyone who merely has the node open
+///   at that moment — a reader that is exiting, `v4l2-ctl`, a program listing cameras, our own
+///   old buffers still mapped by upstream — keeps our old format. This is watched in sysfs
+///   ([`fixed_format`]), not by opening the device: on 0.12.x a close of ours racing another
+///   file's last close can free the driver's buffers twice (a kernel BUG in
+///   `v4l2_loopback_close`), so the wait opens nothing. Without the sysfs attribute it is not
+///   waited for.
+/// - with exclusive_caps=1 the device offers output only while no writer is attached —
+///   another writer streaming, or the previous writer's file still open elsewhere (a forked
+///   child, a descriptor passed on).
+///
+/// After `grace` the device is opened as it is and the caller's `VIDIOC_S_FMT` reports what
+/// holds it. Blocks: never call it with a lock held that other threads need.
 pub fn reopen_output(
     path: &Path,
     grace: Duration,
+    released: Option<(u32, u32, u32)>,
 ) -> Result<(LoopbackDevice, Capability), DeviceProblem> {
     let deadline = Instant::now() + grace;
-    let watch = NodeWatch::new(path, AddWatchFlags::IN_CLOSE_WRITE);
+    let watch = NodeWatch::new(
+        path,
+        AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CLOSE_NOWRITE,
+    );
+    let wait = |step_from: Instant| {
+        let step = deadline
+            .saturating_duration_since(step_from)
+            .min(Duration::from_millis(100));
+        match &watch {
+            Some(w) => {
+                w.wait(step);
+            }
+            None => std::thread::sleep(step),
+        }
+    };
+    if let Some(ours) = released {
+        while Instant::now() < deadline && fixed_format(path) == Some(Some(ours)) {
+            wait(Instant::now());
+        }
+    }
     loop {
         match open_output(path) {
             Ok(opened) => return Ok(opened),
             Err(DeviceProblem::NoOutput { .. }) if Instant::now() < deadline => {
-                let step = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(100));
-                match &watch {
-                    Some(w) => {
-                        // Our own probe just closed the node: that event is not the one awaited.
-                        w.drain();
-                        w.wait(step);
-                    }
-                    None => std::thread::sleep(step),
+                // Our own probe just closed the node: that event is not the one awaited.
+                if let Some(w) = &watch {
+                    w.drain();
                 }
+                wait(Instant::now());
             }
             Err(e) => return Err(e),
         }
@@ -362,6 +414,27 @@ pub fn reopen_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysfs_format_parses_both_module_versions_output() {
+        let yuyv = u32::from_le_bytes(*b"YUYV");
+        assert_eq!(
+            parse_sysfs_format("YUYV:320x240@15\n"),
+            Some(Some((yuyv, 320, 240)))
+        );
+        assert_eq!(
+            parse_sysfs_format("YU12:1280x720@30000/1001\n"),
+            Some(Some((u32::from_le_bytes(*b"YU12"), 1280, 720)))
+        );
+        assert_eq!(
+            parse_sysfs_format("Y16 :64x48@30\n"),
+            Some(Some((u32::from_le_bytes(*b"Y16 "), 64, 48)))
+        );
+        assert_eq!(parse_sysfs_format(""), Some(None));
+        assert_eq!(parse_sysfs_format("\n"), Some(None));
+        assert_eq!(parse_sysfs_format("garbage"), None);
+        assert_eq!(parse_sysfs_format("YUYV:axb@1"), None);
+    }
 
     #[test]
     fn problem_messages_name_device_and_fix() {

@@ -410,8 +410,9 @@ impl DriverFormatProblem {
                     })
                     .unwrap_or_default();
                 format!(
-                    "{d} is locked to {locked_text} by a reader that is still streaming (or another \
-                     writer, or keep_format); this pipeline sends {requested}. Stop the reader \
+                    "{d} is locked to {locked_text} by a reader that is still streaming (with \
+                     v4l2loopback 0.12.x: by any program that keeps the device open), or by \
+                     another writer, or keep_format; this pipeline sends {requested}. Stop the reader \
                      first, convert to the locked format ({convert}v4l2loopsink), or set \
                      allow-format-lock=true to convert automatically"
                 )

@@ -50,11 +50,15 @@ pub(super) fn configure(
                 old.layout().describe(),
                 path.display()
             );
+            let released = {
+                let l = old.layout();
+                (l.format.fourcc, l.width, l.height)
+            };
             // STREAMOFF, unmap and close: the writer lets go of the format.
             drop(old);
             drop(device);
             let started = Instant::now();
-            match v4l2::reopen_output(path, v4l2::REOPEN_GRACE) {
+            match v4l2::reopen_output(path, v4l2::REOPEN_GRACE, Some(released)) {
                 Ok((device, _)) => {
                     gst::debug!(
                         CAT,
