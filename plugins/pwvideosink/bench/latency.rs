@@ -269,7 +269,12 @@ fn main() {
     let frames = arg("--frames", 300);
     let width = arg("--width", 1280);
     let height = arg("--height", 720);
-    let caps = format!("video/x-raw,format=I420,width={width},height={height},framerate=30/1");
+    let format = args
+        .iter()
+        .position(|a| a == "--format")
+        .and_then(|i| args.get(i + 1))
+        .map_or("I420", String::as_str);
+    let caps = format!("video/x-raw,format={format},width={width},height={height},framerate=30/1");
 
     let session = PipeWireSession::start();
     // Both producers run in this process and find the daemon through the environment.
