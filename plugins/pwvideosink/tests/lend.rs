@@ -258,7 +258,7 @@ fn daemon_restart_with_buffers_lent() {
     push_slowly(&appsrc, held);
     consumer.check(&session, &reference, 20, "consumer after restart");
     assert!(
-        stat(&sink, "frames-copied") >= copied + 1,
+        stat(&sink, "frames-copied") > copied,
         "stale buffers are copied: {:?}",
         stats(&sink)
     );
