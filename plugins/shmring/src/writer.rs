@@ -161,15 +161,22 @@ impl RingWriter {
     }
 
     /// Lend the next frame's slot for in-place writing (it is marked in progress, so readers
-    /// never see it half-written). At most `slot_count - 2` slots are lent at a time so the copy
-    /// path always has room. The slot stays reserved until [`Self::release`].
+    /// never see it half-written). Slots lent plus slots readers hold stay below
+    /// `slot_count - 2`, so the copy path always has room without overriding a reader's lease. The slot stays reserved until [`Self::release`].
     pub fn lend(&self) -> Option<Lent> {
         let mut inner = lock(&self.inner);
         if inner.closed || self.segment.check_intact().is_err() {
             return None;
         }
-        let lent = inner.lent.iter().filter(|l| l.is_some()).count();
-        if lent + 2 >= self.geometry.slot_count as usize {
+        // Slots readers hold (pins, zero-copy leases) count too: the copy path and the next
+        // lend must still find two slots nobody holds, or the writer would override a lease.
+        let g = &self.geometry;
+        let mem = self.segment.memory();
+        let now_ms = shm::monotonic_ms();
+        let busy = (0..g.slot_count)
+            .filter(|&i| inner.lent[i as usize].is_some() || mem.pinned(g, i, now_ms).is_some())
+            .count();
+        if busy + 2 >= g.slot_count as usize {
             return None;
         }
         let frame = self.claim(&mut inner)?;
@@ -365,15 +372,23 @@ mod tests {
         assert_eq!(w.write_frame(FrameMeta::default(), b"11"), Some(11));
         // Every slot pinned (stopped or hostile readers): the writer writes on regardless.
         let now = shm::monotonic_ms();
-        for n in 12..16 {
-            mem.pin(&rg, n, now);
-        }
+        let pins: Vec<u32> = (12..16).map(|n| mem.pin(&rg, n, now)).collect();
         for n in 12..20u64 {
             assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(n));
+        }
+        // Held slots leave no room to lend (the sink then copies).
+        assert!(w.lend().is_none(), "4 slots held");
+        for (n, pin) in (12..16).zip(pins) {
+            mem.unpin(&rg, n, pin);
         }
         // Lent slots stay off limits whatever the pins say.
         let lent = w.lend().unwrap();
         assert_eq!(lent.frame, 20);
+        // (One value for all: with every free slot held, ties go to the next frame number.)
+        let now = shm::monotonic_ms();
+        for n in 21..24 {
+            mem.pin(&rg, n, now);
+        }
         assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(21));
         assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(22));
         assert_eq!(w.write_frame(FrameMeta::default(), b"x"), Some(23));
