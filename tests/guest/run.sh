@@ -158,12 +158,17 @@ else
     | grep '"kind":\["test"\],[^}]*"name":"guest"' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
   [ -x "$TEST_BIN" ] || die "could not build the guest test binary"
-  # The Python camera API (vcamera.py) against the real module: its own test binary, run after.
-  cargo build -q -p gst-plugin-shmring
+  # The Python camera API (vcamera.py) and the main job (rtmp-camera.sh) against the real
+  # module: test binaries of their own, run after.
+  cargo build -q -p gst-plugin-shmring -p gst-plugin-rtmpflvsrc
   VCAMERA_BIN="$(cargo test -q -p vcambridge-tests --test vcamera_guest --no-run --message-format=json \
     | grep '"kind":\["test"\],[^}]*"name":"vcamera_guest"' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
   [ -x "$VCAMERA_BIN" ] || die "could not build the vcamera guest test binary"
+  MAIN_JOB_BIN="$(cargo test -q -p vcambridge-tests --test main_job_guest --no-run --message-format=json \
+    | grep '"kind":\["test"\],[^}]*"name":"main_job_guest"' \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+  [ -x "$MAIN_JOB_BIN" ] || die "could not build the main-job guest test binary"
   BENCH_BIN=""
   if [ "$MODE" = bench ]; then
     cargo build -q --release -p gst-plugin-v4l2loopsink
@@ -202,7 +207,8 @@ SETUP
     run_cmd="$BENCH_BIN"
   else
     run_cmd="$TEST_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-}; s=\$?
-$VCAMERA_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-} || s=\$((s ? s : 1)); exit \$s"
+$VCAMERA_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-} || s=\$((s ? s : 1))
+$MAIN_JOB_BIN --ignored --test-threads=1 ${VCB_GUEST_FILTER:-} || s=\$((s ? s : 1)); exit \$s"
   fi
   cat >"$OUT/cmd.sh" <<CMD
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -358,8 +358,8 @@ fn parse_sysfs_format(text: &str) -> Option<Option<(u32, u32, u32)>> {
 /// event be missed):
 /// - the format just released (`released`: fourcc, width, height) is still fixed. 0.12.x frees
 ///   it only when *every* file on the device is closed, so anyone who merely has the node open
-///   at that moment — a reader that is exiting, `v4l2-ctl`, a program listing cameras, our own
-///   old buffers still mapped by upstream — keeps our old format. This is watched in sysfs
+///   at that moment — a reader that is exiting, `v4l2-ctl`, a program listing cameras — keeps
+///   our old format. This is watched in sysfs
 ///   ([`fixed_format`]), not by opening the device: on 0.12.x a close of ours racing another
 ///   file's last close can free the driver's buffers twice (a kernel BUG in
 ///   `v4l2_loopback_close`), so the wait opens nothing. Without the sysfs attribute it is not
