@@ -158,6 +158,9 @@ struct PoolBuffer {
     free: bool,
     /// memfd mode: lent upstream (a `GstMemory` over `map` is alive).
     lent: bool,
+    /// When the buffer was last taken to be queued (a tick of [`Pool::ticks`]): free buffers
+    /// are used least recently queued first, as PipeWire's own queue hands them out.
+    last_used: u64,
     /// The upstream buffer whose DMA-BUF the consumer is reading.
     held: Option<gst::Buffer>,
 }
@@ -171,6 +174,8 @@ pub(crate) struct Pool {
     /// memfd mode: the format the buffers were negotiated for.
     pub spec: Option<VideoSpec>,
     buffers: Vec<Option<PoolBuffer>>,
+    /// Counts buffers taken to be filled (for least-recently-used order).
+    ticks: u64,
 }
 
 impl Pool {
@@ -199,6 +204,7 @@ impl Pool {
             map: None,
             free: false,
             lent: false,
+            last_used: 0,
             held: None,
         };
         match self.mode {
@@ -302,12 +308,15 @@ impl Pool {
         if self.mode != PoolMode::MemFd || self.spec != Some(spec) {
             return None;
         }
+        self.ticks += 1;
         let b = self
             .buffers
             .iter_mut()
             .flatten()
-            .find(|b| b.free && !b.lent && b.map.as_ref().is_some_and(|m| m.len() == size))?;
+            .filter(|b| b.free && !b.lent && b.map.as_ref().is_some_and(|m| m.len() == size))
+            .min_by_key(|b| b.last_used)?;
         b.lent = true;
+        b.last_used = self.ticks;
         b.map.clone()
     }
 
@@ -352,12 +361,15 @@ impl Pool {
         if self.mode != PoolMode::MemFd {
             return None;
         }
+        self.ticks += 1;
         let b = self
             .buffers
             .iter_mut()
             .flatten()
-            .find(|b| b.free && !b.lent && b.map.is_some())?;
+            .filter(|b| b.free && !b.lent && b.map.is_some())
+            .min_by_key(|b| b.last_used)?;
         b.free = false;
+        b.last_used = self.ticks;
         Some((b.raw.0, b.map.clone()?))
     }
 
