@@ -11,21 +11,13 @@
 //! before makes the sink renegotiate the buffers; more than [`MAX_DMABUFS`] distinct ones
 //! (upstream allocating per frame) make it give up and fall back to copying into memfds.
 //!
-//! Otherwise (system-memory input, or a consumer that did not take DMA-BUFs) the stream's
-//! buffers are sealed memfds allocated and mapped here. The sink lends those mappings
-//! upstream through its buffer pool (`lend.rs`, no copy) and copies frames from anywhere else
-//! into them. (With `MAP_BUFFERS` PipeWire would hand the client a `MemPtr` into its own
-//! mapping, which it unmaps with the buffers: a buffer still lent upstream would then point
-//! at nothing.)
+//! When the consumer did not take DMA-BUFs, the same `ALLOC_BUFFERS` stream allocates memfds
+//! here (what PipeWire would otherwise do), and frames are copied into them.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 
 use pipewire as pw;
 use pw::spa;
-
-use super::lend::Mapping;
-use crate::format::VideoSpec;
 
 /// The most distinct upstream DMA-BUFs passed through (PipeWire buffers per stream are
 /// bounded too); beyond that frames are copied into memfds.
@@ -151,18 +143,21 @@ struct PoolBuffer {
     key: Vec<DmaBufKey>,
     /// The fds given to PipeWire (closed when the buffer is removed).
     _fds: Vec<OwnedFd>,
-    /// memfd mode: our mapping of the memfd (shared with the memory of a lent buffer, so it
-    /// outlives the `pw_buffer` when upstream still holds that buffer).
-    map: Option<Arc<Mapping>>,
+    /// memfd mode: our mapping of the memfd.
+    map: Option<(usize, usize)>,
     /// Dequeued by us (not with the consumer).
     free: bool,
-    /// memfd mode: lent upstream (a `GstMemory` over `map` is alive).
-    lent: bool,
-    /// When the buffer was last taken to be filled (a tick of `Pool::ticks`): a copy goes into
-    /// the least recently used free buffer, as PipeWire's own queue hands them out.
-    last_used: u64,
     /// The upstream buffer whose DMA-BUF the consumer is reading.
     held: Option<gst::Buffer>,
+}
+
+impl Drop for PoolBuffer {
+    fn drop(&mut self) {
+        if let Some((addr, len)) = self.map.take() {
+            // SAFETY: mapped in `add_memfd` with this length, unmapped once.
+            unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+        }
+    }
 }
 
 /// The PipeWire buffers of an `ALLOC_BUFFERS` stream.
@@ -171,11 +166,7 @@ pub(crate) struct Pool {
     pub mode: PoolMode,
     /// memfd mode: bytes per buffer.
     pub frame_size: u32,
-    /// memfd mode: the format the buffers were negotiated for.
-    pub spec: Option<VideoSpec>,
     buffers: Vec<Option<PoolBuffer>>,
-    /// Counts buffers taken to be filled (for least-recently-used order).
-    ticks: u64,
 }
 
 impl Pool {
@@ -203,8 +194,6 @@ impl Pool {
             _fds: Vec::new(),
             map: None,
             free: false,
-            lent: false,
-            last_used: 0,
             held: None,
         };
         match self.mode {
@@ -217,15 +206,33 @@ impl Pool {
                     ));
                 }
                 let size = self.frame_size.max(1) as usize;
-                let fd = sealed_memfd(size)?;
-                let map = Mapping::new(fd.as_fd().as_raw_fd(), 0, size)?;
+                let fd = nix::sys::memfd::memfd_create(
+                    c"pwvideosink",
+                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+                )
+                .map_err(|e| format!("memfd_create: {e}"))?;
+                nix::unistd::ftruncate(&fd, size as i64).map_err(|e| format!("ftruncate: {e}"))?;
+                // SAFETY: a fresh shared mapping of our own memfd.
+                let addr = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        size,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        fd.as_fd().as_raw_fd(),
+                        0,
+                    )
+                };
+                if addr == libc::MAP_FAILED {
+                    return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+                }
                 d.type_ = spa::sys::SPA_DATA_MemFd;
                 d.flags = spa::sys::SPA_DATA_FLAG_READWRITE;
                 d.fd = i64::from(fd.as_raw_fd());
                 d.mapoffset = 0;
                 d.maxsize = size as u32;
-                d.data = map.addr() as *mut libc::c_void;
-                entry.map = Some(Arc::new(map));
+                d.data = addr;
+                entry.map = Some((addr as usize, size));
                 entry._fds.push(fd);
             }
             PoolMode::DmaBuf => {
@@ -301,111 +308,6 @@ impl Pool {
         b.held = Some(frame);
         Some(b.raw.0)
     }
-
-    /// memfd mode: lend a free buffer of `size` bytes negotiated for `spec` upstream (its
-    /// mapping; the buffer stays dequeued, marked lent until [`Pool::return_lent`]).
-    pub fn lend(&mut self, spec: VideoSpec, size: usize) -> Option<Arc<Mapping>> {
-        if self.mode != PoolMode::MemFd || self.spec != Some(spec) {
-            return None;
-        }
-        // The first free one (the same few buffers stay warm in the cache): upstream fills it
-        // and it is queued a cycle later at the earliest, unlike a copy (below).
-        self.ticks += 1;
-        let b = self
-            .buffers
-            .iter_mut()
-            .flatten()
-            .find(|b| b.free && !b.lent && b.map.as_ref().is_some_and(|m| m.len() == size))?;
-        b.lent = true;
-        b.last_used = self.ticks;
-        b.map.clone()
-    }
-
-    /// The memory over `map` is gone: its buffer (if it still exists) can be used again.
-    pub fn return_lent(&mut self, map: &Arc<Mapping>) {
-        if let Some(b) = self
-            .buffers
-            .iter_mut()
-            .flatten()
-            .find(|b| b.map.as_ref().is_some_and(|m| Arc::ptr_eq(m, map)))
-        {
-            b.lent = false;
-        }
-    }
-
-    /// memfd mode: the lent buffer whose mapping starts at `addr`, if it still belongs to the
-    /// stream, holds at least `size` bytes and was negotiated for `spec`: taken (not free any
-    /// more) to be queued as it is.
-    pub fn take_lent(
-        &mut self,
-        addr: usize,
-        spec: VideoSpec,
-        size: usize,
-    ) -> Option<*mut pw::sys::pw_buffer> {
-        if self.mode != PoolMode::MemFd || self.spec != Some(spec) {
-            return None;
-        }
-        let b = self.buffers.iter_mut().flatten().find(|b| {
-            b.free
-                && b.lent
-                && b.map
-                    .as_ref()
-                    .is_some_and(|m| m.addr() == addr && m.len() >= size)
-        })?;
-        b.free = false;
-        Some(b.raw.0)
-    }
-
-    /// memfd mode: a free buffer nobody borrowed, taken to copy a frame into (its mapping
-    /// stays valid without the lock); queue it with [`Pool::still_taken`] checked. The least
-    /// recently used one: a buffer taken back and queued again in the same cycle made
-    /// `pipewiresrc` 0.3.65 lose frames (1 in 4 at 720p).
-    pub fn take_for_copy(&mut self) -> Option<(*mut pw::sys::pw_buffer, Arc<Mapping>)> {
-        if self.mode != PoolMode::MemFd {
-            return None;
-        }
-        self.ticks += 1;
-        let b = self
-            .buffers
-            .iter_mut()
-            .flatten()
-            .filter(|b| b.free && !b.lent && b.map.is_some())
-            .min_by_key(|b| b.last_used)?;
-        b.free = false;
-        b.last_used = self.ticks;
-        Some((b.raw.0, b.map.clone()?))
-    }
-
-    /// The buffer taken by [`Pool::take_for_copy`] is still the stream's (not removed while the
-    /// frame was copied without the lock).
-    pub fn still_taken(&self, raw: *mut pw::sys::pw_buffer, map: &Arc<Mapping>) -> bool {
-        self.buffers.iter().flatten().any(|b| {
-            b.raw == RawBuffer(raw)
-                && !b.free
-                && b.map.as_ref().is_some_and(|m| Arc::ptr_eq(m, map))
-        })
-    }
-}
-
-/// A memfd of `size` bytes that nobody can shrink or grow any more (a consumer mapping it
-/// can't make our writes fault).
-fn sealed_memfd(size: usize) -> Result<OwnedFd, String> {
-    use nix::sys::memfd::MFdFlags;
-    let fd = nix::sys::memfd::memfd_create(
-        c"pwvideosink",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .map_err(|e| format!("memfd_create: {e}"))?;
-    nix::unistd::ftruncate(&fd, size as i64).map_err(|e| format!("ftruncate: {e}"))?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: a plain fcntl on our own fd.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(format!(
-            "sealing the memfd: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(fd)
 }
 
 #[cfg(test)]

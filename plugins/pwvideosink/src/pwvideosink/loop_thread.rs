@@ -179,7 +179,7 @@ struct LoopCtx {
     alternatives: RefCell<Vec<u32>>,
     /// Upstream delivers DMA-BUFs.
     upstream_dmabuf: Cell<bool>,
-    /// The current stream may pass DMA-BUFs through (created while upstream gave DMA-BUFs).
+    /// The current stream allocates its own buffers (created while upstream gave DMA-BUFs).
     alloc: Cell<bool>,
     /// (DMA-BUF variant offered, known DMA-BUFs) when the formats were last offered.
     offered_dmabufs: Cell<(bool, usize)>,
@@ -420,7 +420,8 @@ fn create_stream(
         .process({
             // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
             let shared = ctx.shared.clone();
-            move |stream, _| data_thread::process(&shared, stream)
+            let alloc = ctx.alloc.get();
+            move |stream, _| data_thread::process(&shared, stream, alloc)
         })
         .register()
         .map_err(|e| format!("could not listen to the PipeWire stream: {e}"))?;
@@ -429,9 +430,13 @@ fn create_stream(
         .iter()
         .map(|p| spa::pod::Pod::from_bytes(p).ok_or("invalid EnumFormat pod"))
         .collect::<Result<Vec<_>, _>>()?;
-    // The sink allocates PipeWire's buffers itself: upstream's DMA-BUFs, or memfds it maps
-    // and lends upstream (`lend.rs`; its own mapping outlives a buffer still lent).
-    let flags = StreamFlags::DRIVER | StreamFlags::ALLOC_BUFFERS | StreamFlags::RT_PROCESS;
+    // With DMA-BUF input the sink allocates PipeWire's buffers itself (upstream's DMA-BUFs,
+    // or memfds when the consumer refuses them); otherwise PipeWire allocates memfds.
+    let flags = if ctx.alloc.get() {
+        StreamFlags::DRIVER | StreamFlags::ALLOC_BUFFERS | StreamFlags::RT_PROCESS
+    } else {
+        StreamFlags::DRIVER | StreamFlags::MAP_BUFFERS | StreamFlags::RT_PROCESS
+    };
     stream
         .connect(spa::utils::Direction::Output, None, flags, &mut params)
         .map_err(|e| format!("could not connect the PipeWire stream: {e}"))?;
@@ -475,7 +480,6 @@ impl LoopCtx {
                 PoolMode::MemFd
             };
             pool.frame_size = layout.size;
-            pool.spec = Some(layout.spec);
         }
         self.shared
             .dmabuf_passthrough
