@@ -5,6 +5,8 @@
 //! gst-launch, 2 for the Python CLI), never be killed by a signal or abort, and a good peer must
 //! work at the same name right after. Run `cargo build -p gst-plugin-shmring` first.
 
+mod common;
+
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output};
@@ -291,12 +293,7 @@ fn truncated_ring_kills_neither_reader_nor_writer() {
     );
     wait_for_log(&rlog, "chain", LONG);
     // The attack: shrink the object to its header.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(shm.path())
-        .expect("open ring")
-        .set_len(4096)
-        .expect("truncate");
+    common::truncate_ring(&shm, 4096);
     let rstatus = wait_for(LONG, "the reader to stop", || reader.try_status());
     let wstatus = wait_for(LONG, "the writer to stop", || writer.try_status());
     let rtext = std::fs::read_to_string(&rlog).unwrap_or_default();

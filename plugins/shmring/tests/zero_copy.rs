@@ -351,12 +351,7 @@ fn truncation_while_a_zero_copy_buffer_is_held() {
     drop(reader.pull(LONG).expect("a frame"));
     let s = reader.pull(LONG).expect("a frame");
     assert!(in_ring(&s, shm));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(shm.path())
-        .expect("open ring")
-        .set_len(4096)
-        .expect("truncate");
+    truncate_ring(shm, 4096);
     let bytes = sample_bytes(&s);
     assert_eq!(bytes.len(), FRAME);
     assert!(bytes.iter().all(|&b| b == 0), "read on zero pages");

@@ -318,3 +318,13 @@ pub fn output_text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// What a hostile process with write access does: cut the ring's object down to `len` bytes.
+pub fn truncate_ring(shm: &ShmName, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(shm.path())
+        .expect("open ring")
+        .set_len(len)
+        .expect("truncate");
+}
