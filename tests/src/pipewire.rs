@@ -202,7 +202,16 @@ impl PipeWireSession {
             .iter()
             .map(|n| {
                 let text = std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .take(
+                        std::env::var("VCB_LOG_TAIL")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(30),
+                    )
+                    .collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!("--- {n} (tail) ---\n{}\n", tail.join("\n"))
             })

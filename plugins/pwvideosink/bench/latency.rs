@@ -21,6 +21,8 @@ use vcambridge_tests::ChildGuard;
 use vcambridge_tests::bench::{Report, median};
 use vcambridge_tests::pipewire::PipeWireSession;
 
+mod dmabuf_path;
+
 const WARMUP: usize = 30;
 
 fn now_ns() -> u64 {
@@ -54,12 +56,14 @@ fn pid_cpu_ns(pid: u32) -> u64 {
     ticks * 1_000_000_000 / hz
 }
 
-/// Consumer mode: receive `frames` frames after a warm-up, print per-frame latency and CPU.
-fn consumer(node: &str, frames: usize) {
+/// Consumer mode: receive `frames` frames after a warm-up (through `caps`, if given), print
+/// per-frame latency, CPU and frames/s.
+fn consumer(node: &str, frames: usize, caps: Option<&str>) {
     gst::init().expect("gst init");
+    let filter = caps.map(|c| format!("! {c} ")).unwrap_or_default();
     let desc = format!(
         "pipewiresrc target-object={node} stream-properties=props,media.type=Video \
-         ! appsink name=s sync=false max-buffers=4 drop=false"
+         {filter}! appsink name=s sync=false max-buffers=4 drop=false"
     );
     let pipeline = vcambridge_tests::launch_pipeline(&desc);
     let sink = pipeline
@@ -69,6 +73,7 @@ fn consumer(node: &str, frames: usize) {
         .expect("appsink type");
     pipeline.set_state(gst::State::Playing).expect("play");
     let mut cpu0 = 0;
+    let (mut t0, mut t_last) = (0, 0);
     let mut lat = Vec::with_capacity(frames);
     for i in 0..WARMUP + frames {
         let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) else {
@@ -78,7 +83,9 @@ fn consumer(node: &str, frames: usize) {
         let t = now_ns();
         if i == WARMUP {
             cpu0 = self_cpu_ns();
+            t0 = t;
         }
+        t_last = t;
         if i < WARMUP {
             continue;
         }
@@ -100,6 +107,10 @@ fn consumer(node: &str, frames: usize) {
     }
     println!("CPU {cpu}");
     println!("FRAMES {frames}");
+    let secs = t_last.saturating_sub(t0) as f64 / 1e9;
+    if frames > 1 && secs > 0.0 {
+        println!("FPS {}", (frames - 1) as f64 / secs);
+    }
 }
 
 /// Picks one figure out of a run.
@@ -255,7 +266,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--consumer") {
         let node = args.get(2).expect("node name");
         let frames = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(150);
-        consumer(node, frames);
+        consumer(node, frames, args.get(4).map(String::as_str));
         return;
     }
     let arg = |name: &str, default: usize| {
@@ -269,7 +280,12 @@ fn main() {
     let frames = arg("--frames", 300);
     let width = arg("--width", 1280);
     let height = arg("--height", 720);
-    let caps = format!("video/x-raw,format=I420,width={width},height={height},framerate=30/1");
+    let format = args
+        .iter()
+        .position(|a| a == "--format")
+        .and_then(|i| args.get(i + 1))
+        .map_or("I420", String::as_str);
+    let caps = format!("video/x-raw,format={format},width={width},height={height},framerate=30/1");
 
     let session = PipeWireSession::start();
     // Both producers run in this process and find the daemon through the environment.
@@ -281,6 +297,11 @@ fn main() {
     gst::init().expect("gst init");
     if gst::ElementFactory::find("pwvideosink").is_none() {
         gstpwvideosink::plugin_register_static().expect("register pwvideosink");
+    }
+
+    if args.iter().any(|a| a == "--dmabuf") {
+        dmabuf_report(&session, rounds, frames, (width, height));
+        return;
     }
 
     let sinks = ["pwvideosink", "pipewiresink"];
@@ -343,6 +364,75 @@ fn main() {
         report.note(format!(
             "{sink}, consumer SIGKILLed after 2 s, then a new consumer: {verdict}"
         ));
+    }
+    report.print();
+}
+
+/// DMA-BUF upstream: pass-through to a DMA-BUF consumer against the memfd copy path (a
+/// system-memory consumer), alternating rounds; one report.
+fn dmabuf_report(session: &PipeWireSession, rounds: usize, frames: usize, size: (usize, usize)) {
+    let paths = [
+        ("pass-through", "video/x-raw(memory:DMABuf)"),
+        ("memfd copy", "video/x-raw"),
+    ];
+    let mut results: Vec<Vec<dmabuf_path::PathResult>> = vec![Vec::new(), Vec::new()];
+    let mut failures = Vec::new();
+    eprintln!(
+        "pwvideosink, DMA-BUF upstream {}x{} I420 (pool of 8, 30 frames/s): pass-through vs memfd copy, {rounds} rounds x {frames} frames",
+        size.0, size.1
+    );
+    for round in 0..rounds {
+        for (i, (name, caps)) in paths.iter().enumerate() {
+            let node = format!("bench-dmabuf-{i}-{round}");
+            match dmabuf_path::run(session, &node, size, caps, frames) {
+                Ok(r) => {
+                    eprintln!(
+                        "round {round} {name:>12}: {:7.1} frames/s  latency {:5.2} ms  cpu/frame \
+                         producer {:7.1} us  consumer {:7.1} us",
+                        r.fps, r.latency_ms, r.producer_us, r.consumer_us
+                    );
+                    results[i].push(r);
+                }
+                Err(e) => {
+                    eprintln!("round {round} {name:>12}: FAILED: {e}");
+                    failures.push(format!("{name}: {e}"));
+                }
+            }
+        }
+    }
+    type PathMetric = fn(&dmabuf_path::PathResult) -> f64;
+    let med = |rs: &[dmabuf_path::PathResult], f: PathMetric| {
+        let mut v: Vec<f64> = rs.iter().map(f).collect();
+        Some(median(&mut v)).filter(|m| m.is_finite())
+    };
+    let metrics: [(&str, PathMetric); 4] = [
+        ("frames/s at the consumer", |r| r.fps),
+        ("latency (ms)", |r| r.latency_ms),
+        ("producer CPU per frame (us)", |r| r.producer_us),
+        ("consumer CPU per frame (us)", |r| r.consumer_us),
+    ];
+    let mut report = Report::new(
+        format!(
+            "pwvideosink, DMA-BUF upstream video/x-raw(memory:DMABuf),format=I420,width={},height={} \
+             (8 memfd-backed DMA-BUFs, 30 frames/s) -> pipewiresrc, {frames} frames",
+            size.0, size.1
+        ),
+        rounds,
+        &[
+            "pass-through (consumer takes DMA-BUF)",
+            "memfd copy (consumer takes system memory)",
+        ],
+    );
+    for (name, f) in metrics {
+        report.row(name, &[med(&results[0], f), med(&results[1], f)]);
+    }
+    report.note(format!(
+        "runs ok: pass-through {}/{rounds}, memfd copy {}/{rounds}",
+        results[0].len(),
+        results[1].len()
+    ));
+    if !failures.is_empty() {
+        report.note(format!("failures: {failures:?}"));
     }
     report.print();
 }

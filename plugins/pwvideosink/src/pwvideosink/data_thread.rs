@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 
 //! PipeWire's data thread: the stream's `process` callback (the stream runs with
-//! `RT_PROCESS`). It takes the waiting frame out of the mailbox and writes it into a PipeWire
-//! buffer — copied into shared memory, or sent in the `pw_buffer` that already carries its
-//! DMA-BUF — and stamps the buffer's `spa_meta_header`. This is the only place where frame data
+//! `RT_PROCESS`). It takes back the buffers the consumer returned, takes the waiting frame out
+//! of the mailbox and sends it in a PipeWire buffer — the memfd buffer upstream wrote it into
+//! (lent through the pool, no copy), a free memfd buffer it is copied into, or the `pw_buffer`
+//! that already carries its DMA-BUF — and stamps the buffer's `spa_meta_header`. This is the only place where frame data
 //! meets raw `pw_buffer`/`spa_buffer` pointers; it touches nothing but [`Shared`] (no
-//! loop-thread object, no element) and takes no lock but the mailbox's and the pool's.
+//! loop-thread object, no element) and takes no lock but the mailbox's and the pool's (never
+//! one inside the other; frames are released with neither held).
 //!
 //! The pointer rule throughout: a `pw_buffer` returned by `pw_stream_dequeue_buffer` of our
 //! stream is ours — with its `spa_buffer`, datas, chunks and metas — until we hand it back
@@ -18,71 +20,114 @@ use pipewire as pw;
 use pw::spa;
 use pw::stream::Stream;
 
-use super::dmabuf::{DmaBufPlane, PoolMode};
+use super::dmabuf::{DmaBufPlane, Pool, PoolMode};
 use super::mailbox::{PendingFrame, Shared, lock};
 
-/// The `process` callback: send the waiting frame, if any. `alloc`: the stream allocates its
-/// own buffers (it was created while upstream gave DMA-BUFs).
-pub(super) fn process(shared: &Shared, stream: &Stream, alloc: bool) {
-    if alloc && lock(&shared.pool).mode == PoolMode::DmaBuf {
+/// The `process` callback: send the waiting frame, if any.
+pub(super) fn process(shared: &Shared, stream: &Stream) {
+    if lock(&shared.pool).mode == PoolMode::DmaBuf {
         process_dmabuf_frame(shared, stream)
     } else {
         process_frame(shared, stream)
     }
 }
 
-/// Copy the waiting frame into a PipeWire buffer (called from the graph cycle that our trigger
-/// or another driver started).
+/// Take back every buffer the consumer returned (free again; lendable, or to copy into).
+fn reclaim(pool: &mut Pool, stream: &Stream) {
+    loop {
+        // SAFETY: a plain call on the stream this callback runs for.
+        let raw = unsafe { stream.dequeue_raw_buffer() };
+        if raw.is_null() {
+            break;
+        }
+        // SAFETY: `raw` was just dequeued from this stream; it stays ours (marked free in the
+        // pool) until it is taken and queued back.
+        unsafe { pool.reclaim(raw) };
+    }
+}
+
+/// Send the waiting frame in a memfd buffer (called from the graph cycle that our trigger or
+/// another driver started): queued as it is when upstream wrote it into a buffer we lent,
+/// copied into a free one otherwise.
 fn process_frame(shared: &Shared, stream: &Stream) {
     let Some(frame) = shared.take() else {
+        // Nothing to send: leave the returned buffers queued in the stream. (PipeWire 0.3.65,
+        // following another driver: dequeuing in a cycle that queues nothing stalled the
+        // graph for good — `roundtrip::follows_another_driver`.)
         return;
     };
+    reclaim(&mut lock(&shared.pool), stream);
     if shared.negotiated() != Some(frame.layout.spec) {
         shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    // SAFETY: a plain call on the stream this callback runs for.
-    let raw = unsafe { stream.dequeue_raw_buffer() };
-    if raw.is_null() {
-        // Every buffer is with the consumer: keep the frame for the next cycle.
+    let (spec, size) = (frame.layout.spec, frame.layout.size as usize);
+    if let Some(addr) = frame.lent {
+        let mut pool = lock(&shared.pool);
+        if let Some(raw) = pool.take_lent(addr, spec, size) {
+            // SAFETY: `raw` is dequeued and was taken just now under the pool lock (still
+            // held, so it can't be removed); queued back exactly once here.
+            unsafe {
+                finish((*raw).buffer, size, &frame);
+                stream.queue_raw_buffer(raw);
+            }
+            drop(pool);
+            shared.frames_in_place.fetch_add(1, Ordering::Relaxed);
+            shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+            // `frame` (the lent memory) is released after the pool lock.
+            return;
+        }
+        // Not one of the current buffers (lent before the consumer, format or daemon
+        // changed): copied like any other memory.
+    }
+    let taken = lock(&shared.pool).take_for_copy();
+    let Some((raw, map)) = taken else {
+        // Every buffer is with the consumer or lent: keep the frame for the next cycle.
         shared.put_back(frame);
         return;
-    }
-    // SAFETY: `raw` was just dequeued from this stream, so it and its spa_buffer are ours
-    // until queued back below; with MAP_BUFFERS (or our own mapping of a memfd in an
-    // ALLOC_BUFFERS stream, see `Pool::add`) the first data's pointer maps `maxsize` bytes.
-    let filled = unsafe { fill_with_copy((*raw).buffer, &frame) };
-    // SAFETY: dequeued above, queued back once.
-    unsafe { stream.queue_raw_buffer(raw) };
-    if filled {
-        shared.frames_sent.fetch_add(1, Ordering::Relaxed);
-    } else {
+    };
+    // Copied without the pool lock (upstream may be acquiring); the mapping stays valid even
+    // if the buffer is removed meanwhile.
+    // SAFETY: `take_for_copy` took the buffer for us alone (not lent, not with the consumer).
+    let written = copy_frame(&frame, unsafe { map.bytes_mut() });
+    let pool = lock(&shared.pool);
+    if !pool.still_taken(raw, &map) {
+        drop(pool);
         shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // SAFETY: still the stream's, dequeued and taken by us (checked under the lock, which is
+    // held until it is queued back, once).
+    unsafe {
+        finish((*raw).buffer, written, &frame);
+        stream.queue_raw_buffer(raw);
+    }
+    drop(pool);
+    if written == 0 {
+        shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.frames_copied.fetch_add(1, Ordering::Relaxed);
+        shared.frames_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Copy `frame` into the first data block of `buf`, set its chunk and header. False if the
-/// buffer has no data block (nothing written).
+/// Set the first data block's chunk (`written` bytes from offset 0, marked corrupted when
+/// nothing was written) and the header of `buf`.
 ///
 /// # Safety
 /// `buf` is null or the `spa_buffer` of a `pw_buffer` dequeued from our stream and not queued
-/// back yet; its first data's `data`, when not null, points to `maxsize` writable bytes.
-unsafe fn fill_with_copy(buf: *mut spa::sys::spa_buffer, frame: &PendingFrame) -> bool {
+/// back yet.
+unsafe fn finish(buf: *mut spa::sys::spa_buffer, written: usize, frame: &PendingFrame) {
     // SAFETY: per the contract; every pointer is checked for null before use.
     unsafe {
         if buf.is_null() || (*buf).n_datas < 1 || (*buf).datas.is_null() {
-            return false;
+            return;
         }
         let d = &mut *(*buf).datas;
-        let mut written = 0usize;
-        if !d.data.is_null() {
-            let dst = std::slice::from_raw_parts_mut(d.data as *mut u8, d.maxsize as usize);
-            written = copy_frame(frame, dst);
-        }
         if !d.chunk.is_null() {
             let c = &mut *d.chunk;
             c.offset = 0;
-            c.size = written as u32;
+            c.size = written.min(d.maxsize as usize) as u32;
             c.stride = frame.layout.stride as i32;
             c.flags = if written == 0 {
                 spa::sys::SPA_CHUNK_FLAG_CORRUPTED as i32
@@ -92,7 +137,6 @@ unsafe fn fill_with_copy(buf: *mut spa::sys::spa_buffer, frame: &PendingFrame) -
         }
         write_header(buf, frame.pts, frame.seq);
     }
-    true
 }
 
 /// Send the waiting frame in the `pw_buffer` that already carries its DMA-BUF (no copy); the
@@ -104,16 +148,7 @@ fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
     // Held across dequeue/queue so the loop thread can't remove a buffer we are filling.
     let mut pool = lock(&shared.pool);
     // Buffers the consumer gave back: free again, their upstream frames released.
-    loop {
-        // SAFETY: a plain call on the stream this callback runs for.
-        let raw = unsafe { stream.dequeue_raw_buffer() };
-        if raw.is_null() {
-            break;
-        }
-        // SAFETY: `raw` was just dequeued from this stream; it stays ours (marked free in the
-        // pool) until `take_for` hands it out and it is queued back below.
-        unsafe { pool.reclaim(raw) };
-    }
+    reclaim(&mut pool, stream);
     let (Some(planes), true) = (
         frame.dmabuf.as_ref(),
         shared.negotiated() == Some(frame.layout.spec),

@@ -11,13 +11,31 @@
 //! before makes the sink renegotiate the buffers; more than [`MAX_DMABUFS`] distinct ones
 //! (upstream allocating per frame) make it give up and fall back to copying into memfds.
 //!
-//! When the consumer did not take DMA-BUFs, the same `ALLOC_BUFFERS` stream allocates memfds
-//! here (what PipeWire would otherwise do), and frames are copied into them.
+//! Otherwise (system-memory input, or a consumer that did not take DMA-BUFs) the frames travel
+//! in memfds: with system-memory input PipeWire allocates them (one sealed memfd for all
+//! buffers, handed to us as `MemPtr`s into its own mapping); a DMA-BUF stream whose consumer
+//! refused DMA-BUFs allocates sealed memfds here. Either way the sink maps each buffer's
+//! range of the file itself ([`Mapping`]: PipeWire unmaps its own mapping with the buffers,
+//! ours lives as long as a buffer lent upstream holds it), lends those mappings upstream
+//! through its buffer pool (`lend.rs`, no copy) and copies frames from anywhere else into them.
+//!
+//! Why PipeWire allocates when it can: with `ALLOC_BUFFERS`, PipeWire 0.3.65's link waits for
+//! the producer to fill the buffers by a sync whose sequence number can collide with a
+//! parameter enumeration answered meanwhile; the link then hands the consumer the buffers
+//! unfilled ("invalid memory type" in the daemon, "unknown buffer data type -1" in the
+//! consumer, whose `pipewiresrc` then fails `gst_buffer_peek_memory`). Seen in about one
+//! consumer link in ten under load (`tests/lend.rs`); DMA-BUF pass-through needs
+//! `ALLOC_BUFFERS` and keeps that risk.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use pipewire as pw;
 use pw::spa;
+
+use super::lend::Mapping;
+use super::loop_thread::CAT;
+use crate::format::VideoSpec;
 
 /// The most distinct upstream DMA-BUFs passed through (PipeWire buffers per stream are
 /// bounded too); beyond that frames are copied into memfds.
@@ -143,21 +161,18 @@ struct PoolBuffer {
     key: Vec<DmaBufKey>,
     /// The fds given to PipeWire (closed when the buffer is removed).
     _fds: Vec<OwnedFd>,
-    /// memfd mode: our mapping of the memfd.
-    map: Option<(usize, usize)>,
+    /// memfd mode: our mapping of the memfd (shared with the memory of a lent buffer, so it
+    /// outlives the `pw_buffer` when upstream still holds that buffer).
+    map: Option<Arc<Mapping>>,
     /// Dequeued by us (not with the consumer).
     free: bool,
+    /// memfd mode: lent upstream (a `GstMemory` over `map` is alive).
+    lent: bool,
+    /// When the buffer was last taken to be filled (a tick of `Pool::ticks`): a copy goes into
+    /// the least recently used free buffer, as PipeWire's own queue hands them out.
+    last_used: u64,
     /// The upstream buffer whose DMA-BUF the consumer is reading.
     held: Option<gst::Buffer>,
-}
-
-impl Drop for PoolBuffer {
-    fn drop(&mut self) {
-        if let Some((addr, len)) = self.map.take() {
-            // SAFETY: mapped in `add_memfd` with this length, unmapped once.
-            unsafe { libc::munmap(addr as *mut libc::c_void, len) };
-        }
-    }
 }
 
 /// The PipeWire buffers of an `ALLOC_BUFFERS` stream.
@@ -166,7 +181,11 @@ pub(crate) struct Pool {
     pub mode: PoolMode,
     /// memfd mode: bytes per buffer.
     pub frame_size: u32,
+    /// memfd mode: the format the buffers were negotiated for.
+    pub spec: Option<VideoSpec>,
     buffers: Vec<Option<PoolBuffer>>,
+    /// Counts buffers taken to be filled (for least-recently-used order).
+    ticks: u64,
 }
 
 impl Pool {
@@ -174,10 +193,14 @@ impl Pool {
     ///
     /// # Safety
     /// `raw` must be a buffer of the stream, just added.
+    /// `mempool`: the core's memory pool (to find the file behind PipeWire's memory);
+    /// `alloc`: the stream allocates buffers itself (`ALLOC_BUFFERS`).
     pub unsafe fn add(
         &mut self,
         raw: *mut pw::sys::pw_buffer,
         registry: &DmaBufRegistry,
+        mempool: *mut pw::sys::pw_mempool,
+        alloc: bool,
     ) -> Result<(), String> {
         let index = self.buffers.len();
         // SAFETY: per the contract, `raw` and its spa_buffer are valid.
@@ -194,9 +217,30 @@ impl Pool {
             _fds: Vec::new(),
             map: None,
             free: false,
+            lent: false,
+            last_used: 0,
             held: None,
         };
         match self.mode {
+            PoolMode::MemFd if !alloc => {
+                // PipeWire allocated the memory: map the same pages ourselves.
+                let d = &datas[0];
+                // SAFETY: `d` is a data of a buffer just added to our stream; `mempool` is
+                // the core's pool (the caller's contract).
+                let map = match unsafe { map_pipewire_data(d, mempool) } {
+                    Ok(m) => m,
+                    Err(e) if !d.data.is_null() && d.maxsize > 0 => {
+                        gst::warning!(
+                            CAT,
+                            "can't map PipeWire's buffer memory ourselves ({e}): frames are \
+                             copied into it, none is lent upstream"
+                        );
+                        Mapping::borrowed(d.data as usize, d.maxsize as usize)
+                    }
+                    Err(e) => return Err(e),
+                };
+                entry.map = Some(Arc::new(map));
+            }
             PoolMode::MemFd => {
                 let d = &mut datas[0];
                 if d.type_ & (1 << spa::sys::SPA_DATA_MemFd) == 0 {
@@ -206,33 +250,15 @@ impl Pool {
                     ));
                 }
                 let size = self.frame_size.max(1) as usize;
-                let fd = nix::sys::memfd::memfd_create(
-                    c"pwvideosink",
-                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-                )
-                .map_err(|e| format!("memfd_create: {e}"))?;
-                nix::unistd::ftruncate(&fd, size as i64).map_err(|e| format!("ftruncate: {e}"))?;
-                // SAFETY: a fresh shared mapping of our own memfd.
-                let addr = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        size,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED,
-                        fd.as_fd().as_raw_fd(),
-                        0,
-                    )
-                };
-                if addr == libc::MAP_FAILED {
-                    return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-                }
+                let fd = sealed_memfd(size)?;
+                let map = Mapping::new(fd.as_fd().as_raw_fd(), 0, size)?;
                 d.type_ = spa::sys::SPA_DATA_MemFd;
                 d.flags = spa::sys::SPA_DATA_FLAG_READWRITE;
                 d.fd = i64::from(fd.as_raw_fd());
                 d.mapoffset = 0;
                 d.maxsize = size as u32;
-                d.data = addr;
-                entry.map = Some((addr as usize, size));
+                d.data = map.addr() as *mut libc::c_void;
+                entry.map = Some(Arc::new(map));
                 entry._fds.push(fd);
             }
             PoolMode::DmaBuf => {
@@ -308,6 +334,193 @@ impl Pool {
         b.held = Some(frame);
         Some(b.raw.0)
     }
+
+    /// memfd mode: lend a free buffer of `size` bytes negotiated for `spec` upstream (its
+    /// mapping; the buffer stays dequeued, marked lent until [`Pool::return_lent`]).
+    pub fn lend(&mut self, spec: VideoSpec, size: usize) -> Option<Arc<Mapping>> {
+        if self.mode != PoolMode::MemFd || self.spec != Some(spec) {
+            return None;
+        }
+        // The first free one (the same few buffers stay warm in the cache): upstream fills it
+        // and it is queued a cycle later at the earliest, unlike a copy (below).
+        self.ticks += 1;
+        let b = self.buffers.iter_mut().flatten().find(|b| {
+            b.free && !b.lent && b.map.as_ref().is_some_and(|m| m.owned() && m.len() >= size)
+        })?;
+        b.lent = true;
+        b.last_used = self.ticks;
+        b.map.clone()
+    }
+
+    /// The memory over `map` is gone: its buffer (if it still exists) can be used again.
+    pub fn return_lent(&mut self, map: &Arc<Mapping>) {
+        if let Some(b) = self
+            .buffers
+            .iter_mut()
+            .flatten()
+            .find(|b| b.map.as_ref().is_some_and(|m| Arc::ptr_eq(m, map)))
+        {
+            b.lent = false;
+        }
+    }
+
+    /// memfd mode: the lent buffer whose mapping starts at `addr`, if it still belongs to the
+    /// stream, holds at least `size` bytes and was negotiated for `spec`: taken (not free any
+    /// more) to be queued as it is.
+    pub fn take_lent(
+        &mut self,
+        addr: usize,
+        spec: VideoSpec,
+        size: usize,
+    ) -> Option<*mut pw::sys::pw_buffer> {
+        if self.mode != PoolMode::MemFd || self.spec != Some(spec) {
+            return None;
+        }
+        let b = self.buffers.iter_mut().flatten().find(|b| {
+            b.free
+                && b.lent
+                && b.map
+                    .as_ref()
+                    .is_some_and(|m| m.addr() == addr && m.len() >= size)
+        })?;
+        b.free = false;
+        Some(b.raw.0)
+    }
+
+    /// memfd mode: a free buffer nobody borrowed, taken to copy a frame into (its mapping
+    /// stays valid without the lock); queue it with [`Pool::still_taken`] checked. The least
+    /// recently used one: a buffer taken back and queued again in the same cycle made
+    /// `pipewiresrc` 0.3.65 lose frames (1 in 4 at 720p).
+    pub fn take_for_copy(&mut self) -> Option<(*mut pw::sys::pw_buffer, Arc<Mapping>)> {
+        if self.mode != PoolMode::MemFd {
+            return None;
+        }
+        self.ticks += 1;
+        let b = self
+            .buffers
+            .iter_mut()
+            .flatten()
+            .filter(|b| b.free && !b.lent && b.map.is_some())
+            .min_by_key(|b| b.last_used)?;
+        b.free = false;
+        b.last_used = self.ticks;
+        Some((b.raw.0, b.map.clone()?))
+    }
+
+    /// The buffer taken by [`Pool::take_for_copy`] is still the stream's (not removed while the
+    /// frame was copied without the lock).
+    pub fn still_taken(&self, raw: *mut pw::sys::pw_buffer, map: &Arc<Mapping>) -> bool {
+        self.buffers.iter().flatten().any(|b| {
+            b.raw == RawBuffer(raw)
+                && !b.free
+                && b.map.as_ref().is_some_and(|m| Arc::ptr_eq(m, map))
+        })
+    }
+}
+
+/// Map the memory PipeWire allocated for a buffer's data `d` ourselves: the same pages of the
+/// same file, in a mapping that lives as long as we hold it (PipeWire's goes with the buffer).
+///
+/// # Safety
+/// `d` is a data of a `pw_buffer` of our stream (between `add_buffer` and `remove_buffer`);
+/// `mempool` is null or the pool of the core the stream belongs to, used on its thread.
+unsafe fn map_pipewire_data(
+    d: &spa::sys::spa_data,
+    mempool: *mut pw::sys::pw_mempool,
+) -> Result<Mapping, String> {
+    let len = d.maxsize as usize;
+    if len == 0 {
+        return Err("the buffer has no memory".into());
+    }
+    match d.type_ {
+        spa::sys::SPA_DATA_MemFd if d.fd >= 0 => {
+            Mapping::new(d.fd as RawFd, u64::from(d.mapoffset), len)
+        }
+        spa::sys::SPA_DATA_MemPtr if !d.data.is_null() && !mempool.is_null() => {
+            // SAFETY: per the contract; the block (if any) stays valid during this call.
+            let fd = unsafe {
+                let block = pw::sys::pw_mempool_find_ptr(mempool, d.data);
+                if block.is_null() {
+                    return Err("its memory is not in the client's memory pool".into());
+                }
+                (*block).fd
+            };
+            let offset = file_offset_of(d.data as usize, fd)?;
+            Mapping::new(fd, offset, len)
+        }
+        t => Err(format!("data type {t} without a file")),
+    }
+}
+
+/// Where the byte mapped at `addr` lies in the file `fd` refers to: from this process's memory
+/// map (`/proc/self/maps`), checking that the mapping is of that very file.
+pub(crate) fn file_offset_of(addr: usize, fd: RawFd) -> Result<u64, String> {
+    // SAFETY: fstat into a zeroed struct on a caller's fd.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(format!("fstat: {}", std::io::Error::last_os_error()));
+        }
+        st
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(off), Some(dev), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Some(start), Some(end)) = (hex(start), hex(end)) else {
+            continue;
+        };
+        let addr = addr as u64;
+        if addr < start || addr >= end {
+            continue;
+        }
+        let same_file = dev
+            .split_once(':')
+            .and_then(|(ma, mi)| Some((hex(ma)?, hex(mi)?)))
+            == Some((
+                u64::from(libc::major(st.st_dev)),
+                u64::from(libc::minor(st.st_dev)),
+            ))
+            && inode.parse::<u64>().ok() == Some(st.st_ino);
+        if !same_file {
+            return Err(format!(
+                "the mapping at {addr:#x} is not of the memory block's file"
+            ));
+        }
+        let off = hex(off).ok_or("bad offset in /proc/self/maps")?;
+        return Ok(off + (addr - start));
+    }
+    Err(format!("{addr:#x} is not mapped"))
+}
+
+/// A memfd of `size` bytes that nobody can shrink or grow any more (a consumer mapping it
+/// can't make our writes fault).
+fn sealed_memfd(size: usize) -> Result<OwnedFd, String> {
+    use nix::sys::memfd::MFdFlags;
+    let fd = nix::sys::memfd::memfd_create(
+        c"pwvideosink",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| format!("memfd_create: {e}"))?;
+    nix::unistd::ftruncate(&fd, size as i64).map_err(|e| format!("ftruncate: {e}"))?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: a plain fcntl on our own fd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(format!(
+            "sealing the memfd: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]
@@ -319,6 +532,44 @@ mod tests {
             nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
         nix::unistd::ftruncate(&fd, len as i64).unwrap();
         fd
+    }
+
+    /// The file offset of a mapped byte is found from /proc/self/maps, and our own mapping of
+    /// that offset shows the same pages; another file's mapping is refused.
+    #[test]
+    fn file_offset_of_finds_the_same_pages() {
+        let page = 4096usize;
+        let fd = memfd(4 * page);
+        let other = memfd(4 * page);
+        // SAFETY: a fresh shared mapping of our memfd, 2 pages from page 1; unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                page as libc::off_t,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let addr = base as usize + 100;
+        assert_eq!(
+            file_offset_of(addr, fd.as_raw_fd()).unwrap(),
+            (page + 100) as u64
+        );
+        let ours = Mapping::new(fd.as_raw_fd(), (page + 100) as u64, 64).unwrap();
+        // SAFETY: `addr` lies in the mapping above; `ours` is ours alone.
+        unsafe {
+            *(addr as *mut u8) = 0xa5;
+            assert_eq!(ours.bytes_mut()[0], 0xa5);
+        }
+        let err = file_offset_of(addr, other.as_raw_fd()).unwrap_err();
+        assert!(err.contains("not of the memory block's file"), "{err}");
+        // SAFETY: mapped above with this length.
+        unsafe { libc::munmap(base, 2 * page) };
+        // (Another thread may map something else there meanwhile: any error will do.)
+        assert!(file_offset_of(addr, fd.as_raw_fd()).is_err());
     }
 
     fn plane(fd: &OwnedFd) -> DmaBufPlane {

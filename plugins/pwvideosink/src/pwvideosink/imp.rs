@@ -10,6 +10,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::dmabuf::{DmaBufPlane, MAX_DMABUFS, Registered, fd_identity};
+use super::lend::LendPool;
 use super::loop_thread::{LoopEvent, LoopHandle, Msg, NodeConfig, Notify};
 use super::mailbox::{PendingFrame, Shared, lock};
 use crate::format::{self, FrameLayout, VideoSpec};
@@ -286,6 +287,7 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
+        let mut counts = [0u64; 4];
         let (consumers, sent, dropped, fmt, driving, memory, buffer_type) = match &*state {
             State::Stopped => (0u32, 0u64, 0u64, String::new(), false, "", ""),
             State::Started {
@@ -295,6 +297,13 @@ impl PwVideoSink {
                 ..
             } => {
                 let negotiated = lock(&shared.negotiated).map(|s: VideoSpec| s.describe());
+                counts = [
+                    &shared.frames_in_place,
+                    &shared.frames_copied,
+                    &shared.buffers_lent,
+                    &shared.lend_misses,
+                ]
+                .map(|c| c.load(Ordering::Relaxed));
                 (
                     shared.consumers.load(Ordering::Relaxed),
                     shared.frames_sent.load(Ordering::Relaxed),
@@ -327,6 +336,10 @@ impl PwVideoSink {
             .field("driving", driving)
             .field("upstream-memory", memory)
             .field("buffer-type", buffer_type)
+            .field("frames-in-place", counts[0])
+            .field("frames-copied", counts[1])
+            .field("buffers-lent", counts[2])
+            .field("lend-misses", counts[3])
             .build()
     }
 }
@@ -382,7 +395,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format, driving")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses")
                     .read_only()
                     .build(),
             ]
@@ -604,16 +617,38 @@ impl BaseSinkImpl for PwVideoSink {
         // Frames are copied plane by plane (or passed on with their offsets and strides), so
         // any upstream layout is fine.
         query.add_allocation_meta::<gst_video::VideoMeta>(None);
-        let (caps, _) = query.get_owned();
-        if let Some(caps) = caps
-            && caps
-                .features(0)
-                .is_some_and(|f| f.contains(CAPS_FEATURE_MEMORY_DMABUF))
-            && let Ok(info) = gst_video::VideoInfo::from_caps(&caps)
+        let (caps, need_pool) = query.get_owned();
+        let Some((caps, info)) = caps.and_then(|c| {
+            let info = gst_video::VideoInfo::from_caps(&c).ok()?;
+            Some((c, info))
+        }) else {
+            return self.parent_propose_allocation(query);
+        };
+        if caps
+            .features(0)
+            .is_some_and(|f| f.contains(CAPS_FEATURE_MEMORY_DMABUF))
         {
             // Passed-through DMA-BUFs stay with the sink while a consumer reads them: ask
             // upstream's pool for room (no pool of our own: upstream allocates the DMA-BUFs).
             query.add_allocation_pool(None::<&gst::BufferPool>, info.size() as u32, 6, 0);
+        } else if need_pool && let Some(spa) = format::spa_format_from_gst(info.format().to_str()) {
+            // System memory: lend the stream's own memfd buffers, upstream writes frames
+            // where the consumer reads them (see lend.rs).
+            let shared = match &*lock(&self.state) {
+                State::Started { shared, .. } => Some(shared.clone()),
+                State::Stopped => None,
+            };
+            if let Some(shared) = shared {
+                let spec = VideoSpec {
+                    format: spa,
+                    width: info.width(),
+                    height: info.height(),
+                    fps_n: info.fps().numer().max(0) as u32,
+                    fps_d: info.fps().denom().max(1) as u32,
+                };
+                let pool = LendPool::new(&shared, spec, info.size());
+                query.add_allocation_pool(Some(&pool), info.size() as u32, 0, 0);
+            }
         }
         self.parent_propose_allocation(query)
     }
@@ -691,6 +726,11 @@ impl BaseSinkImpl for PwVideoSink {
             let same = meta.offset() == info.offset() && meta.stride() == info.stride();
             (!same).then(|| info.clone())
         });
+        // Maybe a buffer our pool lent (default layout, one memory block): where it starts.
+        let lent = (!dmabuf && info.is_none() && buffer.n_memory() == 1)
+            .then(|| buffer.peek_memory(0))
+            .filter(|m| m.size() == layout.size as usize)
+            .and_then(|m| m.map_readable().ok().map(|map| map.as_ptr() as usize));
         let frame = PendingFrame {
             buffer: buffer.clone(),
             layout,
@@ -698,6 +738,7 @@ impl BaseSinkImpl for PwVideoSink {
             pts,
             info,
             dmabuf: planes,
+            lent,
         };
         if shared.offer(frame) {
             sender.send(Msg::Wake);

@@ -29,7 +29,7 @@ use super::dmabuf::{Pool, PoolMode};
 use super::mailbox::{Shared, lock};
 use crate::format::{self, FrameLayout, VideoSpec};
 
-static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
+pub(super) static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
     gst::DebugCategory::new(
         "pwvideosink",
         gst::DebugColorFlags::empty(),
@@ -179,7 +179,7 @@ struct LoopCtx {
     alternatives: RefCell<Vec<u32>>,
     /// Upstream delivers DMA-BUFs.
     upstream_dmabuf: Cell<bool>,
-    /// The current stream allocates its own buffers (created while upstream gave DMA-BUFs).
+    /// The current stream may pass DMA-BUFs through (created while upstream gave DMA-BUFs).
     alloc: Cell<bool>,
     /// (DMA-BUF variant offered, known DMA-BUFs) when the formats were last offered.
     offered_dmabufs: Cell<(bool, usize)>,
@@ -398,12 +398,17 @@ fn create_stream(
         .add_buffer({
             let shared = ctx.shared.clone();
             let notify = ctx.notify.clone();
+            let alloc = ctx.alloc.get();
+            // The core's memory pool, to find the file behind PipeWire's memory. The listener
+            // (and so this pointer) is dropped before the core (`Session`'s field order).
+            // SAFETY: `core` is alive; the pool is owned by it.
+            let mempool = unsafe { pw::sys::pw_core_get_mempool(core.as_raw_ptr()) };
             move |_, _, raw| {
                 let added = {
                     let registry = lock(&shared.dmabufs);
                     // SAFETY: PipeWire just added `raw` to this stream (it stays valid until
-                    // `remove_buffer`).
-                    unsafe { lock(&shared.pool).add(raw, &registry) }
+                    // `remove_buffer`); this runs on the loop thread that owns the core.
+                    unsafe { lock(&shared.pool).add(raw, &registry, mempool, alloc) }
                 };
                 // Reported once both locks are released.
                 if let Err(e) = added {
@@ -420,8 +425,7 @@ fn create_stream(
         .process({
             // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
             let shared = ctx.shared.clone();
-            let alloc = ctx.alloc.get();
-            move |stream, _| data_thread::process(&shared, stream, alloc)
+            move |stream, _| data_thread::process(&shared, stream)
         })
         .register()
         .map_err(|e| format!("could not listen to the PipeWire stream: {e}"))?;
@@ -430,8 +434,9 @@ fn create_stream(
         .iter()
         .map(|p| spa::pod::Pod::from_bytes(p).ok_or("invalid EnumFormat pod"))
         .collect::<Result<Vec<_>, _>>()?;
-    // With DMA-BUF input the sink allocates PipeWire's buffers itself (upstream's DMA-BUFs,
-    // or memfds when the consumer refuses them); otherwise PipeWire allocates memfds.
+    // With DMA-BUF input the sink allocates PipeWire's buffers itself (upstream's DMA-BUFs, or
+    // memfds when the consumer refuses them); otherwise PipeWire allocates memfds, which the
+    // sink maps again and lends upstream (`dmabuf.rs` says why, `lend.rs` how).
     let flags = if ctx.alloc.get() {
         StreamFlags::DRIVER | StreamFlags::ALLOC_BUFFERS | StreamFlags::RT_PROCESS
     } else {
@@ -480,6 +485,7 @@ impl LoopCtx {
                 PoolMode::MemFd
             };
             pool.frame_size = layout.size;
+            pool.spec = Some(layout.spec);
         }
         self.shared
             .dmabuf_passthrough

@@ -27,6 +27,9 @@ pub(crate) struct PendingFrame {
     pub info: Option<gst_video::VideoInfo>,
     /// The frame's planes when it lives in DMA-BUF memory (pass-through candidates).
     pub dmabuf: Option<Vec<DmaBufPlane>>,
+    /// Where the frame's single memory block starts when it may be a buffer the sink lent
+    /// upstream (default layout, system memory): queued without a copy if it is one.
+    pub lent: Option<usize>,
 }
 
 /// State shared between the element (streaming thread, property reads), the loop thread and
@@ -40,6 +43,14 @@ pub(crate) struct Shared {
     pub streaming: AtomicBool,
     pub frames_sent: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Frames sent in the PipeWire buffer upstream wrote them into (lent, no copy).
+    pub frames_in_place: AtomicU64,
+    /// Frames copied into a PipeWire buffer (memory from elsewhere).
+    pub frames_copied: AtomicU64,
+    /// PipeWire buffers lent upstream by the pool (`lend.rs`).
+    pub buffers_lent: AtomicU64,
+    /// Pool acquires answered with system memory because no PipeWire buffer was free.
+    pub lend_misses: AtomicU64,
     pub consumers: AtomicU32,
     /// The node drives its graph (last seen when a frame was handed over).
     pub driving: AtomicBool,

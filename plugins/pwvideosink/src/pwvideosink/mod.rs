@@ -6,10 +6,11 @@
  * Publishes raw video as a PipeWire camera: a `Video/Source` node with `media.role=Camera`
  * (overridable) that the xdg-desktop-portal Camera interface, browsers and `pipewiresrc` can
  * use. Offers the upstream format with a fixed size and frame rate, shares frames through
- * memfd buffers (or passes upstream's DMA-BUFs through without a copy when the consumer takes
- * DMA-BUFs), drives the graph at the stream's rate when nothing else does, drops frames
- * cheaply while nobody is watching, survives consumers coming and going and reconnects when
- * the PipeWire daemon restarts.
+ * memfd buffers it lends upstream through the allocation query (upstream writes the frame
+ * in place: no copy; other memory is copied), or passes upstream's DMA-BUFs through without a
+ * copy when the consumer takes DMA-BUFs; drives the graph at the stream's rate when nothing
+ * else does, drops frames cheaply while nobody is watching, survives consumers coming and
+ * going and reconnects when the PipeWire daemon restarts.
  *
  * ## Example launch line
  * ```sh
@@ -26,6 +27,7 @@ use gst::prelude::*;
 mod data_thread;
 mod dmabuf;
 mod imp;
+mod lend;
 mod loop_thread;
 mod mailbox;
 
