@@ -277,7 +277,7 @@ fn follows_another_driver() {
 #[test]
 fn sequence_and_timestamps_reach_the_consumer() {
     let node = "vcam-ts";
-    let (session, _producer) = session_with_producer(node, "I420", "");
+    let (session, producer) = session_with_producer(node, "I420", "");
     let mut cmd = printing_consumer(&session, node, 30, "");
     let res =
         ChildGuard::spawn("timestamp consumer", &mut cmd).wait_output(Duration::from_secs(30));
@@ -323,6 +323,13 @@ fn sequence_and_timestamps_reach_the_consumer() {
     assert!(
         (25_000_000..45_000_000).contains(&median),
         "median pts step {median} ns, expected ~33 ms: {frames:?}"
+    );
+    // The streaming thread woke PipeWire's data thread itself for (at least) these frames,
+    // not through the loop thread (`wake.rs`).
+    let wakes = producer.stat_u64("wakes-data-thread");
+    assert!(
+        wakes >= 30,
+        "{wakes} direct data-thread wakes for 30 frames"
     );
 }
 

@@ -287,7 +287,7 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
-        let mut counts = [0u64; 4];
+        let mut counts = [0u64; 5];
         let (consumers, sent, dropped, fmt, driving, memory, buffer_type) = match &*state {
             State::Stopped => (0u32, 0u64, 0u64, String::new(), false, "", ""),
             State::Started {
@@ -302,6 +302,7 @@ impl PwVideoSink {
                     &shared.frames_copied,
                     &shared.buffers_lent,
                     &shared.lend_misses,
+                    &shared.wakes_data_thread,
                 ]
                 .map(|c| c.load(Ordering::Relaxed));
                 (
@@ -340,6 +341,7 @@ impl PwVideoSink {
             .field("frames-copied", counts[1])
             .field("buffers-lent", counts[2])
             .field("lend-misses", counts[3])
+            .field("wakes-data-thread", counts[4])
             .build()
     }
 }
@@ -395,7 +397,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread")
                     .read_only()
                     .build(),
             ]
@@ -741,7 +743,12 @@ impl BaseSinkImpl for PwVideoSink {
             lent,
         };
         if shared.offer(frame) {
-            sender.send(Msg::Wake);
+            if shared.data_wake_ready.load(Ordering::Acquire) {
+                // Straight to PipeWire's data thread (`wake.rs`).
+                shared.wake.signal();
+            } else {
+                sender.send(Msg::Wake);
+            }
         }
         Ok(gst::FlowSuccess::Ok)
     }

@@ -27,6 +27,7 @@ use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
 use super::data_thread;
 use super::dmabuf::{Pool, PoolMode};
 use super::mailbox::{Shared, lock};
+use super::wake::DataWake;
 use crate::format::{self, FrameLayout, VideoSpec};
 
 pub(super) static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
@@ -173,6 +174,8 @@ struct LoopCtx {
     shared: Arc<Shared>,
     notify: Notify,
     session: RefCell<Option<Session>>,
+    /// Wakes the data thread from the streaming thread (`wake.rs`); dropped after the session.
+    data_wake: RefCell<Option<DataWake>>,
     layout: Cell<Option<FrameLayout>>,
     /// Offered before the first caps (see [`Msg::Preview`]).
     preview: Cell<Option<VideoSpec>>,
@@ -188,6 +191,16 @@ struct LoopCtx {
     node_id: Cell<u32>,
     /// Link global id -> output node id, from the registry.
     links: RefCell<HashMap<u32, u32>>,
+}
+
+impl Drop for LoopCtx {
+    fn drop(&mut self) {
+        // Before the context (a field, dropped after this) takes the data loop with it: the
+        // stream off the data thread, then the wake source.
+        self.forget_stream();
+        self.session.get_mut().take();
+        self.data_wake.get_mut().take();
+    }
 }
 
 const PW_ID_CORE: u32 = 0;
@@ -214,6 +227,16 @@ fn run(
             return;
         }
     };
+    let data_wake = DataWake::install(&context, shared.clone());
+    if data_wake.is_none() {
+        gst::info!(
+            CAT,
+            "can't wake PipeWire's data thread directly: frames go through the loop thread"
+        );
+    }
+    shared
+        .data_wake_ready
+        .store(data_wake.is_some(), Ordering::Release);
     let ctx = Rc::new(LoopCtx {
         mainloop: mainloop.clone(),
         context,
@@ -221,6 +244,7 @@ fn run(
         shared,
         notify,
         session: RefCell::new(None),
+        data_wake: RefCell::new(data_wake),
         layout: Cell::new(None),
         preview: Cell::new(None),
         alternatives: RefCell::new(Vec::new()),
@@ -274,8 +298,11 @@ fn run(
     mainloop.run();
 
     drop(timer);
+    ctx.forget_stream();
     ctx.session.borrow_mut().take();
     ctx.shared.streaming.store(false, Ordering::Release);
+    ctx.shared.data_wake_ready.store(false, Ordering::Release);
+    ctx.data_wake.borrow_mut().take();
     ctx.shared.drop_pending();
 }
 
@@ -445,10 +472,20 @@ fn create_stream(
     stream
         .connect(spa::utils::Direction::Output, None, flags, &mut params)
         .map_err(|e| format!("could not connect the PipeWire stream: {e}"))?;
+    if let Some(wake) = ctx.data_wake.borrow().as_ref() {
+        wake.set_stream(stream.as_raw_ptr());
+    }
     Ok((listener, stream))
 }
 
 impl LoopCtx {
+    /// The data thread stops using the current stream (before it is disconnected or dropped).
+    fn forget_stream(&self) {
+        if let Some(wake) = self.data_wake.borrow().as_ref() {
+            wake.forget_stream();
+        }
+    }
+
     fn count_consumers(&self) {
         let node = self.node_id.get();
         let n = self.links.borrow().values().filter(|&&o| o == node).count();
@@ -581,6 +618,7 @@ impl LoopCtx {
         {
             // Buffer allocation is fixed when a stream connects: switching between system
             // memory and DMA-BUF input takes a new stream (same node name).
+            self.forget_stream();
             if let Some((listener, stream)) = session.stream.take() {
                 // Off the data thread first, so process can't run while its listener goes.
                 let _ = stream.disconnect();
@@ -769,6 +807,7 @@ impl LoopCtx {
             return;
         }
         // Drop the dead connection outside of its own callbacks.
+        self.forget_stream();
         self.session.borrow_mut().take();
         if !self.config.reconnect {
             return;

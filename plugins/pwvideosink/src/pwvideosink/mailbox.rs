@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::dmabuf::{DmaBufPlane, DmaBufRegistry, Pool};
+use super::wake::WakeFd;
 use crate::format::{FrameLayout, VideoSpec};
 
 /// A frame handed over by the streaming thread.
@@ -65,6 +66,12 @@ pub(crate) struct Shared {
     pub pool: Mutex<Pool>,
     /// The consumer takes upstream's DMA-BUFs (no copy).
     pub dmabuf_passthrough: AtomicBool,
+    /// Written by the streaming thread to wake PipeWire's data thread (`wake.rs`).
+    pub wake: WakeFd,
+    /// The data loop reads `wake` (else frames wake the loop thread with `Msg::Wake`).
+    pub data_wake_ready: AtomicBool,
+    /// Frames for which the data thread was woken straight from the streaming thread.
+    pub wakes_data_thread: AtomicU64,
 }
 
 impl Shared {

@@ -30,6 +30,7 @@ mod imp;
 mod lend;
 mod loop_thread;
 mod mailbox;
+mod wake;
 
 glib::wrapper! {
     pub struct PwVideoSink(ObjectSubclass<imp::PwVideoSink>)

@@ -1,0 +1,273 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Waking PipeWire's data thread straight from the streaming thread.
+//!
+//! A frame used to travel streaming thread → loop thread (`Msg::Wake`) → data thread (the
+//! loop thread's `pw_stream_trigger_process` is a `pw_loop_invoke` onto the data loop): one
+//! hop more than `pipewiresink`, which triggers from its streaming thread under its
+//! `pw_thread_loop` lock. Our streaming thread may not invoke onto the data loop (in PipeWire
+//! 0.3.x that queue has a single writer, the loop thread, and no lock), so it writes an
+//! eventfd instead ([`WakeFd`], safe from any thread) that an IO source on the data loop
+//! reads ([`DataWake`]); the data thread then triggers the stream itself, which runs the
+//! graph cycle inline (`pw_loop_invoke` from a loop's own thread is a plain call).
+//!
+//! Lifetimes: the eventfd belongs to [`Shared`] (so a write can never hit a closed or reused
+//! fd); the IO source is added and removed on the data thread (blocking invokes from the loop
+//! thread, the queue's one writer); the stream pointer the data thread uses is cleared, and
+//! the data thread synchronised with, before the loop thread lets a stream go.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::raw::{c_int, c_void};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use pipewire as pw;
+use pw::spa;
+
+use super::mailbox::Shared;
+
+/// The eventfd the streaming thread writes to wake the data thread (none if it could not be
+/// created: then frames take the loop thread's path).
+pub(crate) struct WakeFd(Option<OwnedFd>);
+
+impl Default for WakeFd {
+    fn default() -> Self {
+        // SAFETY: a plain eventfd(2); the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // SAFETY: a fresh fd owned by nobody else.
+        WakeFd((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+impl WakeFd {
+    /// Wake the data thread. Never blocks (a full counter already means "awake").
+    pub fn signal(&self) {
+        if let Some(fd) = &self.0 {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a local to our own fd.
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn raw(&self) -> Option<RawFd> {
+        self.0.as_ref().map(|fd| fd.as_raw_fd())
+    }
+}
+
+/// What the data thread's IO source works with.
+struct WakeCtx {
+    shared: Arc<Shared>,
+    /// The stream to trigger (null while there is none); see the module doc for its lifetime.
+    stream: AtomicPtr<pw::sys::pw_stream>,
+}
+
+/// The IO source on the data loop that reads [`WakeFd`] and triggers the stream. Owned by the
+/// loop thread; dropping it removes the source (on the data thread).
+pub(crate) struct DataWake {
+    data_loop: *mut pw::sys::pw_loop,
+    source: *mut spa::sys::spa_source,
+    ctx: Box<WakeCtx>,
+}
+
+impl DataWake {
+    /// Add the IO source to `context`'s data loop. `None` (frames then take the loop
+    /// thread's path) if there is no eventfd or the source could not be added.
+    pub fn install(context: &pw::context::ContextRc, shared: Arc<Shared>) -> Option<Self> {
+        let fd = shared.wake.raw()?;
+        // SAFETY: the context is alive; its data loop lives as long as it.
+        let data_loop = unsafe {
+            let dl = pw::sys::pw_context_get_data_loop(context.as_raw_ptr());
+            if dl.is_null() {
+                return None;
+            }
+            pw::sys::pw_data_loop_get_loop(dl)
+        };
+        if data_loop.is_null() {
+            return None;
+        }
+        let mut wake = DataWake {
+            data_loop,
+            source: std::ptr::null_mut(),
+            ctx: Box::new(WakeCtx {
+                shared,
+                stream: AtomicPtr::new(std::ptr::null_mut()),
+            }),
+        };
+        let mut add = AddIo {
+            utils: unsafe { (*data_loop).utils },
+            fd,
+            ctx: &*wake.ctx as *const WakeCtx as *mut c_void,
+            source: std::ptr::null_mut(),
+        };
+        // SAFETY: a blocking invoke from the loop thread (the data loop's one invoker);
+        // `add` outlives it.
+        unsafe { invoke_blocking(data_loop, Some(do_add_io), (&mut add as *mut AddIo).cast()) };
+        if add.source.is_null() {
+            return None;
+        }
+        wake.source = add.source;
+        Some(wake)
+    }
+
+    /// The stream the data thread triggers from now on.
+    pub fn set_stream(&self, stream: *mut pw::sys::pw_stream) {
+        self.ctx.stream.store(stream, Ordering::Release);
+    }
+
+    /// Stop using the current stream: once this returns, the data thread no longer touches
+    /// it (call before disconnecting or dropping a stream).
+    pub fn forget_stream(&self) {
+        if self
+            .ctx
+            .stream
+            .swap(std::ptr::null_mut(), Ordering::AcqRel)
+            .is_null()
+        {
+            return;
+        }
+        // An IO callback that loaded the old pointer has finished once the data loop got to
+        // this (empty) invoke.
+        // SAFETY: a blocking invoke of nothing from the loop thread.
+        unsafe { invoke_blocking(self.data_loop, None, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for DataWake {
+    fn drop(&mut self) {
+        self.ctx
+            .stream
+            .store(std::ptr::null_mut(), Ordering::Release);
+        let mut remove = RemoveIo {
+            utils: unsafe { (*self.data_loop).utils },
+            source: self.source,
+        };
+        // SAFETY: as in `install`; the source is destroyed on the data thread, after which
+        // nothing refers to `ctx` any more.
+        unsafe {
+            invoke_blocking(
+                self.data_loop,
+                Some(do_remove_io),
+                (&mut remove as *mut RemoveIo).cast(),
+            )
+        };
+    }
+}
+
+struct AddIo {
+    utils: *mut spa::sys::spa_loop_utils,
+    fd: RawFd,
+    ctx: *mut c_void,
+    source: *mut spa::sys::spa_source,
+}
+
+struct RemoveIo {
+    utils: *mut spa::sys::spa_loop_utils,
+    source: *mut spa::sys::spa_source,
+}
+
+/// `spa_loop_invoke(loop, func, 0, NULL, 0, true, user_data)`: runs `func` on the loop's
+/// thread (or inline, from that thread or before the loop runs) and waits for it.
+///
+/// # Safety
+/// `lp` is a live `pw_loop`; the caller is the loop's only invoker from other threads.
+unsafe fn invoke_blocking(
+    lp: *mut pw::sys::pw_loop,
+    func: spa::sys::spa_invoke_func_t,
+    user_data: *mut c_void,
+) -> c_int {
+    // SAFETY: per the contract; the interface's method table is checked for the entry.
+    unsafe {
+        let sl = (*lp).loop_;
+        if sl.is_null() {
+            return -libc::EINVAL;
+        }
+        let cb = (*sl).iface.cb;
+        let methods = cb.funcs as *const spa::sys::spa_loop_methods;
+        match (*methods).invoke {
+            Some(invoke) => invoke(cb.data, func, 0, std::ptr::null(), 0, true, user_data),
+            None => -libc::ENOTSUP,
+        }
+    }
+}
+
+/// On the data thread: add the IO source reading the eventfd.
+unsafe extern "C" fn do_add_io(
+    _loop: *mut spa::sys::spa_loop,
+    _async: bool,
+    _seq: u32,
+    _data: *const c_void,
+    _size: usize,
+    user_data: *mut c_void,
+) -> c_int {
+    // SAFETY: `user_data` is the `AddIo` of `DataWake::install`, alive during the blocking
+    // invoke; the utils interface is the data loop's.
+    unsafe {
+        let add = &mut *(user_data as *mut AddIo);
+        let cb = (*add.utils).iface.cb;
+        let methods = cb.funcs as *const spa::sys::spa_loop_utils_methods;
+        if let Some(add_io) = (*methods).add_io {
+            add.source = add_io(
+                cb.data,
+                add.fd,
+                spa::sys::SPA_IO_IN,
+                false,
+                Some(on_wake),
+                add.ctx,
+            );
+        }
+    }
+    0
+}
+
+/// On the data thread: remove the IO source.
+unsafe extern "C" fn do_remove_io(
+    _loop: *mut spa::sys::spa_loop,
+    _async: bool,
+    _seq: u32,
+    _data: *const c_void,
+    _size: usize,
+    user_data: *mut c_void,
+) -> c_int {
+    // SAFETY: `user_data` is the `RemoveIo` of `DataWake::drop`, alive during the invoke.
+    unsafe {
+        let remove = &*(user_data as *const RemoveIo);
+        let cb = (*remove.utils).iface.cb;
+        let methods = cb.funcs as *const spa::sys::spa_loop_utils_methods;
+        if let Some(destroy) = (*methods).destroy_source
+            && !remove.source.is_null()
+        {
+            destroy(cb.data, remove.source);
+        }
+    }
+    0
+}
+
+/// The IO source's callback, on the data thread: a frame is waiting in the mailbox.
+unsafe extern "C" fn on_wake(data: *mut c_void, fd: c_int, _mask: u32) {
+    // SAFETY: `data` is the `WakeCtx` boxed in the `DataWake` that owns this source (removed
+    // before the box is freed).
+    let ctx = unsafe { &*(data as *const WakeCtx) };
+    let mut count: u64 = 0;
+    // SAFETY: reads 8 bytes into a local from the non-blocking eventfd.
+    unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+    let shared = &ctx.shared;
+    shared.wake_pending.store(false, Ordering::Release);
+    shared.wakes_data_thread.fetch_add(1, Ordering::Relaxed);
+    let stream = ctx.stream.load(Ordering::Acquire);
+    if stream.is_null() || !shared.streaming.load(Ordering::Acquire) {
+        shared.drop_pending();
+        return;
+    }
+    // SAFETY: the loop thread clears `stream` and waits for this thread before it lets the
+    // stream go (`forget_stream`), so it is alive here.
+    unsafe {
+        // `driving` changes on the loop thread (`set_io`) when the graph is rearranged; read
+        // right before the trigger, which makes it a graph cycle here on the data thread.
+        let driving = pw::sys::pw_stream_is_driving(stream);
+        shared.driving.store(driving, Ordering::Relaxed);
+        if driving {
+            pw::sys::pw_stream_trigger_process(stream);
+        }
+    }
+    // Not driving: the graph's driver calls process at its own rate.
+}
