@@ -94,6 +94,7 @@ impl DataWake {
             }),
         };
         let mut add = AddIo {
+            // SAFETY: `data_loop` is the context's live data loop (checked for null above).
             utils: unsafe { (*data_loop).utils },
             fd,
             ctx: &*wake.ctx as *const WakeCtx as *mut c_void,
@@ -138,6 +139,7 @@ impl Drop for DataWake {
             .stream
             .store(std::ptr::null_mut(), Ordering::Release);
         let mut remove = RemoveIo {
+            // SAFETY: the data loop outlives us (the loop thread drops us before the context).
             utils: unsafe { (*self.data_loop).utils },
             source: self.source,
         };
