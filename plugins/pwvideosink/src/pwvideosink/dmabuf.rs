@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! DMA-BUF pass-through and self-allocated PipeWire buffers.
+//! DMA-BUF pass-through and the stream's PipeWire buffers (PipeWire's memfds mapped again by
+//! us, or our own).
 //!
 //! PipeWire gives a consumer a buffer's fds once, when buffers are negotiated; each graph cycle
 //! only names a buffer. So upstream's DMA-BUFs can't be swapped into a `pw_buffer` per frame.
@@ -175,7 +176,7 @@ struct PoolBuffer {
     held: Option<gst::Buffer>,
 }
 
-/// The PipeWire buffers of an `ALLOC_BUFFERS` stream.
+/// The PipeWire buffers of the stream, with our mapping or DMA-BUF of each.
 #[derive(Default)]
 pub(crate) struct Pool {
     pub mode: PoolMode,

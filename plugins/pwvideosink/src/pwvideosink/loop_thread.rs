@@ -3,10 +3,11 @@
 //! The loop thread of `pwvideosink`: one thread owning every PipeWire object (main loop,
 //! context, core, registry, stream) — the connection to the daemon and its loss and return,
 //! registry link counting for `consumers`, the stream's lifecycle (create, offer formats,
-//! renegotiate, recreate) and its self-allocated buffers. The element talks to it through a
-//! `pipewire::channel` ([`Msg`]) and the one-slot frame mailbox ([`Shared`], in `mailbox.rs`);
-//! nothing here ever blocks the streaming thread. The frames themselves are written into
-//! PipeWire buffers on PipeWire's data thread (`data_thread.rs`).
+//! renegotiate, recreate) and its buffers (`add_buffer`/`remove_buffer`). The element talks to
+//! it through a `pipewire::channel` ([`Msg`]) and the one-slot frame mailbox ([`Shared`], in
+//! `mailbox.rs`); nothing here ever blocks the streaming thread. The frames themselves are
+//! written into PipeWire buffers on PipeWire's data thread (`data_thread.rs`), which the
+//! streaming thread wakes itself (`wake.rs`).
 //!
 //! One file (close to 800 lines) because it is one layer: every type here is `Rc`-based, lives
 //! on the loop thread and shares the `LoopCtx`; splitting it would spread that state's

@@ -2,7 +2,7 @@
 
 //! What the three threads of `pwvideosink` share: the one-slot frame mailbox the streaming
 //! thread fills and PipeWire's data thread empties, the counters behind the `stats` property,
-//! the format the consumer fixed and the pool of self-allocated PipeWire buffers.
+//! the format the consumer fixed and the pool of the stream's PipeWire buffers.
 //!
 //! Every lock here is held only for a few field reads or writes (the pool's also across the
 //! data thread's non-blocking dequeue/fill/queue): nobody waits, sleeps, posts a message or
@@ -61,8 +61,9 @@ pub(crate) struct Shared {
     pub failed: Mutex<Option<String>>,
     /// The DMA-BUFs upstream cycles through (learnt from frames by the streaming thread).
     pub dmabufs: Mutex<DmaBufRegistry>,
-    /// PipeWire buffers of an `ALLOC_BUFFERS` stream (upstream gives DMA-BUFs): filled by the
-    /// loop thread (`add_buffer`/`remove_buffer`), used by the data thread.
+    /// The stream's PipeWire buffers (with our mapping of each, or the DMA-BUF it carries):
+    /// filled by the loop thread (`add_buffer`/`remove_buffer`), used by the data thread and
+    /// the lending pool.
     pub pool: Mutex<Pool>,
     /// The consumer takes upstream's DMA-BUFs (no copy).
     pub dmabuf_passthrough: AtomicBool,
