@@ -295,6 +295,13 @@ fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
             stats.get::<u64>("frames-sent").expect("frames-sent") >= FRAMES as u64,
             "{format}: {stats}"
         );
+        println!("{format}: {stats}");
+        // Frames every 33 ms start every cycle: the recycle timer (2 frame intervals) stays idle.
+        let recycles = stats.get::<u64>("recycle-cycles").expect("recycle-cycles");
+        assert!(
+            recycles <= 3,
+            "{format}: {recycles} extra cycles at 30 fps: {stats}"
+        );
         // Upstream kept going: the sink released buffers as the consumer returned them.
         assert!(
             starved < 10,
@@ -306,6 +313,49 @@ fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
             }
         }
     }
+}
+
+/// Upstream pushing DMA-BUFs as fast as its pool of 4 recycles them: frames keep flowing.
+/// Every DMA-BUF passed through is held until the consumer gives its `pw_buffer` back, and
+/// PipeWire hands returned buffers back only in a graph cycle; when all 4 were held, no new
+/// frame came to start one and the stream stalled for good (after ~40 frames). The sink now
+/// runs a cycle on its own while it holds upstream's frames and none arrives.
+#[test]
+fn unthrottled_dmabuf_upstream_keeps_flowing() {
+    init();
+    let session = PipeWireSession::start();
+    const FRAMES: usize = 150;
+    let format = "RGBA";
+    let node = "vcam-passthrough-fast";
+    let reference = reference_frame(format);
+    let caps = dmabuf_caps(format);
+    let (pipeline, appsrc, sink) = appsrc_pipeline(&session, node, &format!("caps=\"{caps}\""), "");
+    let pool = DmaBufPool::new(4, reference.len());
+    let pusher = {
+        let mut seq = 0u32;
+        Pusher::start_every(appsrc, Duration::ZERO, move || {
+            let buf = pool.acquire(&marked(&reference, seq))?;
+            seq += 1;
+            Some(buf)
+        })
+    };
+    session.wait_for_node(node, Duration::from_secs(10));
+    let what = "unthrottled DMA-BUF consumer (python, pipewiresrc)";
+    let consumer = Consumer::python_dmabuf(&session, node, &caps, FRAMES, what);
+    let (stdout, _out) = consumer.finish(&session, Duration::from_secs(40));
+    let stats = stats(&sink);
+    pusher.stop();
+    let _ = pipeline.set_state(gst::State::Null);
+    let lines = stdout.lines().count();
+    assert_eq!(lines, FRAMES, "{stats}");
+    println!("{stats}");
+    let recycles = stats.get::<u64>("recycle-cycles").expect("recycle-cycles");
+    assert!(recycles > 0, "no cycle of the sink's own: {stats}");
+    assert_eq!(
+        stats.get::<&str>("buffer-type").expect("buffer-type"),
+        "dmabuf",
+        "{stats}"
+    );
 }
 
 /// Upstream with a small DMA-BUF pool, consumer wanting system memory (it does not offer the

@@ -14,6 +14,7 @@
 //! with `pw_stream_queue_buffer`; each one is queued back exactly once.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use gst_video::prelude::*;
 use pipewire as pw;
@@ -22,6 +23,7 @@ use pw::stream::Stream;
 
 use super::dmabuf::{DmaBufPlane, Pool, PoolMode};
 use super::mailbox::{PendingFrame, Shared, lock};
+use super::wake::RECYCLE_RETRY;
 
 /// The `process` callback: send the waiting frame, if any.
 pub(super) fn process(shared: &Shared, stream: &Stream) {
@@ -172,7 +174,27 @@ fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
         write_header((*raw).buffer, pts, seq);
         stream.queue_raw_buffer(raw);
     }
+    drop(pool);
     shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+    // If no frame follows within two frame intervals (10–100 ms), start a cycle ourselves to
+    // get back what the consumer returned (`wake.rs`, `RecycleTimer`): upstream may be out of
+    // buffers, all held here.
+    let now = monotonic_ns();
+    let last = shared.last_dmabuf_frame_ns.swap(now, Ordering::Relaxed);
+    let interval = Duration::from_nanos(now.saturating_sub(last));
+    shared
+        .recycle
+        .arm((interval * 2).clamp(RECYCLE_RETRY, Duration::from_millis(100)));
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Where each plane of the frame lies in the DMA-BUF the buffer carries (one data per plane).

@@ -336,6 +336,21 @@ impl Pool {
         Some(b.raw.0)
     }
 
+    /// Some buffer holds an upstream frame (DMA-BUF mode: with the consumer, or returned and
+    /// not taken back yet).
+    pub fn holds_frames(&self) -> bool {
+        self.held_frames() > 0
+    }
+
+    /// How many buffers hold an upstream frame.
+    pub fn held_frames(&self) -> usize {
+        self.buffers
+            .iter()
+            .flatten()
+            .filter(|b| b.held.is_some())
+            .count()
+    }
+
     /// memfd mode: lend a free buffer of `size` bytes negotiated for `spec` upstream (its
     /// mapping; the buffer stays dequeued, marked lent until [`Pool::return_lent`]).
     pub fn lend(&mut self, spec: VideoSpec, size: usize) -> Option<Arc<Mapping>> {

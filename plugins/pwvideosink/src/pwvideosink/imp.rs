@@ -287,7 +287,7 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
-        let mut counts = [0u64; 5];
+        let mut counts = [0u64; 6];
         let (consumers, sent, dropped, fmt, driving, memory, buffer_type) = match &*state {
             State::Stopped => (0u32, 0u64, 0u64, String::new(), false, "", ""),
             State::Started {
@@ -303,6 +303,7 @@ impl PwVideoSink {
                     &shared.buffers_lent,
                     &shared.lend_misses,
                     &shared.wakes_data_thread,
+                    &shared.recycle_cycles,
                 ]
                 .map(|c| c.load(Ordering::Relaxed));
                 (
@@ -342,6 +343,7 @@ impl PwVideoSink {
             .field("buffers-lent", counts[2])
             .field("lend-misses", counts[3])
             .field("wakes-data-thread", counts[4])
+            .field("recycle-cycles", counts[5])
             .build()
     }
 }
@@ -397,7 +399,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles")
                     .read_only()
                     .build(),
             ]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::dmabuf::{DmaBufPlane, DmaBufRegistry, Pool};
-use super::wake::WakeFd;
+use super::wake::{RecycleTimer, WakeFd};
 use crate::format::{FrameLayout, VideoSpec};
 
 /// A frame handed over by the streaming thread.
@@ -73,6 +73,12 @@ pub(crate) struct Shared {
     pub data_wake_ready: AtomicBool,
     /// Frames for which the data thread was woken straight from the streaming thread.
     pub wakes_data_thread: AtomicU64,
+    /// DMA-BUF pass-through: runs a cycle of its own when upstream's frames stay held.
+    pub recycle: RecycleTimer,
+    /// Cycles the recycle timer started.
+    pub recycle_cycles: AtomicU64,
+    /// When the data thread last sent a DMA-BUF frame (monotonic ns), to pace the timer.
+    pub last_dmabuf_frame_ns: AtomicU64,
 }
 
 impl Shared {

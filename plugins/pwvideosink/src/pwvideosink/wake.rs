@@ -11,6 +11,16 @@
 //! reads ([`DataWake`]); the data thread then triggers the stream itself, which runs the
 //! graph cycle inline (`pw_loop_invoke` from a loop's own thread is a plain call).
 //!
+//! The same IO-source mechanism carries the [`RecycleTimer`] of DMA-BUF pass-through.
+//!
+//! Known exposure: these callbacks run outside PipeWire's graph cycles, so PipeWire's own
+//! guard (taking a port out of the data loop while its buffers change) does not cover them;
+//! a wake or recycle landing while the loop thread is inside `use_buffers` could dequeue a
+//! buffer not yet announced by `add_buffer` (the pool would then miss that one buffer).
+//! `pipewiresink`, which queues from its streaming thread, has the same exposure. A gate
+//! (flag raised in the first `remove_buffer`/`add_buffer`, cleared after the dispatch) was
+//! tried and stalled the caps-change test in 4 of 10 runs; not kept.
+//!
 //! Lifetimes: the eventfd belongs to [`Shared`] (so a write can never hit a closed or reused
 //! fd); the IO source is added and removed on the data thread (blocking invokes from the loop
 //! thread, the queue's one writer); the stream pointer the data thread uses is cleared, and
@@ -20,11 +30,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::raw::{c_int, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, Ordering};
+use std::time::Duration;
 
 use pipewire as pw;
 use pw::spa;
 
-use super::mailbox::Shared;
+use super::dmabuf::PoolMode;
+use super::mailbox::{Shared, lock};
 
 /// The eventfd the streaming thread writes to wake the data thread (none if it could not be
 /// created: then frames take the loop thread's path).
@@ -54,6 +66,53 @@ impl WakeFd {
     }
 }
 
+/// A one-shot timer (timerfd) on the data loop that starts a graph cycle of its own while
+/// DMA-BUF pass-through holds upstream's frames and no new frame comes: PipeWire hands a
+/// buffer the consumer returned back to the producer only in a cycle, and upstream (its pool
+/// all held in our `pw_buffer`s) has no frame left to start one. Armed and read on the data
+/// thread only (`timerfd_settime` is a plain syscall).
+pub(crate) struct RecycleTimer(Option<OwnedFd>);
+
+impl Default for RecycleTimer {
+    fn default() -> Self {
+        // SAFETY: a plain timerfd_create(2); the result is checked.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            )
+        };
+        // SAFETY: a fresh fd owned by nobody else.
+        RecycleTimer((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+impl RecycleTimer {
+    /// Fire once after `after` (replacing an earlier setting).
+    pub fn arm(&self, after: Duration) {
+        let Some(fd) = &self.0 else { return };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: (after.subsec_nanos() as libc::c_long).max(1),
+            },
+        };
+        // SAFETY: sets our own timerfd from a local spec.
+        unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    }
+
+    fn raw(&self) -> Option<RawFd> {
+        self.0.as_ref().map(|fd| fd.as_raw_fd())
+    }
+}
+
+/// After an empty cycle, how soon to try again while upstream's frames are still held.
+pub(crate) const RECYCLE_RETRY: Duration = Duration::from_millis(10);
+
 /// What the data thread's IO source works with.
 struct WakeCtx {
     shared: Arc<Shared>,
@@ -65,7 +124,8 @@ struct WakeCtx {
 /// loop thread; dropping it removes the source (on the data thread).
 pub(crate) struct DataWake {
     data_loop: *mut pw::sys::pw_loop,
-    source: *mut spa::sys::spa_source,
+    /// The wake eventfd's source and the recycle timer's (if it has one).
+    sources: Vec<*mut spa::sys::spa_source>,
     ctx: Box<WakeCtx>,
 }
 
@@ -85,28 +145,35 @@ impl DataWake {
         if data_loop.is_null() {
             return None;
         }
+        let recycle_fd = shared.recycle.raw();
         let mut wake = DataWake {
             data_loop,
-            source: std::ptr::null_mut(),
+            sources: Vec::new(),
             ctx: Box::new(WakeCtx {
                 shared,
                 stream: AtomicPtr::new(std::ptr::null_mut()),
             }),
         };
-        let mut add = AddIo {
-            // SAFETY: `data_loop` is the context's live data loop (checked for null above).
-            utils: unsafe { (*data_loop).utils },
-            fd,
-            ctx: &*wake.ctx as *const WakeCtx as *mut c_void,
-            source: std::ptr::null_mut(),
-        };
-        // SAFETY: a blocking invoke from the loop thread (the data loop's one invoker);
-        // `add` outlives it.
-        unsafe { invoke_blocking(data_loop, Some(do_add_io), (&mut add as *mut AddIo).cast()) };
-        if add.source.is_null() {
-            return None;
+        let ios: [(Option<RawFd>, IoFunc); 2] = [(Some(fd), on_wake), (recycle_fd, on_recycle)];
+        for (fd, func) in ios {
+            let Some(fd) = fd else { continue };
+            let mut add = AddIo {
+                // SAFETY: `data_loop` is the context's live data loop (checked for null above).
+                utils: unsafe { (*data_loop).utils },
+                fd,
+                func,
+                ctx: &*wake.ctx as *const WakeCtx as *mut c_void,
+                source: std::ptr::null_mut(),
+            };
+            // SAFETY: a blocking invoke from the loop thread (the data loop's one invoker);
+            // `add` outlives it.
+            unsafe { invoke_blocking(data_loop, Some(do_add_io), (&mut add as *mut AddIo).cast()) };
+            if add.source.is_null() {
+                // (Dropping `wake` removes what was added.)
+                return None;
+            }
+            wake.sources.push(add.source);
         }
-        wake.source = add.source;
         Some(wake)
     }
 
@@ -141,7 +208,7 @@ impl Drop for DataWake {
         let mut remove = RemoveIo {
             // SAFETY: the data loop outlives us (the loop thread drops us before the context).
             utils: unsafe { (*self.data_loop).utils },
-            source: self.source,
+            sources: std::mem::take(&mut self.sources),
         };
         // SAFETY: as in `install`; the source is destroyed on the data thread, after which
         // nothing refers to `ctx` any more.
@@ -155,16 +222,19 @@ impl Drop for DataWake {
     }
 }
 
+type IoFunc = unsafe extern "C" fn(*mut c_void, c_int, u32);
+
 struct AddIo {
     utils: *mut spa::sys::spa_loop_utils,
     fd: RawFd,
+    func: IoFunc,
     ctx: *mut c_void,
     source: *mut spa::sys::spa_source,
 }
 
 struct RemoveIo {
     utils: *mut spa::sys::spa_loop_utils,
-    source: *mut spa::sys::spa_source,
+    sources: Vec<*mut spa::sys::spa_source>,
 }
 
 /// `spa_loop_invoke(loop, func, 0, NULL, 0, true, user_data)`: runs `func` on the loop's
@@ -213,7 +283,7 @@ unsafe extern "C" fn do_add_io(
                 add.fd,
                 spa::sys::SPA_IO_IN,
                 false,
-                Some(on_wake),
+                Some(add.func),
                 add.ctx,
             );
         }
@@ -235,10 +305,10 @@ unsafe extern "C" fn do_remove_io(
         let remove = &*(user_data as *const RemoveIo);
         let cb = (*remove.utils).iface.cb;
         let methods = cb.funcs as *const spa::sys::spa_loop_utils_methods;
-        if let Some(destroy) = (*methods).destroy_source
-            && !remove.source.is_null()
-        {
-            destroy(cb.data, remove.source);
+        if let Some(destroy) = (*methods).destroy_source {
+            for &source in remove.sources.iter().filter(|s| !s.is_null()) {
+                destroy(cb.data, source);
+            }
         }
     }
     0
@@ -272,4 +342,52 @@ unsafe extern "C" fn on_wake(data: *mut c_void, fd: c_int, _mask: u32) {
         }
     }
     // Not driving: the graph's driver calls process at its own rate.
+}
+
+/// The recycle timer's callback, on the data thread (see [`RecycleTimer`]): while the pool
+/// still holds upstream's DMA-BUF frames and we drive the graph, run an empty cycle (the
+/// consumer's returned buffer comes back to us in it) and take back what came back, which
+/// releases those frames to upstream. Not when following another driver: its cycles run
+/// anyway, and dequeuing in a cycle that queued nothing stalled PipeWire 0.3.65's graph.
+unsafe extern "C" fn on_recycle(data: *mut c_void, fd: c_int, _mask: u32) {
+    // SAFETY: as in `on_wake`.
+    let ctx = unsafe { &*(data as *const WakeCtx) };
+    let mut expirations: u64 = 0;
+    // SAFETY: reads 8 bytes into a local from the non-blocking timerfd.
+    unsafe { libc::read(fd, (&mut expirations as *mut u64).cast(), 8) };
+    let shared = &ctx.shared;
+    let stream = ctx.stream.load(Ordering::Acquire);
+    if stream.is_null() || !shared.streaming.load(Ordering::Acquire) {
+        return;
+    }
+    {
+        // Only when upstream may be out of buffers: we hold a frame in each DMA-BUF it has.
+        let known = lock(&shared.dmabufs).known.len();
+        let pool = lock(&shared.pool);
+        if pool.mode != PoolMode::DmaBuf || pool.held_frames() < known.max(1) {
+            return;
+        }
+    }
+    // SAFETY: `stream` is alive (as in `on_wake`); the trigger runs the cycle inline here,
+    // and the dequeues are ours to make on this thread (`RT_PROCESS`: the data thread is the
+    // stream's only user of its buffer queues).
+    let still_held = unsafe {
+        if !pw::sys::pw_stream_is_driving(stream) {
+            return;
+        }
+        shared.recycle_cycles.fetch_add(1, Ordering::Relaxed);
+        pw::sys::pw_stream_trigger_process(stream);
+        let mut pool = lock(&shared.pool);
+        loop {
+            let raw = pw::sys::pw_stream_dequeue_buffer(stream);
+            if raw.is_null() {
+                break;
+            }
+            pool.reclaim(raw);
+        }
+        pool.holds_frames()
+    };
+    if still_held {
+        shared.recycle.arm(RECYCLE_RETRY);
+    }
 }

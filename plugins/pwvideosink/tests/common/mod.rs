@@ -307,6 +307,16 @@ pub struct Pusher {
 impl Pusher {
     pub fn start(
         appsrc: gst_app::AppSrc,
+        next: impl FnMut() -> Option<gst::Buffer> + Send + 'static,
+    ) -> Pusher {
+        Self::start_every(appsrc, Duration::from_millis(33), next)
+    }
+
+    /// [`Pusher::start`] with `interval` between attempts (`ZERO`: as fast as `next` gives
+    /// buffers, 1 ms between attempts when it has none).
+    pub fn start_every(
+        appsrc: gst_app::AppSrc,
+        interval: Duration,
         mut next: impl FnMut() -> Option<gst::Buffer> + Send + 'static,
     ) -> Pusher {
         let stop = Arc::new(AtomicBool::new(false));
@@ -321,12 +331,13 @@ impl Pusher {
                             if appsrc.push_buffer(buf).is_err() {
                                 break;
                             }
+                            std::thread::sleep(interval);
                         }
                         None => {
                             starved.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(interval.max(Duration::from_millis(1)));
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(33));
                 }
             }
         });
