@@ -35,7 +35,7 @@ pub(super) fn process(shared: &Shared, stream: &Stream) {
 }
 
 /// Take back every buffer the consumer returned (free again; lendable, or to copy into).
-fn reclaim(pool: &mut Pool, stream: &Stream) {
+pub(super) fn reclaim(pool: &mut Pool, stream: &Stream) {
     loop {
         // SAFETY: a plain call on the stream this callback runs for.
         let raw = unsafe { stream.dequeue_raw_buffer() };
@@ -179,22 +179,12 @@ fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
     // If no frame follows within two frame intervals (10–100 ms), start a cycle ourselves to
     // get back what the consumer returned (`wake.rs`, `RecycleTimer`): upstream may be out of
     // buffers, all held here.
-    let now = monotonic_ns();
+    let now = super::monotonic_ns().max(0) as u64;
     let last = shared.last_dmabuf_frame_ns.swap(now, Ordering::Relaxed);
     let interval = Duration::from_nanos(now.saturating_sub(last));
     shared
         .recycle
         .arm((interval * 2).clamp(RECYCLE_RETRY, Duration::from_millis(100)));
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Where each plane of the frame lies in the DMA-BUF the buffer carries (one data per plane).

@@ -70,16 +70,6 @@ enum State {
     },
 }
 
-fn monotonic_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
 #[derive(Default)]
 pub struct PwVideoSink {
     settings: Mutex<Settings>,
@@ -193,7 +183,7 @@ impl PwVideoSink {
     /// running time on the pipeline clock, moved onto the monotonic clock.
     fn presentation_time_monotonic(&self, buffer: &gst::BufferRef) -> i64 {
         let obj = self.obj();
-        let now = monotonic_ns();
+        let now = super::monotonic_ns();
         let running = obj
             .segment()
             .downcast_ref::<gst::ClockTime>()

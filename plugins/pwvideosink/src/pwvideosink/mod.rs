@@ -32,6 +32,17 @@ mod loop_thread;
 mod mailbox;
 mod wake;
 
+/// CLOCK_MONOTONIC in ns (PipeWire's clock: header timestamps, pacing).
+fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 glib::wrapper! {
     pub struct PwVideoSink(ObjectSubclass<imp::PwVideoSink>)
         @extends gst_base::BaseSink, gst::Element, gst::Object;

@@ -35,6 +35,7 @@ use std::time::Duration;
 use pipewire as pw;
 use pw::spa;
 
+use super::data_thread;
 use super::dmabuf::PoolMode;
 use super::mailbox::{Shared, lock};
 
@@ -262,7 +263,19 @@ unsafe fn invoke_blocking(
     }
 }
 
-/// On the data thread: add the IO source reading the eventfd.
+/// The object and method table of a loop's utils interface.
+///
+/// # Safety
+/// `utils` is the live `spa_loop_utils` of a loop.
+unsafe fn utils_methods(
+    utils: *mut spa::sys::spa_loop_utils,
+) -> (*mut c_void, *const spa::sys::spa_loop_utils_methods) {
+    // SAFETY: per the contract.
+    let cb = unsafe { (*utils).iface.cb };
+    (cb.data, cb.funcs as *const spa::sys::spa_loop_utils_methods)
+}
+
+/// On the data thread: add an IO source (the wake eventfd or the recycle timerfd).
 unsafe extern "C" fn do_add_io(
     _loop: *mut spa::sys::spa_loop,
     _async: bool,
@@ -275,11 +288,10 @@ unsafe extern "C" fn do_add_io(
     // invoke; the utils interface is the data loop's.
     unsafe {
         let add = &mut *(user_data as *mut AddIo);
-        let cb = (*add.utils).iface.cb;
-        let methods = cb.funcs as *const spa::sys::spa_loop_utils_methods;
+        let (object, methods) = utils_methods(add.utils);
         if let Some(add_io) = (*methods).add_io {
             add.source = add_io(
-                cb.data,
+                object,
                 add.fd,
                 spa::sys::SPA_IO_IN,
                 false,
@@ -291,7 +303,7 @@ unsafe extern "C" fn do_add_io(
     0
 }
 
-/// On the data thread: remove the IO source.
+/// On the data thread: remove the IO sources.
 unsafe extern "C" fn do_remove_io(
     _loop: *mut spa::sys::spa_loop,
     _async: bool,
@@ -303,11 +315,10 @@ unsafe extern "C" fn do_remove_io(
     // SAFETY: `user_data` is the `RemoveIo` of `DataWake::drop`, alive during the invoke.
     unsafe {
         let remove = &*(user_data as *const RemoveIo);
-        let cb = (*remove.utils).iface.cb;
-        let methods = cb.funcs as *const spa::sys::spa_loop_utils_methods;
+        let (object, methods) = utils_methods(remove.utils);
         if let Some(destroy) = (*methods).destroy_source {
             for &source in remove.sources.iter().filter(|s| !s.is_null()) {
-                destroy(cb.data, source);
+                destroy(object, source);
             }
         }
     }
@@ -378,13 +389,8 @@ unsafe extern "C" fn on_recycle(data: *mut c_void, fd: c_int, _mask: u32) {
         shared.recycle_cycles.fetch_add(1, Ordering::Relaxed);
         pw::sys::pw_stream_trigger_process(stream);
         let mut pool = lock(&shared.pool);
-        loop {
-            let raw = pw::sys::pw_stream_dequeue_buffer(stream);
-            if raw.is_null() {
-                break;
-            }
-            pool.reclaim(raw);
-        }
+        // `Stream` is `#[repr(transparent)]` over `pw_stream`.
+        data_thread::reclaim(&mut pool, &*(stream as *const pw::stream::Stream));
         pool.holds_frames()
     };
     if still_held {
