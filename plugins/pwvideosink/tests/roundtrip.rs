@@ -331,6 +331,27 @@ fn sequence_and_timestamps_reach_the_consumer() {
         wakes >= 30,
         "{wakes} direct data-thread wakes for 30 frames"
     );
+    // client-rt.conf's module-rt made that thread realtime where the system allows it: as
+    // root (CI) or with an RLIMIT_RTPRIO.
+    let realtime = producer
+        .stats()
+        .get::<bool>("data-thread-realtime")
+        .expect("data-thread-realtime");
+    let mut rtprio = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own; geteuid is always safe.
+    let allowed = unsafe {
+        libc::getrlimit(libc::RLIMIT_RTPRIO, &mut rtprio) == 0 && rtprio.rlim_cur > 0
+            || libc::geteuid() == 0
+    };
+    if allowed {
+        assert!(
+            realtime,
+            "PipeWire's data thread is not realtime though this process may raise it"
+        );
+    }
 }
 
 /// Main-job shape (decoder → videoconvert → videoscale → fixed-size capsfilter): the camera is

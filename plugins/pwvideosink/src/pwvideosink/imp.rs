@@ -278,6 +278,7 @@ impl PwVideoSink {
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
         let mut counts = [0u64; 6];
+        let mut realtime = false;
         let (consumers, sent, dropped, fmt, driving, memory, buffer_type) = match &*state {
             State::Stopped => (0u32, 0u64, 0u64, String::new(), false, "", ""),
             State::Started {
@@ -296,6 +297,7 @@ impl PwVideoSink {
                     &shared.recycle_cycles,
                 ]
                 .map(|c| c.load(Ordering::Relaxed));
+                realtime = shared.data_thread_realtime.load(Ordering::Relaxed);
                 (
                     shared.consumers.load(Ordering::Relaxed),
                     shared.frames_sent.load(Ordering::Relaxed),
@@ -334,6 +336,7 @@ impl PwVideoSink {
             .field("lend-misses", counts[3])
             .field("wakes-data-thread", counts[4])
             .field("recycle-cycles", counts[5])
+            .field("data-thread-realtime", realtime)
             .build()
     }
 }
@@ -389,7 +392,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles, data-thread-realtime")
                     .read_only()
                     .build(),
             ]

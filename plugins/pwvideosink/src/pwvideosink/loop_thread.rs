@@ -221,7 +221,15 @@ fn run(
             return;
         }
     };
-    let context = match pw::context::ContextRc::new(&mainloop, None) {
+    // client-rt.conf is client.conf plus PipeWire's module-rt, as PipeWire's own low-latency
+    // clients use it: the data thread gets realtime priority where the system allows it
+    // (RLIMIT_RTPRIO/CAP_SYS_NICE, else RTKit), so a frame's wake-up preempts upstream's
+    // streaming thread instead of queueing behind its next frame; without it, the module
+    // changes nothing (`stats` field `data-thread-realtime`).
+    let context = match pw::context::ContextRc::new(
+        &mainloop,
+        Some(pw::properties::properties! { "config.name" => "client-rt.conf" }),
+    ) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready_tx.send(Err(format!("could not create a PipeWire context: {e}")));

@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     pub wakes_data_thread: AtomicU64,
     /// DMA-BUF pass-through: runs a cycle of its own when upstream's frames stay held.
     pub recycle: RecycleTimer,
+    /// PipeWire's data thread runs with a realtime scheduling policy (`client-rt.conf`'s
+    /// module-rt could raise it), as seen from the data thread when the wake source was added.
+    pub data_thread_realtime: AtomicBool,
     /// Cycles the recycle timer started.
     pub recycle_cycles: AtomicU64,
     /// When the data thread last sent a DMA-BUF frame (monotonic ns), to pace the timer.

@@ -165,6 +165,9 @@ impl DataWake {
                 func,
                 ctx: &*wake.ctx as *const WakeCtx as *mut c_void,
                 source: std::ptr::null_mut(),
+                // SAFETY: always safe to call.
+                caller: unsafe { libc::pthread_self() },
+                realtime: false,
             };
             // SAFETY: a blocking invoke from the loop thread (the data loop's one invoker);
             // `add` outlives it.
@@ -174,6 +177,10 @@ impl DataWake {
                 return None;
             }
             wake.sources.push(add.source);
+            wake.ctx
+                .shared
+                .data_thread_realtime
+                .store(add.realtime, Ordering::Relaxed);
         }
         Some(wake)
     }
@@ -231,6 +238,10 @@ struct AddIo {
     func: IoFunc,
     ctx: *mut c_void,
     source: *mut spa::sys::spa_source,
+    /// The thread asking (the loop thread).
+    caller: libc::pthread_t,
+    /// Set by `do_add_io` when it ran on the data thread and found it realtime.
+    realtime: bool,
 }
 
 struct RemoveIo {
@@ -288,6 +299,12 @@ unsafe extern "C" fn do_add_io(
     // invoke; the utils interface is the data loop's.
     unsafe {
         let add = &mut *(user_data as *mut AddIo);
+        // (Inline on the loop thread when the data loop does not run: not the data thread.)
+        if libc::pthread_equal(libc::pthread_self(), add.caller) == 0 {
+            // (module-rt sets SCHED_RESET_ON_FORK with the policy.)
+            let policy = libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK;
+            add.realtime = policy == libc::SCHED_FIFO || policy == libc::SCHED_RR;
+        }
         let (object, methods) = utils_methods(add.utils);
         if let Some(add_io) = (*methods).add_io {
             add.source = add_io(
