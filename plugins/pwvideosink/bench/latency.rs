@@ -2,7 +2,8 @@
 //! Benchmark: producer→consumer latency and CPU per frame at 1280x720 I420 30 fps,
 //! `pwvideosink` against the upstream `pipewiresink mode=provide`, side by side in one run
 //! (alternating rounds on one private PipeWire session), ending with the common report
-//! (`vcambridge_tests::bench::Report`: medians, ours / pipewiresink ratios).
+//! (`vcambridge_tests::bench::Report`: medians, ours / pipewiresink ratios). A third column,
+//! `pwvideosink realtime=false`, shows what the realtime data thread changes in the same run.
 //!
 //!     plugins/pwvideosink/bench/run.sh [--rounds 5 --frames 300 --width 1280 --height 720]
 //!
@@ -132,6 +133,7 @@ fn run_once(
 ) -> Result<RunResult, String> {
     let sink_desc = match sink {
         "pwvideosink" => format!("pwvideosink node-name={node} sync=false"),
+        "pwvideosink-nort" => format!("pwvideosink node-name={node} sync=false realtime=false"),
         _ => format!(
             "pipewiresink mode=provide sync=false stream-properties=\"props,node.name={node},\
              media.class=Video/Source,media.role=Camera\""
@@ -304,11 +306,13 @@ fn main() {
         return;
     }
 
-    let sinks = ["pwvideosink", "pipewiresink"];
-    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new()];
+    // pwvideosink with realtime=false: what the realtime data thread buys (same run).
+    let sinks = ["pwvideosink", "pipewiresink", "pwvideosink-nort"];
+    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new(), Vec::new()];
     let mut failures: Vec<String> = Vec::new();
     eprintln!(
-        "pwvideosink vs pipewiresink mode=provide: {caps}, {rounds} rounds x {frames} frames"
+        "pwvideosink vs pipewiresink mode=provide (and pwvideosink realtime=false): {caps}, \
+         {rounds} rounds x {frames} frames"
     );
     for round in 0..rounds {
         for (i, sink) in sinks.iter().enumerate() {
@@ -316,14 +320,14 @@ fn main() {
             match run_once(&caps, &session, sink, &node, frames) {
                 Ok(r) => {
                     eprintln!(
-                        "round {round} {sink:>13}: latency {:6.2} ms  cpu/frame producer {:7.1} us  \
+                        "round {round} {sink:>16}: latency {:6.2} ms  cpu/frame producer {:7.1} us  \
                          consumer {:7.1} us  daemon {:6.1} us",
                         r.latency_ms, r.producer_us, r.consumer_us, r.daemon_us
                     );
                     results[i].push(r);
                 }
                 Err(e) => {
-                    eprintln!("round {round} {sink:>13}: FAILED: {e}");
+                    eprintln!("round {round} {sink:>16}: FAILED: {e}");
                     failures.push(e);
                 }
             }
@@ -346,20 +350,56 @@ fn main() {
     let mut report = Report::new(
         format!("pwvideosink -> pipewiresrc: {caps}, {frames} frames"),
         rounds,
-        &["pwvideosink", "pipewiresink mode=provide"],
+        &[
+            "pwvideosink",
+            "pipewiresink mode=provide",
+            "pwvideosink realtime=false",
+        ],
     );
     for (name, f) in metrics {
-        report.row(name, &[med(&results[0], f), med(&results[1], f)]);
+        report.row(
+            name,
+            &[
+                med(&results[0], f),
+                med(&results[1], f),
+                med(&results[2], f),
+            ],
+        );
     }
     report.note(format!(
-        "runs ok: pwvideosink {}/{rounds}, pipewiresink {}/{rounds}",
+        "runs ok: pwvideosink {}/{rounds}, pipewiresink {}/{rounds}, pwvideosink realtime=false \
+         {}/{rounds}",
         results[0].len(),
-        results[1].len()
+        results[1].len(),
+        results[2].len()
     ));
+    // The spread between rounds (each round runs both sinks back to back): how far apart
+    // two runs of the same code land on this machine.
+    for (name, f) in [
+        ("latency", (|r| r.latency_ms) as Metric),
+        ("producer CPU", |r| r.producer_us),
+    ] {
+        let mut ratios: Vec<f64> = results[0]
+            .iter()
+            .zip(&results[1])
+            .map(|(a, b)| f(a) / f(b))
+            .filter(|r| r.is_finite())
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let mid = median(&mut ratios); // (sorts)
+        report.note(format!(
+            "{name} ratio per round (pwvideosink / pipewiresink, same round): min {:.2}, median \
+             {mid:.2}, max {:.2}",
+            ratios[0],
+            ratios[ratios.len() - 1]
+        ));
+    }
     if !failures.is_empty() {
         report.note(format!("failures: {failures:?}"));
     }
-    for sink in sinks {
+    for sink in &sinks[..2] {
         let verdict = kill_then_reconnect(&caps, &session, sink, &format!("bench-kill-{sink}"));
         report.note(format!(
             "{sink}, consumer SIGKILLed after 2 s, then a new consumer: {verdict}"

@@ -404,3 +404,21 @@ fn camera_is_published_before_the_first_frame() {
     );
     assert_eq!(stats.get::<String>("format").unwrap(), "YUY2 320x240@30/1");
 }
+
+/// `realtime=false`: the context comes from `client.conf` (no module-rt), PipeWire's data thread
+/// stays an ordinary thread, and frames flow as before.
+#[test]
+fn realtime_false_keeps_an_ordinary_data_thread() {
+    let node = "vcam-nort";
+    let (session, producer) = session_with_producer(node, "I420", "realtime=false");
+    let mut cmd = printing_consumer(&session, node, 10, "");
+    let res = ChildGuard::spawn("consumer", &mut cmd).wait_output(Duration::from_secs(30));
+    assert!(res.status.success(), "{}", output_text(&res));
+    let realtime = producer
+        .stats()
+        .get::<bool>("data-thread-realtime")
+        .expect("data-thread-realtime");
+    assert!(!realtime, "realtime=false, yet the data thread is realtime");
+    let sent = producer.stat_u64("frames-sent");
+    assert!(sent >= 10, "{sent} frames sent");
+}

@@ -26,6 +26,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_MEDIA_CLASS: &str = "Video/Source";
 const DEFAULT_MEDIA_ROLE: &str = "Camera";
 const DEFAULT_RECONNECT: bool = true;
+const DEFAULT_REALTIME: bool = true;
 /// `GST_CAPS_FEATURE_MEMORY_DMABUF` (gst-allocators), spelled out to avoid the dependency.
 const CAPS_FEATURE_MEMORY_DMABUF: &str = "memory:DMABuf";
 
@@ -38,6 +39,7 @@ struct Settings {
     stream_properties: Option<gst::Structure>,
     reconnect: bool,
     remote: Option<String>,
+    realtime: bool,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             stream_properties: None,
             reconnect: DEFAULT_RECONNECT,
             remote: None,
+            realtime: DEFAULT_REALTIME,
         }
     }
 }
@@ -153,6 +156,7 @@ impl PwVideoSink {
             remote: s.remote,
             socket_path,
             reconnect: s.reconnect,
+            realtime: s.realtime,
         }
     }
 
@@ -385,6 +389,12 @@ impl ObjectImpl for PwVideoSink {
                     .default_value(DEFAULT_RECONNECT)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("realtime")
+                    .nick("Realtime")
+                    .blurb("Give PipeWire's data thread realtime priority where the system allows it (module-rt: RLIMIT_RTPRIO or RTKit), as PipeWire's low-latency clients do")
+                    .default_value(DEFAULT_REALTIME)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("remote")
                     .nick("Remote")
                     .blurb("PipeWire socket: a name in the runtime dir or an absolute path (default: PIPEWIRE_REMOTE or pipewire-0)")
@@ -421,6 +431,7 @@ impl ObjectImpl for PwVideoSink {
             }
             "stream-properties" => s.stream_properties = value.get().unwrap_or(None),
             "reconnect" => s.reconnect = value.get().unwrap_or(DEFAULT_RECONNECT),
+            "realtime" => s.realtime = value.get().unwrap_or(DEFAULT_REALTIME),
             "remote" => s.remote = value.get().unwrap_or(None),
             other => gst::warning!(CAT, imp = self, "unknown property {other}"),
         }
@@ -438,6 +449,7 @@ impl ObjectImpl for PwVideoSink {
             "media-role" => s.media_role.to_value(),
             "stream-properties" => s.stream_properties.to_value(),
             "reconnect" => s.reconnect.to_value(),
+            "realtime" => s.realtime.to_value(),
             "remote" => s.remote.to_value(),
             _ => None::<String>.to_value(),
         }

@@ -77,6 +77,8 @@ pub(crate) struct NodeConfig {
     pub remote: Option<String>,
     pub socket_path: String,
     pub reconnect: bool,
+    /// Load PipeWire's `client-rt.conf` (module-rt) instead of `client.conf`.
+    pub realtime: bool,
 }
 
 /// The element's handle on a running loop thread.
@@ -224,11 +226,16 @@ fn run(
     // client-rt.conf is client.conf plus PipeWire's module-rt, as PipeWire's own low-latency
     // clients use it: the data thread gets realtime priority where the system allows it
     // (RLIMIT_RTPRIO/CAP_SYS_NICE, else RTKit), so a frame's wake-up preempts upstream's
-    // streaming thread instead of queueing behind its next frame; without it, the module
+    // streaming thread instead of queueing behind its next frame; where it can't, the module
     // changes nothing (`stats` field `data-thread-realtime`).
+    let conf = if config.realtime {
+        "client-rt.conf"
+    } else {
+        "client.conf"
+    };
     let context = match pw::context::ContextRc::new(
         &mainloop,
-        Some(pw::properties::properties! { "config.name" => "client-rt.conf" }),
+        Some(pw::properties::properties! { "config.name" => conf }),
     ) {
         Ok(c) => c,
         Err(e) => {
