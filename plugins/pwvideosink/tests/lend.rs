@@ -120,6 +120,7 @@ fn pooled_frames_go_out_in_place_and_others_are_copied() {
         move || Some(gst::Buffer::from_slice(reference.clone()))
     });
     let copied_before = stat(&sink, "frames-copied");
+    let late_before = stat(&sink, "copies-on-data-thread");
     run_consumer(
         &session,
         node,
@@ -131,6 +132,14 @@ fn pooled_frames_go_out_in_place_and_others_are_copied() {
     assert!(
         stat(&sink, "frames-copied") >= copied_before + 20,
         "{:?}",
+        stats(&sink)
+    );
+    // Copied on the streaming thread (`lend::copy_ahead`), not by PipeWire's data thread: that
+    // one copies only a frame that found no free buffer.
+    let late = stat(&sink, "copies-on-data-thread") - late_before;
+    assert!(
+        late <= 2,
+        "{late} of the copies ran on the data thread: {:?}",
         stats(&sink)
     );
     pusher.stop();
@@ -362,6 +371,11 @@ fn copied_frames_all_reach_the_consumer() {
         stats(&sink)
     );
     assert!(stat(&sink, "frames-copied") >= 45, "{:?}", stats(&sink));
+    assert!(
+        stat(&sink, "copies-on-data-thread") <= 3,
+        "copies ran on the data thread: {:?}",
+        stats(&sink)
+    );
     pusher.stop();
     let _ = pipeline.set_state(gst::State::Null);
 }

@@ -74,7 +74,11 @@ fn process_frame(shared: &Shared, stream: &Stream) {
                 stream.queue_raw_buffer(raw);
             }
             drop(pool);
-            shared.frames_in_place.fetch_add(1, Ordering::Relaxed);
+            if frame.copied {
+                shared.frames_copied.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.frames_in_place.fetch_add(1, Ordering::Relaxed);
+            }
             shared.frames_sent.fetch_add(1, Ordering::Relaxed);
             // `frame` (the lent memory) is released after the pool lock.
             return;
@@ -109,6 +113,7 @@ fn process_frame(shared: &Shared, stream: &Stream) {
         shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
     } else {
         shared.frames_copied.fetch_add(1, Ordering::Relaxed);
+        shared.copies_on_data_thread.fetch_add(1, Ordering::Relaxed);
         shared.frames_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -213,7 +218,7 @@ unsafe fn set_dmabuf_chunks(buf: *mut spa::sys::spa_buffer, planes: &[DmaBufPlan
 }
 
 /// Copy `frame` into `dst` in GStreamer's default layout; returns the bytes written.
-fn copy_frame(frame: &PendingFrame, dst: &mut [u8]) -> usize {
+pub(super) fn copy_frame(frame: &PendingFrame, dst: &mut [u8]) -> usize {
     let Some(info) = &frame.info else {
         let Ok(map) = frame.buffer.map_readable() else {
             return 0;

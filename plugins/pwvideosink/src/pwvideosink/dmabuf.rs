@@ -353,19 +353,34 @@ impl Pool {
 
     /// memfd mode: lend a free buffer of `size` bytes negotiated for `spec` upstream (its
     /// mapping; the buffer stays dequeued, marked lent until [`Pool::return_lent`]).
-    pub fn lend(&mut self, spec: VideoSpec, size: usize) -> Option<Arc<Mapping>> {
+    ///
+    /// `oldest`: the least recently used free buffer (to copy into at once, as
+    /// [`Pool::take_for_copy`]) rather than the first (the same few buffers stay warm in the
+    /// cache: upstream fills it and it is queued a cycle later at the earliest).
+    pub fn lend(&mut self, spec: VideoSpec, size: usize, oldest: bool) -> Option<Arc<Mapping>> {
         if self.mode != PoolMode::MemFd || self.spec != Some(spec) {
             return None;
         }
-        // The first free one (the same few buffers stay warm in the cache): upstream fills it
-        // and it is queued a cycle later at the earliest, unlike a copy (below).
         self.ticks += 1;
-        let b = self.buffers.iter_mut().flatten().find(|b| {
+        let mut lendable = self.buffers.iter_mut().flatten().filter(|b| {
             b.free && !b.lent && b.map.as_ref().is_some_and(|m| m.owned() && m.len() >= size)
-        })?;
+        });
+        let b = if oldest {
+            lendable.min_by_key(|b| b.last_used)?
+        } else {
+            lendable.next()?
+        };
         b.lent = true;
         b.last_used = self.ticks;
         b.map.clone()
+    }
+
+    /// A buffer lent at `addr` (its mapping starts there) belongs to the stream.
+    pub fn is_lent_at(&self, addr: usize) -> bool {
+        self.buffers
+            .iter()
+            .flatten()
+            .any(|b| b.lent && b.map.as_ref().is_some_and(|m| m.addr() == addr))
     }
 
     /// The memory over `map` is gone: its buffer (if it still exists) can be used again.

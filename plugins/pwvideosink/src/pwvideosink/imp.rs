@@ -281,7 +281,7 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
-        let mut counts = [0u64; 6];
+        let mut counts = [0u64; 7];
         let mut realtime = false;
         let (consumers, sent, dropped, fmt, driving, memory, buffer_type) = match &*state {
             State::Stopped => (0u32, 0u64, 0u64, String::new(), false, "", ""),
@@ -299,6 +299,7 @@ impl PwVideoSink {
                     &shared.lend_misses,
                     &shared.wakes_data_thread,
                     &shared.recycle_cycles,
+                    &shared.copies_on_data_thread,
                 ]
                 .map(|c| c.load(Ordering::Relaxed));
                 realtime = shared.data_thread_realtime.load(Ordering::Relaxed);
@@ -341,6 +342,7 @@ impl PwVideoSink {
             .field("wakes-data-thread", counts[4])
             .field("recycle-cycles", counts[5])
             .field("data-thread-realtime", realtime)
+            .field("copies-on-data-thread", counts[6])
             .build()
     }
 }
@@ -402,7 +404,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles, data-thread-realtime")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles, data-thread-realtime, copies-on-data-thread")
                     .read_only()
                     .build(),
             ]
@@ -748,7 +750,10 @@ impl BaseSinkImpl for PwVideoSink {
             info,
             dmabuf: planes,
             lent,
+            copied: false,
         };
+        // Memory we did not lend: copied now, on this thread, not on PipeWire's data thread.
+        let frame = super::lend::copy_ahead(&shared, frame);
         if shared.offer(frame) {
             if shared.data_wake_ready.load(Ordering::Acquire) {
                 // Straight to PipeWire's data thread (`wake.rs`).

@@ -22,7 +22,8 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use super::mailbox::{Shared, lock};
+use super::data_thread::copy_frame;
+use super::mailbox::{PendingFrame, Shared, lock};
 use crate::format::VideoSpec;
 
 /// A shared read-write mapping of (part of) one memfd, unmapped when the last user lets go —
@@ -148,6 +149,54 @@ impl Drop for LentMemory {
     }
 }
 
+/// A frame in memory the sink did not lend (another pool, system or DMA-BUF memory while the
+/// consumer takes memfds): copied here, on the streaming thread, into a free PipeWire buffer
+/// the sink lends itself, so PipeWire's (realtime) data thread only queues it, as it does a
+/// frame upstream wrote in place. Returns the frame to hand over: the copy, or `frame` as it
+/// is when it needs no copy (a lent buffer, DMA-BUF pass-through) or none is possible now (no
+/// free buffer, another format): the data thread then copies it when a buffer comes back.
+pub(crate) fn copy_ahead(shared: &Arc<Shared>, frame: PendingFrame) -> PendingFrame {
+    let (spec, size) = (frame.layout.spec, frame.layout.size as usize);
+    let map = {
+        let mut pool = lock(&shared.pool);
+        if frame.lent.is_some_and(|addr| pool.is_lent_at(addr)) {
+            return frame;
+        }
+        // (None unless memfd mode with this format and a free buffer.)
+        pool.lend(spec, size, true)
+    };
+    let Some(map) = map else {
+        return frame;
+    };
+    // SAFETY: the buffer was just lent to us alone (free, not with the consumer, not lent to
+    // anyone else) and `size <= map.len()` (`Pool::lend`); the bytes are released with the
+    // memory below, before anything else can take the buffer.
+    let written = copy_frame(&frame, unsafe { &mut map.bytes_mut()[..size] });
+    let addr = map.addr();
+    let mem = gst::Memory::from_mut_slice(LentMemory {
+        map,
+        len: size,
+        shared: Arc::downgrade(shared),
+    });
+    if written != size {
+        // Short or unmappable: left to the data thread's copy (which marks it), `mem` ends
+        // the lend.
+        return frame;
+    }
+    let mut buffer = gst::Buffer::new();
+    if let Some(b) = buffer.get_mut() {
+        b.append_memory(mem);
+    }
+    PendingFrame {
+        buffer,
+        lent: Some(addr),
+        info: None,
+        dmabuf: None,
+        copied: true,
+        ..frame
+    }
+}
+
 /// What the pool lends for: the sink's shared state and the caps it was proposed for.
 #[derive(Clone)]
 struct Target {
@@ -195,7 +244,7 @@ mod imp {
                 return Err(gst::FlowError::NotNegotiated);
             };
             if let Some(shared) = target.shared.upgrade() {
-                let lent = lock(&shared.pool).lend(target.spec, target.size);
+                let lent = lock(&shared.pool).lend(target.spec, target.size, false);
                 if let Some(map) = lent {
                     shared.buffers_lent.fetch_add(1, Ordering::Relaxed);
                     let mem = gst::Memory::from_mut_slice(LentMemory {

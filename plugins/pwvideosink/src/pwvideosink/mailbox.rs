@@ -31,6 +31,9 @@ pub(crate) struct PendingFrame {
     /// Where the frame's single memory block starts when it may be a buffer the sink lent
     /// upstream (default layout, system memory): queued without a copy if it is one.
     pub lent: Option<usize>,
+    /// The streaming thread already copied the frame into the lent buffer at `lent`
+    /// (`lend::copy_ahead`): counted as copied, not in place.
+    pub copied: bool,
 }
 
 /// State shared between the element (streaming thread, property reads), the loop thread and
@@ -48,6 +51,8 @@ pub(crate) struct Shared {
     pub frames_in_place: AtomicU64,
     /// Frames copied into a PipeWire buffer (memory from elsewhere).
     pub frames_copied: AtomicU64,
+    /// Of those, copied by the data thread (no buffer was free when the frame arrived).
+    pub copies_on_data_thread: AtomicU64,
     /// PipeWire buffers lent upstream by the pool (`lend.rs`).
     pub buffers_lent: AtomicU64,
     /// Pool acquires answered with system memory because no PipeWire buffer was free.
