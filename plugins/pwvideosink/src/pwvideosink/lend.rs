@@ -173,19 +173,11 @@ pub(crate) fn copy_ahead(shared: &Arc<Shared>, frame: PendingFrame) -> PendingFr
     // memory below, before anything else can take the buffer.
     let written = copy_frame(&frame, unsafe { &mut map.bytes_mut()[..size] });
     let addr = map.addr();
-    let mem = gst::Memory::from_mut_slice(LentMemory {
-        map,
-        len: size,
-        shared: Arc::downgrade(shared),
-    });
+    // (Dropped at once when the copy failed: that ends the lend.)
+    let buffer = lent_buffer(map, size, Arc::downgrade(shared));
     if written != size {
-        // Short or unmappable: left to the data thread's copy (which marks it), `mem` ends
-        // the lend.
+        // Short or unmappable: left to the data thread's copy (which counts it).
         return frame;
-    }
-    let mut buffer = gst::Buffer::new();
-    if let Some(b) = buffer.get_mut() {
-        b.append_memory(mem);
     }
     PendingFrame {
         buffer,
@@ -195,6 +187,16 @@ pub(crate) fn copy_ahead(shared: &Arc<Shared>, frame: PendingFrame) -> PendingFr
         copied: true,
         ..frame
     }
+}
+
+/// A buffer of one `GstMemory` over the first `len` bytes of the lent mapping `map`; the lend
+/// ends when that memory is freed.
+fn lent_buffer(map: Arc<Mapping>, len: usize, shared: Weak<Shared>) -> gst::Buffer {
+    let mut buffer = gst::Buffer::new();
+    if let Some(b) = buffer.get_mut() {
+        b.append_memory(gst::Memory::from_mut_slice(LentMemory { map, len, shared }));
+    }
+    buffer
 }
 
 /// What the pool lends for: the sink's shared state and the caps it was proposed for.
@@ -247,17 +249,7 @@ mod imp {
                 let lent = lock(&shared.pool).lend(target.spec, target.size, false);
                 if let Some(map) = lent {
                     shared.buffers_lent.fetch_add(1, Ordering::Relaxed);
-                    let mem = gst::Memory::from_mut_slice(LentMemory {
-                        map,
-                        len: target.size,
-                        shared: target.shared.clone(),
-                    });
-                    let mut buffer = gst::Buffer::new();
-                    buffer
-                        .get_mut()
-                        .ok_or(gst::FlowError::Error)?
-                        .append_memory(mem);
-                    return Ok(buffer);
+                    return Ok(lent_buffer(map, target.size, target.shared.clone()));
                 }
                 shared.lend_misses.fetch_add(1, Ordering::Relaxed);
             }
