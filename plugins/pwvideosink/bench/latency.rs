@@ -314,8 +314,16 @@ fn main() {
         "pwvideosink vs pipewiresink mode=provide (and pwvideosink realtime=false): {caps}, \
          {rounds} rounds x {frames} frames"
     );
+    // `--only pwvideosink` (or pipewiresink, pwvideosink-nort): one column, e.g. under perf.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     for round in 0..rounds {
         for (i, sink) in sinks.iter().enumerate() {
+            if only.is_some_and(|o| o != sink) {
+                continue;
+            }
             let node = format!("bench-{sink}-{round}");
             match run_once(&caps, &session, sink, &node, frames) {
                 Ok(r) => {
@@ -399,7 +407,7 @@ fn main() {
     if !failures.is_empty() {
         report.note(format!("failures: {failures:?}"));
     }
-    for sink in &sinks[..2] {
+    for sink in sinks[..2].iter().filter(|_| only.is_none()) {
         let verdict = kill_then_reconnect(&caps, &session, sink, &format!("bench-kill-{sink}"));
         report.note(format!(
             "{sink}, consumer SIGKILLed after 2 s, then a new consumer: {verdict}"

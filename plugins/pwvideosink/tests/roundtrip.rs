@@ -331,6 +331,13 @@ fn sequence_and_timestamps_reach_the_consumer() {
         wakes >= 30,
         "{wakes} direct data-thread wakes for 30 frames"
     );
+    // And the cycles those frames started did not wake the loop thread at their end
+    // (PipeWire's `trigger_done`, which `pw_stream_trigger_process` brings: `wake::on_wake`).
+    let trigger_done = producer.stat_u64("trigger-done");
+    assert_eq!(
+        trigger_done, 0,
+        "{trigger_done} graph cycles woke the loop thread at their end ({wakes} frames)"
+    );
     // client-rt.conf's module-rt made that thread realtime where the system allows it: as
     // root (CI) or with an RLIMIT_RTPRIO.
     let realtime = producer

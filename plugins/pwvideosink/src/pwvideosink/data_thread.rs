@@ -13,6 +13,7 @@
 //! stream is ours — with its `spa_buffer`, datas, chunks and metas — until we hand it back
 //! with `pw_stream_queue_buffer`; each one is queued back exactly once.
 
+use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -67,13 +68,9 @@ fn process_frame(shared: &Shared, stream: &Stream) {
     if let Some(addr) = frame.lent {
         let mut pool = lock(&shared.pool);
         if let Some(raw) = pool.take_lent(addr, spec, size) {
-            // SAFETY: `raw` is dequeued and was taken just now under the pool lock (still
-            // held, so it can't be removed); queued back exactly once here.
-            unsafe {
-                finish((*raw).buffer, size, &frame);
-                stream.queue_raw_buffer(raw);
-            }
-            drop(pool);
+            // SAFETY: `raw` is dequeued and was taken just now under the pool lock; queued
+            // back exactly once here.
+            unsafe { queue(shared, pool, stream, raw, |buf| finish(buf, size, &frame)) };
             if frame.copied {
                 shared.frames_copied.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -102,19 +99,54 @@ fn process_frame(shared: &Shared, stream: &Stream) {
         shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    // SAFETY: still the stream's, dequeued and taken by us (checked under the lock, which is
-    // held until it is queued back, once).
+    // SAFETY: still the stream's, dequeued and taken by us (checked under the lock); queued
+    // back exactly once here.
     unsafe {
-        finish((*raw).buffer, written, &frame);
-        stream.queue_raw_buffer(raw);
-    }
-    drop(pool);
+        queue(shared, pool, stream, raw, |buf| {
+            finish(buf, written, &frame)
+        })
+    };
     if written == 0 {
         shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
     } else {
         shared.frames_copied.fetch_add(1, Ordering::Relaxed);
         shared.copies_on_data_thread.fetch_add(1, Ordering::Relaxed);
         shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Fill in `raw` (its `spa_buffer`) with `fill` and queue it, after `pool`'s lock is released:
+/// queuing starts the graph cycle when the stream drives (PipeWire runs a driving stream's
+/// cycle from `pw_stream_queue_buffer` on the data thread, which wakes the daemon), and
+/// nothing may wait on the pool lock meanwhile (upstream's next acquire). The buffer is marked
+/// as being queued, so the loop thread's `remove_buffer` waits until it is
+/// ([`Shared::remove_buffer`]).
+///
+/// # Safety
+/// `raw` is a `pw_buffer` dequeued from `stream`, taken from `pool` (so no other thread uses
+/// it) and not queued back yet; it is queued here, once.
+unsafe fn queue(
+    shared: &Shared,
+    mut pool: MutexGuard<'_, Pool>,
+    stream: &Stream,
+    raw: *mut pw::sys::pw_buffer,
+    fill: impl FnOnce(*mut spa::sys::spa_buffer),
+) {
+    /// Clears the mark, also if `fill` panics.
+    struct Queued<'a>(&'a Shared);
+    impl Drop for Queued<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.pool).set_queueing(None);
+            self.0.queued.notify_all();
+        }
+    }
+    pool.set_queueing(Some(raw));
+    drop(pool);
+    let _queued = Queued(shared);
+    // SAFETY: per the contract; `remove_buffer` can't free it before `_queued` is dropped.
+    unsafe {
+        fill((*raw).buffer);
+        stream.queue_raw_buffer(raw);
     }
 }
 
@@ -152,7 +184,7 @@ fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
     let Some(frame) = shared.take() else {
         return;
     };
-    // Held across dequeue/queue so the loop thread can't remove a buffer we are filling.
+    // Held from dequeue to take; the loop thread can't remove the buffer while we queue it.
     let mut pool = lock(&shared.pool);
     // Buffers the consumer gave back: free again, their upstream frames released.
     reclaim(&mut pool, stream);
@@ -175,11 +207,11 @@ fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
     // SAFETY: `raw` was dequeued from this stream (above or in an earlier cycle) and has not
     // been queued back since (the pool hands out only free buffers, once each).
     unsafe {
-        set_dmabuf_chunks((*raw).buffer, planes);
-        write_header((*raw).buffer, pts, seq);
-        stream.queue_raw_buffer(raw);
-    }
-    drop(pool);
+        queue(shared, pool, stream, raw, |buf| {
+            set_dmabuf_chunks(buf, planes);
+            write_header(buf, pts, seq);
+        })
+    };
     shared.frames_sent.fetch_add(1, Ordering::Relaxed);
     // If no frame follows within two frame intervals (10–100 ms), start a cycle ourselves to
     // get back what the consumer returned (`wake.rs`, `RecycleTimer`): upstream may be out of

@@ -281,7 +281,7 @@ impl PwVideoSink {
 
     fn stats(&self) -> gst::Structure {
         let state = lock(&self.state);
-        let mut counts = [0u64; 7];
+        let mut counts = [0u64; 8];
         let mut realtime = false;
         let (consumers, sent, dropped, fmt, driving, memory, buffer_type) = match &*state {
             State::Stopped => (0u32, 0u64, 0u64, String::new(), false, "", ""),
@@ -300,6 +300,7 @@ impl PwVideoSink {
                     &shared.wakes_data_thread,
                     &shared.recycle_cycles,
                     &shared.copies_on_data_thread,
+                    &shared.trigger_done,
                 ]
                 .map(|c| c.load(Ordering::Relaxed));
                 realtime = shared.data_thread_realtime.load(Ordering::Relaxed);
@@ -343,6 +344,7 @@ impl PwVideoSink {
             .field("recycle-cycles", counts[5])
             .field("data-thread-realtime", realtime)
             .field("copies-on-data-thread", counts[6])
+            .field("trigger-done", counts[7])
             .build()
     }
 }
@@ -404,7 +406,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles, data-thread-realtime, copies-on-data-thread")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles, data-thread-realtime, copies-on-data-thread, trigger-done")
                     .read_only()
                     .build(),
             ]

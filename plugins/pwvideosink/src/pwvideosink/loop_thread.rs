@@ -152,7 +152,7 @@ impl Drop for LoopHandle {
 /// Everything bound to one connection to the daemon. Field order is drop order: listeners
 /// before their objects, the core last.
 struct Session {
-    stream: Option<(StreamListener<()>, StreamRc)>,
+    stream: Option<(StreamListeners, StreamRc)>,
     _registry_listener: pw::registry::Listener,
     _registry: pw::registry::RegistryRc,
     _core_listener: pw::core::Listener,
@@ -404,7 +404,7 @@ fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
 fn create_stream(
     ctx: &Rc<LoopCtx>,
     core: &pw::core::CoreRc,
-) -> Result<(StreamListener<()>, StreamRc), String> {
+) -> Result<(StreamListeners, StreamRc), String> {
     let cfg = &ctx.config;
     let mut props = pw::properties::PropertiesBox::new();
     props.insert(*pw::keys::MEDIA_TYPE, "Video");
@@ -463,7 +463,7 @@ fn create_stream(
         })
         .remove_buffer({
             let shared = ctx.shared.clone();
-            move |_, _, raw| lock(&shared.pool).remove(raw)
+            move |_, _, raw| shared.remove_buffer(raw)
         })
         .process({
             // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
@@ -491,7 +491,58 @@ fn create_stream(
     if let Some(wake) = ctx.data_wake.borrow().as_ref() {
         wake.set_stream(stream.as_raw_ptr());
     }
-    Ok((listener, stream))
+    let trigger_done = TriggerDoneHook::add(&stream, ctx.shared.clone());
+    Ok(((listener, trigger_done), stream))
+}
+
+/// A stream's listeners (dropped before the stream).
+type StreamListeners = (StreamListener<()>, TriggerDoneHook);
+
+/// Counts the stream's `trigger_done` events (each one a wake-up of this loop thread at the
+/// end of a graph cycle) in [`Shared::trigger_done`]. A listener of its own: pipewire-rs 0.10's
+/// listener builder has no method for this event.
+struct TriggerDoneHook {
+    hook: Box<spa::sys::spa_hook>,
+    _events: Box<pw::sys::pw_stream_events>,
+    _shared: Arc<Shared>,
+}
+
+impl TriggerDoneHook {
+    fn add(stream: &Stream, shared: Arc<Shared>) -> Self {
+        unsafe extern "C" fn on_trigger_done(data: *mut std::os::raw::c_void) {
+            // SAFETY: `data` is the `Shared` the hook holds an `Arc` of; the hook is removed
+            // before that `Arc` goes.
+            let shared = unsafe { &*(data as *const Shared) };
+            shared.trigger_done.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: all-zero is a valid `pw_stream_events` (no callbacks) and `spa_hook`.
+        let mut events: Box<pw::sys::pw_stream_events> = Box::new(unsafe { std::mem::zeroed() });
+        events.version = pw::sys::PW_VERSION_STREAM_EVENTS;
+        events.trigger_done = Some(on_trigger_done);
+        // SAFETY: as above.
+        let mut hook: Box<spa::sys::spa_hook> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: the stream is alive; `hook`, `events` and the data (`shared`) are boxed or
+        // shared and outlive the registration (removed in `drop`, before the stream goes).
+        unsafe {
+            pw::sys::pw_stream_add_listener(
+                stream.as_raw_ptr(),
+                &mut *hook,
+                &*events,
+                Arc::as_ptr(&shared) as *mut std::os::raw::c_void,
+            );
+        }
+        TriggerDoneHook {
+            hook,
+            _events: events,
+            _shared: shared,
+        }
+    }
+}
+
+impl Drop for TriggerDoneHook {
+    fn drop(&mut self) {
+        spa::utils::hook::remove(*self.hook);
+    }
 }
 
 impl LoopCtx {

@@ -5,12 +5,14 @@
 //! the format the consumer fixed and the pool of the stream's PipeWire buffers.
 //!
 //! Every lock here is held only for a few field reads or writes (the pool's also across the
-//! data thread's non-blocking dequeue/fill/queue): nobody waits, sleeps, posts a message or
+//! data thread's non-blocking dequeues; it queues without it): nobody waits, sleeps, posts a message or
 //! calls into another element while holding one. Nesting order: the element's state lock,
 //! then `dmabufs`, then `pool`, then `negotiated`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use pipewire as pw;
 
 use super::dmabuf::{DmaBufPlane, DmaBufRegistry, Pool};
 use super::wake::{RecycleTimer, WakeFd};
@@ -70,6 +72,9 @@ pub(crate) struct Shared {
     /// filled by the loop thread (`add_buffer`/`remove_buffer`), used by the data thread and
     /// the lending pool.
     pub pool: Mutex<Pool>,
+    /// Signalled when the data thread has queued the buffer it queues without the pool lock
+    /// (`Pool::set_queueing`).
+    pub queued: Condvar,
     /// The consumer takes upstream's DMA-BUFs (no copy).
     pub dmabuf_passthrough: AtomicBool,
     /// Written by the streaming thread to wake PipeWire's data thread (`wake.rs`).
@@ -83,6 +88,9 @@ pub(crate) struct Shared {
     /// PipeWire's data thread runs with a realtime scheduling policy (`client-rt.conf`'s
     /// module-rt could raise it), as seen from the data thread when the wake source was added.
     pub data_thread_realtime: AtomicBool,
+    /// Graph cycles that ended by waking the loop thread (PipeWire's `trigger_done`, once a
+    /// cycle was triggered with `pw_stream_trigger_process`: see `wake::on_wake`).
+    pub trigger_done: AtomicU64,
     /// Cycles the recycle timer started.
     pub recycle_cycles: AtomicU64,
     /// When the data thread last sent a DMA-BUF frame (monotonic ns), to pace the timer.
@@ -127,6 +135,16 @@ impl Shared {
         if self.take().is_some() {
             self.frames_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// `remove_buffer` (loop thread): forget `raw`, once the data thread is no longer queuing
+    /// it (the wait releases the lock and lasts one `pw_stream_queue_buffer` call).
+    pub fn remove_buffer(&self, raw: *mut pw::sys::pw_buffer) {
+        let mut pool = lock(&self.pool);
+        while pool.is_queueing(raw) {
+            pool = self.queued.wait(pool).unwrap_or_else(|e| e.into_inner());
+        }
+        pool.remove(raw);
     }
 
     pub fn negotiated(&self) -> Option<VideoSpec> {
