@@ -119,24 +119,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl V4l2LoopSink {
-    /// The clock time of `buffer` as CLOCK_MONOTONIC when the pipeline runs on the monotonic
-    /// system clock (readers then get the buffer's true time); now otherwise.
-    fn timestamp_for(&self, buffer: &gst::BufferRef) -> Duration {
-        let obj = self.obj();
-        let exact = || -> Option<Duration> {
-            let clock = obj.clock()?;
-            let sys = clock.downcast_ref::<gst::SystemClock>()?;
-            if sys.property::<gst::ClockType>("clock-type") != gst::ClockType::Monotonic {
-                return None;
-            }
-            let base = obj.base_time()?;
-            let segment = obj.segment().downcast::<gst::ClockTime>().ok()?;
-            let rt = segment.to_running_time(buffer.pts()?)?;
-            Some(Duration::from_nanos((base + rt).nseconds()))
-        };
-        exact().unwrap_or_else(v4l2::monotonic_now)
-    }
-
     fn write(
         &self,
         buffer: &gst::Buffer,
@@ -158,7 +140,6 @@ impl V4l2LoopSink {
             buffer.as_ptr(),
             buffer.pts()
         );
-        let ts = self.timestamp_for(buffer);
         let mut out = shared.lock();
         let o = &mut *out;
         // The buffer prepare() wrote while prerolling comes again (BaseSink calls prepare() once
@@ -183,7 +164,7 @@ impl V4l2LoopSink {
             );
             return Err(gst::FlowError::NotNegotiated);
         };
-        if let Err(msg) = o.write_frame(buffer, &info, ts) {
+        if let Err(msg) = o.write_frame(buffer, &info) {
             drop(out);
             gst::element_imp_error!(self, gst::ResourceError::Write, ["{}", msg]);
             return Err(gst::FlowError::Error);
@@ -430,7 +411,7 @@ impl ObjectImpl for V4l2LoopSink {
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "frames-written, frames-repeated (keep-alive), bytes-copied, \
+                        "frames-written, frames-repeated (keep-alive), timestamps-raised, bytes-copied, \
                          copies-per-frame, frames-zero-copy, frames-copied, frames-dropped, \
                          pool-offered and copy-reason",
                     )

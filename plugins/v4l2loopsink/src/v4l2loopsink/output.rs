@@ -38,6 +38,9 @@ pub(super) struct Stats {
     pub(super) frames_copied: u64,
     /// Frames not shown because every device buffer was held upstream.
     pub(super) frames_dropped: u64,
+    /// Frames stamped 1 µs after the previous one because the clock read for them was not
+    /// later (see [`Output::stamp`]).
+    pub(super) timestamps_raised: u64,
 }
 
 /// Why frames are copied (the `copy-reason` field of `stats`).
@@ -86,6 +89,8 @@ pub(super) struct Output {
     pub(super) keepalive: bool,
     /// Set once a keep-alive write failed (reported once, then keep-alive pauses).
     pub(super) failed: bool,
+    /// The timestamp of the last frame queued (written or repeated), in µs.
+    last_timestamp_us: Option<u64>,
     pub(super) stats: Stats,
 }
 
@@ -133,8 +138,32 @@ impl Output {
             stopping: false,
             keepalive,
             failed: false,
+            last_timestamp_us: None,
             stats: Stats::default(),
         }
+    }
+
+    /// The timestamp of a frame queued now: CLOCK_MONOTONIC (as a camera's driver stamps a
+    /// frame when it is captured; for a virtual camera that is when it is written), and at
+    /// least 1 µs after the previous frame's (V4L2 timestamps have µs resolution; the
+    /// streaming and keep-alive threads may read the clock in one order and queue in the
+    /// other). Readers check that they only go forwards: GStreamer's `v4l2src` ignores the
+    /// driver's timestamps for good once one goes backwards ("Timestamp going backward") and
+    /// then stamps frames when it happens to dequeue them. (Frames used to carry their
+    /// pipeline clock time, which lags the write by the latency plus any lateness: the
+    /// keep-alive repeats sent during a stall, and v4l2loopback 0.13's own stamp on a new
+    /// reader's first frame, came after the late frames that followed them.)
+    fn stamp(&mut self) -> Duration {
+        let us = v4l2::monotonic_now().as_micros() as u64;
+        let us = match self.last_timestamp_us {
+            Some(last) if us <= last => {
+                self.stats.timestamps_raised += 1;
+                last + 1
+            }
+            _ => us,
+        };
+        self.last_timestamp_us = Some(us);
+        Duration::from_micros(us)
     }
 
     /// Writes a frame from upstream: queued as it is when upstream wrote it into one of the
@@ -143,8 +172,11 @@ impl Output {
         &mut self,
         buffer: &gst::Buffer,
         info: &gst_video::VideoInfo,
-        timestamp: Duration,
     ) -> Result<(), String> {
+        if self.stream.is_none() {
+            return Err("no stream".into());
+        }
+        let timestamp = self.stamp();
         let Some(stream) = self.stream.as_mut() else {
             return Err("no stream".into());
         };
@@ -170,7 +202,8 @@ impl Output {
 
     /// Keep-alive: shows the placeholder, or the last frame again (queued again when it is in
     /// a device buffer we hold: no copy).
-    fn repeat_frame(&mut self, timestamp: Duration) -> Result<(), String> {
+    fn repeat_frame(&mut self) -> Result<(), String> {
+        let timestamp = self.stamp();
         let placeholder = self.placeholder.take();
         let result = match (&placeholder, self.last.clone(), self.queued.as_ref()) {
             (Some(RepeatFrame::Raw(data)), _, _) => self
@@ -383,6 +416,7 @@ fn stats_structure(stats: Stats, copies: f64, pool: bool, why: &str) -> gst::Str
     gst::Structure::builder("v4l2loopsink-stats")
         .field("frames-written", stats.frames_written)
         .field("frames-repeated", stats.frames_repeated)
+        .field("timestamps-raised", stats.timestamps_raised)
         .field("bytes-copied", stats.bytes_copied)
         .field("copies-per-frame", copies)
         .field("frames-zero-copy", stats.frames_zero_copy)
@@ -428,9 +462,8 @@ pub(super) fn keepalive_loop(shared: Arc<Shared>, element: glib::WeakRef<super::
                 .0;
             continue;
         }
-        let ts = v4l2::monotonic_now();
         let o = &mut *out;
-        match o.repeat_frame(ts) {
+        match o.repeat_frame() {
             Ok(()) => {
                 o.stats.frames_repeated += 1;
                 o.repeating = true;
