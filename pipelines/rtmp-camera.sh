@@ -50,9 +50,11 @@ Options:
   --label NAME         v4l2loopback card label to find or create (default $LABEL)
   --node-name NAME     PipeWire node name (default $NODE_NAME)
   --size WxH           camera size (default ${WIDTH}x${HEIGHT}; the picture is letterboxed)
-  --fps N              most frames per second the camera gets (default $FPS): a faster publisher
-                       is thinned out, a slower one keeps its own rate (frames are never
-                       repeated to fill a rate: that holds each frame back until the next)
+  --fps N              most frames per second the camera gets (default $FPS), on average: a
+                       faster publisher is thinned out, a slower one keeps its own rate (frames
+                       are never repeated to fill a rate: that holds each frame back until the
+                       next); after a stall the next frames pass at the publisher's rate until
+                       the average is back
   --format FMT         raw format for the webcam (default $FORMAT)
   --latency MS         jitter allowance before frames are shown (default $LATENCY_MS: enough for a
                        publisher on this machine or the LAN; raise it for a publisher far away)

@@ -99,9 +99,13 @@ fn rtmp_publisher_becomes_a_webcam_with_its_colour_at_most_fps() {
     p.set_state_wait(gst::State::Playing, T)
         .expect("v4l2src plays");
     let mut pts = Vec::new();
+    let mut offsets = Vec::new();
     let mut off_colour = Vec::new();
     let deadline = Instant::now() + T;
-    while pts.len() < 46 {
+    // Frames the device held before the reader started come first, stamped before its start
+    // (v4l2src clamps them all to its first timestamp): 60 frames (4 s) are read after those.
+    let timed = |pts: &[u64]| pts.iter().filter(|&&t| t > pts[0]).count();
+    while pts.len() < 6 || timed(&pts) < 60 {
         let left = deadline.saturating_duration_since(Instant::now());
         let sample = sink
             .try_pull_sample(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
@@ -127,6 +131,8 @@ fn rtmp_publisher_becomes_a_webcam_with_its_colour_at_most_fps() {
             off_colour.push(bad);
         }
         pts.push(buffer.pts().expect("v4l2src timestamps").nseconds());
+        // v4l2src's offset: the driver's sequence number (a gap: frames the reader missed).
+        offsets.push(buffer.offset());
     }
     let caps = p
         .by_name("src")
@@ -146,17 +152,43 @@ fn rtmp_publisher_becomes_a_webcam_with_its_colour_at_most_fps() {
         off_colour.len(),
         pts.len()
     );
-    let mut gaps: Vec<u64> = pts.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    let intervals: Vec<u64> = pts
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]) / 1_000_000)
+        .collect();
+    // The first frame with a timestamp of its own (frame 0 unless several share the first).
+    let first = match pts.iter().position(|&t| t > pts[0]).expect("timed frames") {
+        1 => 0,
+        n => n,
+    };
+    let timed = &pts[first..];
+    let mut gaps: Vec<u64> = timed.windows(2).map(|w| w[1] - w[0]).collect();
     gaps.sort_unstable();
     let median_ms = gaps[gaps.len() / 2] as f64 / 1e6;
+    let mean_ms = (timed[timed.len() - 1] - timed[0]) as f64 / 1e6 / (timed.len() - 1) as f64;
     eprintln!(
-        "main job: {} frames read, median interval {median_ms:.1} ms (15 fps = 66.7 ms)",
-        pts.len()
+        "main job: {} frames read ({} before the reader's start), mean interval {mean_ms:.1} ms, \
+         median {median_ms:.1} ms (15 fps = 66.7 ms)",
+        pts.len(),
+        first
+    );
+    // The cap is videorate's (drop-only, max-rate): an average. After a stall (frames dropped
+    // for lateness on this slow guest) it lets the next frames through at the publisher's rate
+    // until the average is back at 15 fps (seen here: 7 frames 33 ms apart after a 233 ms
+    // gap), so the mean over 4 s is asserted, not each interval nor the median: an uncapped
+    // 30 fps publisher gives 33 ms, a burst after a stall just before the window moves the
+    // mean by a few ms.
+    let detail = format!(
+        "intervals (ms, in order): {intervals:?}; the driver's sequence numbers: {offsets:?}"
     );
     assert!(
-        (median_ms - 1000.0 / 15.0).abs() < 10.0,
-        "a 30 fps publisher reaches a --fps 15 camera every {median_ms:.1} ms (median), \
-         expected 66.7 ms: the rate is not capped"
+        mean_ms > 1000.0 / 15.0 * 0.8,
+        "a 30 fps publisher reaches a --fps 15 camera every {mean_ms:.1} ms on average (median \
+         {median_ms:.1}), expected 66.7 ms: the rate is not capped; {detail}"
+    );
+    assert!(
+        mean_ms < 200.0,
+        "the camera gets a frame every {mean_ms:.1} ms on average, expected 66.7 ms; {detail}"
     );
 
     job.signal(libc::SIGINT);
