@@ -101,15 +101,36 @@ fn rtmp_publisher_becomes_a_webcam_with_its_colour_at_most_fps() {
     let mut pts = Vec::new();
     let mut offsets = Vec::new();
     let mut off_colour = Vec::new();
-    let deadline = Instant::now() + T;
-    // Frames the device held before the reader started come first, stamped before its start
-    // (v4l2src clamps them all to its first timestamp): 60 frames (4 s) are read after those.
-    let timed = |pts: &[u64]| pts.iter().filter(|&&t| t > pts[0]).count();
-    while pts.len() < 6 || timed(&pts) < 60 {
+    // The cap is videorate's (drop-only, max-rate), which counts output slots from the first
+    // frame: when the stream's timestamps jump forward (rtmpflvsrc moves its timeline after the
+    // pipeline ran late for 1 s, as the debug build in this loaded guest does at start) it
+    // lets every frame through until the count has caught up — seen: 60 frames 33 ms apart.
+    // So frames are read until the last 30 intervals (2 s) show the cap, within 25 s (the
+    // publisher runs 40 s; after it, keep-alive repeats would come at 15 fps anyway). Frames
+    // the device held before the reader started come first with one (clamped) timestamp.
+    const WINDOW: usize = 30;
+    let window = |pts: &[u64]| -> Option<(f64, f64)> {
+        let tail = pts.get(pts.len().checked_sub(WINDOW + 1)?..)?;
+        if tail[0] <= pts[0] {
+            return None;
+        }
+        let mut gaps: Vec<u64> = tail.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+        gaps.sort_unstable();
+        let mean = (tail[WINDOW] - tail[0]) as f64 / 1e6 / WINDOW as f64;
+        Some((mean, gaps[WINDOW / 2] as f64 / 1e6))
+    };
+    let frame_ms = 1000.0 / 15.0;
+    let capped = |w: Option<(f64, f64)>| {
+        w.is_some_and(|(mean, median)| mean > frame_ms * 0.9 && median > frame_ms * 0.9)
+    };
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while !capped(window(&pts)) && Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
-        let sample = sink
-            .try_pull_sample(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-            .unwrap_or_else(|| panic!("v4l2src got {} frames within {T:?}", pts.len()));
+        let Some(sample) =
+            sink.try_pull_sample(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+        else {
+            break;
+        };
         let buffer = sample.buffer().expect("buffer");
         let info = gst_video::VideoInfo::from_caps(sample.caps().expect("caps")).expect("info");
         assert_eq!((info.width() as usize, info.height() as usize), (W, H));
@@ -156,35 +177,22 @@ fn rtmp_publisher_becomes_a_webcam_with_its_colour_at_most_fps() {
         .windows(2)
         .map(|w| w[1].saturating_sub(w[0]) / 1_000_000)
         .collect();
-    // The first frame with a timestamp of its own (frame 0 unless several share the first).
-    let first = match pts.iter().position(|&t| t > pts[0]).expect("timed frames") {
-        1 => 0,
-        n => n,
-    };
-    let timed = &pts[first..];
-    let mut gaps: Vec<u64> = timed.windows(2).map(|w| w[1] - w[0]).collect();
-    gaps.sort_unstable();
-    let median_ms = gaps[gaps.len() / 2] as f64 / 1e6;
-    let mean_ms = (timed[timed.len() - 1] - timed[0]) as f64 / 1e6 / (timed.len() - 1) as f64;
-    eprintln!(
-        "main job: {} frames read ({} before the reader's start), mean interval {mean_ms:.1} ms, \
-         median {median_ms:.1} ms (15 fps = 66.7 ms)",
-        pts.len(),
-        first
-    );
-    // The cap is videorate's (drop-only, max-rate): an average. After a stall (frames dropped
-    // for lateness on this slow guest) it lets the next frames through at the publisher's rate
-    // until the average is back at 15 fps (seen here: 7 frames 33 ms apart after a 233 ms
-    // gap), so the mean over 4 s is asserted, not each interval nor the median: an uncapped
-    // 30 fps publisher gives 33 ms, a burst after a stall just before the window moves the
-    // mean by a few ms.
     let detail = format!(
         "intervals (ms, in order): {intervals:?}; the driver's sequence numbers: {offsets:?}"
     );
+    let Some((mean_ms, median_ms)) = window(&pts) else {
+        panic!("only {} frames read; {detail}", pts.len());
+    };
+    eprintln!(
+        "main job: {} frames read until the last {WINDOW} were {mean_ms:.1} ms apart on average, \
+         median {median_ms:.1} ms (15 fps = 66.7 ms)",
+        pts.len()
+    );
     assert!(
-        mean_ms > 1000.0 / 15.0 * 0.8,
+        capped(Some((mean_ms, median_ms))),
         "a 30 fps publisher reaches a --fps 15 camera every {mean_ms:.1} ms on average (median \
-         {median_ms:.1}), expected 66.7 ms: the rate is not capped; {detail}"
+         {median_ms:.1}) over its last {WINDOW} frames after 25 s, expected 66.7 ms: the rate \
+         is not capped; {detail}"
     );
     assert!(
         mean_ms < 200.0,
