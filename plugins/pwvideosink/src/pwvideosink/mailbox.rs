@@ -5,9 +5,9 @@
 //! the format the consumer fixed and the pool of the stream's PipeWire buffers.
 //!
 //! Every lock here is held only for a few field reads or writes (the pool's also across the
-//! data thread's non-blocking dequeues; it queues without it): nobody waits, sleeps, posts a message or
-//! calls into another element while holding one. Nesting order: the element's state lock,
-//! then `dmabufs`, then `pool`, then `negotiated`.
+//! data thread's non-blocking dequeues; it queues without it): nobody waits, sleeps, posts a
+//! message or calls into another element while holding one. Nesting order: the element's
+//! state lock, then `dmabufs`, then `pool`, then `negotiated`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};

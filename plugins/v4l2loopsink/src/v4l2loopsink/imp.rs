@@ -411,9 +411,9 @@ impl ObjectImpl for V4l2LoopSink {
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "frames-written, frames-repeated (keep-alive), timestamps-raised, bytes-copied, \
-                         copies-per-frame, frames-zero-copy, frames-copied, frames-dropped, \
-                         pool-offered and copy-reason",
+                        "frames-written, frames-repeated (keep-alive), timestamps-raised, \
+                         bytes-copied, copies-per-frame, frames-zero-copy, frames-copied, \
+                         frames-dropped, pool-offered and copy-reason",
                     )
                     .read_only()
                     .build(),

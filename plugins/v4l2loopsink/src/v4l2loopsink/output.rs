@@ -145,9 +145,9 @@ impl Output {
 
     /// The timestamp of a frame queued now: CLOCK_MONOTONIC (as a camera's driver stamps a
     /// frame when it is captured; for a virtual camera that is when it is written), and at
-    /// least 1 µs after the previous frame's (V4L2 timestamps have µs resolution; the
-    /// streaming and keep-alive threads may read the clock in one order and queue in the
-    /// other). Readers check that they only go forwards: GStreamer's `v4l2src` ignores the
+    /// least 1 µs after the previous frame's (V4L2 timestamps have µs resolution; both
+    /// writers, the streaming and the keep-alive thread, stamp under the output lock, so
+    /// this only separates two frames queued within one µs). Readers check that they only go forwards: GStreamer's `v4l2src` ignores the
     /// driver's timestamps for good once one goes backwards ("Timestamp going backward") and
     /// then stamps frames when it happens to dequeue them. (Frames used to carry their
     /// pipeline clock time, which lags the write by the latency plus any lateness: the
