@@ -173,9 +173,7 @@ impl Output {
         buffer: &gst::Buffer,
         info: &gst_video::VideoInfo,
     ) -> Result<(), String> {
-        if self.stream.is_none() {
-            return Err("no stream".into());
-        }
+        // (Stamped first: without a stream the element errors out anyway.)
         let timestamp = self.stamp();
         let Some(stream) = self.stream.as_mut() else {
             return Err("no stream".into());
