@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use gst_allocators::prelude::*;
-use vcambridge_tests::ChildGuard;
 use vcambridge_tests::pipewire::PipeWireSession;
 
-use super::{now_ns, self_cpu_ns};
+use super::{now_ns, run_consumer, self_cpu_ns};
 
 /// What one DMA-BUF run measured.
 pub struct PathResult {
@@ -125,26 +124,27 @@ pub fn run(
     let mut cmd = Command::new(exe);
     session.apply_env(&mut cmd);
     cmd.args(["--consumer", node, &frames.to_string(), consumer_caps]);
-    let sent = || {
-        sink.property::<gst::Structure>("stats")
-            .get::<u64>("frames-sent")
-            .unwrap_or(0)
+    let snap = {
+        let sink = sink.clone();
+        move || {
+            let sent = sink
+                .property::<gst::Structure>("stats")
+                .get::<u64>("frames-sent")
+                .unwrap_or(0);
+            (self_cpu_ns(), sent)
+        }
     };
-    let (p0, s0) = (self_cpu_ns(), sent());
-    let out = ChildGuard::spawn("dmabuf bench consumer", &mut cmd)
-        .wait_output(Duration::from_secs(60 + frames as u64 / 10));
-    let (p1, s1) = (self_cpu_ns(), sent());
+    let run = run_consumer(
+        "dmabuf bench consumer",
+        &mut cmd,
+        Duration::from_secs(60 + frames as u64 / 10),
+        snap,
+    );
     let stats = sink.property::<gst::Structure>("stats");
     stop.store(true, Ordering::Relaxed);
     let _ = pipeline.set_state(gst::State::Null);
     let _ = pusher.join();
-    if !out.status.success() {
-        return Err(format!(
-            "consumer failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (text, (p0, s0), (p1, s1)) = run?;
     let value = |key: &str| -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(key))

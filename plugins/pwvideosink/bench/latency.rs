@@ -3,15 +3,20 @@
 //! `pwvideosink` against the upstream `pipewiresink mode=provide`, side by side in one run
 //! (alternating rounds on one private PipeWire session), ending with the common report
 //! (`vcambridge_tests::bench::Report`: medians, ours / pipewiresink ratios). A third column,
-//! `pwvideosink realtime=false`, shows what the realtime data thread changes in the same run.
+//! `pwvideosink realtime=true`, shows what a realtime data thread would change in the same run.
 //!
 //!     plugins/pwvideosink/bench/run.sh [--rounds 5 --frames 300 --width 1280 --height 720]
 //!
 //! Latency: the producer writes CLOCK_MONOTONIC into the first 8 bytes of each frame just
 //! before the sink; the consumer (this binary re-run with `--consumer`, `pipewiresrc !
 //! appsink` in its own process) subtracts it from the time it receives the frame.
-//! CPU: producer process, consumer process and pipewire daemon, per delivered frame.
+//! CPU: producer process, consumer process and pipewire daemon, per delivered frame, over the
+//! consumer's measured frames only (from the end of its warm-up to its last frame: no
+//! connection setup, buffer allocation or teardown; see `run_consumer`). `--threads` prints the
+//! producer's CPU per frame by thread.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,21 +45,16 @@ fn self_cpu_ns() -> u64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// CPU time (user+system) of another process from /proc, in ns.
+/// CPU time of another process, in ns: the sum of its threads' `schedstat` (ns on a CPU;
+/// `/proc/PID/stat` counts 10 ms ticks, too coarse for a few ms per run).
 fn pid_cpu_ns(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf is always safe to call.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000_000 / hz
+    dir.flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Consumer mode: receive `frames` frames after a warm-up (through `caps`, if given), print
@@ -85,6 +85,8 @@ fn consumer(node: &str, frames: usize, caps: Option<&str>) {
         if i == WARMUP {
             cpu0 = self_cpu_ns();
             t0 = t;
+            // The producer measures from here (see `run_consumer`).
+            println!("WARM");
         }
         t_last = t;
         if i < WARMUP {
@@ -102,6 +104,7 @@ fn consumer(node: &str, frames: usize, caps: Option<&str>) {
         }
     }
     let cpu = self_cpu_ns() - cpu0;
+    println!("END");
     let _ = pipeline.set_state(gst::State::Null);
     for l in &lat {
         println!("LAT {l}");
@@ -119,9 +122,95 @@ type Metric = fn(&RunResult) -> f64;
 
 struct RunResult {
     latency_ms: f64,
+    /// 95th percentile of the frames' latency.
+    latency_p95_ms: f64,
     producer_us: f64,
     consumer_us: f64,
     daemon_us: f64,
+    /// CPU per frame of each thread of the producer process (`--threads`).
+    threads: Vec<(String, f64)>,
+}
+
+/// The producer side at one instant.
+struct Snapshot {
+    producer_ns: u64,
+    daemon_ns: u64,
+    frames: u64,
+    threads: BTreeMap<u32, (String, u64)>,
+}
+
+/// CPU time of each thread of this process (ns on a CPU, from `schedstat`), by tid.
+fn thread_cpu() -> BTreeMap<u32, (String, u64)> {
+    let mut threads = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    for entry in dir.flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).unwrap_or_default();
+        let ns = read("schedstat")
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        threads.insert(tid, (read("comm").trim().to_string(), ns));
+    }
+    threads
+}
+
+/// Runs a consumer (this binary with `--consumer`) and calls `snap` when it reports the end of
+/// its warm-up (`WARM`) and its last measured frame (`END`): the producer's figures then cover
+/// the very frames the consumer measures, without connection setup, buffer allocation, warm-up
+/// or teardown (one-off costs that differ between the sinks and would blur the per-frame
+/// figure). Returns the consumer's output and both snapshots.
+pub(crate) fn run_consumer<S: Send + 'static>(
+    name: &str,
+    cmd: &mut Command,
+    timeout: Duration,
+    snap: impl Fn() -> S + Send + 'static,
+) -> Result<(String, S, S), String> {
+    let mut guard = ChildGuard::spawn(name, cmd);
+    let child = guard.child.as_mut().ok_or("no child")?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut text, mut warm, mut end) = (String::new(), None, None);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            match line.as_str() {
+                "WARM" => warm = Some(snap()),
+                "END" => end = Some(snap()),
+                _ => {}
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let _ = tx.send((text, warm, end));
+    });
+    // On a timeout the guard kills the consumer; the reader then sees the pipe close.
+    let (text, warm, end) = rx
+        .recv_timeout(timeout)
+        .map_err(|_| format!("{name}: not done within {timeout:?}"))?;
+    let status = guard.child.as_mut().and_then(|c| c.wait().ok());
+    let errors = errors.join().unwrap_or_default();
+    if !status.is_some_and(|s| s.success()) {
+        return Err(format!("{name} failed: {}", errors.trim()));
+    }
+    match (warm, end) {
+        (Some(warm), Some(end)) => Ok((text, warm, end)),
+        _ => Err(format!(
+            "{name}: no WARM/END line; stderr: {}",
+            errors.trim()
+        )),
+    }
 }
 
 fn run_once(
@@ -133,7 +222,7 @@ fn run_once(
 ) -> Result<RunResult, String> {
     let sink_desc = match sink {
         "pwvideosink" => format!("pwvideosink node-name={node} sync=false"),
-        "pwvideosink-nort" => format!("pwvideosink node-name={node} sync=false realtime=false"),
+        "pwvideosink-rt" => format!("pwvideosink node-name={node} sync=false realtime=true"),
         _ => format!(
             "pipewiresink mode=provide sync=false stream-properties=\"props,node.name={node},\
              media.class=Video/Source,media.role=Camera\""
@@ -174,46 +263,61 @@ fn run_once(
     session.apply_env(&mut cmd);
     cmd.args(["--consumer", node, &frames.to_string()]);
     let daemon = session.pipewire_pid().unwrap_or(0);
-    let (p0, d0, c0) = (
-        self_cpu_ns(),
-        pid_cpu_ns(daemon),
-        count.load(Ordering::Relaxed),
-    );
-    let out = ChildGuard::spawn("bench consumer", &mut cmd)
-        .wait_output(Duration::from_secs(60 + frames as u64 / 10));
-    let (p1, d1, c1) = (
-        self_cpu_ns(),
-        pid_cpu_ns(daemon),
-        count.load(Ordering::Relaxed),
+    let snap = {
+        let count = count.clone();
+        move || Snapshot {
+            producer_ns: self_cpu_ns(),
+            daemon_ns: pid_cpu_ns(daemon),
+            frames: count.load(Ordering::Relaxed),
+            threads: thread_cpu(),
+        }
+    };
+    let run = run_consumer(
+        &format!("{sink}: consumer"),
+        &mut cmd,
+        Duration::from_secs(60 + frames as u64 / 10),
+        snap,
     );
     let _ = pipeline.set_state(gst::State::Null);
-    if !out.status.success() {
-        return Err(format!(
-            "{sink}: consumer failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (text, s0, s1) = run?;
+    let produced = (s1.frames - s0.frames).max(1) as f64;
+    let consumer_cpu: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CPU "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
     let mut lat: Vec<f64> = text
         .lines()
         .filter_map(|l| l.strip_prefix("LAT "))
         .filter_map(|v| v.parse::<f64>().ok())
         .map(|ns| ns / 1e6)
         .collect();
-    let consumer_cpu: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("CPU "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
     if lat.len() < frames / 2 {
         return Err(format!("{sink}: only {} timestamped frames", lat.len()));
     }
-    let produced = (c1 - c0).max(1) as f64;
     Ok(RunResult {
+        latency_p95_ms: {
+            // (`median` below sorts.)
+            let mut sorted = lat.clone();
+            sorted.sort_by(f64::total_cmp);
+            sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)]
+        },
         latency_ms: median(&mut lat),
-        producer_us: (p1 - p0) as f64 / 1e3 / produced,
+        producer_us: (s1.producer_ns - s0.producer_ns) as f64 / 1e3 / produced,
         consumer_us: consumer_cpu / 1e3 / frames as f64,
-        daemon_us: (d1.saturating_sub(d0)) as f64 / 1e3 / produced,
+        daemon_us: (s1.daemon_ns.saturating_sub(s0.daemon_ns)) as f64 / 1e3 / produced,
+        threads: s1
+            .threads
+            .iter()
+            .map(|(tid, (name, t1))| {
+                let t0 = s0.threads.get(tid).map_or(0, |t| t.1);
+                (
+                    format!("{name}[{tid}]"),
+                    t1.saturating_sub(t0) as f64 / 1e3 / produced,
+                )
+            })
+            .filter(|(_, us)| *us >= 0.5)
+            .collect(),
     })
 }
 
@@ -306,19 +410,21 @@ fn main() {
         return;
     }
 
-    // pwvideosink with realtime=false: what the realtime data thread buys (same run).
-    let sinks = ["pwvideosink", "pipewiresink", "pwvideosink-nort"];
+    // pwvideosink with realtime=true: what a realtime data thread changes (same run).
+    let sinks = ["pwvideosink", "pipewiresink", "pwvideosink-rt"];
     let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new(), Vec::new()];
     let mut failures: Vec<String> = Vec::new();
     eprintln!(
-        "pwvideosink vs pipewiresink mode=provide (and pwvideosink realtime=false): {caps}, \
+        "pwvideosink vs pipewiresink mode=provide (and pwvideosink realtime=true): {caps}, \
          {rounds} rounds x {frames} frames"
     );
-    // `--only pwvideosink` (or pipewiresink, pwvideosink-nort): one column, e.g. under perf.
+    // `--only pwvideosink` (or pipewiresink, pwvideosink-rt): one column, e.g. under perf.
     let only = args
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1));
+    // `--threads`: the producer's CPU per frame by thread, per round.
+    let show_threads = args.iter().any(|a| a == "--threads");
     for round in 0..rounds {
         for (i, sink) in sinks.iter().enumerate() {
             if only.is_some_and(|o| o != sink) {
@@ -328,10 +434,15 @@ fn main() {
             match run_once(&caps, &session, sink, &node, frames) {
                 Ok(r) => {
                     eprintln!(
-                        "round {round} {sink:>16}: latency {:6.2} ms  cpu/frame producer {:7.1} us  \
+                        "round {round} {sink:>16}: latency {:6.2} ms (p95 {:5.2})  cpu/frame producer {:7.1} us  \
                          consumer {:7.1} us  daemon {:6.1} us",
-                        r.latency_ms, r.producer_us, r.consumer_us, r.daemon_us
+                        r.latency_ms, r.latency_p95_ms, r.producer_us, r.consumer_us, r.daemon_us
                     );
+                    if show_threads {
+                        for (thread, us) in &r.threads {
+                            eprintln!("    {thread:>28}: {us:7.1} us per frame");
+                        }
+                    }
                     results[i].push(r);
                 }
                 Err(e) => {
@@ -346,8 +457,9 @@ fn main() {
         let mut v: Vec<f64> = rs.iter().map(f).collect();
         Some(median(&mut v)).filter(|m| m.is_finite())
     };
-    let metrics: [(&str, Metric); 5] = [
+    let metrics: [(&str, Metric); 6] = [
         ("latency (ms)", |r| r.latency_ms),
+        ("latency p95 (ms)", |r| r.latency_p95_ms),
         ("producer CPU per frame (us)", |r| r.producer_us),
         ("consumer CPU per frame (us)", |r| r.consumer_us),
         ("daemon CPU per frame (us)", |r| r.daemon_us),
@@ -361,7 +473,7 @@ fn main() {
         &[
             "pwvideosink",
             "pipewiresink mode=provide",
-            "pwvideosink realtime=false",
+            "pwvideosink realtime=true",
         ],
     );
     for (name, f) in metrics {
@@ -375,7 +487,7 @@ fn main() {
         );
     }
     report.note(format!(
-        "runs ok: pwvideosink {}/{rounds}, pipewiresink {}/{rounds}, pwvideosink realtime=false \
+        "runs ok: pwvideosink {}/{rounds}, pipewiresink {}/{rounds}, pwvideosink realtime=true \
          {}/{rounds}",
         results[0].len(),
         results[1].len(),

@@ -338,27 +338,12 @@ fn sequence_and_timestamps_reach_the_consumer() {
         trigger_done, 0,
         "{trigger_done} graph cycles woke the loop thread at their end ({wakes} frames)"
     );
-    // client-rt.conf's module-rt made that thread realtime where the system allows it: as
-    // root (CI) or with an RLIMIT_RTPRIO.
+    // By default that thread is an ordinary one (`client.conf`, no module-rt).
     let realtime = producer
         .stats()
         .get::<bool>("data-thread-realtime")
         .expect("data-thread-realtime");
-    let mut rtprio = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct we own; geteuid is always safe.
-    let allowed = unsafe {
-        libc::getrlimit(libc::RLIMIT_RTPRIO, &mut rtprio) == 0 && rtprio.rlim_cur > 0
-            || libc::geteuid() == 0
-    };
-    if allowed {
-        assert!(
-            realtime,
-            "PipeWire's data thread is not realtime though this process may raise it"
-        );
-    }
+    assert!(!realtime, "the data thread is realtime by default");
 }
 
 /// Main-job shape (decoder → videoconvert → videoscale → fixed-size capsfilter): the camera is
@@ -412,12 +397,13 @@ fn camera_is_published_before_the_first_frame() {
     assert_eq!(stats.get::<String>("format").unwrap(), "YUY2 320x240@30/1");
 }
 
-/// `realtime=false`: the context comes from `client.conf` (no module-rt), PipeWire's data thread
-/// stays an ordinary thread, and frames flow as before.
+/// `realtime=true`: the context comes from `client-rt.conf` (module-rt), which makes PipeWire's
+/// data thread realtime where the system allows it — as root (CI) or with an RLIMIT_RTPRIO —
+/// and frames flow as before.
 #[test]
-fn realtime_false_keeps_an_ordinary_data_thread() {
-    let node = "vcam-nort";
-    let (session, producer) = session_with_producer(node, "I420", "realtime=false");
+fn realtime_true_raises_the_data_thread_where_allowed() {
+    let node = "vcam-rt";
+    let (session, producer) = session_with_producer(node, "I420", "realtime=true");
     let mut cmd = printing_consumer(&session, node, 10, "");
     let res = ChildGuard::spawn("consumer", &mut cmd).wait_output(Duration::from_secs(30));
     assert!(res.status.success(), "{}", output_text(&res));
@@ -425,7 +411,22 @@ fn realtime_false_keeps_an_ordinary_data_thread() {
         .stats()
         .get::<bool>("data-thread-realtime")
         .expect("data-thread-realtime");
-    assert!(!realtime, "realtime=false, yet the data thread is realtime");
+    let mut rtprio = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own; geteuid is always safe.
+    let allowed = unsafe {
+        libc::getrlimit(libc::RLIMIT_RTPRIO, &mut rtprio) == 0 && rtprio.rlim_cur > 0
+            || libc::geteuid() == 0
+    };
+    if allowed {
+        assert!(
+            realtime,
+            "realtime=true, yet PipeWire's data thread is not realtime though this process may \
+             raise it"
+        );
+    }
     let sent = producer.stat_u64("frames-sent");
     assert!(sent >= 10, "{sent} frames sent");
 }

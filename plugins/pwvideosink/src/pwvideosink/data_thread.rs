@@ -136,8 +136,14 @@ unsafe fn queue(
     struct Queued<'a>(&'a Shared);
     impl Drop for Queued<'_> {
         fn drop(&mut self) {
-            lock(&self.0.pool).set_queueing(None);
-            self.0.queued.notify_all();
+            let waiting = {
+                let mut pool = lock(&self.0.pool);
+                pool.set_queueing(None);
+                pool.removal_waiting
+            };
+            if waiting {
+                self.0.queued.notify_all();
+            }
         }
     }
     pool.set_queueing(Some(raw));

@@ -190,6 +190,9 @@ pub(crate) struct Pool {
     /// The buffer the data thread is queuing without the pool lock (`data_thread::queue`);
     /// `remove_buffer` waits until it is queued.
     queueing: Option<RawBuffer>,
+    /// `remove_buffer` is waiting for `queueing` to clear: only then is the condvar notified
+    /// (a notify is a futex syscall, per frame otherwise).
+    pub removal_waiting: bool,
 }
 
 impl Pool {

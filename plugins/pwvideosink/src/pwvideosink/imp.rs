@@ -26,7 +26,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_MEDIA_CLASS: &str = "Video/Source";
 const DEFAULT_MEDIA_ROLE: &str = "Camera";
 const DEFAULT_RECONNECT: bool = true;
-const DEFAULT_REALTIME: bool = true;
+const DEFAULT_REALTIME: bool = false;
 /// `GST_CAPS_FEATURE_MEMORY_DMABUF` (gst-allocators), spelled out to avoid the dependency.
 const CAPS_FEATURE_MEMORY_DMABUF: &str = "memory:DMABuf";
 
@@ -395,7 +395,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoolean::builder("realtime")
                     .nick("Realtime")
-                    .blurb("Give PipeWire's data thread realtime priority where the system allows it (module-rt: RLIMIT_RTPRIO or RTKit), as PipeWire's low-latency clients do")
+                    .blurb("Give PipeWire's data thread realtime priority where the system allows it (module-rt: RLIMIT_RTPRIO or RTKit), as PipeWire's low-latency audio clients do; off by default: at 30 fps it bought 0.1-0.2 ms at the 95th percentile of latency and nothing at the median, for 8-12% more producer CPU")
                     .default_value(DEFAULT_REALTIME)
                     .mutable_ready()
                     .build(),

@@ -151,7 +151,7 @@ impl Drop for LentMemory {
 
 /// A frame in memory the sink did not lend (another pool, system or DMA-BUF memory while the
 /// consumer takes memfds): copied here, on the streaming thread, into a free PipeWire buffer
-/// the sink lends itself, so PipeWire's (realtime) data thread only queues it, as it does a
+/// the sink lends itself, so PipeWire's data thread only queues it, as it does a
 /// frame upstream wrote in place. Returns the frame to hand over: the copy, or `frame` as it
 /// is when it needs no copy (a lent buffer, DMA-BUF pass-through) or none is possible now (no
 /// free buffer, another format): the data thread then copies it when a buffer comes back.

@@ -142,8 +142,10 @@ impl Shared {
     pub fn remove_buffer(&self, raw: *mut pw::sys::pw_buffer) {
         let mut pool = lock(&self.pool);
         while pool.is_queueing(raw) {
+            pool.removal_waiting = true;
             pool = self.queued.wait(pool).unwrap_or_else(|e| e.into_inner());
         }
+        pool.removal_waiting = false;
         pool.remove(raw);
     }
 
