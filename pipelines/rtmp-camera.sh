@@ -61,10 +61,18 @@ Options:
                        publisher on this machine or the LAN; raise it for a publisher far away)
   --no-build           use the plugins already built (no install, no cargo build)
   --profile P          cargo profile to build and load: release (default) or debug
+
+A bad value is refused with exit status 2 before anything is installed, built or started.
 EOF
 }
 
+bad() { echo "rtmp-camera.sh: $* (see --help)" >&2; exit 2; }
+
 while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo-seconds|--address|--port|--app|--key|--sink|--device|--label|--node-name|--size|--fps|--format|--latency|--profile)
+      [ $# -ge 2 ] || bad "$1 needs a value" ;;
+  esac
   case "$1" in
     --demo) DEMO=1 ;;
     --demo-seconds) DEMO_SECONDS="$2"; shift ;;
@@ -76,7 +84,9 @@ while [ $# -gt 0 ]; do
     --device) DEVICE="$2"; SINK=v4l2; shift ;;
     --label) LABEL="$2"; shift ;;
     --node-name) NODE_NAME="$2"; shift ;;
-    --size) WIDTH="${2%x*}"; HEIGHT="${2#*x}"; shift ;;
+    --size)
+      [[ "$2" =~ ^([0-9]{1,5})x([0-9]{1,5})$ ]] || bad "--size must be WIDTHxHEIGHT (e.g. 1280x720), got '$2'"
+      WIDTH=$((10#${BASH_REMATCH[1]})); HEIGHT=$((10#${BASH_REMATCH[2]})); shift ;;
     --fps) FPS="$2"; shift ;;
     --format) FORMAT="$2"; shift ;;
     --latency) LATENCY_MS="$2"; shift ;;
@@ -87,6 +97,33 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+# The values, checked before anything is installed, built or started: a bad one would
+# otherwise surface as a parse error of the pipeline description, or as a camera nobody can
+# open. `number VALUE MIN MAX` (decimal digits only).
+number() {
+  [[ "$1" =~ ^[0-9]{1,9}$ ]] && [ $((10#$1)) -ge "$2" ] && [ $((10#$1)) -le "$3" ]
+}
+number "$FPS" 1 1000 || bad "--fps must be a whole number of frames per second from 1 to 1000, got '$FPS'"
+FPS=$((10#$FPS))
+number "$PORT" 0 65535 || bad "--port must be a TCP port from 0 (any free one) to 65535, got '$PORT'"
+PORT=$((10#$PORT))
+number "$LATENCY_MS" 0 60000 || bad "--latency must be milliseconds from 0 to 60000, got '$LATENCY_MS'"
+LATENCY_MS=$((10#$LATENCY_MS))
+number "$DEMO_SECONDS" 0 999999999 || bad "--demo-seconds must be a whole number of seconds (0: until Ctrl-C), got '$DEMO_SECONDS'"
+DEMO_SECONDS=$((10#$DEMO_SECONDS))
+# Even sizes: YUY2, I420 and NV12 cameras carry chroma for pairs of pixels.
+if ! number "$WIDTH" 2 16384 || ! number "$HEIGHT" 2 16384 || [ $((WIDTH % 2)) -ne 0 ] || [ $((HEIGHT % 2)) -ne 0 ]; then
+  bad "--size must be even WIDTHxHEIGHT from 2x2 to 16384x16384, got '${WIDTH}x${HEIGHT}'"
+fi
+case "$SINK" in
+  auto|v4l2|pipewire|window|terminal) ;;
+  *) bad "--sink must be auto, v4l2, pipewire, window or terminal, got '$SINK'" ;;
+esac
+case "$PROFILE" in
+  release|debug) ;;
+  *) bad "--profile must be release or debug, got '$PROFILE'" ;;
+esac
 
 say() { printf '[vcambridge] %s\n' "$*" >&2; }
 

@@ -127,3 +127,70 @@ fn demo_seconds_ends_the_job_by_itself() {
     );
     println!("--demo-seconds 4 ended by itself after {took:?}");
 }
+
+/// Bad option values are refused at once with exit status 2 and a message that names the
+/// option, the value given and what is accepted — before anything is installed, built or
+/// started (no pipeline parse error, no camera nobody can open).
+#[test]
+fn bad_option_values_are_refused_before_anything_starts() {
+    let cases: [(&[&str], &str); 12] = [
+        (
+            &["--fps", "abc"],
+            "--fps must be a whole number of frames per second from 1 to 1000, got 'abc'",
+        ),
+        (
+            &["--fps", "0"],
+            "--fps must be a whole number of frames per second from 1 to 1000, got '0'",
+        ),
+        (&["--fps", "1001"], "got '1001'"),
+        (&["--fps"], "--fps needs a value"),
+        (
+            &["--size", "1280"],
+            "--size must be WIDTHxHEIGHT (e.g. 1280x720), got '1280'",
+        ),
+        (
+            &["--size", "641x480"],
+            "--size must be even WIDTHxHEIGHT from 2x2 to 16384x16384, got '641x480'",
+        ),
+        (
+            &["--port", "70000"],
+            "--port must be a TCP port from 0 (any free one) to 65535, got '70000'",
+        ),
+        (
+            &["--latency", "-5"],
+            "--latency must be milliseconds from 0 to 60000, got '-5'",
+        ),
+        (
+            &["--demo-seconds", "soon"],
+            "--demo-seconds must be a whole number of seconds",
+        ),
+        (
+            &["--sink", "hdmi"],
+            "--sink must be auto, v4l2, pipewire, window or terminal, got 'hdmi'",
+        ),
+        (
+            &["--profile", "fast"],
+            "--profile must be release or debug, got 'fast'",
+        ),
+        (&["--latency"], "--latency needs a value"),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = Command::new(workspace_root().join("pipelines/rtmp-camera.sh"));
+        cmd.args(args);
+        let out =
+            vcambridge_tests::run_with_timeout("rtmp-camera.sh", &mut cmd, Duration::from_secs(10));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+        assert!(stderr.contains("see --help"), "{args:?}: {stderr}");
+        // Refused before the install/build step (which prints its own lines and takes seconds).
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: more than the refusal:\n{stderr}"
+        );
+    }
+}
