@@ -53,9 +53,7 @@ Options:
   --fps N              most frames per second the camera gets (default $FPS), on average: a
                        faster publisher is thinned out, a slower one keeps its own rate (frames
                        are never repeated to fill a rate: that holds each frame back until the
-                       next); after the stream's timestamps jump forward (a pipeline running
-                       late for 1 s) frames pass at the publisher's rate until videorate's slot
-                       count has caught up
+                       next)
   --format FMT         raw format for the webcam (default $FORMAT)
   --latency MS         jitter allowance before frames are shown (default $LATENCY_MS: enough for a
                        publisher on this machine or the LAN; raise it for a publisher far away)

@@ -101,13 +101,14 @@ fn rtmp_publisher_becomes_a_webcam_with_its_colour_at_most_fps() {
     let mut pts = Vec::new();
     let mut offsets = Vec::new();
     let mut off_colour = Vec::new();
-    // The cap is videorate's (drop-only, max-rate), which counts output slots from the first
-    // frame: when the stream's timestamps jump forward (rtmpflvsrc moves its timeline after the
-    // pipeline ran late for 1 s, as the debug build in this loaded guest does at start) it
-    // lets every frame through until the count has caught up — seen: 60 frames 33 ms apart.
-    // So frames are read until the last 30 intervals (2 s) show the cap, within 25 s (the
-    // publisher runs 40 s; after it, keep-alive repeats would come at 15 fps anyway). Frames
-    // the device held before the reader started come first with one (clamped) timestamp.
+    // The cap is videorate's (drop-only, max-rate), which counts output slots from the start
+    // of a segment; rtmpflvsrc starts a new one when it moves its timeline (after the
+    // pipeline ran late for 1 s, as the debug build in this loaded guest may at start; before
+    // that segment, videorate let every frame through until its count had caught up — seen:
+    // 60 frames 33 ms apart). Frames are read until the last 30 intervals (2 s) show the cap,
+    // within 25 s (the publisher runs 40 s; after it, keep-alive repeats would come at 15 fps
+    // anyway): frames the device held before the reader started come first with one
+    // (clamped) timestamp, and the start may be uneven while the debug build catches up.
     const WINDOW: usize = 30;
     let window = |pts: &[u64]| -> Option<(f64, f64)> {
         let tail = pts.get(pts.len().checked_sub(WINDOW + 1)?..)?;

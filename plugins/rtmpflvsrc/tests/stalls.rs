@@ -26,12 +26,32 @@ enum Stall {
     Pause,
 }
 
-/// Publishes BEFORE + HELD + AFTER frames paced at 33 ms with the given stall after BEFORE and
-/// returns each frame's output PTS offset from the first one, in ms.
+/// What one run saw.
+struct Run {
+    /// Each frame's output PTS offset from the first one, in ms.
+    pts: Vec<i64>,
+    /// The output buffers' PTS and DTS.
+    buffers: Vec<(gst::ClockTime, gst::ClockTime)>,
+    /// Segments on the video pad, each with the number of buffers before it.
+    segments: Vec<(usize, gst::FormattedSegment<gst::ClockTime>)>,
+    /// PTS (ms) of the frames that reached the branch's appsink.
+    samples: Vec<i64>,
+}
+
+/// Publishes BEFORE + HELD + AFTER frames paced at 33 ms with the given stall after BEFORE.
 fn publish(stall: Stall) -> Vec<i64> {
+    publish_into(stall, common::DECODE_RGB).pts
+}
+
+/// [`publish`] into the video branch `branch`.
+fn publish_into(stall: Stall, branch: &str) -> Run {
     let frames = BEFORE + HELD + AFTER;
     let tags = h264_flv_video_tags(frames as u32, 320, 240);
-    let rx = Receiver::start(Options::default().prop("eos-on-disconnect", "true"));
+    let rx = Receiver::start(
+        Options::default()
+            .prop("eos-on-disconnect", "true")
+            .video_branch(branch),
+    );
     {
         let mut c = RtmpClient::publisher(rx.port, "live", "stall").expect("publish");
         c.send_video(&tags[0].data, 0, false)
@@ -56,15 +76,30 @@ fn publish(stall: Stall) -> Vec<i64> {
     }
     rx.wait_pads_eos(&["video"], WAIT);
     rx.assert_no_error();
-    let pts = rx.check(|d| {
+    let run = rx.check(|d| {
         assert_eq!(d.video.len(), frames, "video buffers");
-        d.video
+        let pts: Vec<i64> = d
+            .video
             .iter()
             .map(|b| b.pts.expect("PTS").mseconds() as i64)
-            .collect::<Vec<_>>()
+            .collect();
+        Run {
+            pts: pts.iter().map(|p| p - pts[0]).collect(),
+            buffers: d
+                .video
+                .iter()
+                .map(|b| (b.pts.expect("PTS"), b.dts.expect("DTS")))
+                .collect(),
+            segments: d.video_segments.clone(),
+            samples: d
+                .samples
+                .iter()
+                .map(|s| s.pts.expect("sample PTS").mseconds() as i64)
+                .collect(),
+        }
     });
     rx.stop();
-    pts.iter().map(|p| p - pts[0]).collect()
+    run
 }
 
 #[test]
@@ -102,5 +137,67 @@ fn a_paused_publisher_is_moved_forward_once() {
     assert!(
         at >= BEFORE + 1 + 25,
         "moved at frame {at}, before a second of late frames"
+    );
+}
+
+/// The move comes with a new segment on the pad, right before the first moved frame, starting
+/// at its DTS and keeping every frame's running time; a frame-rate cap downstream
+/// (`videorate drop-only=true max-rate=15`, as the main job's `--fps 15`) then keeps capping
+/// across the move. (With the move announced only by the timestamps, videorate counted its
+/// output slots from the first frame and let every frame through after the 2 s jump until the
+/// count had caught up: ~30 frames 33 ms apart.)
+#[test]
+fn a_move_starts_a_new_segment_and_a_rate_cap_holds_across_it() {
+    let run = publish_into(
+        Stall::Pause,
+        "decodebin ! videorate drop-only=true max-rate=15 ! videoconvert ! \
+         video/x-raw,format=RGB ! appsink name=vsink sync=false",
+    );
+    let moved: Vec<usize> = run
+        .pts
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[1] - w[0] != i64::from(FRAME_MS))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(moved.len(), 1, "one re-anchoring step expected: {moved:?}");
+    let at = moved[0];
+    // Two segments: the first one, and one right before the moved frame.
+    assert_eq!(
+        run.segments.len(),
+        2,
+        "segments (buffers before each): {:?}",
+        run.segments
+    );
+    assert_eq!(run.segments[0].0, 0, "first segment before the first frame");
+    let (before, segment) = &run.segments[1];
+    assert_eq!(
+        *before, at,
+        "the new segment comes right before the moved frame {at}"
+    );
+    let (_, moved_dts) = run.buffers[at];
+    assert_eq!(segment.start(), Some(moved_dts), "{segment:?}");
+    // Running times unchanged: the move is in the timestamps, not in the segment.
+    for (pts, _) in &run.buffers[at..] {
+        assert_eq!(segment.to_running_time(*pts), Some(*pts), "{segment:?}");
+    }
+    // The cap held: no two frames closer than 50 ms (15 fps: 66.7 ms; a burst: 33 ms).
+    let moved_at = run.buffers[at].0.mseconds() as i64;
+    let after: Vec<i64> = run
+        .samples
+        .iter()
+        .copied()
+        .filter(|&p| p >= moved_at)
+        .collect();
+    assert!(after.len() >= 20, "{} frames after the move", after.len());
+    let close: Vec<i64> = after
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&d| d < 50)
+        .collect();
+    assert!(
+        close.is_empty(),
+        "{} intervals under 50 ms after the move ({close:?}); all after it: {after:?}",
+        close.len()
     );
 }

@@ -444,14 +444,14 @@ impl RtmpFlvSrc {
     }
 
     /// Output DTS / PTS of a frame of publish `session` on the timeline both streams share,
-    /// and the group id.
+    /// the group id, and how often the timeline has been re-anchored (moved forward) so far.
     pub(super) fn output_times(
         &self,
         session: u64,
         kind: StreamKind,
         dts_ms: i64,
         composition_ms: i32,
-    ) -> (OutputTimes, gst::GroupId) {
+    ) -> (OutputTimes, gst::GroupId, u64) {
         let mut common = lock(&self.common);
         let group_id = *common.group_id.get_or_insert_with(gst::GroupId::next);
         let max_lateness = self.max_lateness();
@@ -472,7 +472,7 @@ impl RtmpFlvSrc {
                 gst::ClockTime::from_nseconds(times.dts)
             );
         }
-        (times, group_id)
+        (times, group_id, common.timeline.reanchors())
     }
 
     /// A new (inactive) source pad of `kind`.

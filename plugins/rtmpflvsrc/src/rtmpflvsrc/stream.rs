@@ -66,6 +66,8 @@ struct PadState {
     caps: Option<gst::Caps>,
     /// Events (stream-start, segment) need to be (re)sent.
     need_events: bool,
+    /// The shared timeline's re-anchor count when this pad's last segment was sent.
+    reanchors: u64,
 }
 
 /// State of one output stream. Its streaming thread locks it to decide what to do with an
@@ -266,7 +268,7 @@ impl StreamState {
             .as_ref()
             .and_then(|ps| ps.caps.clone())
             .unwrap_or_else(|| placeholder_caps(self.kind));
-        Some(self.pad_output(element, caps, element.group_id()))
+        Some(self.pad_output(element, caps, element.group_id(), None))
     }
 
     /// A buffer for `frame` with its output timestamps, and the pad to push it on.
@@ -290,9 +292,9 @@ impl StreamState {
         };
         self.warned_no_config = false;
 
-        let (times, group_id) =
+        let (times, group_id, reanchors) =
             element.output_times(self.session, self.kind, frame.dts_ms, frame.composition_ms);
-        let out = self.pad_output(element, caps, group_id);
+        let out = self.pad_output(element, caps, group_id, Some((reanchors, times.dts)));
 
         let mut buffer = gst::Buffer::from_slice(frame.data);
         {
@@ -311,12 +313,14 @@ impl StreamState {
     }
 
     /// The stream's pad (made now if it has none, not yet active) and the sticky events it
-    /// needs before data with `caps`.
+    /// needs before data with `caps`. `mapped`: the timeline's re-anchor count and the output
+    /// DTS of the buffer about to be pushed (none for EOS).
     fn pad_output(
         &mut self,
         element: &RtmpFlvSrc,
         caps: gst::Caps,
         group_id: gst::GroupId,
+        mapped: Option<(u64, u64)>,
     ) -> PadOutput {
         let kind = self.kind;
         let new = self.pad.is_none();
@@ -324,6 +328,7 @@ impl StreamState {
             pad: element.create_pad(kind),
             caps: None,
             need_events: true,
+            reanchors: 0,
         });
         let mut events = Vec::new();
         if ps.need_events {
@@ -343,6 +348,30 @@ impl StreamState {
             let segment = gst::FormattedSegment::<gst::ClockTime>::new();
             events.push(gst::event::Segment::new(&segment));
             ps.need_events = false;
+            if let Some((reanchors, _)) = mapped {
+                ps.reanchors = reanchors;
+            }
+        } else if let Some((reanchors, dts)) = mapped
+            && reanchors != ps.reanchors
+        {
+            // The timeline moved forward (the pipeline ran late for a second, see
+            // `Timeline::map`): a new segment starting at this buffer, with the same running
+            // times (start = time = base), so that elements which count frames from the start of
+            // a segment start again — `videorate max-rate` otherwise lets every frame through
+            // until its count has caught up with the jump (the main job's `--fps` cap). Buffers
+            // after this one have DTS (and PTS) at or after it: none falls before the start.
+            let start = gst::ClockTime::from_nseconds(dts);
+            let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+            segment.set_start(start);
+            segment.set_time(start);
+            segment.set_base(start);
+            gst::info!(
+                CAT,
+                obj = ps.pad,
+                "Timeline moved forward: new segment at {start}"
+            );
+            events.push(gst::event::Segment::new(&segment));
+            ps.reanchors = reanchors;
         }
         PadOutput {
             pad: ps.pad.clone(),

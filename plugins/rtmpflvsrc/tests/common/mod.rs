@@ -65,6 +65,8 @@ pub struct Collected {
     pub audio: Vec<BufInfo>,
     pub video_caps: Vec<gst::Caps>,
     pub audio_caps: Vec<gst::Caps>,
+    /// Segments on the video pad, each with the number of video buffers seen before it.
+    pub video_segments: Vec<(usize, gst::FormattedSegment<gst::ClockTime>)>,
     pub samples: Vec<SinkSample>,
     pub messages: Vec<gst::Message>,
     pub pads: Vec<String>,
@@ -234,6 +236,14 @@ fn record_pad(pad: &gst::Pad, data: &Arc<Mutex<Collected>>, video: bool) {
                 Some(gst::PadProbeData::Event(e)) => {
                     if let gst::EventView::Eos(_) = e.view() {
                         lock(&data).pads_eos.push(pad.name().to_string());
+                    }
+                    if let gst::EventView::Segment(seg) = e.view()
+                        && video
+                        && let Ok(seg) = seg.segment().clone().downcast::<gst::ClockTime>()
+                    {
+                        let mut d = lock(&data);
+                        let at = d.video.len();
+                        d.video_segments.push((at, seg));
                     }
                     if let gst::EventView::Caps(c) = e.view() {
                         let mut d = lock(&data);
