@@ -229,7 +229,7 @@ fn run(
     // upstream's streaming thread instead of queueing behind its next frame; where it can't,
     // the module changes nothing (`stats` field `data-thread-realtime`). Not the default: the
     // preemptions cost upstream 8-12 % CPU per frame for 0.1-0.2 ms at the 95th percentile of
-    // latency and nothing at the median (README, Design).
+    // latency and nothing at the median (README, Threads and locks).
     let conf = if config.realtime {
         "client-rt.conf"
     } else {
