@@ -31,6 +31,15 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The `p` quantile (0..=1, nearest rank) of `v` (sorted in place); NaN for an empty slice.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
 /// Cores, CPU model, kernel and GStreamer version: the machine line every report starts with.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism()

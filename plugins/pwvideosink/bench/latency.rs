@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use vcambridge_tests::ChildGuard;
-use vcambridge_tests::bench::{Report, median};
+use vcambridge_tests::bench::{Report, median, percentile};
 use vcambridge_tests::pipewire::PipeWireSession;
 
 mod dmabuf_path;
@@ -51,10 +51,15 @@ fn pid_cpu_ns(pid: u32) -> u64 {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
-    dir.flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    dir.flatten().map(|task| schedstat_ns(&task.path())).sum()
+}
+
+/// Time on a CPU (ns) of the thread whose `/proc/…/task/TID` directory is `task`; 0 if unknown.
+fn schedstat_ns(task: &std::path::Path) -> u64 {
+    std::fs::read_to_string(task.join("schedstat"))
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Consumer mode: receive `frames` frames after a warm-up (through `caps`, if given), print
@@ -149,13 +154,8 @@ fn thread_cpu() -> BTreeMap<u32, (String, u64)> {
         let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).unwrap_or_default();
-        let ns = read("schedstat")
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        threads.insert(tid, (read("comm").trim().to_string(), ns));
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        threads.insert(tid, (comm.trim().to_string(), schedstat_ns(&entry.path())));
     }
     threads
 }
@@ -296,12 +296,7 @@ fn run_once(
         return Err(format!("{sink}: only {} timestamped frames", lat.len()));
     }
     Ok(RunResult {
-        latency_p95_ms: {
-            // (`median` below sorts.)
-            let mut sorted = lat.clone();
-            sorted.sort_by(f64::total_cmp);
-            sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)]
-        },
+        latency_p95_ms: percentile(&mut lat, 0.95),
         latency_ms: median(&mut lat),
         producer_us: (s1.producer_ns - s0.producer_ns) as f64 / 1e3 / produced,
         consumer_us: consumer_cpu / 1e3 / frames as f64,

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use vcambridge_tests::bench::{Report, median};
+use vcambridge_tests::bench::{Report, median, percentile};
 use vcambridge_tests::ipc::{last_json, shmring_cli};
 use vcambridge_tests::{ChildGuard, target_dir};
 
@@ -534,14 +534,6 @@ fn python_run(video: Video, into: bool, n: usize, seq: usize) -> Result<(f64, St
         .as_f64()
         .ok_or_else(|| format!("no fps in {summary}"))?;
     Ok((fps, summary["into"].as_str().unwrap_or("").to_string()))
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Median time (ms) of copying one frame of `size` bytes, over 200 copies.
