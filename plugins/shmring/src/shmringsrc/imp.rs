@@ -74,6 +74,9 @@ enum State {
     #[default]
     Stopped,
     Started(Box<Reader>),
+    /// Started, and the streaming thread holds the reader for one step of `create()` (opening
+    /// the segment, copying a frame): the state lock is not held meanwhile.
+    Stepping,
 }
 
 struct Reader {
@@ -208,7 +211,8 @@ impl ShmRingSrc {
         *lock(&self.waker) = None;
     }
 
-    /// One step of `create()`, under the state lock: never blocks.
+    /// One step of `create()`, on the reader taken out of the state (no lock held): never waits
+    /// (a wait is returned as a step, done by `create()`).
     fn step(&self, r: &mut Reader) -> Step {
         let name = r.settings.shm_name.clone();
         let Some(att) = &mut r.attached else {
@@ -662,9 +666,11 @@ impl BaseSrcImpl for ShmRingSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        // Buffers still downstream free their memory themselves.
-        *lock(&self.state) = State::Stopped;
-        *lock(&self.waker) = None;
+        // Buffers still downstream free their memory themselves; the reader (its mapping) is
+        // dropped outside the lock.
+        let old = std::mem::replace(&mut *lock(&self.state), State::Stopped);
+        let waker = lock(&self.waker).take();
+        drop((old, waker));
         Ok(())
     }
 
@@ -708,13 +714,32 @@ impl PushSrcImpl for ShmRingSrc {
             if *lock(&self.flushing) {
                 return Err(gst::FlowError::Flushing);
             }
-            let step = {
-                let mut state = lock(&self.state);
-                let State::Started(r) = &mut *state else {
-                    return Err(gst::FlowError::Flushing);
-                };
-                self.step(r)
+            // The reader leaves the state for the step (which may open the segment or copy a
+            // frame): decided and done without the state lock, put back afterwards.
+            let taken = match std::mem::replace(&mut *lock(&self.state), State::Stepping) {
+                State::Started(r) => Ok(r),
+                other => Err(other),
             };
+            let mut r = match taken {
+                Ok(r) => r,
+                Err(other) => {
+                    *lock(&self.state) = other;
+                    return Err(gst::FlowError::Flushing);
+                }
+            };
+            let step = self.step(&mut r);
+            {
+                let mut state = lock(&self.state);
+                if matches!(*state, State::Stepping) {
+                    *state = State::Started(r);
+                    drop(state);
+                } else {
+                    // Stopped meanwhile: the reader (and its mapping) goes, outside the lock.
+                    drop(state);
+                    drop(r);
+                    return Err(gst::FlowError::Flushing);
+                }
+            }
             match step {
                 Step::Frame(b) => {
                     self.warn_overwritten();
@@ -738,7 +763,7 @@ impl PushSrcImpl for ShmRingSrc {
                         State::Started(r) => {
                             r.attached.as_ref().map_or(0, |a| a.geometry.slot_size)
                         }
-                        State::Stopped => 0,
+                        State::Stopped | State::Stepping => 0,
                     };
                     // Allocated (and faulted in) without the state lock.
                     let pool = self.pool_for(&caps, slot_size);
