@@ -2,10 +2,12 @@
 //! Benchmark: producer→consumer latency and CPU per frame at 1280x720 I420 30 fps,
 //! `pwvideosink` against the upstream `pipewiresink mode=provide`, side by side in one run
 //! (alternating rounds on one private PipeWire session), ending with the common report
-//! (`vcambridge_tests::bench::Report`: medians, ours / pipewiresink ratios). A third column,
-//! `pwvideosink realtime=true`, shows what a realtime data thread would change in the same run.
+//! (`vcambridge_tests::bench::Report`: medians, ours / pipewiresink ratios). One warm-up round
+//! of each sink first (not counted); odd rounds run the sinks in reverse order. A third column,
+//! `pwvideosink realtime=true` (`--realtime-column`), shows what a realtime data thread would
+//! change in the same run.
 //!
-//!     plugins/pwvideosink/bench/run.sh [--rounds 5 --frames 300 --width 1280 --height 720]
+//!     plugins/pwvideosink/bench/run.sh [--rounds 7 --frames 300 --width 1280 --height 720]
 //!
 //! Latency: the producer writes CLOCK_MONOTONIC into the first 8 bytes of each frame just
 //! before the sink; the consumer (this binary re-run with `--consumer`, `pipewiresrc !
@@ -377,7 +379,7 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let rounds = arg("--rounds", 5);
+    let rounds = arg("--rounds", 7);
     let frames = arg("--frames", 300);
     let width = arg("--width", 1280);
     let height = arg("--height", 720);
@@ -405,13 +407,19 @@ fn main() {
         return;
     }
 
-    // pwvideosink with realtime=true: what a realtime data thread changes (same run).
-    let sinks = ["pwvideosink", "pipewiresink", "pwvideosink-rt"];
-    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    // `--realtime-column`: a third column, pwvideosink with realtime=true (what a realtime data
+    // thread changes, same run).
+    let with_rt = args.iter().any(|a| a == "--realtime-column");
+    let sinks: &[&str] = if with_rt {
+        &["pwvideosink", "pipewiresink", "pwvideosink-rt"]
+    } else {
+        &["pwvideosink", "pipewiresink"]
+    };
+    let mut results: Vec<Vec<RunResult>> = sinks.iter().map(|_| Vec::new()).collect();
     let mut failures: Vec<String> = Vec::new();
     eprintln!(
-        "pwvideosink vs pipewiresink mode=provide (and pwvideosink realtime=true): {caps}, \
-         {rounds} rounds x {frames} frames"
+        "{}: {caps}, one warm-up round then {rounds} rounds x {frames} frames",
+        sinks.join(" vs ")
     );
     // `--only pwvideosink` (or pipewiresink, pwvideosink-rt): one column, e.g. under perf.
     let only = args
@@ -420,16 +428,26 @@ fn main() {
         .and_then(|i| args.get(i + 1));
     // `--threads`: the producer's CPU per frame by thread, per round.
     let show_threads = args.iter().any(|a| a == "--threads");
-    for round in 0..rounds {
-        for (i, sink) in sinks.iter().enumerate() {
+    // The warm-up round runs each sink once and is not counted: the first pipeline of the
+    // process pays one-off costs (plugin loading, the daemon's first buffers, clock ramp-up)
+    // that would otherwise land on whichever sink runs first. Odd rounds run the sinks in
+    // reverse order, so a drift in the machine's speed during a round favours neither side.
+    for round in std::iter::once(None).chain((0..rounds).map(Some)) {
+        let mut order: Vec<usize> = (0..sinks.len()).collect();
+        if round.is_some_and(|r| r % 2 == 1) {
+            order.reverse();
+        }
+        let label = round.map_or("warm-up".to_string(), |r| format!("round {r}"));
+        for i in order {
+            let sink = sinks[i];
             if only.is_some_and(|o| o != sink) {
                 continue;
             }
-            let node = format!("bench-{sink}-{round}");
+            let node = format!("bench-{sink}-{label}").replace(' ', "-");
             match run_once(&caps, &session, sink, &node, frames) {
                 Ok(r) => {
                     eprintln!(
-                        "round {round} {sink:>16}: latency {:6.2} ms (p95 {:5.2})  cpu/frame producer {:7.1} us  \
+                        "{label:>8} {sink:>16}: latency {:6.2} ms (p95 {:5.2})  cpu/frame producer {:7.1} us  \
                          consumer {:7.1} us  daemon {:6.1} us",
                         r.latency_ms, r.latency_p95_ms, r.producer_us, r.consumer_us, r.daemon_us
                     );
@@ -438,10 +456,12 @@ fn main() {
                             eprintln!("    {thread:>28}: {us:7.1} us per frame");
                         }
                     }
-                    results[i].push(r);
+                    if round.is_some() {
+                        results[i].push(r);
+                    }
                 }
                 Err(e) => {
-                    eprintln!("round {round} {sink:>16}: FAILED: {e}");
+                    eprintln!("{label:>8} {sink:>16}: FAILED: {e}");
                     failures.push(e);
                 }
             }
@@ -462,31 +482,28 @@ fn main() {
             r.producer_us + r.consumer_us + r.daemon_us
         }),
     ];
+    let names = [
+        "pwvideosink",
+        "pipewiresink mode=provide",
+        "pwvideosink realtime=true",
+    ];
     let mut report = Report::new(
         format!("pwvideosink -> pipewiresrc: {caps}, {frames} frames"),
         rounds,
-        &[
-            "pwvideosink",
-            "pipewiresink mode=provide",
-            "pwvideosink realtime=true",
-        ],
+        &names[..sinks.len()],
     );
     for (name, f) in metrics {
-        report.row(
-            name,
-            &[
-                med(&results[0], f),
-                med(&results[1], f),
-                med(&results[2], f),
-            ],
-        );
+        let cells: Vec<Option<f64>> = results.iter().map(|rs| med(rs, f)).collect();
+        report.row(name, &cells);
     }
     report.note(format!(
-        "runs ok: pwvideosink {}/{rounds}, pipewiresink {}/{rounds}, pwvideosink realtime=true \
-         {}/{rounds}",
-        results[0].len(),
-        results[1].len(),
-        results[2].len()
+        "runs ok (after one warm-up round of each, not counted): {}",
+        names
+            .iter()
+            .zip(&results)
+            .map(|(n, rs)| format!("{n} {}/{rounds}", rs.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     // The spread between rounds (each round runs both sinks back to back): how far apart
     // two runs of the same code land on this machine.

@@ -4,9 +4,12 @@
 # session, then what a new consumer gets after one was SIGKILLed; ends with the common report
 # (vcambridge_tests::bench::Report: title, machine, rounds, Markdown table, ratios).
 #
-#   plugins/pwvideosink/bench/run.sh          5 rounds x 300 frames: 1280x720 I420, then 1920x1080 BGRx
-#                                             against pipewiresink, then DMA-BUF upstream at 720p:
-#                                             pass-through vs the memfd copy path
+#   plugins/pwvideosink/bench/run.sh          a warm-up round, then 7 rounds x 300 frames: 1280x720
+#                                             I420, then 1920x1080 BGRx against pipewiresink, then
+#                                             DMA-BUF upstream at 720p: pass-through vs the memfd
+#                                             copy path
+#   plugins/pwvideosink/bench/run.sh --width 1280 --height 720 --realtime-column
+#                                             adds pwvideosink realtime=true as a third column
 #   plugins/pwvideosink/bench/run.sh --rounds 1 --frames 60 --width 320 --height 240    quick
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
