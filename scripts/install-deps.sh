@@ -22,6 +22,8 @@ RUNTIME_PKGS=(
   pipewire pipewire-bin wireplumber dbus
   nginx-light libnginx-mod-rtmp
   python3 python3-venv python3-pip procps psmisc
+  # The Python shmring Writer's full fences (libatomic through ctypes) for honoring leases.
+  libatomic1
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
   # Screencast bridge and its tests: a headless GNOME compositor as the source, weston as the target.
   mutter weston

@@ -26,6 +26,13 @@ Writers always FUTEX_WAKE after publishing, so Rust/C readers never poll.
 Memory ordering: Python stores 8-byte aligned fields with single ``struct.pack_into`` calls and
 relies on the CPU's store order (x86-64 TSO) for the seqlock; readers re-check the slot
 sequence after copying, so a torn or overwritten frame is dropped, never returned.
+
+Leases: the ``Writer`` honors readers' pins and leases (it skips a slot a reader holds, never
+waits) and says so in the header, so ``shmringsrc`` hands the slots themselves downstream
+(zero copy). Taking a slot against a reader's lease needs a full memory barrier between two
+accesses (Dekker's order), which Python can only get from libatomic (``libatomic.so.1``, part
+of every GCC install: sequentially consistent exchange and load through ctypes). Without it, or
+with ``honor_leases=False``, the writer ignores pins as before and readers copy.
 """
 
 import ctypes
@@ -60,6 +67,7 @@ OFF_WRITER_PID = 48
 OFF_STATE = 52
 OFF_GENERATION = 56
 OFF_WRITE_SEQ = 64
+OFF_LEASE_GENERATION = 72  # u64: = generation when the writer honors pins and leases
 OFF_CAPS_SEQ = 128
 OFF_CAPS_ID = 136
 OFF_CAPS_LEN = 144
@@ -151,6 +159,37 @@ def _syscall():
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.syscall.restype = ctypes.c_long
     return _libc.syscall
+
+
+_atomic = None
+_SEQ_CST = 5  # __ATOMIC_SEQ_CST
+
+
+def _atomics():
+    """libatomic's sequentially consistent 8-byte exchange and 4-byte load, or None where
+    libatomic is missing (the writer then does not honor leases)."""
+    global _atomic
+    if _atomic is None:
+        _atomic = False
+        try:
+            lib = ctypes.CDLL("libatomic.so.1")
+            xchg = getattr(lib, "__atomic_exchange_8")
+            xchg.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int]
+            xchg.restype = ctypes.c_uint64
+            load = getattr(lib, "__atomic_load_4")
+            load.argtypes = [ctypes.c_void_p, ctypes.c_int]
+            load.restype = ctypes.c_uint32
+            _atomic = (xchg, load)
+        except (OSError, AttributeError):
+            pass
+    return _atomic or None
+
+
+def _lease_left(pin, now_ms):
+    """Milliseconds left of the pin or lease ``pin`` at ``now_ms`` (u32 ms), if the writer
+    honors it: 0 = none, more than LEASE_HORIZON_MS ahead = garbage, in the past = expired."""
+    left = (pin - now_ms) & 0xFFFFFFFF
+    return left if pin != 0 and 0 < left <= LEASE_HORIZON_MS else None
 
 
 class _Timespec(ctypes.Structure):
@@ -558,8 +597,15 @@ class Reader(_Mapped):
 class Writer(_Mapped):
     """Creates (or reclaims) ring ``name`` and publishes frames; never waits for readers."""
 
-    def __init__(self, name, caps=None, slots=8, slot_size=1 << 20, mode=0o600):
+    def __init__(self, name, caps=None, slots=8, slot_size=1 << 20, mode=0o600,
+                 honor_leases=None):
+        """``honor_leases``: None (default) honors readers' pins and leases when libatomic is
+        there (see the module docstring), True requires it (RingError without), False never
+        (readers copy every frame)."""
         name = validate_name(name)
+        atomics = _atomics() if honor_leases is not False else None
+        if honor_leases is True and atomics is None:
+            raise RingError("honor_leases=True needs libatomic.so.1 (apt install libatomic1)")
         if not 2 <= slots <= MAX_SLOT_COUNT:
             raise RingError(f"slots must be 2..{MAX_SLOT_COUNT}")
         if slot_size > MAX_SLOT_SIZE:
@@ -572,6 +618,7 @@ class Writer(_Mapped):
         self.total = HEADER_SIZE + self.slot_stride * slots
         self.mm = None
         self._futex_obj = None
+        self._atomics = atomics
         self.generation_ = self._create(mode)
         self.next = 0
         self.caps_id = 0
@@ -667,7 +714,7 @@ class Writer(_Mapped):
                                     mmap.PROT_READ | mmap.PROT_WRITE)
             finally:
                 os.close(fd)
-            if _SYS_FUTEX is not None:
+            if _SYS_FUTEX is not None or self._atomics is not None:
                 self._futex_obj = ctypes.c_char.from_buffer(self.mm)
             self._initialize(generation)
             return generation
@@ -682,8 +729,13 @@ class Writer(_Mapped):
         del obj
 
     def _wake(self):
-        if self._futex_obj is not None:
+        if self._futex_obj is not None and _SYS_FUTEX is not None:
             _futex_wake(ctypes.addressof(self._futex_obj) + OFF_WRITE_SEQ)
+
+    @property
+    def honors_leases(self):
+        """Readers' pins and leases are honored (the header says so: readers may lease)."""
+        return self._atomics is not None
 
     def _initialize(self, generation):
         self._put32(OFF_STATE, STATE_INIT)
@@ -695,6 +747,7 @@ class Writer(_Mapped):
         struct.pack_into("<QQQ", self.mm, OFF_SLOT_SIZE, self.slot_size, self.slot_stride, self.total)
         self._put32(OFF_WRITER_PID, os.getpid())
         self._put64(OFF_WRITE_SEQ, 0)
+        self._put64(OFF_LEASE_GENERATION, 0)
         self._put64(OFF_CAPS_SEQ, 0)
         self._put64(OFF_CAPS_ID, 0)
         self._put32(OFF_CAPS_LEN, 0)
@@ -705,6 +758,8 @@ class Writer(_Mapped):
             self.mm[off:off + SLOT_HEADER_SIZE] = zero
         self.mm[0:8] = MAGIC
         self._put32(OFF_STATE, STATE_LIVE)
+        if self._atomics is not None:
+            self._put64(OFF_LEASE_GENERATION, generation)
         self._wake()
 
     def set_caps(self, caps):
@@ -725,10 +780,8 @@ class Writer(_Mapped):
         data = memoryview(data).cast("B")
         if len(data) > self.slot_size:
             raise RingError(f"{len(data)} byte frame does not fit the {self.slot_size} byte slots")
-        n = self.next
-        self.next += 1
+        n = self._claim()
         off = self._slot(n)
-        self._put64(off + SLOT_SEQ, 2 * n + 1)
         self.mm[off + SLOT_HEADER_SIZE:off + SLOT_HEADER_SIZE + len(data)] = data
         struct.pack_into("<QQQQQIIQ", self.mm, off + 8, _raw_time(pts), _raw_time(dts),
                          _raw_time(duration), self.caps_id, len(data), flags, 0,
@@ -736,6 +789,37 @@ class Writer(_Mapped):
         self._put64(off + SLOT_SEQ, 2 * n + 2)
         self._put64(OFF_WRITE_SEQ, n + 1)
         self._wake()
+        return n
+
+    def _claim(self):
+        """Take the next frame number whose slot no reader holds and mark it in progress (slot
+        seq 2n+1); numbers of held slots are skipped (never published). If every slot is held,
+        the one whose hold ends first is taken anyway: a reader never makes the writer wait."""
+        if self._atomics is None:
+            n = self.next
+            self._put64(self._slot(n) + SLOT_SEQ, 2 * n + 1)
+            self.next = n + 1
+            return n
+        xchg, load = self._atomics
+        base = ctypes.addressof(self._futex_obj)
+        now_ms = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000) & 0xFFFFFFFF
+        fallback = None  # (ms left, frame number) of the hold that ends first
+        for n in range(self.next, self.next + self.slot_count):
+            off = self._slot(n)
+            # Dekker's order against a reader's lease: seq odd, then read the pin, both
+            # sequentially consistent (the reader stores its lease, then re-reads the seq).
+            old = xchg(base + off + SLOT_SEQ, 2 * n + 1, _SEQ_CST)
+            left = _lease_left(load(base + off + SLOT_READER_PIN, _SEQ_CST), now_ms)
+            if left is None:
+                self.next = n + 1
+                return n
+            # Held: nothing was written, the frame there is intact again.
+            xchg(base + off + SLOT_SEQ, old, _SEQ_CST)
+            if fallback is None or left < fallback[0]:
+                fallback = (left, n)
+        n = fallback[1]
+        xchg(base + self._slot(n) + SLOT_SEQ, 2 * n + 1, _SEQ_CST)
+        self.next = n + 1
         return n
 
     def eos(self):

@@ -255,33 +255,63 @@ while True:
     time.sleep(0.05)
 "#;
 
-/// The Python `Writer` does not honor leases (no header flag): shmringsrc copies every frame
-/// and says why.
-#[test]
-fn writer_without_leases_is_read_with_copies() {
-    let case = Case::new("zc-pywriter");
+/// 10 GRAY8 16x8 frames from the Python `Writer` (another process), 20 ms apart, `extra`
+/// added to its arguments; the frames shmringsrc pushed (each dropped after its check, so the
+/// leases stay below `max-leases`) and whether each was the ring slot itself.
+fn python_writer_frames(case: &Case, extra: &str) -> (InProcessReader, Vec<(Vec<u8>, bool)>) {
     let shm = &case.shm;
     let reader = InProcessReader::new(shm, "timeout=20000", "");
-    let mut cmd = shmring_python(
+    reader.sink.set_property("enable-last-sample", false);
+    let mut cmd = shmring_python(&format!(
         r#"
 import sys, time, shmring
-w = shmring.Writer(sys.argv[1], "video/x-raw,format=GRAY8,width=16,height=8,framerate=30/1", slots=8, slot_size=128)
+w = shmring.Writer(sys.argv[1], "video/x-raw,format=GRAY8,width=16,height=8,framerate=30/1", slots=8, slot_size=128{extra})
 for i in range(10):
     w.write(bytes([i]) * 128, pts=i * 33333333)
     time.sleep(0.02)
 w.eos()
 w.close()
-"#,
-    );
+"#
+    ));
     cmd.arg(&shm.name);
     let writer = ChildGuard::spawn("python writer", &mut cmd);
-    let samples = reader.pull_all();
+    let mut frames = Vec::new();
+    while let Some(s) = reader.pull(LONG) {
+        frames.push((sample_bytes(&s), in_ring(&s, shm)));
+    }
     let wout = writer.wait_output(LONG);
     assert!(wout.status.success(), "{wout:?}");
-    assert_eq!(samples.len(), 10);
-    for (i, s) in samples.iter().enumerate() {
-        assert_eq!(sample_bytes(s), vec![i as u8; 128]);
-        assert!(!in_ring(s, shm));
+    (reader, frames)
+}
+
+/// The Python `Writer` honors leases (it says so in the header; libatomic gives it the full
+/// barrier the order needs): shmringsrc hands its slots downstream, no frame copied.
+#[test]
+fn python_writer_is_read_zero_copy() {
+    let case = Case::new("zc-pywriter");
+    let (reader, frames) = python_writer_frames(&case, "");
+    assert_eq!(frames.len(), 10);
+    for (i, (bytes, in_ring)) in frames.iter().enumerate() {
+        assert_eq!(bytes, &vec![i as u8; 128]);
+        assert!(in_ring, "frame {i} is a copy");
+    }
+    assert_eq!(stat(&reader, "frames-zero-copy"), 10);
+    assert_eq!(stat(&reader, "frames-copied"), 0);
+    assert_eq!(stat(&reader, "frames-overwritten"), 0);
+    assert_eq!(reader.src.property::<String>("copy-reason"), "");
+}
+
+/// A writer that does not honor leases (the Python `Writer` with `honor_leases=False`, as
+/// before it did, or without libatomic): no header flag, shmringsrc copies every frame and
+/// says why.
+#[test]
+fn writer_without_leases_is_read_with_copies() {
+    let case = Case::new("zc-pywriter-nolease");
+    let (reader, frames) = python_writer_frames(&case, ", honor_leases=False");
+    assert_eq!(frames.len(), 10);
+    for (i, (bytes, in_ring)) in frames.iter().enumerate() {
+        assert_eq!(bytes, &vec![i as u8; 128]);
+        assert!(!in_ring, "frame {i} is the slot");
     }
     assert_eq!(stat(&reader, "frames-zero-copy"), 0);
     assert_eq!(stat(&reader, "frames-copied"), 10);
@@ -291,6 +321,62 @@ w.close()
             .property::<String>("copy-reason")
             .contains("does not honor leases")
     );
+}
+
+/// The Python `Writer` against readers' holds (the pin word of each slot, as a reader stores
+/// it): a held slot's frame number is skipped and the frame in it stays intact; with every
+/// slot held it takes the one whose hold ends first, at once (a reader never makes it wait).
+#[test]
+fn python_writer_skips_held_slots_and_never_waits() {
+    let case = Case::new("pywriter-holds");
+    let mut cmd = shmring_python(
+        r#"
+import json, struct, sys, time
+import shmring
+w = shmring.Writer(sys.argv[1], caps="x/y", slots=4, slot_size=64)
+lease_gen = struct.unpack_from("<Q", w.mm, shmring.OFF_LEASE_GENERATION)[0]
+seqs = [w.write(bytes([i]) * 64) for i in range(4)]
+now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
+def hold(slot, ms):
+    struct.pack_into("<I", w.mm, shmring.HEADER_SIZE + slot * w.slot_stride + shmring.SLOT_READER_PIN,
+                     (now + ms) & 0xFFFFFFFF)
+hold(1, 1500)
+seqs += [w.write(bytes([10 + i]) * 64) for i in range(4)]
+off1 = shmring.HEADER_SIZE + w.slot_stride
+slot1 = list(w.mm[off1 + shmring.SLOT_HEADER_SIZE:off1 + shmring.SLOT_HEADER_SIZE + 64])
+seq1 = struct.unpack_from("<Q", w.mm, off1)[0]
+# Every slot held; frame 9 would go to slot 1, slot 2's hold ends first.
+for slot, ms in enumerate([1500, 1200, 900, 1800]):
+    hold(slot, ms)
+t = time.monotonic()
+seqs.append(w.write(bytes([20]) * 64))
+took = time.monotonic() - t
+print(json.dumps({"honors": w.honors_leases, "lease_gen": lease_gen, "generation": w.generation_,
+                  "seqs": seqs, "slot1": slot1, "seq1": seq1, "took": took}))
+w.close()
+"#,
+    );
+    cmd.arg(&case.shm.name);
+    let out = ChildGuard::spawn("python writer", &mut cmd).wait_output(LONG);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect(&text);
+    assert_eq!(v["honors"], true, "{text}");
+    assert_eq!(v["lease_gen"], v["generation"], "header flag: {text}");
+    // 5 maps to the held slot 1: skipped, never published; 9 would too, 10 (slot 2) ends first.
+    let seqs: Vec<u64> = serde_json::from_value(v["seqs"].clone()).expect("seqs");
+    assert_eq!(seqs, [0, 1, 2, 3, 4, 6, 7, 8, 10], "{text}");
+    assert_eq!(
+        v["slot1"],
+        serde_json::json!(vec![1u8; 64]),
+        "frame 1 intact: {text}"
+    );
+    assert_eq!(
+        v["seq1"], 4,
+        "slot 1 still publishes frame 1 (seq 2n+2): {text}"
+    );
+    assert!(v["took"].as_f64().expect("took") < 0.1, "{text}");
 }
 
 /// The writer stops and a new one creates a new ring under the name while downstream holds
