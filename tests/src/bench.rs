@@ -40,6 +40,36 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Time on a CPU (ns) of the thread whose `/proc/…/task/TID` directory is `task`, from its
+/// `schedstat`; 0 if unknown.
+pub fn schedstat_ns(task: &std::path::Path) -> u64 {
+    std::fs::read_to_string(task.join("schedstat"))
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (ns) process `pid` used so far: the sum of its live threads' `schedstat` (ns on a
+/// CPU; `/proc/PID/stat` counts 10 ms ticks, too coarse for a few ms per run). Threads that
+/// already ended are missing: right for the daemons and servers benchmarks measure (their
+/// threads live as long as they do); for this process use [`self_cpu_ns`]. 0 if unknown.
+pub fn pid_cpu_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten().map(|task| schedstat_ns(&task.path())).sum()
+}
+
+/// CPU time (user + system, ns, µs resolution) of this process so far, threads that already
+/// ended included (`getrusage`).
+pub fn self_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Cores, CPU model, kernel and GStreamer version: the machine line every report starts with.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism()

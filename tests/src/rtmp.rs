@@ -480,16 +480,13 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) a process used so far, from `/proc/<pid>/stat`; zero if unknown.
+/// CPU time (user + system) a process used so far; zero if unknown. This process: `getrusage`
+/// (threads that ended included); another: the sum of its threads' `schedstat` in ns (the
+/// single-process nginx of [`Nginx`]; `/proc/PID/stat` counts 10 ms ticks).
 pub fn process_cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the ")" closing the command name come state (field 3) … utime (14) and stime (15).
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Duration::from_secs_f64(ticks as f64 / hz)
+    Duration::from_nanos(if pid == std::process::id() {
+        crate::bench::self_cpu_ns()
+    } else {
+        crate::bench::pid_cpu_ns(pid)
+    })
 }

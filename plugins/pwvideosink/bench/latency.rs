@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use vcambridge_tests::ChildGuard;
-use vcambridge_tests::bench::{Report, median, percentile};
+use vcambridge_tests::bench::{Report, median, percentile, pid_cpu_ns, schedstat_ns, self_cpu_ns};
 use vcambridge_tests::pipewire::PipeWireSession;
 
 mod dmabuf_path;
@@ -36,32 +36,6 @@ const WARMUP: usize = 30;
 fn now_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-/// CPU time (user+system) of this process, in ns.
-fn self_cpu_ns() -> u64 {
-    // SAFETY: getrusage fills the struct we own.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// CPU time of another process, in ns: the sum of its threads' `schedstat` (ns on a CPU;
-/// `/proc/PID/stat` counts 10 ms ticks, too coarse for a few ms per run).
-fn pid_cpu_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.flatten().map(|task| schedstat_ns(&task.path())).sum()
-}
-
-/// Time on a CPU (ns) of the thread whose `/proc/…/task/TID` directory is `task`; 0 if unknown.
-fn schedstat_ns(task: &std::path::Path) -> u64 {
-    std::fs::read_to_string(task.join("schedstat"))
-        .ok()
-        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Consumer mode: receive `frames` frames after a warm-up (through `caps`, if given), print

@@ -296,13 +296,10 @@ fn main() {
     std::process::exit(if result["ok"] == true { 0 } else { 1 });
 }
 
+/// The `p` quantile of `v` to 0.1 (ms), None without samples.
 fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() - 1) as f64 * p).round() as usize;
-    Some((v[i] * 10.0).round() / 10.0)
+    let q = vcambridge_tests::bench::percentile(v, p);
+    q.is_finite().then(|| (q * 10.0).round() / 10.0)
 }
 
 /// One watch: from `watch_request` until `--frames` frames (+ `--hold`), an error or the timeout.
