@@ -19,24 +19,83 @@ use crate::chunk::{ChunkRecord, NamePattern, SealReason};
 use crate::wav::WavLayout;
 use vcambridge_common::lock;
 
+/// A chunk file's shared read-write mapping, unmapped when the last holder lets go: the chunk
+/// (the streaming thread writes through it) and, briefly, a [`Job::Prefault`] on the I/O thread.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a plain address range; only the chunk's owner reads or writes the bytes, the I/O
+// thread only asks the kernel to fault pages in (`madvise`), which never touches their content.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unmapped once (the last reference).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// `MADV_POPULATE_WRITE` is not known to this kernel (before Linux 5.14): stop asking.
+static POPULATE_WRITE_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+impl Mapping {
+    /// Fault `[offset, offset + len)` in writable and dirty (`MADV_POPULATE_WRITE`), so the
+    /// writer's first store to each page takes no write-protect fault (the filesystem's
+    /// `page_mkwrite`, which may wait for its journal). The content does not change.
+    /// Best effort: an old kernel or a failure leaves the pages to fault on first write.
+    fn populate_write(&self, offset: usize, len: usize) {
+        use std::sync::atomic::Ordering;
+        const PAGE: usize = 4096;
+        let start = offset / PAGE * PAGE;
+        let end = (offset + len).min(self.len);
+        if start >= end || POPULATE_WRITE_UNSUPPORTED.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: a range inside our live mapping (start is page aligned, end within it); the
+        // kernel only faults pages in.
+        let r = unsafe {
+            libc::madvise(
+                self.ptr.add(start).cast(),
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            POPULATE_WRITE_UNSUPPORTED.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A chunk file created at its full length, mapped shared and read-write; the header for zero
 /// samples is already written.
 pub struct MappedChunk {
     pub index: u64,
     pub path: PathBuf,
     file: File,
-    ptr: *mut u8,
-    len: usize,
+    map: Arc<Mapping>,
+    /// Bytes from the start made writable ahead of the writer ([`Self::prefault_ahead`]).
+    prefaulted: usize,
+    /// How far ahead of the write position to keep pages writable.
+    window: usize,
 }
-
-// SAFETY: the mapping is owned by this value alone (no aliases are handed out beyond borrows of
-// `self`), so it may move between threads like a Vec.
-unsafe impl Send for MappedChunk {}
 
 impl MappedChunk {
     /// Create `path` (it must not exist), allocate `len` bytes on disk (so a full disk fails
     /// here, not as SIGBUS while writing), map it and write the header.
-    pub fn create(index: u64, path: &Path, len: u64, layout: &WavLayout) -> Result<Self, String> {
+    ///
+    /// `window`: bytes to make writable ahead of the writer (the first ones right here, the
+    /// next as it advances: [`Self::prefault_ahead`]).
+    pub fn create(
+        index: u64,
+        path: &Path,
+        len: u64,
+        layout: &WavLayout,
+        window: usize,
+    ) -> Result<Self, String> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -90,12 +149,19 @@ impl MappedChunk {
             let _ = std::fs::remove_file(path);
             return Err(format!("cannot map chunk file {}: {e}", path.display()));
         }
+        let map = Arc::new(Mapping {
+            ptr: ptr.cast(),
+            len: len_usize,
+        });
+        let prefaulted = window.min(len_usize);
+        map.populate_write(0, prefaulted);
         let mut chunk = MappedChunk {
             index,
             path: path.to_path_buf(),
             file,
-            ptr: ptr.cast(),
-            len: len_usize,
+            map,
+            prefaulted,
+            window,
         };
         layout.write_header(chunk.bytes_mut(), 0);
         Ok(chunk)
@@ -103,30 +169,41 @@ impl MappedChunk {
 
     /// The whole file.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: ptr/len describe our live mapping; &mut self makes this the only borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        // SAFETY: ptr/len describe our live mapping (kept alive by our Arc); &mut self makes
+        // this the only borrow of its bytes (a prefault job never reads or writes them).
+        unsafe { std::slice::from_raw_parts_mut(self.map.ptr, self.map.len) }
     }
 
-    /// Unmap, and cut the file to `final_len` when it holds less than a full chunk.
+    /// The writer has written up to byte `written`: once it is past half of the writable
+    /// window, the job that makes the next `window` bytes writable, for the I/O thread.
+    pub fn prefault_ahead(&mut self, written: usize) -> Option<Job> {
+        let len = self.map.len;
+        if self.prefaulted >= len || written + self.window / 2 < self.prefaulted {
+            return None;
+        }
+        let from = self.prefaulted.max(written);
+        let to = (written + self.window).min(len);
+        self.prefaulted = to;
+        Some(Job::Prefault {
+            map: self.map.clone(),
+            offset: from,
+            len: to - from,
+        })
+    }
+
+    /// Unmap (once no prefault job holds the mapping), and cut the file to `final_len` when it
+    /// holds less than a full chunk.
     fn finish(self, final_len: u64) -> Result<(), String> {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: our mapping, unmapped once (ManuallyDrop skips Drop).
-        unsafe { libc::munmap(this.ptr.cast(), this.len) };
-        // SAFETY: moving the fields out of a value whose Drop never runs.
-        let file = unsafe { std::ptr::read(&this.file) };
-        let path = unsafe { std::ptr::read(&this.path) };
-        if final_len < this.len as u64 {
+        let MappedChunk {
+            path, file, map, ..
+        } = self;
+        let len = map.len as u64;
+        drop(map);
+        if final_len < len {
             file.set_len(final_len)
                 .map_err(|e| format!("cannot cut {} to {final_len} bytes: {e}", path.display()))?;
         }
         Ok(())
-    }
-}
-
-impl Drop for MappedChunk {
-    fn drop(&mut self) {
-        // SAFETY: our mapping, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -137,6 +214,15 @@ pub enum Job {
         index: u64,
         len: u64,
         layout: WavLayout,
+        /// Bytes to keep writable ahead of the writer.
+        window: usize,
+    },
+    /// Make these bytes of a chunk being written writable before the writer gets there
+    /// ([`MappedChunk::prefault_ahead`]).
+    Prefault {
+        map: Arc<Mapping>,
+        offset: usize,
+        len: usize,
     },
     /// The chunk is complete: unmap it, cut it to `final_len`, append its index line, delete
     /// chunks that fell out of the ring.
@@ -193,13 +279,19 @@ impl IoWorker {
                 };
                 for job in jobs_rx {
                     match job {
-                        Job::Prepare { index, len, layout } => {
+                        Job::Prepare {
+                            index,
+                            len,
+                            layout,
+                            window,
+                        } => {
                             let path = config.chunk_path(index);
-                            let r = MappedChunk::create(index, &path, len, &layout);
+                            let r = MappedChunk::create(index, &path, len, &layout, window);
                             if prep_tx.send(r).is_err() {
                                 break;
                             }
                         }
+                        Job::Prefault { map, offset, len } => map.populate_write(offset, len),
                         Job::Seal {
                             chunk,
                             final_len,

@@ -242,11 +242,15 @@ impl ChunkSink {
     fn open_chunk(&self, w: &mut Writer, pts: Option<u64>, unix_time: f64) -> Result<(), String> {
         let stream = w.stream.as_ref().ok_or("no caps")?;
         let (len, layout) = (stream.geometry.file_len(), stream.geometry.layout);
+        // Pages made writable ahead of the writer: one second of audio, 1..32 MiB.
+        let per_second = u64::from(stream.format.rate) * u64::from(stream.format.block_align());
+        let window = per_second.clamp(1 << 20, 32 << 20) as usize;
         let prepare = |w: &Writer| {
             w.io.send(Job::Prepare {
                 index: w.next_index,
                 len,
                 layout,
+                window,
             })
         };
         let mut chunk = if w.prepare_pending {
@@ -327,6 +331,9 @@ impl ChunkSink {
             geometry
                 .layout
                 .update_sizes(bytes, (piece.offset + piece.frames) * ba as u64);
+            if let Some(job) = cur.chunk.prefault_ahead(off + n) {
+                w.io.send(job);
+            }
             done += piece.frames;
             w.next_sample += piece.frames;
             self.samples_written
