@@ -545,8 +545,9 @@ fn the_streaming_thread_writes_into_pages_made_writable_ahead() {
     let faults = faults.lock().unwrap().clone();
     assert_eq!(faults.len(), 35);
     // Buffers 3..34 (audiotestsrc faults in its first three: fresh buffers): 31 buffers of
-    // 1.2 MB, 9300 pages, across three chunk rotations. (Seen: ~300, one buffer's worth once,
-    // around the first rotation, also with the prefault; without it one per page, 9600+.)
+    // 1.2 MB, 9300 pages, across three chunk rotations. (Seen: ~300 — audiotestsrc filling one
+    // more freshly allocated buffer, a new address, near the first rotation; without the
+    // prefault one per page, 9600+.)
     let pages = 31 * 4800 * 64 * 4 / 4096;
     let taken = faults[34] - faults[3];
     let fs = std::process::Command::new("stat")
