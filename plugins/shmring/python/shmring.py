@@ -185,6 +185,11 @@ def _atomics():
     return _atomic or None
 
 
+def _now_ms():
+    """CLOCK_MONOTONIC in ms, low 32 bits (the clock of pins and leases)."""
+    return (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000) & 0xFFFFFFFF
+
+
 def _lease_left(pin, now_ms):
     """Milliseconds left of the pin or lease ``pin`` at ``now_ms`` (u32 ms), if the writer
     honors it: 0 = none, more than LEASE_HORIZON_MS ahead = garbage, in the past = expired."""
@@ -557,10 +562,8 @@ class Reader(_Mapped):
             # Never shorten a longer hold of another reader (a zero-copy lease of shmringsrc).
             pin = 0
             if self.writable:
-                pin = ((time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000 + PIN_MS)
-                       & 0xFFFFFFFF) or 1
-                cur = self._u32(off + SLOT_READER_PIN)
-                if cur and 0 < ((cur - pin) & 0xFFFFFFFF) <= LEASE_HORIZON_MS:
+                pin = ((_now_ms() + PIN_MS) & 0xFFFFFFFF) or 1
+                if _lease_left(self._u32(off + SLOT_READER_PIN), pin) is not None:
                     pin = 0
                 else:
                     self._put32(off + SLOT_READER_PIN, pin)
@@ -802,7 +805,7 @@ class Writer(_Mapped):
             return n
         xchg, load = self._atomics
         base = ctypes.addressof(self._futex_obj)
-        now_ms = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000) & 0xFFFFFFFF
+        now_ms = _now_ms()
         fallback = None  # (ms left, frame number) of the hold that ends first
         for n in range(self.next, self.next + self.slot_count):
             off = self._slot(n)

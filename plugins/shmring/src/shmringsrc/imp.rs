@@ -716,29 +716,30 @@ impl PushSrcImpl for ShmRingSrc {
             }
             // The reader leaves the state for the step (which may open the segment or copy a
             // frame): decided and done without the state lock, put back afterwards.
-            let taken = match std::mem::replace(&mut *lock(&self.state), State::Stepping) {
-                State::Started(r) => Ok(r),
-                other => Err(other),
-            };
-            let mut r = match taken {
-                Ok(r) => r,
-                Err(other) => {
-                    *lock(&self.state) = other;
-                    return Err(gst::FlowError::Flushing);
+            let mut r = {
+                let mut state = lock(&self.state);
+                match std::mem::replace(&mut *state, State::Stepping) {
+                    State::Started(r) => r,
+                    other => {
+                        *state = other;
+                        return Err(gst::FlowError::Flushing);
+                    }
                 }
             };
             let step = self.step(&mut r);
-            {
+            let stopped = {
                 let mut state = lock(&self.state);
-                if matches!(*state, State::Stepping) {
-                    *state = State::Started(r);
-                    drop(state);
-                } else {
+                match *state {
+                    State::Stepping => {
+                        *state = State::Started(r);
+                        None
+                    }
                     // Stopped meanwhile: the reader (and its mapping) goes, outside the lock.
-                    drop(state);
-                    drop(r);
-                    return Err(gst::FlowError::Flushing);
+                    _ => Some(r),
                 }
+            };
+            if stopped.is_some() {
+                return Err(gst::FlowError::Flushing);
             }
             match step {
                 Step::Frame(b) => {
