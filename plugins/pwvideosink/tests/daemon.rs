@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The PipeWire daemon restarted under a running pipeline — frames resume for a
-//! new consumer (reconnect=true), or a clear error (reconnect=false). And no daemon at start:
-//! an error naming the socket it tried.
+//! new consumer (reconnect=true), or a clear error (reconnect=false). A frozen daemon or
+//! consumer never holds up the streaming thread, which runs the graph cycles itself. And no
+//! daemon at start: an error naming the socket it tried.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use gst::prelude::*;
@@ -60,6 +61,46 @@ fn daemon_gone_with_reconnect_false_is_a_clear_error() {
         err.contains(&session.socket_path().display().to_string()),
         "{err}"
     );
+}
+
+/// `render()` runs each frame's graph cycle on the streaming thread, under the lock the loop
+/// thread holds while it dispatches (`wake.rs`): with the daemon or the consumer stopped
+/// (SIGSTOP) the frames must keep coming through the sink all the same (dropped, not waited
+/// for), and reach the consumer again once both run.
+#[test]
+fn frozen_daemon_or_consumer_never_stalls_the_streaming_thread() {
+    let node = "vcam-frozen";
+    let (session, producer) = session_with_producer(node, FORMAT, "");
+    let consumer = Consumer::spawn(&session, node, None, &caps_str(FORMAT), "consumer");
+    vcambridge_tests::wait_for(Duration::from_secs(15), "frames at the consumer", || {
+        (consumer.len() > 0).then_some(())
+    });
+    let daemon = session.pipewire_pid().expect("daemon pid") as i32;
+    let consumer_pid = consumer.guard.child.as_ref().expect("consumer").id() as i32;
+    for (what, pid) in [("consumer", consumer_pid), ("daemon", daemon)] {
+        // SAFETY: signals a child process this test started (still running: checked above).
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let (frames, sent) = (producer.frames(), producer.stat_u64("frames-sent"));
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        let passed = producer.frames() - frames;
+        let elapsed = t0.elapsed();
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        // 30 frames/s: ~60 in 2 s; a streaming thread held up in render() passes 0 or 1.
+        assert!(
+            passed >= 30,
+            "{passed} frames reached the sink in {elapsed:?} with the {what} stopped ({} sent before, {} after)",
+            sent,
+            producer.stat_u64("frames-sent")
+        );
+    }
+    // Both run again: the consumer gets frames again.
+    let len = consumer.len();
+    vcambridge_tests::wait_for(Duration::from_secs(15), "new frames after SIGCONT", || {
+        (consumer.len() > len).then_some(())
+    });
+    assert_eq!(producer.first_error(), None);
 }
 
 #[test]
