@@ -35,14 +35,37 @@ fn state_cycles_serve_consumers_and_leak_nothing() {
             .pipeline
             .set_state(gst::State::Null)
             .expect("to NULL");
-        let now = (count("/proc/self/task"), count("/proc/self/fd"));
+        let mut now = (count("/proc/self/task"), count("/proc/self/fd"));
         // The first cycle loads libraries and GStreamer's own threads; compare from then on.
         match baseline {
             None => baseline = Some(now),
             Some((threads, fds)) => {
-                assert!(now.0 <= threads, "threads grew: {threads} -> {}", now.0);
+                // A joined thread can still be listed for a moment (the kernel wakes
+                // pthread_join before it has released the task): bounded wait.
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while now.0 > threads && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                    now.0 = count("/proc/self/task");
+                }
+                assert!(
+                    now.0 <= threads,
+                    "threads grew: {threads} -> {}: {:?}",
+                    now.0,
+                    thread_names()
+                );
                 assert!(now.1 <= fds + 2, "fds grew: {fds} -> {}", now.1);
             }
         }
     }
+}
+
+/// This process's thread names (for failure messages).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }

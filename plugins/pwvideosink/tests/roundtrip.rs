@@ -340,7 +340,7 @@ fn sequence_and_timestamps_reach_the_consumer() {
         .stats()
         .get::<bool>("data-thread-realtime")
         .expect("data-thread-realtime");
-    assert!(!realtime, "the data thread is realtime by default");
+    assert!(!realtime, "the data-loop thread is realtime by default");
 }
 
 /// Main-job shape (decoder → videoconvert → videoscale → fixed-size capsfilter): the camera is
@@ -394,9 +394,9 @@ fn camera_is_published_before_the_first_frame() {
     assert_eq!(stats.get::<String>("format").unwrap(), "YUY2 320x240@30/1");
 }
 
-/// `realtime=true`: the context comes from `client-rt.conf` (module-rt), which makes PipeWire's
-/// data thread realtime where the system allows it — as root (CI) or with an RLIMIT_RTPRIO —
-/// and frames flow as before.
+/// `realtime=true`: the context comes from `client-rt.conf` (module-rt), whose thread utils
+/// create the sink's data-loop thread and make it realtime where the system allows it — as
+/// root (CI) or with an RLIMIT_RTPRIO — and frames flow as before.
 #[test]
 fn realtime_true_raises_the_data_thread_where_allowed() {
     let node = "vcam-rt";
@@ -420,7 +420,7 @@ fn realtime_true_raises_the_data_thread_where_allowed() {
     if allowed {
         assert!(
             realtime,
-            "realtime=true, yet PipeWire's data thread is not realtime though this process may \
+            "realtime=true, yet the data-loop thread is not realtime though this process may \
              raise it"
         );
     }

@@ -161,7 +161,7 @@ struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Disconnecting takes the stream off the data thread (synchronously), so the process
+        // Disconnecting takes the stream off the data loop (synchronously), so the process
         // callback can't run while its listener is being dropped.
         if let Some((_, stream)) = &self.stream {
             let _ = stream.disconnect();
@@ -539,7 +539,8 @@ fn create_stream(
             move |_, _, raw| shared.remove_buffer(raw)
         })
         .process({
-            // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
+            // RT_PROCESS: this runs on whichever thread holds the data loop (`wake.rs`), so it only
+            // touches `Shared`.
             let shared = ctx.shared.clone();
             move |stream, _| data_thread::process(&shared, stream)
         })
@@ -760,7 +761,7 @@ impl LoopCtx {
             // memory and DMA-BUF input takes a new stream (same node name).
             self.forget_stream();
             if let Some((listener, stream)) = session.stream.take() {
-                // Off the data thread first, so process can't run while its listener goes.
+                // Off the data loop first, so process can't run while its listener goes.
                 let _ = stream.disconnect();
                 drop(listener);
                 drop(stream);

@@ -92,7 +92,7 @@ pub(crate) struct Shared {
     pub trigger_done: AtomicU64,
     /// Cycles the recycle timer started.
     pub recycle_cycles: AtomicU64,
-    /// When the data thread last sent a DMA-BUF frame (monotonic ns), to pace the timer.
+    /// When a graph cycle last sent a DMA-BUF frame (monotonic ns), to pace the timer.
     pub last_dmabuf_frame_ns: AtomicU64,
 }
 
