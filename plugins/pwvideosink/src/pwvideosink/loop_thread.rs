@@ -293,16 +293,17 @@ fn run(
             return;
         }
     };
+    // The main loop, iterated by hand (what `pw_main_loop_run` does, plus the lock): entered
+    // for as long as this thread runs it — from before the data-loop thread can take the lock
+    // — so invokes from the threads that run the data loop are queued to it (non-blocking in
+    // PipeWire's stream and node code) and dispatched here, never run on their thread.
+    // SAFETY: paired with the `leave` below, on this thread.
+    unsafe { main.enter() };
     drop(held);
     deferred.flush(&notify);
     let _ = ready_tx.send(Ok(()));
     drop(ready_tx);
 
-    // The main loop, iterated by hand (what `pw_main_loop_run` does, plus the lock): entered
-    // for as long as this thread runs it, so invokes from the threads that run the data loop
-    // are queued to it (non-blocking in PipeWire's stream and node code) and dispatched here.
-    // SAFETY: paired with the `leave` below, on this thread.
-    unsafe { main.enter() };
     let mut fds = [libc::pollfd {
         fd: main.fd().as_raw_fd(),
         events: libc::POLLIN,
@@ -335,8 +336,8 @@ fn run(
         ctx.shared.streaming.store(false, Ordering::Release);
         // No cycle can run any more (its pointers are cleared).
         ctx.data_loop.borrow_mut().take();
-        ctx.shared.drop_pending();
     }
+    ctx.shared.drop_pending();
     deferred.flush(&notify);
     // Joined without the lock (it may be waiting for it), before the context goes.
     poller.stop();

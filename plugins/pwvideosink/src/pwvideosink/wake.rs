@@ -135,10 +135,12 @@ impl Drop for Entered<'_> {
 /// graph cycle now, on this thread. Takes `loop_lock` for the length of one cycle (a dequeue,
 /// a queue and the eventfd writes that wake the daemon and the consumer).
 pub(crate) fn run_cycle(shared: &Shared) {
-    let _held = lock(&shared.loop_lock);
+    let held = lock(&shared.loop_lock);
     let data_loop = shared.cycle.data_loop.load(Ordering::Relaxed);
     let stream = shared.cycle.stream.load(Ordering::Relaxed);
     if data_loop.is_null() || stream.is_null() || !shared.streaming.load(Ordering::Acquire) {
+        // (The frame goes back upstream without the lock.)
+        drop(held);
         shared.drop_pending();
         return;
     }
