@@ -187,6 +187,12 @@ pub(crate) struct Pool {
     buffers: Vec<Option<PoolBuffer>>,
     /// Counts buffers taken to be filled (for least-recently-used order).
     ticks: u64,
+    /// The buffer the data thread is queuing without the pool lock (`data_thread::queue`);
+    /// `remove_buffer` waits until it is queued.
+    queueing: Option<RawBuffer>,
+    /// `remove_buffer` is waiting for `queueing` to clear: only then is the condvar notified
+    /// (a notify is a futex syscall, per frame otherwise).
+    pub removal_waiting: bool,
 }
 
 impl Pool {
@@ -291,6 +297,17 @@ impl Pool {
         unsafe { (*raw).user_data = index as *mut libc::c_void };
         self.buffers.push(Some(entry));
         Ok(())
+    }
+
+    /// The data thread is queuing `raw` (taken, so no other thread uses it) without the pool
+    /// lock, or has finished (`None`).
+    pub fn set_queueing(&mut self, raw: Option<*mut pw::sys::pw_buffer>) {
+        self.queueing = raw.map(RawBuffer);
+    }
+
+    /// `raw` is being queued by the data thread: it must not be removed yet.
+    pub fn is_queueing(&self, raw: *mut pw::sys::pw_buffer) -> bool {
+        self.queueing == Some(RawBuffer(raw))
     }
 
     /// `remove_buffer`: release what `raw` held (upstream buffer, fds, mapping).
