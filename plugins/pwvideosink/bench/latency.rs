@@ -4,7 +4,7 @@
 //! (alternating rounds on one private PipeWire session), ending with the common report
 //! (`vcambridge_tests::bench::Report`: medians, ours / pipewiresink ratios). One warm-up round
 //! of each sink first (not counted); odd rounds run the sinks in reverse order. A third column,
-//! `pwvideosink realtime=true` (`--realtime-column`), shows what a realtime data thread would
+//! `pwvideosink realtime=true` (`--realtime-column`), shows what a realtime data-loop thread would
 //! change in the same run.
 //!
 //!     plugins/pwvideosink/bench/run.sh [--rounds 7 --frames 300 --width 1280 --height 720]

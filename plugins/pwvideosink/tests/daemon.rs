@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The PipeWire daemon restarted under a running pipeline — frames resume for a
 //! new consumer (reconnect=true), or a clear error (reconnect=false). A frozen daemon or
-//! consumer never holds up the streaming thread. And no daemon at start: an error naming the
-//! socket it tried.
+//! consumer never holds up the streaming thread, which runs the graph cycles itself. And no
+//! daemon at start: an error naming the socket it tried.
 
 mod common;
 
@@ -63,10 +63,10 @@ fn daemon_gone_with_reconnect_false_is_a_clear_error() {
     );
 }
 
-/// `render()` never waits on PipeWire (it fills the mailbox and wakes the data thread,
-/// `wake.rs`): with the daemon or the consumer stopped (SIGSTOP) the frames must keep coming
-/// through the sink all the same (dropped, not waited for), and reach the consumer again once
-/// both run.
+/// `render()` runs each frame's graph cycle on the streaming thread, under the lock the loop
+/// thread holds while it dispatches (`wake.rs`): with the daemon or the consumer stopped
+/// (SIGSTOP) the frames must keep coming through the sink all the same (dropped, not waited
+/// for), and reach the consumer again once both run.
 #[test]
 fn frozen_daemon_or_consumer_never_stalls_the_streaming_thread() {
     let node = "vcam-frozen";

@@ -141,9 +141,12 @@ fn system_memory_caps_report_system_upstream_memory() {
 }
 
 /// Upstream's buffer pool, as a decoder or GPU element has one: `n` memfd-backed DMA-BUFs,
-/// reused once nobody downstream holds them any more.
+/// reused once nobody downstream holds them any more, the one given back longest ago first
+/// (as `GstBufferPool`'s queue does).
 struct DmaBufPool {
     mems: Vec<(gst::Memory, std::fs::File, u64)>,
+    /// Where the search for a free buffer starts: after the last one handed out.
+    next: std::cell::Cell<usize>,
 }
 
 impl DmaBufPool {
@@ -163,7 +166,10 @@ impl DmaBufPool {
                 (mem, writer, ino)
             })
             .collect();
-        DmaBufPool { mems }
+        DmaBufPool {
+            mems,
+            next: std::cell::Cell::new(0),
+        }
     }
 
     fn inodes(&self) -> Vec<u64> {
@@ -173,10 +179,13 @@ impl DmaBufPool {
     /// A buffer around a DMA-BUF nobody else references, holding `data`; `None` if all are
     /// still downstream.
     fn acquire(&self, data: &[u8]) -> Option<gst::Buffer> {
-        let (mem, writer, _) = self.mems.iter().find(|(mem, _, _)| {
+        let n = self.mems.len();
+        let i = (0..n).map(|k| (self.next.get() + k) % n).find(|&i| {
             // SAFETY: reading the refcount of a live memory; only ours means it is free.
-            unsafe { (*mem.as_ptr()).mini_object.refcount == 1 }
+            unsafe { (*self.mems[i].0.as_ptr()).mini_object.refcount == 1 }
         })?;
+        self.next.set(i + 1);
+        let (mem, writer, _) = &self.mems[i];
         writer.write_all_at(data, 0).expect("write the DMA-BUF");
         let mut buf = gst::Buffer::new();
         buf.get_mut().expect("new").append_memory(mem.clone());
@@ -202,6 +211,9 @@ fn pool_pusher(pool: DmaBufPool, appsrc: gst_app::AppSrc, reference: Vec<u8>) ->
     })
 }
 
+/// The consumer (`py/dmabuf_consumer.py`) reads every frame as it arrives: the sink releases
+/// an upstream DMA-BUF when PipeWire gives its `pw_buffer` back, one cycle after the consumer
+/// took it (README, "when a DMA-BUF comes back"), so its sequence numbers must increase.
 #[test]
 fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
     init();
@@ -316,8 +328,8 @@ fn dmabufs_pass_through_to_a_dmabuf_consumer_without_copy() {
 }
 
 /// Upstream pushing DMA-BUFs as fast as its pool of 4 recycles them: frames keep flowing.
-/// Every DMA-BUF passed through is held until the consumer gives its `pw_buffer` back, and
-/// PipeWire hands returned buffers back only in a graph cycle; when all 4 were held, no new
+/// Every DMA-BUF passed through is held until PipeWire gives its `pw_buffer` back, which it
+/// does only in a graph cycle; when all 4 were held, no new
 /// frame came to start one and the stream stalled for good (after ~40 frames). The sink now
 /// runs a cycle on its own while it holds upstream's frames and none arrives.
 #[test]

@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! PipeWire's data thread: the stream's `process` callback (the stream runs with
-//! `RT_PROCESS`). It takes back the buffers the consumer returned, takes the waiting frame out
-//! of the mailbox and sends it in a PipeWire buffer — the memfd buffer upstream wrote it into
-//! (lent through the pool, no copy), a free memfd buffer it is copied into, or the `pw_buffer`
-//! that already carries its DMA-BUF — and stamps the buffer's `spa_meta_header`. This is the only place where frame data
-//! meets raw `pw_buffer`/`spa_buffer` pointers; it touches nothing but [`Shared`] (no
-//! loop-thread object, no element) and takes no lock but the mailbox's and the pool's (never
-//! one inside the other; frames are released with neither held).
+//! The graph cycle's side of the stream: the `process` callback (the stream runs with
+//! `RT_PROCESS`) and what `render()` runs when it starts a cycle itself (`wake::run_cycle`),
+//! both on the thread that holds the data loop (`loop_lock` held). It takes back the buffers
+//! the consumer returned, takes the waiting frame out of the mailbox and sends it in a
+//! PipeWire buffer — the memfd buffer upstream wrote it into (lent through the pool, no copy),
+//! a free memfd buffer it is copied into, or the `pw_buffer` that already carries its DMA-BUF
+//! — and stamps the buffer's `spa_meta_header`. This is the only place where frame data meets
+//! raw `pw_buffer`/`spa_buffer` pointers; it touches nothing but [`Shared`] (no loop-thread
+//! object, no element) and takes no lock but the mailbox's and the pool's (never one inside
+//! the other; frames are released with neither held).
 //!
 //! The pointer rule throughout: a `pw_buffer` returned by `pw_stream_dequeue_buffer` of our
 //! stream is ours — with its `spa_buffer`, datas, chunks and metas — until we hand it back
@@ -70,7 +72,7 @@ fn process_frame(shared: &Shared, stream: &Stream) {
         if let Some(raw) = pool.take_lent(addr, spec, size) {
             // SAFETY: `raw` is dequeued and was taken just now under the pool lock; queued
             // back exactly once here.
-            unsafe { queue(shared, pool, stream, raw, |buf| finish(buf, size, &frame)) };
+            unsafe { queue(pool, stream, raw, |buf| finish(buf, size, &frame)) };
             if frame.copied {
                 shared.frames_copied.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -101,11 +103,7 @@ fn process_frame(shared: &Shared, stream: &Stream) {
     }
     // SAFETY: still the stream's, dequeued and taken by us (checked under the lock); queued
     // back exactly once here.
-    unsafe {
-        queue(shared, pool, stream, raw, |buf| {
-            finish(buf, written, &frame)
-        })
-    };
+    unsafe { queue(pool, stream, raw, |buf| finish(buf, written, &frame)) };
     if written == 0 {
         shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -116,40 +114,23 @@ fn process_frame(shared: &Shared, stream: &Stream) {
 }
 
 /// Fill in `raw` (its `spa_buffer`) with `fill` and queue it, after `pool`'s lock is released:
-/// queuing starts the graph cycle when the stream drives (PipeWire runs a driving stream's
-/// cycle from `pw_stream_queue_buffer` on the data thread, which wakes the daemon), and
-/// nothing may wait on the pool lock meanwhile (upstream's next acquire). The buffer is marked
-/// as being queued, so the loop thread's `remove_buffer` waits until it is
-/// ([`Shared::remove_buffer`]).
+/// queuing starts the graph cycle when the stream drives (PipeWire 0.3.65 runs a driving
+/// stream's cycle from `pw_stream_queue_buffer`, inline on the thread that holds the data
+/// loop: it wakes the daemon and the consumer), and nothing may wait on the pool lock
+/// meanwhile (upstream's next acquire). The loop thread can't remove the buffer meanwhile:
+/// `remove_buffer` runs under `loop_lock` too, which the caller holds.
 ///
 /// # Safety
 /// `raw` is a `pw_buffer` dequeued from `stream`, taken from `pool` (so no other thread uses
-/// it) and not queued back yet; it is queued here, once.
+/// it) and not queued back yet; it is queued here, once. The caller holds `loop_lock`.
 unsafe fn queue(
-    shared: &Shared,
-    mut pool: MutexGuard<'_, Pool>,
+    pool: MutexGuard<'_, Pool>,
     stream: &Stream,
     raw: *mut pw::sys::pw_buffer,
     fill: impl FnOnce(*mut spa::sys::spa_buffer),
 ) {
-    /// Clears the mark, also if `fill` panics.
-    struct Queued<'a>(&'a Shared);
-    impl Drop for Queued<'_> {
-        fn drop(&mut self) {
-            let waiting = {
-                let mut pool = lock(&self.0.pool);
-                pool.set_queueing(None);
-                pool.removal_waiting
-            };
-            if waiting {
-                self.0.queued.notify_all();
-            }
-        }
-    }
-    pool.set_queueing(Some(raw));
     drop(pool);
-    let _queued = Queued(shared);
-    // SAFETY: per the contract; `remove_buffer` can't free it before `_queued` is dropped.
+    // SAFETY: per the contract.
     unsafe {
         fill((*raw).buffer);
         stream.queue_raw_buffer(raw);
@@ -185,7 +166,8 @@ unsafe fn finish(buf: *mut spa::sys::spa_buffer, written: usize, frame: &Pending
 }
 
 /// Send the waiting frame in the `pw_buffer` that already carries its DMA-BUF (no copy); the
-/// upstream buffer stays referenced until the consumer gives that `pw_buffer` back.
+/// upstream buffer stays referenced until PipeWire gives that `pw_buffer` back (in the next
+/// cycle, see `dmabuf.rs`).
 fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
     let Some(frame) = shared.take() else {
         return;
@@ -213,7 +195,7 @@ fn process_dmabuf_frame(shared: &Shared, stream: &Stream) {
     // SAFETY: `raw` was dequeued from this stream (above or in an earlier cycle) and has not
     // been queued back since (the pool hands out only free buffers, once each).
     unsafe {
-        queue(shared, pool, stream, raw, |buf| {
+        queue(pool, stream, raw, |buf| {
             set_dmabuf_chunks(buf, planes);
             write_header(buf, pts, seq);
         })

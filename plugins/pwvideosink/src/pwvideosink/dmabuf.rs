@@ -8,7 +8,10 @@
 //! Instead the sink learns the set of DMA-BUFs upstream cycles through (its buffer pool), and
 //! allocates PipeWire's buffers itself (`ALLOC_BUFFERS`) with those fds: a frame then goes out
 //! in the `pw_buffer` that already carries its DMA-BUF, without a copy, and the upstream
-//! `GstBuffer` is held until the consumer gives that `pw_buffer` back. A DMA-BUF never seen
+//! `GstBuffer` is held until PipeWire gives that `pw_buffer` back to us, in the graph cycle
+//! after the one that delivered it (PipeWire 0.3.65 has no way for a consumer in another
+//! process to return a buffer: `remote-node.c`'s `reuse_buffer` is empty; a producer takes its
+//! buffer back in its next `process`, whatever the consumer still does with it). A DMA-BUF never seen
 //! before makes the sink renegotiate the buffers; more than [`MAX_DMABUFS`] distinct ones
 //! (upstream allocating per frame) make it give up and fall back to copying into memfds.
 //!
@@ -187,12 +190,6 @@ pub(crate) struct Pool {
     buffers: Vec<Option<PoolBuffer>>,
     /// Counts buffers taken to be filled (for least-recently-used order).
     ticks: u64,
-    /// The buffer the data thread is queuing without the pool lock (`data_thread::queue`);
-    /// `remove_buffer` waits until it is queued.
-    queueing: Option<RawBuffer>,
-    /// `remove_buffer` is waiting for `queueing` to clear: only then is the condvar notified
-    /// (a notify is a futex syscall, per frame otherwise).
-    pub removal_waiting: bool,
 }
 
 impl Pool {
@@ -297,17 +294,6 @@ impl Pool {
         unsafe { (*raw).user_data = index as *mut libc::c_void };
         self.buffers.push(Some(entry));
         Ok(())
-    }
-
-    /// The data thread is queuing `raw` (taken, so no other thread uses it) without the pool
-    /// lock, or has finished (`None`).
-    pub fn set_queueing(&mut self, raw: Option<*mut pw::sys::pw_buffer>) {
-        self.queueing = raw.map(RawBuffer);
-    }
-
-    /// `raw` is being queued by the data thread: it must not be removed yet.
-    pub fn is_queueing(&self, raw: *mut pw::sys::pw_buffer) -> bool {
-        self.queueing == Some(RawBuffer(raw))
     }
 
     /// `remove_buffer`: release what `raw` held (upstream buffer, fds, mapping).

@@ -297,7 +297,7 @@ impl PwVideoSink {
                     &shared.frames_copied,
                     &shared.buffers_lent,
                     &shared.lend_misses,
-                    &shared.wakes_data_thread,
+                    &shared.cycles_in_render,
                     &shared.recycle_cycles,
                     &shared.copies_on_data_thread,
                     &shared.trigger_done,
@@ -340,7 +340,7 @@ impl PwVideoSink {
             .field("frames-copied", counts[1])
             .field("buffers-lent", counts[2])
             .field("lend-misses", counts[3])
-            .field("wakes-data-thread", counts[4])
+            .field("cycles-in-render", counts[4])
             .field("recycle-cycles", counts[5])
             .field("data-thread-realtime", realtime)
             .field("copies-on-data-thread", counts[6])
@@ -395,7 +395,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoolean::builder("realtime")
                     .nick("Realtime")
-                    .blurb("Give PipeWire's data thread realtime priority where the system allows it (module-rt: RLIMIT_RTPRIO or RTKit), as PipeWire's low-latency audio clients do; off by default: at 30 fps it bought 0.1-0.2 ms at the 95th percentile of latency and nothing at the median, for 8-12% more producer CPU")
+                    .blurb("Give the data-loop thread (the end of each graph cycle, cycles other drivers start) realtime priority where the system allows it (module-rt: RLIMIT_RTPRIO or RTKit), as PipeWire's low-latency audio clients do; off by default (the frame's own cycle runs on the streaming thread either way)")
                     .default_value(DEFAULT_REALTIME)
                     .mutable_ready()
                     .build(),
@@ -406,7 +406,7 @@ impl ObjectImpl for PwVideoSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, wakes-data-thread, recycle-cycles, data-thread-realtime, copies-on-data-thread, trigger-done")
+                    .blurb("consumers, frames-sent, frames-dropped, format, driving, upstream-memory, buffer-type, frames-in-place, frames-copied, buffers-lent, lend-misses, cycles-in-render, recycle-cycles, data-thread-realtime, copies-on-data-thread, trigger-done")
                     .read_only()
                     .build(),
             ]
@@ -668,7 +668,8 @@ impl BaseSinkImpl for PwVideoSink {
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         // Decide under the state lock, act without it: everything below (DMA-BUF identity,
-        // bus messages, clock, mailbox, loop channel) runs with the guard dropped.
+        // bus messages, clock, mailbox, loop channel, the graph cycle) runs with the guard
+        // dropped.
         let (sender, shared, layout, info, dmabuf, seq) = {
             let mut state = lock(&self.state);
             let State::Started {
@@ -754,16 +755,11 @@ impl BaseSinkImpl for PwVideoSink {
             lent,
             copied: false,
         };
-        // Memory we did not lend: copied now, on this thread, not on PipeWire's data thread.
+        // Memory we did not lend: copied now, with no lock held, not later in a graph cycle.
         let frame = super::lend::copy_ahead(&shared, frame);
-        if shared.offer(frame) {
-            if shared.data_wake_ready.load(Ordering::Acquire) {
-                // Straight to PipeWire's data thread (`wake.rs`).
-                shared.wake.signal();
-            } else {
-                sender.send(Msg::Wake);
-            }
-        }
+        shared.offer(frame);
+        // The frame's graph cycle, here on the streaming thread (`wake.rs`).
+        super::wake::run_cycle(&shared);
         Ok(gst::FlowSuccess::Ok)
     }
 }

@@ -3,7 +3,7 @@
 //! Lending PipeWire's buffers upstream: the buffer pool `propose_allocation` offers for
 //! system-memory caps. Each buffer it hands out wraps the mapping of a memfd that backs one of
 //! the stream's own `pw_buffer`s (allocated in `dmabuf.rs`), so upstream writes the frame
-//! where the consumer will read it, and `render()` → the data thread queues that `pw_buffer`
+//! where the consumer will read it, and `render()` queues that `pw_buffer` in the frame's graph cycle
 //! as it is (no copy). Buffers from anywhere else are copied, as before.
 //!
 //! Rules:
@@ -142,7 +142,7 @@ impl AsMut<[u8]> for LentMemory {
 impl Drop for LentMemory {
     fn drop(&mut self) {
         // Never dropped under the pool lock: frames (and so this memory) are released only
-        // after it (data thread, mailbox, pool's release_buffer).
+        // after it (graph cycle, mailbox, pool's release_buffer).
         if let Some(shared) = self.shared.upgrade() {
             lock(&shared.pool).return_lent(&self.map);
         }
@@ -151,10 +151,10 @@ impl Drop for LentMemory {
 
 /// A frame in memory the sink did not lend (another pool, system or DMA-BUF memory while the
 /// consumer takes memfds): copied here, on the streaming thread, into a free PipeWire buffer
-/// the sink lends itself, so PipeWire's data thread only queues it, as it does a
+/// the sink lends itself, so the graph cycle only queues it, as it does a
 /// frame upstream wrote in place. Returns the frame to hand over: the copy, or `frame` as it
 /// is when it needs no copy (a lent buffer, DMA-BUF pass-through) or none is possible now (no
-/// free buffer, another format): the data thread then copies it when a buffer comes back.
+/// free buffer, another format): a later graph cycle then copies it when a buffer comes back.
 pub(crate) fn copy_ahead(shared: &Arc<Shared>, frame: PendingFrame) -> PendingFrame {
     let (spec, size) = (frame.layout.spec, frame.layout.size as usize);
     let map = {
@@ -176,7 +176,7 @@ pub(crate) fn copy_ahead(shared: &Arc<Shared>, frame: PendingFrame) -> PendingFr
     // (Dropped at once when the copy failed: that ends the lend.)
     let buffer = lent_buffer(map, size, Arc::downgrade(shared));
     if written != size {
-        // Short or unmappable: left to the data thread's copy (which counts it).
+        // Short or unmappable: left to the graph cycle's copy (which counts it).
         return frame;
     }
     PendingFrame {
@@ -254,7 +254,7 @@ mod imp {
                 shared.lend_misses.fetch_add(1, Ordering::Relaxed);
             }
             // No PipeWire buffer free (all with the consumer, or no consumer): system memory,
-            // copied in the data thread. Never wait here: a dead consumer must not stall
+            // copied in a later graph cycle. Never wait here: a dead consumer must not stall
             // upstream.
             gst::Buffer::with_size(target.size).map_err(|_| gst::FlowError::Error)
         }

@@ -5,9 +5,10 @@
 //! registry link counting for `consumers`, the stream's lifecycle (create, offer formats,
 //! renegotiate, recreate) and its buffers (`add_buffer`/`remove_buffer`). The element talks to
 //! it through a `pipewire::channel` ([`Msg`]) and the one-slot frame mailbox ([`Shared`], in
-//! `mailbox.rs`); nothing here ever blocks the streaming thread. The frames themselves are
-//! written into PipeWire buffers on PipeWire's data thread (`data_thread.rs`), which the
-//! streaming thread wakes itself (`wake.rs`).
+//! `mailbox.rs`). It iterates the main loop by hand, holding `Shared::loop_lock` except while
+//! it waits for events (`wake.rs` says why); what it reports to the element is posted after
+//! it lets go ([`Deferred`]). The frames themselves are sent in graph cycles `render()` runs
+//! (`wake::run_cycle`, `data_thread.rs`).
 //!
 //! One file (close to 800 lines) because it is one layer: every type here is `Rc`-based, lives
 //! on the loop thread and shares the `LoopCtx`; splitting it would spread that state's
@@ -15,9 +16,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ use pw::stream::{Stream, StreamFlags, StreamListener, StreamRc, StreamState};
 use super::data_thread;
 use super::dmabuf::{Pool, PoolMode};
 use super::mailbox::{Shared, lock};
-use super::wake::DataWake;
+use super::wake::DataLoop;
 use crate::format::{self, FrameLayout, VideoSpec};
 
 pub(super) static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
@@ -41,8 +43,6 @@ pub(super) static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::Lazy
 
 /// Messages from the element to the loop thread.
 pub(crate) enum Msg {
-    /// A frame is waiting in the mailbox.
-    Wake,
     /// Upstream caps (re)negotiated: publish this format first, then the same size and rate
     /// in the other SPA formats upstream could deliver. The flag: upstream gives DMA-BUFs.
     SetLayout(FrameLayout, Vec<u32>, bool),
@@ -161,7 +161,7 @@ struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Disconnecting takes the stream off the data thread (synchronously), so the process
+        // Disconnecting takes the stream off the data loop (synchronously), so the process
         // callback can't run while its listener is being dropped.
         if let Some((_, stream)) = &self.stream {
             let _ = stream.disconnect();
@@ -171,14 +171,16 @@ impl Drop for Session {
 
 /// Loop-thread state (lives in an `Rc`, callbacks hold `Weak`s to it).
 struct LoopCtx {
-    mainloop: pw::main_loop::MainLoopRc,
     context: pw::context::ContextRc,
     config: NodeConfig,
     shared: Arc<Shared>,
     notify: Notify,
     session: RefCell<Option<Session>>,
-    /// Wakes the data thread from the streaming thread (`wake.rs`); dropped after the session.
-    data_wake: RefCell<Option<DataWake>>,
+    /// The data loop taken over from PipeWire's data thread (`wake.rs`); dropped after the
+    /// session.
+    data_loop: RefCell<Option<DataLoop>>,
+    /// `Msg::Quit` arrived: leave the loop.
+    quit: Cell<bool>,
     layout: Cell<Option<FrameLayout>>,
     /// Offered before the first caps (see [`Msg::Preview`]).
     preview: Cell<Option<VideoSpec>>,
@@ -199,10 +201,32 @@ struct LoopCtx {
 impl Drop for LoopCtx {
     fn drop(&mut self) {
         // Before the context (a field, dropped after this) takes the data loop with it: the
-        // stream off the data thread, then the wake source.
+        // stream, then the data loop's source. (`run` has done this under `loop_lock` already,
+        // unless it returned early, when no other thread used the loops.)
         self.forget_stream();
         self.session.get_mut().take();
-        self.data_wake.get_mut().take();
+        self.data_loop.get_mut().take();
+    }
+}
+
+/// What the loop thread reports to the element, kept while it holds `loop_lock` and posted
+/// after it lets go (posting runs the application's sync bus handlers, on this thread).
+#[derive(Clone, Default)]
+struct Deferred(Arc<Mutex<Vec<LoopEvent>>>);
+
+impl Deferred {
+    /// A `Notify` that keeps the events here.
+    fn notify(&self) -> Notify {
+        let events = self.0.clone();
+        Arc::new(move |e| lock(&events).push(e))
+    }
+
+    /// Post what was kept (without `loop_lock`).
+    fn flush(&self, notify: &Notify) {
+        let events = std::mem::take(&mut *lock(&self.0));
+        for e in events {
+            notify(e);
+        }
     }
 }
 
@@ -215,92 +239,33 @@ fn run(
     rx: pw::channel::Receiver<Msg>,
     ready_tx: std::sync::mpsc::SyncSender<Result<(), String>>,
 ) {
-    pw::init();
-    let mainloop = match pw::main_loop::MainLoopRc::new(None) {
-        Ok(m) => m,
+    let deferred = Deferred::default();
+    let held = lock(&shared.loop_lock);
+    let realtime = config.realtime;
+    let (mainloop, ctx) = match set_up(config, shared.clone(), deferred.notify()) {
+        Ok(r) => r,
         Err(e) => {
-            let _ = ready_tx.send(Err(format!("could not create a PipeWire main loop: {e}")));
-            return;
-        }
-    };
-    // `realtime=true`: client-rt.conf is client.conf plus PipeWire's module-rt, as PipeWire's
-    // own low-latency clients use it: the data thread gets realtime priority where the system
-    // allows it (RLIMIT_RTPRIO/CAP_SYS_NICE, else RTKit), so a frame's wake-up preempts
-    // upstream's streaming thread instead of queueing behind its next frame; where it can't,
-    // the module changes nothing (`stats` field `data-thread-realtime`). Not the default: the
-    // preemptions cost upstream 8-12 % CPU per frame for 0.1-0.2 ms at the 95th percentile of
-    // latency and nothing at the median (README, Threads and locks).
-    let conf = if config.realtime {
-        "client-rt.conf"
-    } else {
-        "client.conf"
-    };
-    let context = match pw::context::ContextRc::new(
-        &mainloop,
-        Some(pw::properties::properties! { "config.name" => conf }),
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready_tx.send(Err(format!("could not create a PipeWire context: {e}")));
-            return;
-        }
-    };
-    let data_wake = DataWake::install(&context, shared.clone());
-    if data_wake.is_none() {
-        gst::info!(
-            CAT,
-            "can't wake PipeWire's data thread directly: frames go through the loop thread"
-        );
-    }
-    shared
-        .data_wake_ready
-        .store(data_wake.is_some(), Ordering::Release);
-    let ctx = Rc::new(LoopCtx {
-        mainloop: mainloop.clone(),
-        context,
-        config,
-        shared,
-        notify,
-        session: RefCell::new(None),
-        data_wake: RefCell::new(data_wake),
-        layout: Cell::new(None),
-        preview: Cell::new(None),
-        alternatives: RefCell::new(Vec::new()),
-        upstream_dmabuf: Cell::new(false),
-        alloc: Cell::new(false),
-        offered_dmabufs: Cell::new((false, 0)),
-        disconnected: Cell::new(false),
-        reconnect_failures: Cell::new(0),
-        node_id: Cell::new(u32::MAX),
-        links: RefCell::new(HashMap::new()),
-    });
-    match connect_session(&ctx) {
-        Ok(s) => {
-            *ctx.session.borrow_mut() = Some(s);
-            let _ = ready_tx.send(Ok(()));
-        }
-        Err(e) => {
+            drop(held);
+            deferred.flush(&notify);
             let _ = ready_tx.send(Err(e));
             return;
         }
-    }
-    drop(ready_tx);
-
-    let _rx = rx.attach(mainloop.loop_(), {
+    };
+    let main = mainloop.loop_();
+    let rx = rx.attach(main, {
         let ctx = Rc::downgrade(&ctx);
         move |msg| {
             let Some(ctx) = ctx.upgrade() else { return };
             match msg {
-                Msg::Wake => ctx.on_wake(),
                 Msg::SetLayout(l, alts, dmabuf) => ctx.set_layout(l, alts, dmabuf),
                 Msg::DmaBufsChanged => ctx.on_dmabufs_changed(),
                 Msg::Preview(spec, alts) => ctx.set_preview(spec, alts),
-                Msg::Quit => ctx.mainloop.quit(),
+                Msg::Quit => ctx.quit.set(true),
             }
         }
     });
     // Checks twice a second whether a lost daemon is back (cheap when connected).
-    let timer = mainloop.loop_().add_timer({
+    let timer = main.add_timer({
         let ctx = Rc::downgrade(&ctx);
         move |_| {
             if let Some(ctx) = ctx.upgrade() {
@@ -312,16 +277,123 @@ fn run(
         Some(Duration::from_millis(500)),
         Some(Duration::from_millis(500)),
     );
+    let poller = ctx
+        .data_loop
+        .borrow()
+        .as_ref()
+        .map(|d| d.spawn_poller(&ctx.context, realtime))
+        .unwrap_or_else(|| Err("no data loop".into()));
+    let poller = match poller {
+        Ok(p) => p,
+        Err(e) => {
+            // (No other thread uses the loops yet: torn down as they are dropped.)
+            drop(held);
+            deferred.flush(&notify);
+            let _ = ready_tx.send(Err(e));
+            return;
+        }
+    };
+    // The main loop, iterated by hand (what `pw_main_loop_run` does, plus the lock): entered
+    // for as long as this thread runs it — from before the data-loop thread can take the lock
+    // — so invokes from the threads that run the data loop are queued to it (non-blocking in
+    // PipeWire's stream and node code) and dispatched here, never run on their thread.
+    // SAFETY: paired with the `leave` below, on this thread.
+    unsafe { main.enter() };
+    drop(held);
+    deferred.flush(&notify);
+    let _ = ready_tx.send(Ok(()));
+    drop(ready_tx);
 
-    mainloop.run();
+    let mut fds = [libc::pollfd {
+        fd: main.fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    while !ctx.quit.get() {
+        // SAFETY: polls the main loop's fd, open as long as the loop.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            gst::error!(
+                CAT,
+                "the PipeWire loop thread stops: poll failed: {}",
+                std::io::Error::last_os_error()
+            );
+            break;
+        }
+        let held = lock(&shared.loop_lock);
+        // SAFETY: entered above; a zero timeout never blocks.
+        unsafe { main.iterate_unguarded(pw::loop_::Timeout::None) };
+        drop(held);
+        deferred.flush(&notify);
+    }
 
-    drop(timer);
-    ctx.forget_stream();
-    ctx.session.borrow_mut().take();
-    ctx.shared.streaming.store(false, Ordering::Release);
-    ctx.shared.data_wake_ready.store(false, Ordering::Release);
-    ctx.data_wake.borrow_mut().take();
+    {
+        let _held = lock(&shared.loop_lock);
+        drop(timer);
+        drop(rx);
+        ctx.forget_stream();
+        ctx.session.borrow_mut().take();
+        ctx.shared.streaming.store(false, Ordering::Release);
+        // No cycle can run any more (its pointers are cleared).
+        ctx.data_loop.borrow_mut().take();
+    }
     ctx.shared.drop_pending();
+    deferred.flush(&notify);
+    // Joined without the lock (it may be waiting for it), before the context goes.
+    poller.stop();
+    // SAFETY: entered above, on this thread.
+    unsafe { main.leave() };
+    drop(ctx);
+}
+
+/// Under `loop_lock`: create the main loop and the context, take over the data loop, connect.
+fn set_up(
+    config: NodeConfig,
+    shared: Arc<Shared>,
+    notify: Notify,
+) -> Result<(pw::main_loop::MainLoopRc, Rc<LoopCtx>), String> {
+    pw::init();
+    let mainloop = pw::main_loop::MainLoopRc::new(None)
+        .map_err(|e| format!("could not create a PipeWire main loop: {e}"))?;
+    // `realtime=true`: client-rt.conf is client.conf plus PipeWire's module-rt, as PipeWire's
+    // own low-latency clients use it: the data-loop thread gets realtime priority where the
+    // system allows it (RLIMIT_RTPRIO/CAP_SYS_NICE, else RTKit), so the end of a cycle or
+    // another driver's cycle preempts upstream's streaming thread; where it can't, the module
+    // changes nothing (`stats` field `data-thread-realtime`). Not the default (README,
+    // Threads and locks).
+    let conf = if config.realtime {
+        "client-rt.conf"
+    } else {
+        "client.conf"
+    };
+    let context = pw::context::ContextRc::new(
+        &mainloop,
+        Some(pw::properties::properties! { "config.name" => conf }),
+    )
+    .map_err(|e| format!("could not create a PipeWire context: {e}"))?;
+    let data_loop = DataLoop::take_over(&context, shared.clone())?;
+    let ctx = Rc::new(LoopCtx {
+        context,
+        config,
+        shared,
+        notify,
+        session: RefCell::new(None),
+        data_loop: RefCell::new(Some(data_loop)),
+        quit: Cell::new(false),
+        layout: Cell::new(None),
+        preview: Cell::new(None),
+        alternatives: RefCell::new(Vec::new()),
+        upstream_dmabuf: Cell::new(false),
+        alloc: Cell::new(false),
+        offered_dmabufs: Cell::new((false, 0)),
+        disconnected: Cell::new(false),
+        reconnect_failures: Cell::new(0),
+        node_id: Cell::new(u32::MAX),
+        links: RefCell::new(HashMap::new()),
+    });
+    let session = connect_session(&ctx)?;
+    *ctx.session.borrow_mut() = Some(session);
+    Ok((mainloop, ctx))
 }
 
 fn connect_session(ctx: &Rc<LoopCtx>) -> Result<Session, String> {
@@ -468,7 +540,8 @@ fn create_stream(
             move |_, _, raw| shared.remove_buffer(raw)
         })
         .process({
-            // RT_PROCESS: this runs on PipeWire's data thread, so it only touches `Shared`.
+            // RT_PROCESS: this runs on whichever thread holds the data loop (`wake.rs`), so it only
+            // touches `Shared`.
             let shared = ctx.shared.clone();
             move |stream, _| data_thread::process(&shared, stream)
         })
@@ -490,8 +563,8 @@ fn create_stream(
     stream
         .connect(spa::utils::Direction::Output, None, flags, &mut params)
         .map_err(|e| format!("could not connect the PipeWire stream: {e}"))?;
-    if let Some(wake) = ctx.data_wake.borrow().as_ref() {
-        wake.set_stream(stream.as_raw_ptr());
+    if let Some(data_loop) = ctx.data_loop.borrow().as_ref() {
+        data_loop.set_stream(stream.as_raw_ptr());
     }
     let trigger_done = TriggerDoneHook::add(&stream, ctx.shared.clone());
     Ok(((listener, trigger_done), stream))
@@ -548,10 +621,10 @@ impl Drop for TriggerDoneHook {
 }
 
 impl LoopCtx {
-    /// The data thread stops using the current stream (before it is disconnected or dropped).
+    /// Cycles stop using the current stream (before it is disconnected or dropped).
     fn forget_stream(&self) {
-        if let Some(wake) = self.data_wake.borrow().as_ref() {
-            wake.forget_stream();
+        if let Some(data_loop) = self.data_loop.borrow().as_ref() {
+            data_loop.forget_stream();
         }
     }
 
@@ -689,7 +762,7 @@ impl LoopCtx {
             // memory and DMA-BUF input takes a new stream (same node name).
             self.forget_stream();
             if let Some((listener, stream)) = session.stream.take() {
-                // Off the data thread first, so process can't run while its listener goes.
+                // Off the data loop first, so process can't run while its listener goes.
                 let _ = stream.disconnect();
                 drop(listener);
                 drop(stream);
@@ -729,28 +802,6 @@ impl LoopCtx {
             }
             Err(e) => (self.notify)(LoopEvent::Error(e)),
         }
-    }
-
-    fn on_wake(&self) {
-        self.shared.wake_pending.store(false, Ordering::Release);
-        let session = self.session.borrow();
-        let Some((_, stream)) = session.as_ref().and_then(|s| s.stream.as_ref()) else {
-            self.shared.drop_pending();
-            return;
-        };
-        if !matches!(stream.state(), StreamState::Streaming) {
-            self.shared.drop_pending();
-            return;
-        }
-        // SAFETY: plain calls on a live stream owned by this thread.
-        unsafe {
-            let driving = pw::sys::pw_stream_is_driving(stream.as_raw_ptr());
-            self.shared.driving.store(driving, Ordering::Relaxed);
-            if driving {
-                let _ = pw::sys::pw_stream_trigger_process(stream.as_raw_ptr());
-            }
-        }
-        // Not driving: the graph's driver calls process at its own rate.
     }
 
     fn on_state_changed(&self, stream: &Stream, old: StreamState, new: StreamState) {

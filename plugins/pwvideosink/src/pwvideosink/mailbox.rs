@@ -1,21 +1,24 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! What the three threads of `pwvideosink` share: the one-slot frame mailbox the streaming
-//! thread fills and PipeWire's data thread empties, the counters behind the `stats` property,
-//! the format the consumer fixed and the pool of the stream's PipeWire buffers.
+//! What the threads of `pwvideosink` share: the loop lock, the one-slot frame mailbox the
+//! streaming thread fills and the graph cycle empties, the counters behind the `stats`
+//! property, the format the consumer fixed and the pool of the stream's PipeWire buffers.
 //!
-//! Every lock here is held only for a few field reads or writes (the pool's also across the
-//! data thread's non-blocking dequeues; it queues without it): nobody waits, sleeps, posts a
-//! message or calls into another element while holding one. Nesting order: the element's
-//! state lock, then `dmabufs`, then `pool`, then `negotiated`.
+//! `loop_lock` is held by whichever thread runs PipeWire's loop code (`wake.rs`): the loop
+//! thread while it dispatches, the data-loop thread while it dispatches, `render()` while it
+//! runs a graph cycle. Nobody waits for another thread, sleeps, posts a message or calls into
+//! another element while holding it. Every other lock here is held only for a few field reads
+//! or writes (the pool's also across non-blocking dequeues and queues). Nesting order: the
+//! element's state lock is never held with `loop_lock`; `loop_lock`, then `dmabufs`, then
+//! `pool`, then `negotiated`.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use pipewire as pw;
 
 use super::dmabuf::{DmaBufPlane, DmaBufRegistry, Pool};
-use super::wake::{RecycleTimer, WakeFd};
+use super::wake::RecycleTimer;
 use crate::format::{FrameLayout, VideoSpec};
 
 /// A frame handed over by the streaming thread.
@@ -39,12 +42,15 @@ pub(crate) struct PendingFrame {
 }
 
 /// State shared between the element (streaming thread, property reads), the loop thread and
-/// PipeWire's data thread.
+/// the data-loop thread.
 #[derive(Default)]
 pub(crate) struct Shared {
+    /// Held while PipeWire's loop code runs on any thread (module doc; `wake.rs`).
+    pub loop_lock: Mutex<()>,
+    /// The stream a frame's graph cycle runs for, and the data loop it runs on (both null
+    /// while there is none). Written and used under `loop_lock` only.
+    pub cycle: CycleTarget,
     mailbox: Mutex<Option<PendingFrame>>,
-    /// A `Msg::Wake` is on its way to the loop thread (cleared when it arrives).
-    pub wake_pending: AtomicBool,
     /// A consumer is linked and the stream is streaming.
     pub streaming: AtomicBool,
     pub frames_sent: AtomicU64,
@@ -53,7 +59,7 @@ pub(crate) struct Shared {
     pub frames_in_place: AtomicU64,
     /// Frames copied into a PipeWire buffer (memory from elsewhere).
     pub frames_copied: AtomicU64,
-    /// Of those, copied by the data thread (no buffer was free when the frame arrived).
+    /// Of those, copied in the graph cycle (no buffer was free when the frame arrived).
     pub copies_on_data_thread: AtomicU64,
     /// PipeWire buffers lent upstream by the pool (`lend.rs`).
     pub buffers_lent: AtomicU64,
@@ -69,38 +75,30 @@ pub(crate) struct Shared {
     /// The DMA-BUFs upstream cycles through (learnt from frames by the streaming thread).
     pub dmabufs: Mutex<DmaBufRegistry>,
     /// The stream's PipeWire buffers (with our mapping of each, or the DMA-BUF it carries):
-    /// filled by the loop thread (`add_buffer`/`remove_buffer`), used by the data thread and
+    /// filled by the loop thread (`add_buffer`/`remove_buffer`), used in graph cycles and by
     /// the lending pool.
     pub pool: Mutex<Pool>,
-    /// Signalled when the data thread has queued the buffer it queues without the pool lock
-    /// (`Pool::set_queueing`).
-    pub queued: Condvar,
     /// The consumer takes upstream's DMA-BUFs (no copy).
     pub dmabuf_passthrough: AtomicBool,
-    /// Written by the streaming thread to wake PipeWire's data thread (`wake.rs`).
-    pub wake: WakeFd,
-    /// The data loop reads `wake` (else frames wake the loop thread with `Msg::Wake`).
-    pub data_wake_ready: AtomicBool,
-    /// Frames for which the data thread was woken straight from the streaming thread.
-    pub wakes_data_thread: AtomicU64,
+    /// Frames whose graph cycle `render()` ran itself (`wake::run_cycle`).
+    pub cycles_in_render: AtomicU64,
     /// DMA-BUF pass-through: runs a cycle of its own when upstream's frames stay held.
     pub recycle: RecycleTimer,
-    /// PipeWire's data thread runs with a realtime scheduling policy (`client-rt.conf`'s
-    /// module-rt could raise it), as seen from the data thread when the wake source was added.
+    /// The data-loop thread runs with a realtime scheduling policy (`client-rt.conf`'s
+    /// module-rt could raise it), as seen from that thread when it started.
     pub data_thread_realtime: AtomicBool,
     /// Graph cycles that ended by waking the loop thread (PipeWire's `trigger_done`, once a
     /// cycle was triggered with `pw_stream_trigger_process`: see `wake::on_wake`).
     pub trigger_done: AtomicU64,
     /// Cycles the recycle timer started.
     pub recycle_cycles: AtomicU64,
-    /// When the data thread last sent a DMA-BUF frame (monotonic ns), to pace the timer.
+    /// When a graph cycle last sent a DMA-BUF frame (monotonic ns), to pace the timer.
     pub last_dmabuf_frame_ns: AtomicU64,
 }
 
 impl Shared {
     /// Put `frame` in the mailbox (replacing, and counting as dropped, a frame not sent yet).
-    /// Returns true if the loop thread must be woken up.
-    pub fn offer(&self, frame: PendingFrame) -> bool {
+    pub fn offer(&self, frame: PendingFrame) {
         let (replaced, old) = match self.mailbox.lock() {
             Ok(mut m) => {
                 let old = m.replace(frame);
@@ -113,7 +111,6 @@ impl Shared {
         if replaced {
             self.frames_dropped.fetch_add(1, Ordering::Relaxed);
         }
-        !self.wake_pending.swap(true, Ordering::AcqRel)
     }
 
     pub fn take(&self) -> Option<PendingFrame> {
@@ -137,16 +134,9 @@ impl Shared {
         }
     }
 
-    /// `remove_buffer` (loop thread): forget `raw`, once the data thread is no longer queuing
-    /// it (the wait releases the lock and lasts one `pw_stream_queue_buffer` call).
+    /// `remove_buffer` (loop thread, under `loop_lock`: no graph cycle is queuing `raw`).
     pub fn remove_buffer(&self, raw: *mut pw::sys::pw_buffer) {
-        let mut pool = lock(&self.pool);
-        while pool.is_queueing(raw) {
-            pool.removal_waiting = true;
-            pool = self.queued.wait(pool).unwrap_or_else(|e| e.into_inner());
-        }
-        pool.removal_waiting = false;
-        pool.remove(raw);
+        lock(&self.pool).remove(raw);
     }
 
     pub fn negotiated(&self) -> Option<VideoSpec> {
@@ -158,6 +148,15 @@ impl Shared {
             *n = spec;
         }
     }
+}
+
+/// What a graph cycle runs on: see [`Shared::cycle`].
+#[derive(Default)]
+pub(crate) struct CycleTarget {
+    pub stream: AtomicPtr<pw::sys::pw_stream>,
+    pub data_loop: AtomicPtr<pw::sys::pw_loop>,
+    /// `pw_stream_trigger_process` was called on `stream` (see `wake::run_cycle`).
+    pub triggered: AtomicBool,
 }
 
 /// Lock `m`, also when another thread panicked while holding it (the data stays usable).
