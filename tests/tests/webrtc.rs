@@ -406,13 +406,33 @@ fn a_hundred_watch_and_hang_up_cycles_keep_fds_and_memory_flat() {
     // The session of cycle 10 is torn down asynchronously: give it a moment to settle.
     std::thread::sleep(Duration::from_millis(500));
     let (fds10, rss10) = (open_fds(agent.pid()), rss_kib(agent.pid()));
-    wait_for(Duration::from_secs(300), "100 cycles", || {
-        viewer.last_json_with("result")
-    });
+    // (The viewer prints a result by itself if it gets stuck: its watchdog.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while viewer.last_json_with("result").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no result from the viewer within 300 s; viewer:\n{}\nagent:\n{}",
+            tail(&viewer.text(), 40),
+            tail(&agent.text(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_millis(500));
     let r = viewer.last_json_with("result").unwrap()["result"].clone();
-    assert_eq!(r["ok"], true, "{r}\nagent:\n{}", agent.text());
+    assert_eq!(
+        r["ok"],
+        true,
+        "{r}\nviewer:\n{}\nagent:\n{}",
+        tail(&viewer.text(), 40),
+        tail(&agent.text(), 60)
+    );
     assert_eq!(r["cycles"], 100);
+    // A viewer pipeline stuck in its own teardown is the test peer's (webrtcbin's), and left
+    // behind by the viewer; reported here, not failed on.
+    println!(
+        "viewer pipelines left behind in teardown: {}",
+        r["teardown_hangs"]
+    );
     let (fds100, rss100) = (open_fds(agent.pid()), rss_kib(agent.pid()));
     println!(
         "agent after 10 cycles: {fds10} fds, {rss10} KiB RSS; after 100: {fds100} fds, {rss100} KiB RSS; slowest first frame {} s",
@@ -710,4 +730,10 @@ fn turn_backend(dir: &tempfile::TempDir, turn_url: &str, secret: &str) -> Backen
             secret,
         ],
     )
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

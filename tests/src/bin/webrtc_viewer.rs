@@ -12,7 +12,7 @@
 //! times over one viewer WebSocket (`--timeout` applies to each cycle).
 
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -281,6 +281,44 @@ fn set_nonblocking(ws: &WebSocket<MaybeTlsStream<TcpStream>>) {
     }
 }
 
+/// What the main loop is doing (for the watchdog's message) and when it last went round
+/// (ms since start).
+static PHASE: Mutex<&str> = Mutex::new("starting");
+static BEAT_MS: AtomicU64 = AtomicU64::new(0);
+/// Viewer pipelines whose teardown (`set_state(Null)`) did not return within
+/// [`TEARDOWN_LIMIT`] and were left behind.
+static TEARDOWN_HANGS: AtomicU32 = AtomicU32::new(0);
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(10);
+
+fn phase(p: &'static str, t0: Instant) {
+    *PHASE.lock().expect("phase") = p;
+    BEAT_MS.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// A call that never returns must not leave the test waiting for a result that never comes:
+/// if the main loop has not gone round for `limit`, print a failed result naming where it is
+/// stuck and exit.
+fn watchdog(t0: Instant, limit: Duration) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let beat = Duration::from_millis(BEAT_MS.load(Ordering::Relaxed));
+            let stuck = t0.elapsed().saturating_sub(beat);
+            if stuck > limit {
+                let at = *PHASE.lock().expect("phase");
+                println!(
+                    "{}",
+                    json!({"result": {"ok": false, "error": format!(
+                        "vcb-webrtc-viewer: stuck for {} s in {at}",
+                        stuck.as_secs()
+                    )}})
+                );
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
 fn main() {
     let a = match args() {
         Ok(a) => a,
@@ -291,6 +329,10 @@ fn main() {
     };
     gst::init().expect("gst init");
     let t0 = Instant::now();
+    watchdog(
+        t0,
+        Duration::from_secs_f64(a.timeout + a.hold) + TEARDOWN_LIMIT * 2,
+    );
     let result = run(&a, t0);
     println!("{}", json!({ "result": result }));
     std::process::exit(if result["ok"] == true { 0 } else { 1 });
@@ -361,7 +403,22 @@ impl Cycle {
             let _ = ws.flush();
         }
         if let Some(v) = self.viewer {
-            let _ = v.pipeline.set_state(gst::State::Null);
+            // webrtcbin's teardown has been seen to block for good (once in ~1000 cycles):
+            // bounded here, so one stuck peer pipeline of ours is reported, not a hang.
+            let pipeline = v.pipeline.clone();
+            let (done, finished) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = pipeline.set_state(gst::State::Null);
+                let _ = done.send(());
+            });
+            if finished.recv_timeout(TEARDOWN_LIMIT).is_err() {
+                TEARDOWN_HANGS.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "vcb-webrtc-viewer: the viewer pipeline of session {} did not reach NULL \
+                     within {TEARDOWN_LIMIT:?}; left behind",
+                    self.session
+                );
+            }
         }
         (frames, color, lat)
     }
@@ -382,6 +439,7 @@ fn run(a: &Args, t0: Instant) -> Value {
     let mut hold_fps: Option<f64> = None;
     let mut error: Option<String> = None;
     let (frames, color, last_session) = loop {
+        phase("the main loop", t0);
         let now = Instant::now();
         let f = cycle.frames();
         if f > 0 && cycle.first_frame.is_none() {
@@ -412,6 +470,7 @@ fn run(a: &Args, t0: Instant) -> Value {
                         Some(((f - cycle.frames_at_reached) as f64 / secs * 10.0).round() / 10.0);
                 }
             }
+            phase("hanging up (watch_end, viewer pipeline to NULL)", t0);
             let (fr, c, mut l) = cycle.finish(&mut ws);
             latencies.append(&mut l);
             done += 1;
@@ -426,6 +485,7 @@ fn run(a: &Args, t0: Instant) -> Value {
                 "{}",
                 json!({"t": t0.elapsed().as_secs_f64(), "cycle": done, "frames": fr})
             );
+            phase("sending watch_request", t0);
             cycle = Cycle::new(&mut ws, a);
             continue;
         }
@@ -466,6 +526,7 @@ fn run(a: &Args, t0: Instant) -> Value {
         match v["type"].as_str().unwrap_or("") {
             "watch_accepted" => {
                 cycle.session = p["session_id"].as_str().unwrap_or("").to_owned();
+                phase("starting the viewer pipeline", t0);
                 cycle.viewer = Some(start(a, &p["ice_servers"], &cycle.session, tx.clone()));
             }
             "signal_answer" => {
@@ -521,5 +582,6 @@ fn run(a: &Args, t0: Instant) -> Value {
            "latency_ms_p95": percentile(&mut latencies, 0.95),
            "latency_samples": samples,
            "hold_fps": hold_fps,
+           "teardown_hangs": TEARDOWN_HANGS.load(Ordering::Relaxed),
            "session_id": last_session})
 }
