@@ -727,19 +727,15 @@ impl PushSrcImpl for ShmRingSrc {
                 }
             };
             let step = self.step(&mut r);
-            let stopped = {
+            {
                 let mut state = lock(&self.state);
-                match *state {
-                    State::Stepping => {
-                        *state = State::Started(r);
-                        None
-                    }
-                    // Stopped meanwhile: the reader (and its mapping) goes, outside the lock.
-                    _ => Some(r),
+                if !matches!(*state, State::Stepping) {
+                    // Stopped meanwhile: the reader (and its mapping) goes, after the lock.
+                    drop(state);
+                    drop(r);
+                    return Err(gst::FlowError::Flushing);
                 }
-            };
-            if stopped.is_some() {
-                return Err(gst::FlowError::Flushing);
+                *state = State::Started(r);
             }
             match step {
                 Step::Frame(b) => {
