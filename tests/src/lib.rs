@@ -91,6 +91,12 @@ pub fn free_tcp_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// The last `n` lines of `text` (for failure messages).
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Poll `f` every 20 ms until it returns `Some`, or fail after `timeout` with `what` in the message.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

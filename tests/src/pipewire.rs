@@ -202,18 +202,11 @@ impl PipeWireSession {
             .iter()
             .map(|n| {
                 let text = std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
-                let tail: Vec<&str> = text
-                    .lines()
-                    .rev()
-                    .take(
-                        std::env::var("VCB_LOG_TAIL")
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(30),
-                    )
-                    .collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("--- {n} (tail) ---\n{}\n", tail.join("\n"))
+                let lines = std::env::var("VCB_LOG_TAIL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(30);
+                format!("--- {n} (tail) ---\n{}\n", crate::tail(&text, lines))
             })
             .collect()
     }

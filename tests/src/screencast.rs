@@ -57,9 +57,7 @@ fn log_to(cmd: &mut Command, dir: &Path, name: &str) {
 
 /// The last `n` lines of a log file (for failure messages).
 pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    crate::tail(&std::fs::read_to_string(path).unwrap_or_default(), n)
 }
 
 /// Is `org.gnome.Mutter.ScreenCast` owned on the session's bus?

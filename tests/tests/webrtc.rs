@@ -15,7 +15,7 @@ use vcambridge_tests::webrtc::{
     Backend, Logged, SOLID_RGB, SOLID_SOURCE, assert_colour, browser, cpu_seconds, gst_viewer,
     open_fds, rss_kib, spawn_browser, spawn_gst_viewer, start_agent, start_coturn,
 };
-use vcambridge_tests::{free_tcp_port, wait_for};
+use vcambridge_tests::{free_tcp_port, tail, wait_for};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -730,10 +730,4 @@ fn turn_backend(dir: &tempfile::TempDir, turn_url: &str, secret: &str) -> Backen
             secret,
         ],
     )
-}
-
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
